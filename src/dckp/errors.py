@@ -1,0 +1,9 @@
+"""One error type for bad input: its message is a single line naming the file and the field."""
+
+
+class DckpError(Exception):
+    """Bad input or configuration. The CLI prints `error: <message>` and exits with status 2."""
+
+    def __init__(self, message: str, path: str | None = None, field: str | None = None):
+        where = ":".join(str(p) for p in (path, field) if p)
+        super().__init__(f"{where}: {message}" if where else message)
