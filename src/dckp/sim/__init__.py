@@ -1,0 +1,1 @@
+"""Simulated tasks (robosuite on MuJoCo): environments, cameras, scripted experts, pretraining views."""

@@ -1,0 +1,133 @@
+"""A robosuite environment for one dckp task: seeded resets, proprioception, RGB-D cameras, object poses."""
+
+from __future__ import annotations
+
+import logging
+
+import mujoco
+import numpy as np
+
+from dckp.sim.render import ROBOT_LABEL, Cameras
+
+ROBOT_PREFIXES = ("robot0_", "gripper0_", "fixed_mount0_")
+PROPRIO_KEYS = ("joint_pos", "eef_pos", "eef_quat", "gripper_qpos")
+
+for _name in ("robosuite", "robosuite_logs"):
+    logging.getLogger(_name).setLevel(logging.ERROR)
+
+
+def make_robosuite(env_name: str, **kwargs):
+    import robosuite  # slow import: only when an environment is made
+
+    return robosuite.make(
+        env_name, robots="Panda", has_renderer=False, has_offscreen_renderer=False, use_camera_obs=False,
+        control_freq=20, hard_reset=False, horizon=10_000, ignore_done=True, reward_shaping=False, **kwargs,
+    )
+
+
+class SimEnv:
+    """One task's scene. `reset(seed)` gives the same scene for the same seed.
+
+    `image_size=0` turns rendering off (physics only).
+    """
+
+    def __init__(self, task, image_size: int = 128, cameras: tuple[str, ...] | None = None):
+        self.task = task
+        self.env = make_robosuite(task.env_name, **task.env_kwargs)
+        self.model: mujoco.MjModel = self.env.sim.model._model
+        self.data: mujoco.MjData = self.env.sim.data._data
+        self.robot = self.env.robots[0]
+        self.eef_site = self.robot.eef_site_id["right"]
+        self.object_bodies = task.object_bodies(self.env)  # [(root body, pose body)] per object, label i+1
+        task.prepare_model(self.env)
+        self.cameras = tuple(task.cameras if cameras is None else cameras)
+        self.image_size = image_size
+        self.renderer = (Cameras(self.model, image_size, image_size, self.geom_labels())
+                         if image_size else None)
+
+    # --- scene ---
+    def reset(self, seed: int) -> None:
+        self.env.rng = np.random.default_rng(seed)
+        _reseed_sampler(self.env.placement_initializer, self.env.rng)
+        self.env.reset()
+        self.task.on_reset(self, np.random.default_rng([seed, 1]))
+        mujoco.mj_forward(self.model, self.data)
+        for _ in range(self.task.settle_steps):
+            self.step(np.r_[np.zeros(6), -1.0])
+
+    def step(self, action: np.ndarray) -> None:
+        self.env.step(np.asarray(action, dtype=np.float64))
+
+    def success(self) -> bool:
+        return bool(self.task.success(self))
+
+    def close(self) -> None:
+        if self.renderer is not None:
+            self.renderer.close()
+            self.renderer = None
+        self.env.close()
+
+    # --- observations ---
+    def eef_pose(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.data.site_xpos[self.eef_site].copy(), self.data.site_xmat[self.eef_site].reshape(3, 3).copy()
+
+    def proprio(self) -> dict[str, np.ndarray]:
+        pos, rot = self.eef_pose()
+        quat = np.empty(4)
+        mujoco.mju_mat2Quat(quat, rot.ravel())
+        return {
+            "joint_pos": self.data.qpos[self.robot._ref_joint_pos_indexes].astype(np.float32),
+            "eef_pos": pos.astype(np.float32),
+            "eef_quat": quat.astype(np.float32),  # wxyz
+            "gripper_qpos": self.data.qpos[self.robot._ref_gripper_joint_pos_indexes["right"]].astype(np.float32),
+        }
+
+    def body_pose(self, body: str) -> np.ndarray:
+        T = np.eye(4)
+        T[:3, :3] = self.data.body(body).xmat.reshape(3, 3)
+        T[:3, 3] = self.data.body(body).xpos
+        return T
+
+    def object_poses(self) -> np.ndarray:
+        """(N, 4, 4) world poses of the task's objects (ground truth, for baselines and measuring)."""
+        return np.stack([self.body_pose(pose_body) for _, pose_body in self.object_bodies])
+
+    def render(self, camera) -> dict[str, np.ndarray]:
+        if self.renderer is None:
+            raise RuntimeError("rendering is off (image_size=0)")
+        return self.renderer.render(self.data, camera)
+
+    def observe(self) -> dict[str, np.ndarray]:
+        """Proprioception, object poses and, per camera, `<cam>_rgb|_depth|_seg|_K|_pose`."""
+        obs = self.proprio()
+        obs["object_pose"] = self.object_poses().astype(np.float32)
+        if self.renderer is not None:
+            for cam in self.cameras:
+                for key, value in self.render(cam).items():
+                    obs[f"{cam}_{key}"] = value
+        return obs
+
+    def geom_labels(self) -> np.ndarray:
+        """Segmentation label per geom: 1..N for the task's objects, 255 for the robot, 0 otherwise."""
+        m = self.model
+        labels = np.zeros(m.ngeom, np.uint8)
+        roots = {m.body(root).id: i + 1 for i, (root, _) in enumerate(self.object_bodies)}
+        for g in range(m.ngeom):
+            b = m.geom_bodyid[g]
+            while b > 0:
+                if b in roots:
+                    labels[g] = roots[b]
+                    break
+                if m.body(b).name.startswith(ROBOT_PREFIXES):
+                    labels[g] = ROBOT_LABEL
+                    break
+                b = m.body_parentid[b]
+        return labels
+
+
+def _reseed_sampler(sampler, rng) -> None:
+    if sampler is None:
+        return
+    sampler.rng = rng
+    for sub in getattr(sampler, "samplers", {}).values():
+        _reseed_sampler(sub, rng)

@@ -1,0 +1,39 @@
+"""What a task defines. Each task lives in its own module of this package and exports `TASK`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+WRIST, OVERVIEW = "robot0_eye_in_hand", "agentview"
+
+
+@dataclass(frozen=True)
+class Task:
+    """A robosuite task with its objects (segmentation labels 1..N in `keypoints` order), cameras,
+    horizon, demonstrations per preset, success test, scripted expert and ground-truth keypoints
+    (points fixed on each object, in its pose body's frame, for the ground-truth-keypoint baseline)."""
+
+    name: str
+    stands_in_for: str
+    env_name: str
+    object_bodies: Callable  # robosuite env -> [(root body, pose body)], one per object
+    expert: Callable  # SimEnv -> experts.Expert
+    success: Callable  # SimEnv -> bool
+    keypoints: dict[str, list]  # object name -> points in its pose body's frame (metres)
+    cameras: tuple[str, ...]
+    horizon: int
+    demos: dict[str, int]  # preset -> number of demonstrations
+    env_kwargs: dict = field(default_factory=dict)
+    settle_steps: int = 10
+    prepare_model: Callable = lambda env: None  # once, after the model is built
+    on_reset: Callable = lambda simenv, rng: None  # after each reset, before settling
+
+    @property
+    def objects(self) -> list[str]:
+        return list(self.keypoints)
+
+
+def cube_corners(h: float) -> list:
+    """The four top corners and the centre of a cube of half size `h`."""
+    return [[sx * h, sy * h, h] for sx in (-1, 1) for sy in (-1, 1)] + [[0, 0, 0]]

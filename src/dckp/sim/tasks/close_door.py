@@ -1,0 +1,81 @@
+"""close_door: push an open door shut (robosuite Door, started open). Stands in for CloseMicrowave.
+
+Articulated: the door's appearance changes along the trajectory."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dckp.sim import experts as ex
+from dckp.sim.tasks.base import WRIST, Task
+
+DOOR_OPEN_RANGE = (0.25, 0.4)  # rad; the hinge's limit is 0.4
+DOOR_CLOSED_BELOW = 0.05  # rad
+
+
+def _door_hinge(env) -> float:
+    return float(env.data.qpos[env.env.hinge_qpos_addr])
+
+
+def _stiff_hinge(env) -> None:
+    """robosuite's Door sets the hinge frictionless; a microwave door stays where it is left."""
+    m = env.sim.model._model
+    dof = m.jnt_dofadr[m.joint("Door_hinge").id]
+    m.dof_frictionloss[dof], m.dof_damping[dof] = 1.0, 1.0
+
+
+def _open_door(env, rng) -> None:
+    env.data.qpos[env.env.hinge_qpos_addr] = rng.uniform(*DOOR_OPEN_RANGE)
+    env.data.qvel[env.model.jnt_dofadr[env.model.joint("Door_hinge").id]] = 0.0
+
+
+_DOOR_HINGE = np.array([0.255, 0.0, 0.0])  # in the door body's frame (door.xml); its axis is z
+_DOOR_PUSH = np.array([-0.19, -0.02, 0.06])  # on the robot-side face, near the free edge, above the handle
+
+
+def _door_point(env, local, closed: bool = False) -> np.ndarray:
+    """World position of a point fixed on the door, now or once the door is shut (hinge angle 0)."""
+    T = env.body_pose("Door_door")
+    hinge, point = T[:3, :3] @ _DOOR_HINGE + T[:3, 3], T[:3, :3] @ local + T[:3, 3]
+    return hinge + ex.rot_z(-_door_hinge(env)) @ (point - hinge) if closed else point
+
+
+def _door_expert(env):
+    """Push the open door shut from the robot's side with the closed gripper, then back off."""
+    toward_robot = np.array([0.0, -0.09, 0.0])  # in the door body's frame: its face normal, robot side
+
+    def rise(e):
+        pos, _ = e.eef_pose()
+        return np.r_[pos[:2], _door_point(e, _DOOR_PUSH)[2]], ex.top_down(e)
+
+    def pre_push(e):
+        return _door_point(e, _DOOR_PUSH + toward_robot), ex.top_down(e)
+
+    def push(e):
+        beyond = np.array([0.0, 0.03, 0.0])  # aim past the shut face so the door reaches its stop
+        return _door_point(e, _DOOR_PUSH + beyond, closed=True), e.eef_pose()[1]
+
+    def back_off(e):
+        pos, rot = e.eef_pose()
+        return _door_point(e, _DOOR_PUSH + toward_robot, closed=True), rot
+
+    return ex.Expert([
+        ex.Phase("rise", rise, ex.CLOSED, 40),
+        ex.Phase("pre_push", pre_push, ex.CLOSED, 60),
+        ex.Phase("push", push, ex.CLOSED, 50),
+        ex.Phase("back_off", back_off, ex.CLOSED, 20),
+    ])
+
+
+def _door_success(env) -> bool:
+    return _door_hinge(env) < DOOR_CLOSED_BELOW
+
+
+TASK = Task(
+    name="close_door", stands_in_for="CloseMicrowave", env_name="Door",
+    env_kwargs={"use_latch": False},
+    object_bodies=lambda env: [("Door_main", "Door_door")],
+    expert=_door_expert, success=_door_success, prepare_model=_stiff_hinge, on_reset=_open_door,
+    keypoints={"door": [[-0.2, -0.02, 0.2], [-0.2, -0.02, -0.2], [0.0, -0.02, 0.0], [-0.1, -0.12, -0.025]]},
+    cameras=(WRIST,), horizon=200, demos={"cpu": 14, "paper": 14},
+)

@@ -1,0 +1,25 @@
+"""stack: put cube A onto cube B (robosuite Stack). Stands in for PhoneOnBase: two objects, precise placement."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dckp.sim import experts as ex
+from dckp.sim.tasks.base import OVERVIEW, WRIST, Task, cube_corners
+
+
+def _stack_expert(env):
+    a = lambda e: e.data.body("cubeA_main").xpos.copy()  # noqa: E731
+    b = lambda e: e.data.body("cubeB_main").xpos.copy()  # noqa: E731
+    yaw = lambda e: ex.yaw_of(e.data.body("cubeA_main").xmat.reshape(3, 3))  # noqa: E731
+    # cubeA (half size 0.02) released 1 cm above cubeB's top (half size 0.025)
+    return ex.Expert(ex.pick_phases(a, yaw, np.pi / 2) + ex.place_phases(a, b, release_height=0.055))
+
+
+TASK = Task(
+    name="stack", stands_in_for="PhoneOnBase", env_name="Stack",
+    object_bodies=lambda env: [("cubeA_main", "cubeA_main"), ("cubeB_main", "cubeB_main")],
+    expert=_stack_expert, success=lambda env: env.env._check_success(),
+    keypoints={"cubeA": cube_corners(0.02), "cubeB": cube_corners(0.025)},
+    cameras=(WRIST, OVERVIEW), horizon=300, demos={"cpu": 40, "paper": 140},
+)
