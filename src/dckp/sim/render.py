@@ -7,13 +7,8 @@ Reflections, shadows, the skybox and multisampling are turned off, which was mea
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("MUJOCO_GL", "egl")
-os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
-
-import mujoco  # noqa: E402
-import numpy as np  # noqa: E402
+import mujoco
+import numpy as np
 
 ROBOT_LABEL = 255
 _GL_TO_CV = np.diag([1.0, -1.0, -1.0])

@@ -2,26 +2,34 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
 
 from dckp.sim.env import SimEnv
 
 
-def expert_episode(env: SimEnv, seed: int, record: Callable | None = None) -> tuple[bool, int]:
-    """Reset to `seed` and run the expert until success (then a few steps more) or the horizon.
+@dataclass
+class Episode:
+    success: bool
+    steps: int
+    frames: list[dict] = field(default_factory=list)  # observation before each action (if recorded)
+    actions: list[np.ndarray] = field(default_factory=list)
 
-    `record(obs, action)` is called before each step with the observation the action was chosen on.
-    Returns (success, number of steps).
-    """
+
+def expert_episode(env: SimEnv, seed: int, record: bool = False) -> Episode:
+    """Reset to `seed` and run the expert until it has finished all its phases or the horizon."""
     env.reset(seed)
     expert = env.task.expert(env)
-    steps = 0
-    while steps < env.task.horizon:
+    episode = Episode(False, 0)
+    while episode.steps < env.task.horizon:
         action = expert.act(env)
         if action is None:
             break
-        if record is not None:
-            record(env.observe(), action)
+        if record:
+            episode.frames.append(env.observe())
+            episode.actions.append(action)
         env.step(action)
-        steps += 1
-    return env.success(), steps
+        episode.steps += 1
+    episode.success = env.success()
+    return episode

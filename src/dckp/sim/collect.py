@@ -1,0 +1,142 @@
+"""Collections: expert demonstrations, and pretraining views of static scenes from moving cameras."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import mujoco
+import numpy as np
+from scipy.spatial.transform import Rotation
+from tqdm import tqdm
+
+from dckp.data import DatasetWriter
+from dckp.errors import DckpError
+from dckp.sim import experts as ex
+from dckp.sim.config import CollectConfig, ViewsConfig
+from dckp.sim.env import SimEnv
+from dckp.sim.render import free_camera
+from dckp.sim.rollout import expert_episode
+from dckp.sim.tasks import OVERVIEW, WRIST, get_task
+
+VIEW_CAMERAS = (WRIST, OVERVIEW)
+
+
+def _stack(frames: list[dict]) -> dict[str, np.ndarray]:
+    return {k: np.stack([f[k] for f in frames]) for k in frames[0]}
+
+
+def _file_config(task, cfg) -> dict:
+    return {"collect": dataclasses.asdict(cfg), "keypoints": task.keypoints, "image_size": cfg.image_size}
+
+
+def collect_demos(cfg: CollectConfig, out: str, preset: str = "cpu", progress: bool = True) -> dict:
+    """Successful expert demonstrations of `cfg.task` into `out`. Returns a summary."""
+    task = get_task(cfg.task)
+    n = cfg.demos or task.demos[preset]
+    env = SimEnv(task, cfg.image_size)
+    seed, kept, lengths = cfg.seed, 0, []
+    try:
+        with DatasetWriter(out, "demos", task.name, task.objects, _file_config(task, cfg)) as writer:
+            with tqdm(total=n, desc=f"demos {task.name}", disable=not progress) as bar:
+                while kept < n:
+                    if seed - cfg.seed >= max(n * cfg.max_attempts_factor, n + 5):
+                        raise DckpError(f"only {kept} of {n} demonstrations succeeded in {seed - cfg.seed} "
+                                        "seeds", field="demos")
+                    ep = expert_episode(env, seed, record=True)
+                    if ep.success:
+                        writer.add_episode(f"demo_{kept}", _stack(ep.frames), np.stack(ep.actions),
+                                           seed=seed, success=True, num_steps=ep.steps)
+                        kept, lengths = kept + 1, lengths + [ep.steps]
+                        bar.update(1)
+                    seed += 1
+            summary = {"demos": kept, "seeds_tried": seed - cfg.seed, "mean_steps": float(np.mean(lengths)),
+                       "image_bytes_per_frame": writer.bytes_images / max(writer.frames, 1)}
+    finally:
+        env.close()
+    return summary
+
+
+def _object_tops(env: SimEnv) -> np.ndarray:
+    """(N, 3): each object's centre in x, y and its highest point in z (from its geoms' bounding spheres)."""
+    m, d = env.model, env.data
+    labels = env.renderer.geom_labels if env.renderer is not None else env.geom_labels()
+    tops = []
+    for i in range(len(env.object_bodies)):
+        geoms = np.flatnonzero(labels == i + 1)
+        xy = d.geom_xpos[geoms, :2].mean(0)
+        tops.append(np.r_[xy, (d.geom_xpos[geoms, 2] + m.geom_rbound[geoms]).max()])
+    return np.array(tops)
+
+
+def _remove_objects(env: SimEnv) -> np.ndarray:
+    """Move every object 20+ m away, out of every camera's view. Returns the saved body positions."""
+    m, d = env.model, env.data
+    saved = m.body_pos.copy()
+    for i, (root, _) in enumerate(env.object_bodies):
+        b = m.body(root).id
+        far = np.array([20.0 + 5 * i, 0.0, 0.5])
+        if m.body_jntnum[b] and m.jnt_type[m.body_jntadr[b]] == mujoco.mjtJoint.mjJNT_FREE:
+            adr = m.jnt_qposadr[m.body_jntadr[b]]
+            d.qpos[adr: adr + 3] = far
+            d.qvel[m.jnt_dofadr[m.body_jntadr[b]]: m.jnt_dofadr[m.body_jntadr[b]] + 6] = 0
+        else:
+            m.body_pos[b] = far
+    mujoco.mj_forward(m, d)
+    return saved
+
+
+def _film(env: SimEnv, cfg: ViewsConfig, tops: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Free-camera views of the scene as it is, then the task's cameras while the arm sweeps above it."""
+    obs = {}
+    free = []
+    for _ in range(cfg.free_views):
+        target = tops[rng.integers(len(tops))].copy() if rng.random() < 0.5 else tops.mean(0)
+        target[2] -= 0.03
+        distance = np.exp(rng.uniform(np.log(cfg.min_distance), np.log(cfg.max_distance)))
+        cam = free_camera(target + rng.normal(0, 0.02, 3), distance, rng.uniform(0, 360), rng.uniform(-80, -25))
+        free.append(env.render(cam))
+    obs.update({f"free_{k}": v for k, v in _stack(free).items()})
+
+    sweep = []
+    for _ in range(cfg.sweep_waypoints):
+        top = tops[rng.integers(len(tops))]
+        goal = np.r_[top[:2] + rng.uniform(-0.06, 0.06, 2), top[2] + rng.uniform(0.1, 0.25)]
+        tilt = Rotation.from_rotvec(np.r_[rng.uniform(-0.3, 0.3, 2), 0]).as_matrix()
+        rot = ex.rot_z(rng.uniform(-np.pi / 2, np.pi / 2)) @ tilt @ ex.top_down(env)
+        for step in range(25):
+            pos, cur = env.eef_pose()
+            if step % cfg.record_every == 0:
+                sweep.append(env.observe())
+            env.step(ex.servo(pos, cur, goal, rot, ex.OPEN, speed=0.5))
+    obs.update(_stack(sweep))
+    return obs
+
+
+def collect_views(cfg: ViewsConfig, out: str, progress: bool = True) -> dict:
+    """Pretraining views of `cfg.scenes` static scenes plus `cfg.arm_only` arm-only sequences into `out`."""
+    task = get_task(cfg.task)
+    env = SimEnv(task, cfg.image_size, cameras=VIEW_CAMERAS)
+    rng = np.random.default_rng(cfg.seed)
+    try:
+        with DatasetWriter(out, "views", task.name, task.objects, _file_config(task, cfg)) as writer:
+            total = cfg.scenes + cfg.arm_only
+            with tqdm(total=total, desc=f"views {task.name}", disable=not progress) as bar:
+                for i in range(total):
+                    seed = cfg.seed + i
+                    env.reset(seed)
+                    tops = _object_tops(env)
+                    arm_only = i >= cfg.scenes
+                    saved = _remove_objects(env) if arm_only else None
+                    obs = _film(env, cfg, tops, rng)
+                    if arm_only:
+                        env.model.body_pos[:] = saved
+                        name = f"arm_{i - cfg.scenes}"
+                    else:
+                        name = f"scene_{i}"
+                    writer.add_episode(name, obs, seed=seed, arm_only=arm_only)
+                    bar.update(1)
+            summary = {"scenes": cfg.scenes, "arm_only": cfg.arm_only, "frames": writer.frames,
+                       "image_bytes_per_frame": writer.bytes_images / max(writer.frames, 1)}
+    finally:
+        env.close()
+    return summary
