@@ -142,8 +142,9 @@ class Dataset:
 
     @property
     def episodes(self) -> list[str]:
-        """Episode names in numeric order (demo_0, demo_1, ..., scene_0, ...)."""
-        return sorted(self.f["data"], key=lambda n: (n.rsplit("_", 1)[0], int(n.rsplit("_", 1)[1])))
+        """Episode names in numeric order (demo_0, demo_1, ... or scene_0, ..., then arm_0, ...)."""
+        return sorted(self.f["data"], key=lambda n: (n.startswith("arm_"), n.rsplit("_", 1)[0],
+                                                     int(n.rsplit("_", 1)[1])))
 
     def _obs(self, episode: str) -> h5py.Group:
         field = f"data/{episode}/obs"

@@ -40,6 +40,7 @@ class SimEnv:
         self.eef_site = self.robot.eef_site_id["right"]
         self.object_bodies = task.object_bodies(self.env)  # [(root body, pose body)] per object, label i+1
         task.prepare_model(self.env)
+        hide_markers(self.model)
         self.cameras = tuple(task.cameras if cameras is None else cameras)
         self.image_size = image_size
         self.renderer = (Cameras(self.model, image_size, image_size, self.geom_labels())
@@ -123,6 +124,13 @@ class SimEnv:
                     break
                 b = m.body_parentid[b]
         return labels
+
+
+def hide_markers(model: mujoco.MjModel) -> None:
+    """Move robosuite's end-effector target markers (`*_eef_target`) to a geom group that is not drawn."""
+    for g in range(model.ngeom):
+        if model.body(model.geom_bodyid[g]).name.endswith("_eef_target"):
+            model.geom_group[g] = 5
 
 
 def _reseed_sampler(sampler, rng) -> None:

@@ -43,6 +43,8 @@ class Cameras:
         for flag in (mujoco.mjtRndFlag.mjRND_REFLECTION, mujoco.mjtRndFlag.mjRND_SHADOW,
                      mujoco.mjtRndFlag.mjRND_SKYBOX):
             flags[flag] = False
+        self.option = mujoco.MjvOption()
+        self.option.sitegroup[:] = 0  # robosuite's sites (gripper axis, object markers) are not scenery
         self.geom_labels = np.asarray(geom_labels, dtype=np.uint8)
         extent = model.stat.extent
         self._near, self._far = model.vis.map.znear * extent, model.vis.map.zfar * extent
@@ -55,7 +57,7 @@ class Cameras:
     def render(self, data: mujoco.MjData, camera: str | mujoco.MjvCamera) -> dict[str, np.ndarray]:
         """rgb (H,W,3) uint8, depth (H,W) float32 metres (0 invalid), seg (H,W) uint8, K (3,3), pose (4,4)."""
         r = self.renderer
-        r.update_scene(data, camera=camera)
+        r.update_scene(data, camera=camera, scene_option=self.option)
         scene, ctx, rect = r.scene, r._mjr_context, r._rect
         if r._gl_context:
             r._gl_context.make_current()

@@ -22,11 +22,16 @@ def _nut_expert(env):
     nut = lambda e: e.data.body("SquareNut_main").xpos.copy()  # noqa: E731
 
     def turn(e):
-        # square hole onto the square peg: match the nut's yaw to the peg's modulo 90 degrees
-        nut_yaw = ex.yaw_of(e.data.body("SquareNut_main").xmat.reshape(3, 3))
-        peg_yaw = ex.yaw_of(e.data.body("peg1").xmat.reshape(3, 3))
+        # square hole onto the square peg: match the nut's yaw to the peg's modulo 90 degrees, choosing the
+        # quarter turn that leaves the gripper on the robot's side or beside the peg, never beyond it
+        # (out of the arm's reach)
+        T = e.body_pose("SquareNut_main")
         pos, rot = e.eef_pose()
-        return pos, ex.rot_z(ex.wrap(peg_yaw - nut_yaw, np.pi / 2)) @ rot
+        grip = np.arctan2(*(pos - T[:3, 3])[1::-1])
+        snap = ex.wrap(ex.yaw_of(e.body_pose("peg1")[:3, :3]) - ex.yaw_of(T[:3, :3]), np.pi / 2)
+        turns = [snap + k * np.pi / 2 for k in range(-2, 3)]
+        turns = [d for d in turns if np.cos(grip + d) < 0.5 and abs(d) <= np.pi]
+        return pos, ex.rot_z(min(turns, key=abs)) @ rot
 
     peg = lambda e: e.data.body("peg1").xpos.copy()  # noqa: E731
     return ex.Expert(

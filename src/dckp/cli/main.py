@@ -1,0 +1,124 @@
+"""The `dckp` command. Each subcommand maps its flags onto one config dataclass (see `--help`)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from dckp.config import add_config_args, apply_args, preset, save_json
+from dckp.errors import DckpError
+
+
+def _config_path(out: str | Path) -> Path:
+    out = Path(out)
+    return out.with_name(out.stem + ".config.json")
+
+
+def cmd_tasks(args) -> None:
+    from dckp.sim.tasks import TASKS
+
+    print(f"{'task':20} {'stands in for':20} {'objects':28} {'cameras':30} horizon demos(cpu/paper)")
+    for t in TASKS.values():
+        print(f"{t.name:20} {t.stands_in_for:20} {','.join(t.objects):28} {','.join(t.cameras):30} "
+              f"{t.horizon:7} {t.demos['cpu']}/{t.demos['paper']}")
+
+
+def cmd_collect(args) -> None:
+    from dckp.sim.collect import collect_demos
+    from dckp.sim.config import COLLECT_PRESETS
+
+    cfg = apply_args(preset(COLLECT_PRESETS, args.preset), args)
+    summary = collect_demos(cfg, args.out, preset=args.preset)
+    save_json({"preset": args.preset, **dataclasses.asdict(cfg)}, _config_path(args.out))
+    print(json.dumps({"out": args.out, **summary}, indent=1))
+
+
+def cmd_collect_views(args) -> None:
+    from dckp.sim.collect import collect_views
+    from dckp.sim.config import VIEWS_PRESETS
+
+    cfg = apply_args(preset(VIEWS_PRESETS, args.preset), args)
+    summary = collect_views(cfg, args.out)
+    save_json({"preset": args.preset, **dataclasses.asdict(cfg)}, _config_path(args.out))
+    print(json.dumps({"out": args.out, **summary}, indent=1))
+
+
+def cmd_show(args) -> None:
+    from dckp.viz.show import show
+
+    for line in show(args.file, args.episode, args.out):
+        print(line)
+
+
+def cmd_demo(args) -> None:
+    from dckp.sim.collect import collect_demos, collect_views
+    from dckp.sim.config import CollectConfig, ViewsConfig
+    from dckp.viz.show import show
+
+    out = Path(args.out)
+    start = time.time()
+    demos, views = out / "lift.h5", out / "stack_views.h5"
+    print(json.dumps(collect_demos(CollectConfig(task="lift", demos=3, image_size=128), demos), indent=1))
+    print(json.dumps(collect_views(ViewsConfig(task="stack", scenes=2, arm_only=1, image_size=128), views),
+                     indent=1))
+    for path in (demos, views):
+        for line in show(path, None, out / f"show_{path.stem}"):
+            print(line)
+    print(f"demo finished in {time.time() - start:.0f} s; outputs in {out}/")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from dckp.sim.config import CollectConfig, ViewsConfig
+
+    parser = argparse.ArgumentParser(prog="dckp", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("tasks", help="list the simulated tasks").set_defaults(func=cmd_tasks)
+
+    p = sub.add_parser("collect", help="collect successful expert demonstrations into an HDF5 file")
+    p.add_argument("--preset", default="cpu", choices=["cpu", "paper"])
+    p.add_argument("--out", required=True, help="output .h5 file (its config goes beside it)")
+    add_config_args(p, CollectConfig)
+    p.set_defaults(func=cmd_collect)
+
+    p = sub.add_parser("collect-views", help="film static scenes from moving cameras, plus arm-only sequences")
+    p.add_argument("--preset", default="cpu", choices=["cpu", "paper"])
+    p.add_argument("--out", required=True, help="output .h5 file (its config goes beside it)")
+    add_config_args(p, ViewsConfig)
+    p.set_defaults(func=cmd_collect_views)
+
+    p = sub.add_parser("show", help="summarise a dataset and write a picture grid and a video of an episode")
+    p.add_argument("file")
+    p.add_argument("--episode", default=None, help="episode name (default: the first)")
+    p.add_argument("--out", default=None, help="folder for the pictures (default: beside the file)")
+    p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("demo", help="the end-to-end demo on the CPU (what `make demo` runs)")
+    p.add_argument("--out", default="runs/demo")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    logging.getLogger("OpenGL").setLevel(logging.WARNING)
+    try:
+        args.func(args)
+    except DckpError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

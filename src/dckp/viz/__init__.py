@@ -1,0 +1,1 @@
+"""Pictures and videos: depth and segmentation colouring, frame grids, mp4 writing."""

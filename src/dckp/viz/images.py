@@ -1,0 +1,65 @@
+"""Turn frames into pictures people can look at: coloured depth and segmentation, grids, videos."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import imageio.v2 as iio2
+import imageio.v3 as iio
+import matplotlib
+import numpy as np
+
+from dckp.config import atomic_write_bytes
+
+_PALETTE = (matplotlib.colormaps["tab10"](np.arange(10))[:, :3] * 255).astype(np.uint8)
+
+
+def depth_rgb(depth: np.ndarray, near: float | None = None, far: float | None = None) -> np.ndarray:
+    """Depth in metres -> turbo-coloured uint8 image; invalid (0) pixels are black."""
+    valid = depth > 0
+    if not valid.any():
+        return np.zeros(depth.shape + (3,), np.uint8)
+    near = np.percentile(depth[valid], 1) if near is None else near
+    far = np.percentile(depth[valid], 99) if far is None else far
+    x = np.clip((depth - near) / max(far - near, 1e-6), 0, 1)
+    rgb = (matplotlib.colormaps["turbo"](x)[..., :3] * 255).astype(np.uint8)
+    rgb[~valid] = 0
+    return rgb
+
+
+def seg_rgb(seg: np.ndarray) -> np.ndarray:
+    """Instance ids -> colours: 0 black, 1..N palette colours, 255 (robot) grey."""
+    rgb = _PALETTE[(seg.astype(np.int64) - 1) % len(_PALETTE)]
+    rgb[seg == 0] = 0
+    rgb[seg == 255] = 128
+    return rgb
+
+
+def grid(rows: list[list[np.ndarray]], pad: int = 2) -> np.ndarray:
+    """Tile equally sized uint8 RGB images into rows and columns with white padding."""
+    h, w = rows[0][0].shape[:2]
+    cols = max(len(r) for r in rows)
+    out = np.full((len(rows) * (h + pad) + pad, cols * (w + pad) + pad, 3), 255, np.uint8)
+    for i, row in enumerate(rows):
+        for j, img in enumerate(row):
+            y, x = pad + i * (h + pad), pad + j * (w + pad)
+            out[y: y + h, x: x + w] = img
+    return out
+
+
+def save_png(image: np.ndarray, path: str | os.PathLike) -> Path:
+    atomic_write_bytes(path, iio.imwrite("<bytes>", image, extension=".png"))
+    return Path(path)
+
+
+def save_video(frames: list[np.ndarray], path: str | os.PathLike, fps: int = 20) -> Path:
+    """H.264 mp4 through imageio-ffmpeg, written to a temp file and renamed into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.mp4")
+    with iio2.get_writer(tmp, fps=fps, codec="libx264", quality=7, macro_block_size=1) as writer:
+        for frame in frames:
+            writer.append_data(np.pad(frame, ((0, frame.shape[0] % 2), (0, frame.shape[1] % 2), (0, 0))))
+    os.replace(tmp, path)
+    return path

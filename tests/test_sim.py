@@ -1,0 +1,132 @@
+"""Simulated tasks: camera geometry of stored frames, expert success, collection."""
+
+import numpy as np
+import pytest
+
+from dckp.data import Dataset
+from dckp.errors import DckpError
+from dckp.sim.collect import collect_demos, collect_views
+from dckp.sim.config import CollectConfig, ViewsConfig
+from dckp.sim.env import SimEnv
+from dckp.sim.rollout import expert_episode
+from dckp.sim.tasks import TASKS, get_task
+
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def views(tmp_path_factory):
+    path = tmp_path_factory.mktemp("sim") / "stack_views.h5"
+    cfg = ViewsConfig(task="stack", scenes=2, arm_only=1, image_size=SIZE, free_views=6, sweep_waypoints=2,
+                      record_every=5)
+    collect_views(cfg, str(path), progress=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def demos(tmp_path_factory):
+    path = tmp_path_factory.mktemp("sim") / "lift.h5"
+    collect_demos(CollectConfig(task="lift", demos=1, image_size=SIZE), str(path), progress=False)
+    return path
+
+
+def project(point, K, pose):
+    p = np.linalg.inv(pose) @ np.r_[point, 1.0]
+    return K[0, 0] * p[0] / p[2] + K[0, 2], K[1, 1] * p[1] / p[2] + K[1, 2], p[2]
+
+
+def frames_with_poses(ds):
+    """(frame, object poses) for every frame of every stream; objects are static within a views scene."""
+    for ep in ds.episodes:
+        poses_all = ds.array(ep, "object_pose")
+        for stream in ds.streams(ep):
+            for t in range(ds.num_frames(ep, stream)):
+                poses = poses_all[min(t, len(poses_all) - 1)] if ds.kind == "demos" else poses_all[0]
+                yield ep, stream, ds.frame(ep, stream, t), poses
+
+
+@pytest.mark.parametrize("which", ["views", "demos"])
+def test_object_centre_projects_into_its_mask(which, request):
+    checked = {}
+    with Dataset(request.getfixturevalue(which)) as ds:
+        for _, stream, fr, poses in frames_with_poses(ds):
+            for i, pose in enumerate(poses, start=1):
+                u, v, z = project(pose[:3, 3], fr["K"], fr["pose"])
+                ui, vi = int(round(u)), int(round(v))
+                if z <= 0 or not (0 <= ui < SIZE and 0 <= vi < SIZE) or (fr["seg"] == i).sum() < 4:
+                    continue
+                if fr["seg"][vi, ui] == 255:  # the arm is in front of the centre
+                    continue
+                assert fr["seg"][vi, ui] == i, f"{stream}: object {i} centre lands on label {fr['seg'][vi, ui]}"
+                checked[stream] = checked.get(stream, 0) + 1
+    expected = {"views": {"free", "robot0_eye_in_hand", "agentview"}, "demos": {"robot0_eye_in_hand"}}[which]
+    assert expected <= set(checked), f"no visible object checked in some stream: {checked}"
+
+
+def test_depth_backprojects_onto_the_object(views):
+    half = 0.025 + 0.003  # the larger cube's half size, plus depth and pixel tolerance
+    n = 0
+    with Dataset(views) as ds:
+        for _, _, fr, poses in frames_with_poses(ds):
+            v, u = np.nonzero((fr["seg"] >= 1) & (fr["seg"] <= len(poses)) & (fr["depth"] > 0))
+            if len(u) == 0:
+                continue
+            z = fr["depth"][v, u]
+            cam = np.stack([(u - fr["K"][0, 2]) * z / fr["K"][0, 0], (v - fr["K"][1, 2]) * z / fr["K"][1, 1], z])
+            world = fr["pose"][:3, :3] @ cam + fr["pose"][:3, 3:4]
+            labels = fr["seg"][v, u]
+            for i, pose in enumerate(poses, start=1):
+                local = (pose[:3, :3].T @ (world[:, labels == i] - pose[:3, 3:4]))
+                assert np.abs(local).max(initial=0) < half, "a masked pixel's depth lies off its object"
+            n += len(u)
+    assert n > 500
+
+
+def test_arm_only_sequences_have_no_objects(views):
+    with Dataset(views) as ds:
+        arm = [e for e in ds.episodes if e.startswith("arm_")]
+        assert arm
+        for stream in ds.streams(arm[0]):
+            segs = [ds.frame(arm[0], stream, t)["seg"] for t in range(ds.num_frames(arm[0], stream))]
+            assert not any(((s >= 1) & (s < 255)).any() for s in segs)
+        assert any((ds.frame(arm[0], "agentview", t)["seg"] == 255).any()
+                   for t in range(ds.num_frames(arm[0], "agentview")))
+
+
+def test_demo_file_contents(demos):
+    with Dataset(demos) as ds:
+        ds.validate()
+        assert ds.kind == "demos" and ds.task == "lift" and ds.objects == ["cube"]
+        ep = ds.episodes[0]
+        assert ds.episode_attrs(ep)["success"]
+        T = len(ds.actions(ep))
+        assert ds.array(ep, "joint_pos").shape == (T, 7)
+        assert ds.array(ep, "object_pose").shape == (T, 1, 4, 4)
+        assert np.abs(ds.actions(ep)).max() <= 1.0
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_expert_succeeds(name):
+    env = SimEnv(get_task(name), image_size=0)
+    try:
+        results = [expert_episode(env, seed) for seed in range(3)]
+    finally:
+        env.close()
+    assert sum(r.success for r in results) >= 2, [(r.success, r.steps) for r in results]
+
+
+def test_same_seed_same_scene():
+    env = SimEnv(get_task("stack"), image_size=0)
+    try:
+        env.reset(7)
+        a = env.object_poses()
+        env.reset(8)
+        env.reset(7)
+        np.testing.assert_allclose(env.object_poses(), a, atol=1e-9)
+    finally:
+        env.close()
+
+
+def test_unknown_task_is_one_line_error():
+    with pytest.raises(DckpError, match="unknown task 'nope'"):
+        get_task("nope")
