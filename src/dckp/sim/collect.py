@@ -88,6 +88,10 @@ def _remove_objects(env: SimEnv) -> np.ndarray:
 def _film(env: SimEnv, cfg: ViewsConfig, tops: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Free-camera views of the scene as it is, then the task's cameras while the arm sweeps above it."""
     obs = {}
+    if env.task.park is not None:
+        for _ in range(40):
+            pos, rot = env.eef_pose()
+            env.step(ex.servo(pos, rot, np.array(env.task.park), rot, ex.OPEN))
     free = []
     for _ in range(cfg.free_views):
         target = tops[rng.integers(len(tops))].copy() if rng.random() < 0.5 else tops.mean(0)

@@ -25,6 +25,10 @@ class Task:
     horizon: int
     demos: dict[str, int]  # preset -> number of demonstrations
     env_kwargs: dict = field(default_factory=dict)
+    # world box (metres) holding the objects and the table or bin floor, not the resting arm: what `dckp fuse`
+    # fuses and segments
+    workspace: tuple = ((-0.25, -0.25, 0.75), (0.25, 0.25, 0.95))
+    park: tuple | None = None  # end-effector position (m) to move the arm to, out of the way, for free views
     settle_steps: int = 10
     prepare_model: Callable = lambda env: None  # once, after the model is built
     on_reset: Callable = lambda simenv, rng: None  # after each reset, before settling

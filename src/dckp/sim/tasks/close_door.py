@@ -74,8 +74,9 @@ def _door_success(env) -> bool:
 TASK = Task(
     name="close_door", stands_in_for="CloseMicrowave", env_name="Door",
     env_kwargs={"use_latch": False},
-    object_bodies=lambda env: [("Door_main", "Door_door")],
+    object_bodies=lambda env: [("Door_door", "Door_door")],  # the panel and its handle
     expert=_door_expert, success=_door_success, prepare_model=_stiff_hinge, on_reset=_open_door,
     keypoints={"door": [[-0.2, -0.02, 0.2], [-0.2, -0.02, -0.2], [0.0, -0.02, 0.0], [-0.1, -0.12, -0.025]]},
+    workspace=((-0.55, -0.5, 0.75), (0.2, -0.06, 1.45)), park=(-0.3, 0.3, 1.2),
     cameras=(WRIST,), horizon=200, demos={"cpu": 14, "paper": 14},
 )

@@ -46,5 +46,6 @@ TASK = Task(
     expert=_pick_place_expert, success=_pick_place_success, prepare_model=_hide_visual_objects,
     keypoints={"milk": [[0, 0, 0]], "bread": [[0, 0, 0]], "cereal": [[0, 0, 0]],
                "can": [[0, 0, 0.04], [0, 0, -0.04], [0.03, 0, 0], [-0.03, 0, 0], [0, 0, 0]]},
+    workspace=((-0.075, -0.475, 0.79), (0.275, -0.025, 1.0)),  # inside the source bin's walls
     cameras=(WRIST, OVERVIEW), horizon=350, demos={"cpu": 40, "paper": 140},
 )
