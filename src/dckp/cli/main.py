@@ -48,6 +48,27 @@ def cmd_collect_views(args) -> None:
     print(json.dumps({"out": args.out, **summary}, indent=1))
 
 
+def cmd_fuse(args) -> None:
+    from dckp.data import Dataset
+    from dckp.geometry.fuse import fuse_file
+    from dckp.geometry.masks import MASK_PRESETS
+    from dckp.sim.tasks import TASKS
+    from dckp.viz.fuse import fuse_picture
+
+    with Dataset(args.file) as ds:
+        task = ds.task
+    cfg = preset(MASK_PRESETS, args.preset)
+    if task in TASKS:  # the task's workspace box, unless given on the command line
+        lo, hi = TASKS[task].workspace
+        cfg = dataclasses.replace(cfg, workspace_min=list(lo), workspace_max=list(hi))
+    cfg = apply_args(cfg, args)
+    summary = fuse_file(args.file, cfg)
+    stem = Path(args.file).with_name(Path(args.file).stem)
+    save_json({"preset": args.preset, **dataclasses.asdict(cfg)}, f"{stem}.fuse.config.json")
+    picture = fuse_picture(args.file, Path(args.file).with_name(Path(args.file).stem + "_masks.png"))
+    print(json.dumps({"file": args.file, "episodes": summary, "picture": picture}, indent=1))
+
+
 def cmd_show(args) -> None:
     from dckp.viz.show import show
 
@@ -73,6 +94,7 @@ def cmd_demo(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from dckp.geometry.masks import MaskConfig
     from dckp.sim.config import CollectConfig, ViewsConfig
 
     parser = argparse.ArgumentParser(prog="dckp", description=__doc__)
@@ -92,6 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output .h5 file (its config goes beside it)")
     add_config_args(p, ViewsConfig)
     p.set_defaults(func=cmd_collect_views)
+
+    p = sub.add_parser("fuse", help="object masks for every frame of a views file, by TSDF fusion and clustering")
+    p.add_argument("file", help="a views file from `dckp collect-views` (rewritten in place, atomically)")
+    p.add_argument("--preset", default="cpu", choices=["cpu", "paper"])
+    add_config_args(p, MaskConfig)
+    p.set_defaults(func=cmd_fuse)
 
     p = sub.add_parser("show", help="summarise a dataset and write a picture grid and a video of an episode")
     p.add_argument("file")
