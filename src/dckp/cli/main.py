@@ -87,6 +87,7 @@ def cmd_demo(args) -> None:
     print(json.dumps(collect_demos(CollectConfig(task="lift", demos=3, image_size=128), demos), indent=1))
     print(json.dumps(collect_views(ViewsConfig(task="stack", scenes=2, arm_only=1, image_size=128), views),
                      indent=1))
+    cmd_fuse(build_parser().parse_args(["fuse", str(views)]))
     for path in (demos, views):
         for line in show(path, None, out / f"show_{path.stem}"):
             print(line)
