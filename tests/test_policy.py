@@ -1,0 +1,154 @@
+"""dckp.policy and dckp.encoders: the NLL, overfitting one demonstration, checkpoints, resume and the registry."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from dckp.encoders import frame_cameras, get_encoder, register_encoder
+from dckp.errors import DckpError
+from dckp.policy import (
+    LSTMPolicy,
+    PolicyConfig,
+    action_std,
+    load_policy,
+    nll,
+    proprioception,
+    save_policy,
+    train_policy,
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def demos(n=3, F=5, seed=0):
+    """Random features with actions a fixed smooth function of them, in [-1, 1]."""
+    rng = np.random.default_rng(seed)
+    A = rng.normal(size=(F, 7)).astype(np.float32) / math.sqrt(F)
+    feats = [rng.normal(size=(rng.integers(8, 20), F)).astype(np.float32) for _ in range(n)]
+    return feats, [np.tanh(f @ A) for f in feats]
+
+
+def losses(out_dir):
+    return [json.loads(line)["loss"] for line in (out_dir / "train_log.jsonl").read_text().splitlines()]
+
+
+def test_nll_matches_hand_computation():
+    std = torch.tensor([0.5, 2.0])
+    mean = torch.tensor([[[0.0, 0.0], [1.0, 1.0]], [[0.0, 1.0], [9.0, 9.0]]])
+    actions = torch.tensor([[[1.0, 0.0], [1.0, 3.0]], [[0.0, 0.0], [0.0, 0.0]]])
+    mask = torch.tensor([[True, True], [True, False]])
+    const = math.log(0.5) + math.log(2.0) + math.log(2 * math.pi)  # sum_d log std_d + log(2 pi) / 2
+    per_step = [1 / (2 * 0.25) + const, 4 / (2 * 4) + const, 1 / (2 * 4) + const]  # the masked step is left out
+    assert nll(mean, actions, mask, std).item() == pytest.approx(sum(per_step) / 3, rel=1e-6)
+
+
+def test_action_std_in_action_units():
+    assert action_std(PolicyConfig()).tolist() == pytest.approx([0.02] * 3 + [0.0087266] * 3 + [0.1], rel=1e-4)
+
+
+def test_policy_overfits_one_trajectory(tmp_path):
+    feats, acts = demos(n=1, F=6)
+    cfg = PolicyConfig(hidden=64, layers=1, batch_size=1, steps=300, checkpoint_every=300)  # default lr 3e-4
+    result = train_policy(feats, acts, cfg, tmp_path, progress=False)
+    floor = action_std(cfg).log().sum().item() + 3.5 * math.log(2 * math.pi)  # the NLL of a perfect fit
+    assert result["loss_end"] - floor < (result["loss_start"] - floor) / 100
+    policy = load_policy(tmp_path)
+    mean, _ = policy(torch.from_numpy(feats[0])[None])
+    # the NLL weighs errors by 1 / std^2: the arm dims (std 0.02, 0.0087) fit first, the gripper (std 0.1) later
+    # (the actions' mean magnitude is about 0.5)
+    assert (mean[0, :, :6] - torch.from_numpy(acts[0][:, :6])).abs().mean() < 0.05
+    for name in ("policy.safetensors", "policy.json", "policy_last.safetensors", "policy_loss.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    assert len(losses(tmp_path)) == 300
+
+
+def test_checkpoint_round_trip_and_closed_loop(tmp_path):
+    cfg = PolicyConfig(hidden=8, layers=2)
+    torch.manual_seed(0)
+    model = LSTMPolicy(5, 7, cfg)
+    model.fit_normalisation(torch.randn(50, 5) * 3 + 1)
+    save_policy(model, tmp_path)
+    loaded = load_policy(tmp_path)
+    obs = torch.randn(2, 9, 5)
+    assert torch.equal(model(obs)[0], loaded(obs)[0])
+    assert torch.equal(model.obs_std, loaded.obs_std) and loaded.cfg == cfg
+    state, steps = None, []
+    for t in range(9):  # step-by-step control equals the whole sequence at once
+        action, state = loaded.act(obs[:, t], state)
+        steps.append(action)
+    assert torch.allclose(torch.stack(steps, 1), model(obs)[0].clamp(-1, 1), atol=1e-6)
+
+
+def test_resume_repeats_the_uninterrupted_run(tmp_path):
+    feats, acts = demos()
+    cfg = PolicyConfig(hidden=16, layers=1, batch_size=2, seq_len=6, steps=8, checkpoint_every=4)
+    train_policy(feats, acts, cfg, tmp_path / "full", progress=False)
+    train_policy(feats, acts, PolicyConfig(**{**cfg.__dict__, "steps": 4}), tmp_path / "cut", progress=False)
+    with open(tmp_path / "cut" / "train_log.jsonl", "a") as log:  # steps logged after the checkpoint, then killed
+        log.write('{"step": 4, "loss": 0.0}\n{"step": 5, "lo')
+    result = train_policy(feats, acts, cfg, tmp_path / "cut", progress=False)
+    assert result["resumed_from"] == 4
+    assert losses(tmp_path / "cut") == losses(tmp_path / "full")
+    with pytest.raises(DckpError, match="another config"):
+        train_policy(feats, acts, PolicyConfig(**{**cfg.__dict__, "lr": 1e-3}), tmp_path / "cut", progress=False)
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(DckpError, match="policy.json: file not found"):
+        load_policy(tmp_path)
+    save_policy(LSTMPolicy(3, 7, PolicyConfig(hidden=4, layers=1)), tmp_path)
+    (tmp_path / "policy.safetensors").write_bytes(b"garbage")
+    with pytest.raises(DckpError, match="policy.safetensors: not a readable safetensors file"):
+        load_policy(tmp_path)
+    (tmp_path / "policy.json").write_text("{")
+    with pytest.raises(DckpError, match="policy.json: not a policy description"):
+        load_policy(tmp_path)
+
+
+def test_config_and_data_validation(tmp_path):
+    with pytest.raises(DckpError, match="proprio"):
+        PolicyConfig(proprio="images")
+    with pytest.raises(DckpError, match="std_gripper"):
+        PolicyConfig(std_gripper=0.0)
+    feats, acts = demos(n=2)
+    with pytest.raises(DckpError, match=r"actions\[1\]"):
+        train_policy(feats, [acts[0], acts[1][:, :6]], PolicyConfig(steps=1), tmp_path, progress=False)
+
+
+def test_proprioception():
+    T = 4
+    obs = {"joint_pos": np.ones((T, 7)), "eef_pos": np.zeros((T, 3)), "gripper_qpos": np.full((T, 2), 0.02),
+           "eef_quat": np.array([[-0.5, 0.5, 0.5, 0.5]] * T)}
+    assert proprioception(obs, "joint_pos").shape == (T, 7)
+    eef = proprioception(obs, "eef_pose")
+    assert eef.shape == (T, 9) and eef.dtype == np.float32
+    assert np.allclose(eef[0], [0, 0, 0, 0.5, -0.5, -0.5, -0.5, 0.02, 0.02])  # w < 0 flipped to w > 0
+
+
+def test_encoder_registry():
+    with pytest.raises(DckpError, match="unknown encoder 'nope'"):
+        get_encoder("nope")
+
+    @register_encoder("test_mean_rgb")
+    class MeanRGB:
+        def feature_dim(self, cameras):
+            return 3 * len(cameras)
+
+        def encode(self, frames):
+            return torch.cat([frames[f"{c}_rgb"].float().mean((1, 2)) for c in frame_cameras(frames)], 1)
+
+    frames = {f"{c}_{k}": torch.zeros(2, 4, 4, 3, dtype=torch.uint8) for c in ("b", "a") for k in ("rgb",)}
+    enc = get_encoder("test_mean_rgb")()
+    assert frame_cameras(frames) == ["a", "b"]
+    assert enc.encode(frames).shape == (2, enc.feature_dim(frame_cameras(frames)))
+    with pytest.raises(ValueError):
+        register_encoder("test_mean_rgb")(MeanRGB)
