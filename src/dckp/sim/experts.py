@@ -117,8 +117,8 @@ def pick_phases(obj_pos: Callable, close_along: Callable, symmetry: float, grasp
         return pos + [0, 0, lift], rot
 
     return [
-        Phase("above", above, OPEN, 80),
-        Phase("descend", at, OPEN, 40, tol=0.004),
+        Phase("above", above, OPEN, 80, tol=0.005),
+        Phase("descend", at, OPEN, 60, tol=0.004, speed=0.5),  # at full speed the hand drifts ~1-2 cm
         Phase("close", hold, CLOSED, 12, tol=None),
         Phase("lift", up, CLOSED, 50),
     ]

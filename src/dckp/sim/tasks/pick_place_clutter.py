@@ -12,19 +12,35 @@ from dckp.sim.tasks.base import OVERVIEW, WRIST, Task
 _PP_OBJECTS = ("Milk", "Bread", "Cereal", "Can")
 
 
+HAND_HALF_LENGTH = 0.1  # metres: the Panda hand is about 0.2 m long along the line through its fingers
+
+
+def _footprint(env, body: str) -> np.ndarray:
+    """World (x, y) of the corners of every geom's bounding box of an object, seen from above."""
+    m, d = env.model, env.data
+    geoms = np.flatnonzero(m.geom_bodyid == m.body(body).id)
+    corners = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)])
+    local = [m.geom_aabb[g, :3] + corners * m.geom_aabb[g, 3:] for g in geoms]  # (8, 3) in each geom's frame
+    pts = [p @ d.geom_xmat[g].reshape(3, 3).T + d.geom_xpos[g] for g, p in zip(geoms, local, strict=True)]
+    return np.concatenate(pts)[:, :2]
+
+
 def _can_closing_yaw(env) -> float:
-    """Close the fingers across the line to the nearest other object, so they pass beside it."""
-    can = env.data.body("Can_main").xpos
-    others = [env.data.body(f"{o}_main").xpos for o in _PP_OBJECTS[:3]]
-    near = min(others, key=lambda p: np.linalg.norm(p[:2] - can[:2]))
-    d = near[:2] - can[:2]
-    return float(np.arctan2(d[1], d[0]) + np.pi / 2)
+    """The closing direction whose hand (a segment through the can along the fingers) keeps farthest from
+    the other objects' footprints, so the hand comes down between them."""
+    can = env.data.body("Can_main").xpos[:2]
+    obstacles = np.concatenate([_footprint(env, f"{o}_main") for o in _PP_OBJECTS[:3]]) - can
+    yaws = np.linspace(0, np.pi, 36, endpoint=False)
+    axes = np.stack([np.cos(yaws), np.sin(yaws)], 1)
+    along = np.clip(obstacles @ axes.T, -HAND_HALF_LENGTH, HAND_HALF_LENGTH)  # (P, yaws)
+    gaps = np.linalg.norm(obstacles[:, None] - along[..., None] * axes[None], axis=-1).min(0)
+    return float(yaws[np.argmax(gaps)])
 
 
 def _pick_place_expert(env):
     can = lambda e: e.data.body("Can_main").xpos.copy()  # noqa: E731
     goal = lambda e: e.env.target_bin_placements[3].copy()  # noqa: E731
-    return ex.Expert(ex.pick_phases(can, _can_closing_yaw, np.pi, approach=0.12, lift=0.2)
+    return ex.Expert(ex.pick_phases(can, _can_closing_yaw, np.pi, approach=0.2, lift=0.2)
                      + ex.place_phases(can, goal, release_height=0.08, carry_height=0.2))
 
 

@@ -8,12 +8,19 @@ from dckp.sim import experts as ex
 from dckp.sim.tasks.base import OVERVIEW, WRIST, Task, cube_corners
 
 
+def _closing_yaw(env) -> float:
+    """Of cube A's two grasp axes, the one pointing furthest from cube B, so no finger lands on B."""
+    yaw = ex.yaw_of(env.data.body("cubeA_main").xmat.reshape(3, 3))
+    d = env.data.body("cubeB_main").xpos[:2] - env.data.body("cubeA_main").xpos[:2]
+    to_b = np.arctan2(d[1], d[0])
+    return min((yaw, yaw + np.pi / 2), key=lambda y: abs(np.cos(y - to_b)))
+
+
 def _stack_expert(env):
     a = lambda e: e.data.body("cubeA_main").xpos.copy()  # noqa: E731
     b = lambda e: e.data.body("cubeB_main").xpos.copy()  # noqa: E731
-    yaw = lambda e: ex.yaw_of(e.data.body("cubeA_main").xmat.reshape(3, 3))  # noqa: E731
     # cubeA (half size 0.02) released 1 cm above cubeB's top (half size 0.025)
-    return ex.Expert(ex.pick_phases(a, yaw, np.pi / 2) + ex.place_phases(a, b, release_height=0.055))
+    return ex.Expert(ex.pick_phases(a, _closing_yaw, np.pi) + ex.place_phases(a, b, release_height=0.055))
 
 
 TASK = Task(

@@ -1,0 +1,75 @@
+"""Dense Object Net training config with `cpu` and `paper` presets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dckp.errors import DckpError
+
+BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
+
+
+@dataclass
+class DonConfig:
+    """backbone: torchvision ResNet at output stride 8; descriptor_dim: D; image_size: pixels (square).
+    backbone_weights: local torchvision state dict (.safetensors, or .pt/.pth read with weights_only=True);
+    "" = random init. Optimiser: Adam (lr, weight_decay as L2, like the authors' code); the lr is multiplied
+    by lr_decay every lr_decay_every optimiser steps. batch_pairs: image pairs per step.
+    n_matches: matches per pair; n_non_matches: non-matches per match, of each kind (object and background).
+    margin_object, margin_background: hinge margins M on the distance normalised by sqrt(D) (see loss.py).
+    normalise_hard_negatives: average each non-match term over its hard negatives (non-zero hinge) instead
+    of over all non-matches. crop_min, rotate, jitter, random_background: augmentation (augment.py)."""
+
+    backbone: str = "resnet18"
+    descriptor_dim: int = 3
+    image_size: int = 128
+    backbone_weights: str = ""
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    lr_decay: float = 0.9
+    lr_decay_every: int = 250
+    batch_pairs: int = 1
+    steps: int = 3500
+    n_matches: int = 1000
+    n_non_matches: int = 150
+    margin_object: float = 0.25
+    margin_background: float = 0.75
+    normalise_hard_negatives: bool = True
+    seed: int = 0
+    crop_min: float = 0.6
+    rotate: bool = True
+    jitter: float = 0.2
+    random_background: bool = True
+
+    def __post_init__(self):
+        if self.backbone not in BACKBONES:
+            raise DckpError(f"unknown backbone {self.backbone!r}; choose from {list(BACKBONES)}", field="backbone")
+        if self.image_size < 16:
+            raise DckpError(f"must be >= 16, got {self.image_size}", field="image_size")
+        for name in ("descriptor_dim", "lr_decay_every", "batch_pairs", "n_matches", "n_non_matches"):
+            if getattr(self, name) < 1:
+                raise DckpError(f"must be >= 1, got {getattr(self, name)}", field=name)
+        for name in ("lr", "margin_object", "margin_background"):
+            if not getattr(self, name) > 0:
+                raise DckpError(f"must be > 0, got {getattr(self, name)}", field=name)
+        if self.steps < 0 or self.weight_decay < 0:
+            name = "steps" if self.steps < 0 else "weight_decay"
+            raise DckpError(f"must be >= 0, got {getattr(self, name)}", field=name)
+        if not 0 < self.lr_decay <= 1:
+            raise DckpError(f"must be in (0, 1], got {self.lr_decay}", field="lr_decay")
+        if not 0 < self.crop_min <= 1:
+            raise DckpError(f"must be in (0, 1], got {self.crop_min}", field="crop_min")
+        if not 0 <= self.jitter < 1:
+            raise DckpError(f"must be in [0, 1), got {self.jitter}", field="jitter")
+
+
+DON_PRESETS = {
+    # D=16: our choice within the small-D regime of Dense Object Nets (Florence et al., CoRL 2018), whose
+    # released training.yaml (RobotLocomotion/pytorch-dense-correspondence) uses descriptor_dimension 3.
+    # Optimiser schedule and 150 non-matches per match follow that training.yaml: lr 1e-4, weight decay 1e-4,
+    # lr x0.9 every 250 of 3500 steps, 1 pair per step.
+    "paper": DonConfig(backbone="resnet50", descriptor_dim=16, image_size=256, n_matches=5000, n_non_matches=150),
+    # CPU scale: resnet18, D=3 (viewable as RGB), fewer samples per pair.
+    "cpu": DonConfig(backbone="resnet18", descriptor_dim=3, image_size=128, steps=2000, n_matches=500,
+                     n_non_matches=30),
+}

@@ -1,0 +1,117 @@
+"""The pixelwise contrastive loss of Dense Object Nets, and one optimiser step on a batch of pairs.
+
+For a pair (I_a, I_b) with descriptor images f_a, f_b of D channels, the distance of pixels u in I_a and v in
+I_b is normalised by sqrt(D):
+
+    d(u, v) = ||f_a(u) - f_b(v)||_2 / sqrt(D)
+
+so d^2 is the mean squared difference per channel and margins mean the same for every D. With m matches
+(u_a^i, u_b^i) from the sampled object's mask in I_a, and for each match n object non-matches v^ij from the
+object's mask in I_b and n background non-matches w^ij from the rest of I_b (each paired with u_a^i):
+
+    L_match      = (1/m) sum_i d(u_a^i, u_b^i)^2
+    L_object     = (1/N_o) sum_ij max(0, M_object - d(u_a^i, v^ij))^2
+    L_background = (1/N_b) sum_ij max(0, M_background - d(u_a^i, w^ij))^2
+    L            = L_match + L_object + L_background
+
+N_o (N_b) is the number of valid object (background) non-matches, or, with `normalise_hard_negatives`, the
+number of hard negatives among them: those with a non-zero hinge (at least 1), as in the authors' released
+code. Over a batch the sums and counts run over all valid entries of all pairs (m is the total of valid
+matches). Descriptors are read at subpixel (u, v) by bilinear interpolation of the 4 neighbouring pixels
+(exact at integer coordinates; coordinates are clamped to the pixel centres at the border). d at exactly
+zero has gradient 0 (torch's norm), so identical descriptors give no push apart but no NaN either.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from dckp.don.config import DonConfig
+
+BATCH_KEYS = ("uv_a", "uv_b", "match_valid", "nm_object", "nm_object_valid", "nm_background", "nm_background_valid")
+
+
+def sample_descriptors(desc: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
+    """Bilinear descriptors `(B, N, D)` of `desc (B, D, H, W)` at pixel coordinates `uv (B, N, 2)` = (col, row)."""
+    B, D, H, W = desc.shape
+    u, v = uv[..., 0].clamp(0, W - 1), uv[..., 1].clamp(0, H - 1)
+    u0, v0 = u.floor(), v.floor()
+    fu, fv = (u - u0)[:, None], (v - v0)[:, None]
+    u0, v0 = u0.long(), v0.long()
+    u1, v1 = (u0 + 1).clamp(max=W - 1), (v0 + 1).clamp(max=H - 1)
+    flat = desc.flatten(2)
+
+    def at(uu, vv):
+        return flat.gather(2, (vv * W + uu)[:, None].expand(B, D, -1))
+
+    out = (at(u0, v0) * (1 - fu) + at(u1, v0) * fu) * (1 - fv) + (at(u0, v1) * (1 - fu) + at(u1, v1) * fu) * fv
+    return out.transpose(1, 2)
+
+
+def _non_match_term(f_a, desc_b, uv, valid, margin, D, hard_only):
+    f_nm = sample_descriptors(desc_b, uv.flatten(1, 2)).unflatten(1, uv.shape[1:3])  # (B, m, n, D)
+    d = torch.linalg.vector_norm(f_a[:, :, None] - f_nm, dim=-1) / D**0.5
+    hinge = torch.where(valid, (margin - d).clamp(min=0) ** 2, 0)
+    hard = valid & (hinge > 0)
+    count = (hard if hard_only else valid).sum().clamp(min=1)
+    return hinge.sum() / count, hard.sum().item() / max(valid.sum().item(), 1)
+
+
+def contrastive_loss(desc_a, desc_b, uv_a, uv_b, match_valid, nm_object, nm_object_valid, nm_background,
+                     nm_background_valid, cfg: DonConfig) -> tuple[torch.Tensor, dict[str, float]]:
+    """The loss above for a batch of B pairs, padded to m matches per pair.
+
+    desc_a, desc_b: `(B, D, H, W)`; uv_a, uv_b: `(B, m, 2)` pixel coordinates (col, row); match_valid `(B, m)`;
+    nm_object, nm_background: `(B, m, n, 2)` pixels of I_b, each the non-match of match i, with validity
+    `(B, m, n)`. Returns the loss and floats `match`, `object`, `background` (the three terms) and
+    `hard_object`, `hard_background` (fraction of valid non-matches with a non-zero hinge)."""
+    D = desc_a.shape[1]
+    f_a = sample_descriptors(desc_a, uv_a)
+    f_b = sample_descriptors(desc_b, uv_b)
+    d2 = torch.where(match_valid, ((f_a - f_b) ** 2).sum(-1) / D, 0)
+    l_match = d2.sum() / match_valid.sum().clamp(min=1)
+    hard = cfg.normalise_hard_negatives
+    l_obj, hard_obj = _non_match_term(f_a, desc_b, nm_object, nm_object_valid & match_valid[..., None],
+                                      cfg.margin_object, D, hard)
+    l_bg, hard_bg = _non_match_term(f_a, desc_b, nm_background, nm_background_valid & match_valid[..., None],
+                                    cfg.margin_background, D, hard)
+    parts = {"match": l_match.item(), "object": l_obj.item(), "background": l_bg.item(),
+             "hard_object": hard_obj, "hard_background": hard_bg}
+    return l_match + l_obj + l_bg, parts
+
+
+def make_optimizer(model: nn.Module, cfg: DonConfig):
+    """Adam with L2 weight decay (as the authors' code) and a StepLR schedule: lr x lr_decay every
+    lr_decay_every steps (call `scheduler.step()` once after each `train_step`)."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return optimizer, torch.optim.lr_scheduler.StepLR(optimizer, cfg.lr_decay_every, gamma=cfg.lr_decay)
+
+
+def collate_pairs(pairs: list[dict]) -> dict[str, torch.Tensor]:
+    """Stack augmented pairs (`augment_pair` output) into a batch, padding matches with `match_valid`."""
+    m = max(len(p["uv_a"]) for p in pairs)
+    batch = {"image_a": torch.stack([p["image_a"] for p in pairs]),
+             "image_b": torch.stack([p["image_b"] for p in pairs])}
+    for key in BATCH_KEYS:
+        if key == "match_valid":
+            rows = [torch.ones(len(p["uv_a"]), dtype=torch.bool) for p in pairs]
+        else:
+            rows = [p[key] for p in pairs]
+        batch[key] = torch.stack([torch.cat([r, r.new_zeros((m - len(r), *r.shape[1:]))]) for r in rows])
+    return batch
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor],
+               cfg: DonConfig) -> dict[str, float]:
+    """One optimiser step on a batch: `image_a`, `image_b` `(B, 3, H, W)` in [0, 1] and the `BATCH_KEYS`
+    tensors of `contrastive_loss` (see `collate_pairs`), all on the model's device. Both images of every pair
+    go through the model in one forward pass (shared batch-norm statistics). Returns `loss` and its parts."""
+    model.train()
+    B = batch["image_a"].shape[0]
+    desc = model(torch.cat([batch["image_a"], batch["image_b"]]))
+    loss, parts = contrastive_loss(desc[:B], desc[B:], *(batch[k] for k in BATCH_KEYS), cfg)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return {"loss": loss.item(), **parts}

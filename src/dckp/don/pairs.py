@@ -1,0 +1,109 @@
+"""Training pairs for the Dense Object Net from pretraining-view files with fused object masks.
+
+A pair: pick a scene, then two of its frames (any streams: wrist, overview, free cameras) whose camera poses
+differ by more than `min_translation` metres or `min_rotation_deg` degrees; pick one object uniformly among
+those with mask pixels in both frames (the other objects count as background); sample matches from that
+object's mask in I_a (depth and poses, with the occlusion test), object non-matches from its mask in I_b and
+background non-matches from the rest of I_b (table, other objects, arm). A pair without an object in both
+masks, or with too few matches, is drawn again.
+
+Arm-only sequences (`arm_N` episodes) give pairs in which the arm is the object (its mask comes from
+fusing the arm-only free views): the arm gets consistent descriptors of its own, and in ordinary scenes it
+is background, so object descriptors are pushed away from it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from dckp.data import Dataset
+from dckp.errors import DckpError
+from dckp.geometry.correspondence import sample_matches, sample_non_matches
+
+
+@dataclass
+class Frame:
+    file: int
+    episode: str
+    stream: str
+    t: int
+    pose: np.ndarray
+
+
+class PairSampler:
+    """Draws training pairs from one or more view files that `dckp fuse` has given masks."""
+
+    def __init__(self, paths: list[str], n_matches: int, n_object: int, n_background: int,
+                 min_translation: float = 0.2, min_rotation_deg: float = 20.0, arm_fraction: float = 0.1,
+                 tol: float = 0.003, seed: int = 0, max_tries: int = 50, episodes: dict | None = None):
+        self.datasets = [Dataset(p) for p in paths]
+        self.n_matches, self.n_object, self.n_background = n_matches, n_object, n_background
+        self.min_translation, self.min_rotation = min_translation, np.deg2rad(min_rotation_deg)
+        self.arm_fraction, self.tol, self.max_tries = arm_fraction, tol, max_tries
+        self.rng = np.random.default_rng(seed)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.scenes, self.arm = [], []
+        for i, ds in enumerate(self.datasets):
+            for ep in (episodes or {}).get(ds.path, ds.episodes):
+                frames = self._frames(i, ds, ep)
+                (self.arm if ep.startswith("arm_") else self.scenes).append(frames)
+        if not self.scenes:
+            raise DckpError("no scenes with masks (run `dckp fuse` on the file first)", path=paths[0])
+
+    @staticmethod
+    def _frames(i: int, ds: Dataset, episode: str) -> list[Frame]:
+        frames = []
+        for stream in ds.streams(episode):
+            if f"{stream}_mask" not in ds.f[f"data/{episode}/obs"]:
+                continue
+            poses = ds.array(episode, f"{stream}_pose")
+            frames += [Frame(i, episode, stream, t, poses[t]) for t in range(len(poses))]
+        return frames
+
+    def _load(self, fr: Frame) -> dict[str, torch.Tensor]:
+        ds = self.datasets[fr.file]
+        data = ds.frame(fr.episode, fr.stream, fr.t)
+        mask = ds.f[f"data/{fr.episode}/obs/{fr.stream}_mask"][fr.t]
+        return {"rgb": torch.from_numpy(data["rgb"]), "depth": torch.from_numpy(data["depth"]),
+                "K": torch.from_numpy(data["K"]).double(), "pose": torch.from_numpy(data["pose"]).double(),
+                "mask": torch.from_numpy(mask)}
+
+    def far_apart(self, a: np.ndarray, b: np.ndarray) -> bool:
+        translation = np.linalg.norm(a[:3, 3] - b[:3, 3])
+        cos = np.clip((np.trace(a[:3, :3].T @ b[:3, :3]) - 1) / 2, -1, 1)
+        return translation > self.min_translation or np.arccos(cos) > self.min_rotation
+
+    def sample(self) -> dict[str, torch.Tensor]:
+        """One pair: `rgb_a`, `rgb_b` (H,W,3) uint8, `uv_a`, `uv_b` (m,2), `nm_object` (m,n_o,2) with
+        `nm_object_valid` (m,n_o), `nm_background` (m,n_b,2) with `nm_background_valid`, and `object`."""
+        for _ in range(self.max_tries):
+            pool = self.arm if self.arm and self.rng.random() < self.arm_fraction else self.scenes
+            frames = pool[self.rng.integers(len(pool))]
+            a = frames[self.rng.integers(len(frames))]
+            far = [f for f in frames if self.far_apart(a.pose, f.pose)]
+            if not far:
+                continue
+            b = far[self.rng.integers(len(far))]
+            fa, fb = self._load(a), self._load(b)
+            common = sorted(set(fa["mask"].unique().tolist()) & set(fb["mask"].unique().tolist()) - {0})
+            if not common:
+                continue
+            obj = common[self.rng.integers(len(common))]
+            uv_a, uv_b = sample_matches(fa["mask"] == obj, fa["depth"].double(), fa["K"], fa["pose"],
+                                        fb["depth"].double(), fb["K"], fb["pose"], self.n_matches, self.tol,
+                                        self.generator)
+            if len(uv_a) < min(10, self.n_matches):
+                continue
+            nm_obj, ok_obj = sample_non_matches(uv_b, fb["mask"] == obj, self.n_object, generator=self.generator)
+            nm_bg, ok_bg = sample_non_matches(uv_b, fb["mask"] != obj, self.n_background,
+                                              generator=self.generator)
+            return {"rgb_a": fa["rgb"], "rgb_b": fb["rgb"], "mask_a": fa["mask"], "mask_b": fb["mask"],
+                    "uv_a": uv_a.float(), "uv_b": uv_b.float(),
+                    "nm_object": nm_obj.float(), "nm_object_valid": ok_obj,
+                    "nm_background": nm_bg.float(), "nm_background_valid": ok_bg,
+                    "object": torch.tensor(obj), "arm": torch.tensor(pool is self.arm)}
+        raise DckpError(f"no valid pair in {self.max_tries} draws (masks empty or poses too similar?)",
+                        path=self.datasets[0].path)
