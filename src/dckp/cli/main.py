@@ -69,6 +69,19 @@ def cmd_fuse(args) -> None:
     print(json.dumps({"file": args.file, "episodes": summary, "picture": picture}, indent=1))
 
 
+def cmd_pretrain(args) -> None:
+    import torch
+
+    from dckp.don.config import DON_PRESETS
+    from dckp.don.train import pretrain
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = apply_args(preset(DON_PRESETS, args.preset), args)
+    summary = pretrain(args.views, cfg, args.out, checkpoint_every=args.checkpoint_every)
+    print(json.dumps(summary, indent=1))
+
+
 def cmd_show(args) -> None:
     from dckp.viz.show import show
 
@@ -95,6 +108,7 @@ def cmd_demo(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from dckp.don.config import DonConfig
     from dckp.geometry.masks import MaskConfig
     from dckp.sim.config import CollectConfig, ViewsConfig
 
@@ -121,6 +135,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="cpu", choices=["cpu", "paper"])
     add_config_args(p, MaskConfig)
     p.set_defaults(func=cmd_fuse)
+
+    p = sub.add_parser("pretrain", help="train a Dense Object Net on fused view files (resumes if interrupted)")
+    p.add_argument("--views", nargs="+", required=True, help="view files that `dckp fuse` has given masks")
+    p.add_argument("--out", required=True, help="run folder: checkpoints, log, curves, config")
+    p.add_argument("--preset", default="cpu", choices=["cpu", "paper"])
+    p.add_argument("--checkpoint-every", type=int, default=100, help="steps between resumable checkpoints")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    add_config_args(p, DonConfig)
+    p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("show", help="summarise a dataset and write a picture grid and a video of an episode")
     p.add_argument("file")

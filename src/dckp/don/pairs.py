@@ -23,6 +23,12 @@ from dckp.data import Dataset
 from dckp.errors import DckpError
 from dckp.geometry.correspondence import sample_matches, sample_non_matches
 
+PRIOR_WORK_DISTANCE = (0.5, 0.9)  # metres from the scene centre: the prior work's fixed-distance camera
+
+
+def _scene_centre(ds: Dataset, episode: str) -> np.ndarray:
+    return ds.f[f"data/{episode}/fused/points"][()].mean(0)
+
 
 @dataclass
 class Frame:
@@ -38,17 +44,24 @@ class PairSampler:
 
     def __init__(self, paths: list[str], n_matches: int, n_object: int, n_background: int,
                  min_translation: float = 0.2, min_rotation_deg: float = 20.0, arm_fraction: float = 0.1,
-                 tol: float = 0.003, seed: int = 0, max_tries: int = 50, episodes: dict | None = None):
+                 tol: float = 0.003, seed: int = 0, max_tries: int = 50, episodes: dict | None = None,
+                 prior_work: bool = False):
         self.datasets = [Dataset(p) for p in paths]
         self.n_matches, self.n_object, self.n_background = n_matches, n_object, n_background
         self.min_translation, self.min_rotation = min_translation, np.deg2rad(min_rotation_deg)
         self.arm_fraction, self.tol, self.max_tries = arm_fraction, tol, max_tries
+        self.prior_work = prior_work
         self.rng = np.random.default_rng(seed)
         self.generator = torch.Generator().manual_seed(seed)
         self.scenes, self.arm = [], []
         for i, ds in enumerate(self.datasets):
             for ep in (episodes or {}).get(ds.path, ds.episodes):
                 frames = self._frames(i, ds, ep)
+                if prior_work:
+                    if ep.startswith("arm_"):
+                        continue
+                    frames = [f for f in frames if f.stream == "free" and PRIOR_WORK_DISTANCE[0]
+                              <= np.linalg.norm(f.pose[:3, 3] - _scene_centre(ds, ep)) <= PRIOR_WORK_DISTANCE[1]]
                 (self.arm if ep.startswith("arm_") else self.scenes).append(frames)
         if not self.scenes:
             raise DckpError("no scenes with masks (run `dckp fuse` on the file first)", path=paths[0])
@@ -67,6 +80,8 @@ class PairSampler:
         ds = self.datasets[fr.file]
         data = ds.frame(fr.episode, fr.stream, fr.t)
         mask = ds.f[f"data/{fr.episode}/obs/{fr.stream}_mask"][fr.t]
+        if self.prior_work:
+            mask = (mask > 0).astype(np.uint8)  # one foreground mask for all objects
         return {"rgb": torch.from_numpy(data["rgb"]), "depth": torch.from_numpy(data["depth"]),
                 "K": torch.from_numpy(data["K"]).double(), "pose": torch.from_numpy(data["pose"]).double(),
                 "mask": torch.from_numpy(mask)}

@@ -1,0 +1,127 @@
+"""Dense Object Net pretraining: pairs from fused view files, augmentation, Adam, resumable checkpoints.
+
+`out_dir` gets `last.safetensors` (model, optimiser, scheduler and every RNG: an interrupted run resumes
+exactly where it stopped), `don.safetensors` + `don.json` (the trained model and its config),
+`train_log.jsonl` (one line of losses per step) and `train_curves.png`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from dckp.config import atomic_write_bytes, save_json  # noqa: E402
+from dckp.don.augment import augment_pair  # noqa: E402
+from dckp.don.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from dckp.don.config import DonConfig  # noqa: E402
+from dckp.don.loss import collate_pairs, make_optimizer, train_step  # noqa: E402
+from dckp.don.model import DenseObjectNet, load_backbone_weights  # noqa: E402
+from dckp.don.pairs import PairSampler  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+
+def make_sampler(views: list[str], cfg: DonConfig) -> PairSampler:
+    return PairSampler(views, cfg.n_matches, cfg.n_non_matches, cfg.n_non_matches, cfg.min_pose_translation,
+                       cfg.min_pose_rotation_deg, 0.0 if cfg.prior_work else cfg.arm_fraction, seed=cfg.seed,
+                       prior_work=cfg.prior_work)
+
+
+def pretrain(views: list[str], cfg: DonConfig, out_dir: str | Path, checkpoint_every: int = 100,
+             progress: bool = True) -> dict:
+    """Train (or resume training) a Dense Object Net on fused view files. Returns a summary."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    model = DenseObjectNet(cfg)
+    load_backbone_weights(model, cfg.backbone_weights or None)
+    optimizer, scheduler = make_optimizer(model, cfg)
+    sampler = make_sampler(views, cfg)
+    aug_rng = np.random.default_rng([cfg.seed, 1])
+    generators = {"pairs": sampler.rng, "pairs_torch": sampler.generator, "augment": aug_rng}
+    last, log_path = out / "last.safetensors", out / "train_log.jsonl"
+    start = 0
+    if last.exists():
+        start = load_checkpoint(last, model, optimizer, scheduler, cfg, generators)
+        log.info("resuming from %s at step %d", last, start)
+    lines = [ln for ln in log_path.read_text().splitlines() if ln.strip()] if log_path.exists() else []
+    lines = [ln for ln in lines if _complete(ln) and json.loads(ln)["step"] < start]
+    save_json({"views": [str(v) for v in views], **_asdict(cfg)}, out / "pretrain_config.json")
+    model.train()
+    with tqdm(total=cfg.steps, initial=start, desc="pretrain", disable=not progress) as bar:
+        for step in range(start, cfg.steps):
+            pairs = [augment_pair(sampler.sample(), aug_rng, cfg.crop_min, cfg.rotate, cfg.jitter,
+                                  cfg.random_background) for _ in range(cfg.batch_pairs)]
+            stats = train_step(model, optimizer, collate_pairs(pairs), cfg)
+            scheduler.step()
+            lines.append(json.dumps({"step": step, "lr": scheduler.get_last_lr()[0], **stats}))
+            bar.set_postfix(loss=f"{stats['loss']:.4f}")
+            bar.update(1)
+            if (step + 1) % checkpoint_every == 0 or step + 1 == cfg.steps:
+                atomic_write_bytes(log_path, ("\n".join(lines) + "\n").encode())
+                save_checkpoint(last, model, cfg, step + 1, optimizer, scheduler, generators)
+    save_checkpoint(out / "don.safetensors", model, cfg, cfg.steps)
+    plot_curves(log_path, out / "train_curves.png")
+    losses = [json.loads(ln)["loss"] for ln in lines]
+    k = max(1, len(losses) // 10)  # loss averaged over the first and the last tenth of the steps
+    return {"steps": cfg.steps, "resumed_from": start, "loss_first": float(np.mean(losses[:k])),
+            "loss_last": float(np.mean(losses[-k:])), "out": str(out)}
+
+
+def load_don(run_dir: str | Path) -> DenseObjectNet:
+    """The trained network of a `pretrain` run (`don.safetensors`), in eval mode."""
+    from dckp.don.checkpoint import load_checkpoint_config
+
+    path = Path(run_dir) / "don.safetensors"
+    cfg = load_checkpoint_config(path)
+    model = DenseObjectNet(cfg)
+    load_checkpoint(path, model)
+    return model.eval()
+
+
+def plot_curves(log_path: Path, out: Path) -> None:
+    rows = [json.loads(ln) for ln in log_path.read_text().splitlines() if ln.strip()]
+    if not rows:
+        return
+    steps = np.array([r["step"] for r in rows])
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for key in ("loss", "match", "object", "background"):
+        if key in rows[0]:
+            values = np.array([r[key] for r in rows])
+            k = max(1, len(values) // 50)
+            smooth = np.convolve(values, np.ones(k) / k, mode="valid")
+            ax.plot(steps[k - 1:], smooth, label=key)
+    ax.set_xlabel("step")
+    ax.set_yscale("log")
+    ax.legend()
+    ax.set_title("DON pretraining losses (moving average)")
+    fig.tight_layout()
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write_bytes(out, buf.getvalue())
+
+
+def _complete(line: str) -> bool:
+    try:
+        json.loads(line)
+    except json.JSONDecodeError:
+        return False
+    return True
+
+
+def _asdict(cfg: DonConfig) -> dict:
+    import dataclasses
+
+    return dataclasses.asdict(cfg)
