@@ -82,6 +82,28 @@ def cmd_pretrain(args) -> None:
     print(json.dumps(summary, indent=1))
 
 
+def cmd_eval_correspondence(args) -> None:
+    from dckp.don.evaluate import evaluate_model, sample_eval_pairs
+    from dckp.don.train import load_don
+
+    model = load_don(args.run)
+    results = {}
+    for path in args.views:
+        pairs = sample_eval_pairs(path, per_type=args.pairs, seed=args.seed)
+        results[path] = evaluate_model(model, path, pairs)
+    save_json(results, Path(args.run) / "eval_correspondence.json")
+    print(json.dumps(results, indent=1))
+
+
+def cmd_viz_descriptors(args) -> None:
+    from dckp.don.train import load_don
+    from dckp.viz.descriptors import descriptor_pictures
+
+    out = args.out or Path(args.run) / "pictures"
+    for line in descriptor_pictures(load_don(args.run), args.file, out, args.episode):
+        print(line)
+
+
 def cmd_show(args) -> None:
     from dckp.viz.show import show
 
@@ -144,6 +166,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     add_config_args(p, DonConfig)
     p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("eval-correspondence", help="correspondence accuracy of a pretrained DON on held-out views")
+    p.add_argument("run", help="a `dckp pretrain` run folder")
+    p.add_argument("--views", nargs="+", required=True, help="held-out view files (ground truth from depth/poses)")
+    p.add_argument("--pairs", type=int, default=20, help="pairs per pair type")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_eval_correspondence)
+
+    p = sub.add_parser("viz-descriptors", help="descriptor images (PCA to RGB) and correspondence heatmaps")
+    p.add_argument("run", help="a `dckp pretrain` run folder")
+    p.add_argument("--file", required=True, help="a demos or views file")
+    p.add_argument("--episode", default=None)
+    p.add_argument("--out", default=None, help="folder (default: RUN/pictures)")
+    p.set_defaults(func=cmd_viz_descriptors)
 
     p = sub.add_parser("show", help="summarise a dataset and write a picture grid and a video of an episode")
     p.add_argument("file")
