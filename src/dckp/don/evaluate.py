@@ -11,7 +11,8 @@ Pair types (frames of one scene; the camera poses differ by > 0.2 m or 20 degree
   (the overview camera, or a free camera > 0.9 m away);
 - `occlusion`: more than 20 % of I_a's object points that project into I_b are hidden there.
 
-The wrong-object rate counts best matches that land on another object or on the arm (not on the table).
+The wrong-object rate counts best matches that land on another object or on the arm (not on the table); the
+arm rate those on the arm alone.
 """
 
 from __future__ import annotations
@@ -103,7 +104,7 @@ def evaluate_model(model, path: str, pairs: dict) -> dict:
     results = {}
     with Dataset(path) as ds:
         for kind, items in pairs.items():
-            errors, wrong, closer = [], [], []
+            errors, wrong, closer, arm = [], [], [], []
             for p in items:
                 fa, fb = ds.frame(p["episode"], *p["a"]), ds.frame(p["episode"], *p["b"])
                 images = torch.from_numpy(np.stack([fa["rgb"], fb["rgb"]])).permute(0, 3, 1, 2).float() / 255
@@ -114,6 +115,7 @@ def evaluate_model(model, path: str, pairs: dict) -> dict:
                 seg = torch.from_numpy(fb["seg"]).long()
                 landed, truth = _label_at(seg, m["best_uv"]), _label_at(seg, p["uv_b"])
                 wrong.append(int(((landed != truth) & (landed != 0)).sum()))  # another object, or the arm
+                arm.append(int((landed == 255).sum()))
             if not items:
                 continue
             err = torch.cat(errors)
@@ -121,5 +123,6 @@ def evaluate_model(model, path: str, pairs: dict) -> dict:
             results[kind] = {
                 **{f"pck@{k}%": float((err <= size * k / 100).float().mean()) for k in (1, 2, 5, 10)},
                 "median_px": float(err.median()), "fraction_closer": float(torch.cat(closer).mean()),
-                "wrong_object_rate": float(sum(wrong) / len(err)), "pairs": len(items), "points": len(err)}
+                "wrong_object_rate": float(sum(wrong) / len(err)), "arm_rate": float(sum(arm) / len(err)),
+                "pairs": len(items), "points": len(err)}
     return results
