@@ -104,6 +104,40 @@ def cmd_viz_descriptors(args) -> None:
         print(line)
 
 
+def cmd_keypoints(args) -> None:
+    from dckp.don.train import load_don
+    from dckp.keypoints.references import load_pixels
+    from dckp.keypoints.select import select_references
+
+    pixels = None
+    if args.pixels:
+        pixels = {cam: load_pixels(path).numpy() for cam, path in (p.split("=", 1) for p in args.pixels)}
+    summary = select_references(load_don(args.run), args.demos, args.out, args.per_camera, pixels, seed=args.seed)
+    print(json.dumps({"out": args.out, "cameras": summary}, indent=1))
+
+
+def cmd_train_policy(args) -> None:
+    import torch
+
+    from dckp.encoders.config import EncoderConfig
+    from dckp.policy.config import POLICY_PRESETS
+    from dckp.policy.demos import train_on_demos
+
+    torch.set_num_threads(args.threads or torch.get_num_threads())
+    enc = EncoderConfig(**{f: getattr(args, f) for f in EncoderConfig.__dataclass_fields__
+                           if getattr(args, f, None) is not None})
+    cfg = preset(POLICY_PRESETS, args.preset)
+    if args.steps is None:  # the paper's: 1000 steps for single-object tasks, 1500 for multi-object ones
+        from dckp.data import Dataset
+
+        with Dataset(args.demos) as ds:
+            cfg = dataclasses.replace(cfg, steps=1500 if len(ds.streams(ds.episodes[0])) > 1 else 1000)
+    cfg = apply_args(cfg, args)
+    save_json({"encoder": dataclasses.asdict(enc), "policy": dataclasses.asdict(cfg)},
+              Path(args.out) / "train_policy.config.json")
+    print(json.dumps(train_on_demos(args.demos, enc.spec(), cfg, args.out), indent=1))
+
+
 def cmd_show(args) -> None:
     from dckp.viz.show import show
 
@@ -131,7 +165,9 @@ def cmd_demo(args) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from dckp.don.config import DonConfig
+    from dckp.encoders.config import EncoderConfig
     from dckp.geometry.masks import MaskConfig
+    from dckp.policy.config import PolicyConfig
     from dckp.sim.config import CollectConfig, ViewsConfig
 
     parser = argparse.ArgumentParser(prog="dckp", description=__doc__)
@@ -180,6 +216,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episode", default=None)
     p.add_argument("--out", default=None, help="folder (default: RUN/pictures)")
     p.set_defaults(func=cmd_viz_descriptors)
+
+    p = sub.add_parser("keypoints", help="choose reference keypoints on the first frame of the demonstrations")
+    p.add_argument("--run", required=True, help="a `dckp pretrain` run folder")
+    p.add_argument("--demos", required=True)
+    p.add_argument("--out", required=True, help="references file (.safetensors)")
+    p.add_argument("--per-camera", type=int, default=16, help="references per camera, equal per object")
+    p.add_argument("--pixels", nargs="+", default=None, metavar="CAMERA=FILE.json",
+                   help='hand-picked pixels per camera instead: JSON {"uv": [[u, v], ...]}')
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_keypoints)
+
+    p = sub.add_parser("train-policy", help="train the LSTM policy on demonstrations through a frozen encoder")
+    p.add_argument("--demos", required=True)
+    p.add_argument("--out", required=True, help="policy folder")
+    p.add_argument("--preset", default="cpu", choices=["cpu", "paper"])
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    add_config_args(p, EncoderConfig)
+    add_config_args(p, PolicyConfig)
+    p.set_defaults(func=cmd_train_policy)
 
     p = sub.add_parser("show", help="summarise a dataset and write a picture grid and a video of an episode")
     p.add_argument("file")
