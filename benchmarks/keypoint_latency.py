@@ -1,0 +1,113 @@
+"""Latency of one control step: DON keypoints for 2 cameras at 128 px plus the LSTM. Writes
+results/keypoint_latency.{json,md}.
+
+    python benchmarks/keypoint_latency.py --threads 2
+
+One step = the encoder (both camera images through the DON, descriptor distances, softmax mode, depth lookup)
+plus the policy (`LSTMPolicy.act`), on one frame, after warm-up; median and p95 over `--steps` steps. The
+weights do not change the cost, so the networks are randomly initialised with the `cpu` presets. Also the
+throughput of batched encoding (frames/s), as when encoding demonstrations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dckp.config import atomic_write_bytes, save_json
+from dckp.don.checkpoint import save_checkpoint
+from dckp.don.config import DON_PRESETS
+from dckp.don.model import DenseObjectNet
+from dckp.encoders import build_encoder
+from dckp.policy.config import POLICY_PRESETS
+from dckp.policy.model import LSTMPolicy
+
+CAMERAS = ("agentview", "robot0_eye_in_hand")
+
+
+def fake_frames(batch: int, size: int, rng) -> dict[str, torch.Tensor]:
+    frames = {}
+    K = torch.tensor([[size, 0, (size - 1) / 2], [0, size, (size - 1) / 2], [0, 0, 1]], dtype=torch.float32)
+    for cam in CAMERAS:
+        frames[f"{cam}_rgb"] = torch.from_numpy(rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8))
+        frames[f"{cam}_depth"] = torch.from_numpy(rng.uniform(0.3, 1.5, (batch, size, size)).astype(np.float32))
+        frames[f"{cam}_K"] = K.expand(batch, 3, 3)
+        frames[f"{cam}_pose"] = torch.eye(4).expand(batch, 4, 4)
+    return frames
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--keypoints", type=int, default=16, help="per camera")
+    parser.add_argument("--out", default="results")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    rng = np.random.default_rng(0)
+    cfg = DON_PRESETS["cpu"]
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.manual_seed(0)
+        save_checkpoint(Path(tmp) / "don" / "don.safetensors", DenseObjectNet(cfg), cfg, 0)
+        from safetensors.torch import save
+
+        refs = {}
+        for cam in CAMERAS:
+            refs[f"{cam}.descriptors"] = torch.randn(args.keypoints, cfg.descriptor_dim)
+            refs[f"{cam}.uv"] = torch.zeros(args.keypoints, 2)
+            refs[f"{cam}.object"] = torch.zeros(args.keypoints, dtype=torch.int64)
+            refs[f"{cam}.local"] = torch.zeros(args.keypoints, 3)
+        (Path(tmp) / "refs.safetensors").write_bytes(save(refs, metadata={"dckp": "{}"}))
+        encoder = build_encoder({"name": "dckp-3d", "kwargs": {"run": str(Path(tmp) / "don"),
+                                                              "references": str(Path(tmp) / "refs.safetensors")}})
+        obs_dim = encoder.feature_dim(CAMERAS) + 9
+        policy = LSTMPolicy(obs_dim, cfg=POLICY_PRESETS["cpu"]).eval()
+        one = fake_frames(1, cfg.image_size, rng)
+        enc_ms, pol_ms, total = [], [], []
+        state = None
+        with torch.no_grad():
+            for i in range(args.steps + 5):
+                t0 = time.perf_counter()
+                feats = encoder.encode(one)
+                t1 = time.perf_counter()
+                _, state = policy.act(torch.cat([feats, torch.zeros(1, 9)], 1), state)
+                t2 = time.perf_counter()
+                if i >= 5:
+                    enc_ms.append(1000 * (t1 - t0))
+                    pol_ms.append(1000 * (t2 - t1))
+                    total.append(1000 * (t2 - t0))
+            batch = fake_frames(32, cfg.image_size, rng)
+            encoder.encode(batch)
+            t = time.perf_counter()
+            for _ in range(3):
+                encoder.encode(batch)
+            frames_per_s = 3 * 32 / (time.perf_counter() - t)
+
+    results = {"machine": f"{platform.machine()}, CPU, {args.threads} torch threads", "cameras": list(CAMERAS),
+               "image_size": cfg.image_size, "backbone": cfg.backbone, "keypoints_per_camera": args.keypoints,
+               "control_step_ms": {"median": float(np.median(total)), "p95": float(np.percentile(total, 95))},
+               "encoder_ms": {"median": float(np.median(enc_ms)), "p95": float(np.percentile(enc_ms, 95))},
+               "policy_ms": {"median": float(np.median(pol_ms)), "p95": float(np.percentile(pol_ms, 95))},
+               "batched_encoding_frames_per_s": frames_per_s}
+    out = Path(args.out)
+    save_json(results, out / "keypoint_latency.json")
+    lines = ["# Keypoint control-step latency", "",
+             f"{results['machine']}; DON {cfg.backbone} at {cfg.image_size} px, 2 cameras, {args.keypoints} "
+             f"keypoints each, LSTM policy. `python benchmarks/keypoint_latency.py --threads {args.threads}`.", "",
+             "| part | median ms | p95 ms |", "|---|---|---|"]
+    for key in ("control_step_ms", "encoder_ms", "policy_ms"):
+        lines.append(f"| {key[:-3]} | {results[key]['median']:.1f} | {results[key]['p95']:.1f} |")
+    lines += ["", f"Batched encoding (32 frames of 2 cameras): {frames_per_s:.1f} frames/s.",
+              "", "Real time at 20 Hz needs at most 50 ms per control step."]
+    atomic_write_bytes(out / "keypoint_latency.md", ("\n".join(lines) + "\n").encode())
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
