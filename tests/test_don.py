@@ -29,14 +29,6 @@ from dckp.errors import DckpError
 TINY = DonConfig(backbone="resnet18", descriptor_dim=3, image_size=32, lr=1e-3, lr_decay=0.5, lr_decay_every=3)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """On a shared 2-core machine, 2 intra-op threads competing with another process run 10-50x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 # --- config -------------------------------------------------------------------------------------------------
 

@@ -23,7 +23,6 @@ SIZE = 64
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("enc")
-    torch.set_num_threads(1)
     demos = tmp / "lift.h5"
     collect_demos(CollectConfig(task="lift", demos=2, image_size=SIZE), str(demos), progress=False)
     cfg = DonConfig(backbone="resnet18", descriptor_dim=4, image_size=SIZE)

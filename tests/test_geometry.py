@@ -32,14 +32,6 @@ K = intrinsics(H, W)
 TARGET = (0.0, 0.0, 0.03)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The test machine's cores are shared; torch's thread pool stalls under contention, so use one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def world_points(scene, pose, uv):
     """Analytic world points seen at pixel centres `uv (N, 2)` of a camera, and whether anything is hit."""

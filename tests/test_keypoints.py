@@ -21,13 +21,6 @@ from dckp.keypoints import (
 H, W, D = 12, 16, 4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def cone(centres, scale=1.0):
     """`(B, D, H, W)` descriptors `f(u, v) = r + scale (u - u0, v - v0, 0, 0)` with the reference r = (1, 2, 3, 4):

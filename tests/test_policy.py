@@ -21,14 +21,6 @@ from dckp.policy import (
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def demos(n=3, F=5, seed=0):
     """Random features with actions a fixed smooth function of them, in [-1, 1]."""
     rng = np.random.default_rng(seed)

@@ -4,7 +4,6 @@ import dataclasses
 import json
 
 import numpy as np
-import pytest
 import torch
 from synthetic_scenes import intrinsics, look_at, make_scene, render
 
@@ -16,13 +15,6 @@ from dckp.geometry.correspondence import find_matches
 
 SIZE = 32
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def views_file(path, seed=0, n=10):
