@@ -1,0 +1,357 @@
+"""Closed-loop evaluation of a trained policy folder: seeded rollouts in parallel worker processes, success rate
+with a Wilson 95 % interval, per-part timings and videos with the encoder's keypoints drawn on each camera.
+
+A policy folder (written by `dckp train-policy`) holds `policy.safetensors` + `policy.json` (`load_policy`) and
+`run.json`: `{"task", "image_size", "cameras", "encoder": {"name", "kwargs"}}`, everything needed to rebuild the
+observation. At each control step the observation is `encoder.encode(frames)` for the run's cameras with the
+policy's proprioception appended; the LSTM state is kept across the episode.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from dckp.config import save_json
+from dckp.errors import DckpError
+from dckp.policy import load_policy, proprioception
+from dckp.sim.env import SimEnv
+from dckp.sim.tasks import TASKS, get_task
+from dckp.viz.images import grid, save_video
+
+RUN = "run.json"
+FRAME_KEYS = ("rgb", "depth", "K", "pose")
+PROPRIO_KEYS = ("joint_pos", "eef_pos", "eef_quat", "gripper_qpos")
+VIDEO_SIZE = 256  # camera images are upscaled (nearest) by an integer factor to about this height in videos
+HOLD_FRAMES = 10  # frames of the final image with a green (success) / red (failure) border at a video's end
+EVAL_SEED_START = 1_000_000  # demonstrations use seeds from 0, pretraining views 100000 and 200000
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion (95 % for z = 1.96); `(0, 1)` when `n == 0`."""
+    if n <= 0:
+        return 0.0, 1.0
+    if not 0 <= successes <= n:
+        raise DckpError(f"successes must be in [0, {n}], got {successes}", field="successes")
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+# --- policy folder ---------------------------------------------------------------------------------------------
+
+def load_run(policy_dir: str | os.PathLike) -> dict:
+    """`run.json` of a policy folder, checked; DckpError naming the file and field on bad input."""
+    path = Path(policy_dir) / RUN
+    if not Path(policy_dir).is_dir():
+        raise DckpError("policy folder not found", path=str(policy_dir))
+    try:
+        run = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DckpError("file not found", path=str(path)) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DckpError(f"invalid JSON ({e})".replace("\n", " "), path=str(path)) from None
+    if not isinstance(run, dict):
+        raise DckpError("expected a JSON object", path=str(path))
+    for name, kind in (("task", str), ("image_size", int), ("cameras", list), ("encoder", dict)):
+        if name not in run:
+            raise DckpError("missing field", path=str(path), field=name)
+        if not isinstance(run[name], kind) or isinstance(run[name], bool):
+            raise DckpError(f"expected {kind.__name__}, got {run[name]!r}", path=str(path), field=name)
+    if run["image_size"] < 1:
+        raise DckpError(f"must be >= 1, got {run['image_size']}", path=str(path), field="image_size")
+    if not run["cameras"] or not all(isinstance(c, str) for c in run["cameras"]):
+        raise DckpError(f"expected a non-empty list of camera names, got {run['cameras']!r}", path=str(path),
+                        field="cameras")
+    enc = run["encoder"]
+    if not isinstance(enc.get("name"), str):
+        raise DckpError("missing or non-string encoder name", path=str(path), field="encoder.name")
+    if not isinstance(enc.get("kwargs", {}), dict):
+        raise DckpError(f"expected an object, got {enc['kwargs']!r}", path=str(path), field="encoder.kwargs")
+    if run["task"] not in TASKS:
+        raise DckpError(f"unknown task {run['task']!r}; choose from {sorted(TASKS)}", path=str(path), field="task")
+    return run
+
+
+def _build(spec: dict):
+    """The encoder of an encoder spec, through `dckp.encoders.build_encoder` when it exists."""
+    import dckp.encoders as encoders
+
+    build = getattr(encoders, "build_encoder", None)
+    if build is not None:
+        return build(spec)
+    return encoders.get_encoder(spec["name"])(**spec.get("kwargs", {}))
+
+
+# --- one episode -----------------------------------------------------------------------------------------------
+
+def observation_frames(obs: dict, cameras) -> dict[str, torch.Tensor]:
+    """Encoder input (batch of 1) from one `SimEnv.observe()`: per camera rgb, depth, K, pose, and object_pose."""
+    frames = {f"{cam}_{key}": torch.from_numpy(np.ascontiguousarray(obs[f"{cam}_{key}"])[None])
+              for cam in cameras for key in FRAME_KEYS}
+    if "object_pose" in obs:
+        frames["object_pose"] = torch.from_numpy(np.ascontiguousarray(obs["object_pose"])[None])
+    return frames
+
+
+def confidence_colour(c: float) -> np.ndarray:
+    """Red (confidence 0) to yellow to green (confidence 1)."""
+    c = float(np.clip(c, 0.0, 1.0)) if np.isfinite(c) else 0.0
+    return np.array([255 * min(1.0, 2 * (1 - c)), 255 * min(1.0, 2 * c), 0], np.uint8)
+
+
+def draw_keypoints(image: np.ndarray, uv: np.ndarray, confidence: np.ndarray, scale: int = 1,
+                   radius: int | None = None) -> np.ndarray:
+    """A copy of `image (H, W, 3)` upscaled (nearest) by `scale`, with a filled circle per keypoint `uv (K, 2)`
+    (pixel coordinates of the original image), coloured by `confidence (K,)`, with a black rim."""
+    out = np.repeat(np.repeat(image, scale, 0), scale, 1) if scale > 1 else image.copy()
+    H, W = out.shape[:2]
+    r = radius if radius is not None else max(2, H // 64)
+    for (u, v), c in zip(np.asarray(uv, np.float64), np.asarray(confidence, np.float64), strict=True):
+        if not (np.isfinite(u) and np.isfinite(v)):
+            continue
+        x, y = u * scale + (scale - 1) / 2, v * scale + (scale - 1) / 2  # pixel centres stay pixel centres
+        x0, x1 = max(0, int(np.floor(x - r - 1))), min(W, int(np.ceil(x + r + 1)) + 1)
+        y0, y1 = max(0, int(np.floor(y - r - 1))), min(H, int(np.ceil(y + r + 1)) + 1)
+        if x0 >= x1 or y0 >= y1:
+            continue
+        yy, xx = np.mgrid[y0:y1, x0:x1]
+        d2 = (xx - x) ** 2 + (yy - y) ** 2
+        patch = out[y0:y1, x0:x1]
+        patch[d2 <= (r + 1) ** 2] = 0
+        patch[d2 <= r**2] = confidence_colour(c)
+    return out
+
+
+def composite(obs: dict, cameras, keypoints: dict | None = None, size: int = VIDEO_SIZE) -> np.ndarray:
+    """All cameras' RGB side by side (upscaled to about `size` px high), with keypoints drawn where given:
+    `keypoints = {cam: (uv (1, K, 2), confidence (1, K))}` as from an encoder's `keypoints(frames)`."""
+    images = []
+    for cam in cameras:
+        rgb = np.asarray(obs[f"{cam}_rgb"])
+        scale = max(1, round(size / rgb.shape[0]))
+        if keypoints and cam in keypoints:
+            uv, conf = keypoints[cam]
+            images.append(draw_keypoints(rgb, _numpy(uv)[0], _numpy(conf)[0], scale))
+        else:
+            images.append(np.repeat(np.repeat(rgb, scale, 0), scale, 1))
+    return grid([images], pad=2)
+
+
+def _numpy(x) -> np.ndarray:
+    return x.detach().cpu().float().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, np.float32)
+
+
+def with_border(image: np.ndarray, success: bool, width: int | None = None) -> np.ndarray:
+    """A copy of `image` with a green (success) or red (failure) border."""
+    out = image.copy()
+    w = width if width is not None else max(3, min(image.shape[:2]) // 40)
+    colour = np.array([0, 200, 0] if success else [220, 0, 0], np.uint8)
+    out[:w], out[-w:], out[:, :w], out[:, -w:] = colour, colour, colour, colour
+    return out
+
+
+def rollout(env, encoder, policy, seed: int, record: bool = False, max_steps: int | None = None) -> dict:
+    """One closed-loop episode from `env.reset(seed)`, up to the task's horizon (or `max_steps` instead).
+
+    Stops at the first step after which `env.success()` holds (a success). Returns `success`, `steps` (actions
+    taken), `time_encoder_s` (encode), `time_policy_s` (proprioception + act), `time_sim_s` (observe, i.e.
+    rendering, + step + success test), `time_reset_s` and, if `record`, `frames`: one composite image (all
+    cameras side by side, keypoints drawn if the encoder has `keypoints(frames)`) per observation, i.e. before
+    each action and once after the last (steps + 1 images). Drawing is not timed.
+    """
+    horizon = env.task.horizon if max_steps is None else int(max_steps)
+    if horizon < 1:
+        raise DckpError(f"max_steps must be >= 1, got {horizon}", field="max_steps")
+    cameras = list(env.cameras)
+    proprio_kind = policy.cfg.proprio
+    draw_kp = record and callable(getattr(encoder, "keypoints", None))
+    t_enc = t_pol = t_sim = 0.0
+    frames_out: list[np.ndarray] = []
+
+    def record_frame(obs):
+        if record:
+            with torch.no_grad():
+                kps = encoder.keypoints(observation_frames(obs, cameras)) if draw_kp else None
+            frames_out.append(composite(obs, cameras, kps))
+
+    t0 = time.perf_counter()
+    env.reset(seed)
+    t_reset = time.perf_counter() - t0
+    state, steps, success = None, 0, False
+    with torch.no_grad():
+        while steps < horizon:
+            t0 = time.perf_counter()
+            obs = env.observe()
+            t1 = time.perf_counter()
+            features = encoder.encode(observation_frames(obs, cameras))
+            t2 = time.perf_counter()
+            proprio = proprioception({k: np.asarray(obs[k])[None] for k in PROPRIO_KEYS}, proprio_kind)
+            obs_t = torch.cat([features.float().reshape(1, -1), torch.from_numpy(proprio)], 1)
+            if obs_t.shape[1] != policy.obs_dim:
+                raise DckpError(f"encoder features ({features.shape[-1]}) + proprioception ({proprio.shape[1]}) = "
+                                f"{obs_t.shape[1]} values, but the policy expects {policy.obs_dim}", field="obs_dim")
+            action, state = policy.act(obs_t, state)
+            action = action[0].double().numpy()
+            t3 = time.perf_counter()
+            record_frame(obs)
+            t4 = time.perf_counter()
+            env.step(action)
+            steps += 1
+            success = bool(env.success())
+            t5 = time.perf_counter()
+            t_sim += (t1 - t0) + (t5 - t4)
+            t_enc += t2 - t1
+            t_pol += t3 - t2
+            if success:
+                break
+    if record:
+        record_frame(env.observe())
+    out = {"success": success, "steps": steps, "time_encoder_s": t_enc, "time_policy_s": t_pol,
+           "time_sim_s": t_sim, "time_reset_s": t_reset}
+    if record:
+        out["frames"] = frames_out
+    return out
+
+
+# --- workers ---------------------------------------------------------------------------------------------------
+
+class _Evaluator:
+    """One process's environment, encoder and policy, built once from a policy folder."""
+
+    def __init__(self, policy_dir: str, out_dir: str | None, max_steps: int | None):
+        run = load_run(policy_dir)
+        self.policy = load_policy(policy_dir)
+        self.encoder = _build(run["encoder"])
+        self.env = SimEnv(get_task(run["task"]), image_size=run["image_size"], cameras=tuple(run["cameras"]))
+        self.out_dir, self.max_steps = out_dir, max_steps
+
+    def episode(self, job: tuple[int, bool]) -> dict:
+        seed, record = job
+        result = rollout(self.env, self.encoder, self.policy, seed, record=record, max_steps=self.max_steps)
+        frames = result.pop("frames", None)
+        if frames:
+            final = with_border(frames[-1], result["success"])
+            path = save_video(frames[:-1] + [final] * HOLD_FRAMES, Path(self.out_dir) / f"rollout_{seed}.mp4")
+            result["video"] = str(path)
+        result["seed"] = seed
+        return result
+
+    def close(self) -> None:
+        self.env.close()
+
+
+_WORKER: _Evaluator | None = None
+
+
+def _init_worker(policy_dir: str, out_dir: str | None, max_steps: int | None) -> None:
+    global _WORKER
+    torch.set_num_threads(1)
+    torch.set_num_interop_threads(1)
+    _WORKER = _Evaluator(policy_dir, out_dir, max_steps)
+
+
+def _run_episode(job: tuple[int, bool]) -> dict:
+    return _WORKER.episode(job)
+
+
+# --- evaluation ------------------------------------------------------------------------------------------------
+
+def evaluate_policy(policy_dir: str | os.PathLike, episodes: int = 50, seed_start: int = EVAL_SEED_START,
+                    workers: int = 2, videos: int = 3, out_dir: str | os.PathLike | None = None,
+                    progress: bool = True, max_steps: int | None = None) -> dict:
+    """Roll out the policy in `policy_dir` from seeds `seed_start .. seed_start + episodes - 1`.
+
+    Episodes run in `workers` spawned processes (each builds its environment, encoder and policy once and uses
+    one torch thread); `workers=1` runs in this process (also with one torch thread, restored afterwards). The
+    first `videos` seeds are recorded to `out_dir/rollout_<seed>.mp4`. `out_dir` defaults to
+    `policy_dir/eval`. `max_steps` replaces the task's horizon (for tests and quick looks). Writes and returns
+    `out_dir/eval.json`.
+    """
+    policy_dir = Path(policy_dir)
+    for name, value, low in (("episodes", episodes, 1), ("workers", workers, 1), ("videos", videos, 0),
+                             ("seed_start", seed_start, 0)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise DckpError(f"{name} must be an integer >= {low}, got {value!r}", field=name)
+    if max_steps is not None and (not isinstance(max_steps, int) or max_steps < 1):
+        raise DckpError(f"max_steps must be an integer >= 1, got {max_steps!r}", field="max_steps")
+    run = load_run(policy_dir)
+    load_policy(policy_dir)  # fail here, with the file's name, before starting any worker
+    task = get_task(run["task"])
+    out = Path(out_dir) if out_dir is not None else policy_dir / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    seeds = list(range(seed_start, seed_start + episodes))
+    jobs = [(seed, i < videos) for i, seed in enumerate(seeds)]
+    workers = min(workers, episodes)
+    args = (str(policy_dir), str(out), max_steps)
+
+    results: list[dict] = []
+    bar = tqdm(total=episodes, desc=f"evaluate {task.name}", unit="episode", disable=not progress)
+    try:
+        if workers == 1:
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            evaluator = None
+            try:
+                evaluator = _Evaluator(*args)
+                for job in jobs:
+                    results.append(evaluator.episode(job))
+                    bar.set_postfix(success=sum(r["success"] for r in results), refresh=False)
+                    bar.update(1)
+            finally:
+                if evaluator is not None:
+                    evaluator.close()
+                torch.set_num_threads(threads)
+        else:
+            ctx = multiprocessing.get_context("spawn")
+            with ctx.Pool(workers, initializer=_init_worker, initargs=args) as pool:
+                for result in pool.imap_unordered(_run_episode, jobs):
+                    results.append(result)
+                    bar.set_postfix(success=sum(r["success"] for r in results), refresh=False)
+                    bar.update(1)
+    finally:
+        bar.close()
+
+    results.sort(key=lambda r: r["seed"])
+    report = summarise(results, task.name)
+    report.update(policy=str(policy_dir), encoder=run["encoder"], cameras=run["cameras"],
+                  image_size=run["image_size"], horizon=task.horizon if max_steps is None else max_steps,
+                  videos=[r["video"] for r in results if "video" in r])
+    save_json(report, out / "eval.json")
+    return report
+
+
+def summarise(results: list[dict], task: str) -> dict:
+    """eval.json's numbers from per-episode rollout results (each with seed, success, steps and timings)."""
+    n = len(results)
+    successes = sum(bool(r["success"]) for r in results)
+    low, high = wilson_interval(successes, n)
+    total_steps = sum(r["steps"] for r in results)
+    ok_steps = [r["steps"] for r in results if r["success"]]
+
+    def ms(key):
+        return 1000 * sum(r[key] for r in results) / max(total_steps, 1)
+
+    return {
+        "task": task,
+        "episodes": n,
+        "successes": successes,
+        "success_rate": successes / n if n else 0.0,
+        "ci95": [low, high],
+        "mean_steps": total_steps / n if n else 0.0,
+        "mean_steps_success": float(np.mean(ok_steps)) if ok_steps else None,
+        "ms_per_step": {"encoder": ms("time_encoder_s"), "policy": ms("time_policy_s"), "sim": ms("time_sim_s")},
+        "ms_reset": 1000 * sum(r.get("time_reset_s", 0.0) for r in results) / max(n, 1),
+        "seeds": [r["seed"] for r in results],
+        "per_episode": [{"seed": r["seed"], "success": bool(r["success"]), "steps": r["steps"]} for r in results],
+    }

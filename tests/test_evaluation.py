@@ -1,0 +1,194 @@
+"""dckp.evaluation: the Wilson interval, success detection and early stopping, keypoint drawing, bad policy folders
+and one end-to-end evaluation of an untrained policy on `lift` at 32 px (horizon capped at a few steps)."""
+
+import json
+from types import SimpleNamespace
+
+import imageio.v2 as iio2
+import numpy as np
+import pytest
+import torch
+
+from dckp.encoders import frame_cameras, get_encoder, register_encoder
+from dckp.errors import DckpError
+from dckp.evaluation import draw_keypoints, evaluate_policy, load_run, rollout, summarise, wilson_interval
+from dckp.policy import LSTMPolicy, PolicyConfig, save_policy
+from dckp.sim.tasks import WRIST
+
+FAKE = "test_eval_zeros"
+F = 3
+
+
+def _fake_encoder_registered():
+    try:
+        get_encoder(FAKE)
+    except DckpError:
+
+        @register_encoder(FAKE)
+        class Zeros:
+            """Zeros of size F per camera, and one keypoint per camera at the image centre (confidence 0.9)."""
+
+            def __init__(self, dim=F):
+                self.dim, self.calls = dim, 0
+
+            def feature_dim(self, cameras):
+                return self.dim * len(cameras)
+
+            def encode(self, frames):
+                self.calls += 1
+                cams = frame_cameras(frames)
+                return torch.zeros(frames[f"{cams[0]}_rgb"].shape[0], self.dim * len(cams))
+
+            def keypoints(self, frames):
+                out = {}
+                for cam in frame_cameras(frames):
+                    B, H, W = frames[f"{cam}_rgb"].shape[:3]
+                    uv = torch.tensor([[(W - 1) / 2, (H - 1) / 2]]).expand(B, 1, 2)
+                    out[cam] = (uv, torch.full((B, 1), 0.9))
+                return out
+
+    return get_encoder(FAKE)
+
+
+def _policy(obs_dim=F + 9):
+    torch.manual_seed(0)
+    return LSTMPolicy(obs_dim, 7, PolicyConfig(hidden=16, layers=1)).eval()
+
+
+def _policy_dir(tmp_path, task="lift", **run_overrides):
+    d = tmp_path / "policy"
+    d.mkdir()
+    save_policy(_policy(), d)
+    run = {"task": task, "image_size": 32, "cameras": [WRIST], "encoder": {"name": FAKE, "kwargs": {}}}
+    run.update(run_overrides)
+    (d / "run.json").write_text(json.dumps(run))
+    return d
+
+
+class FakeEnv:
+    """Just enough of SimEnv: succeeds after `succeed_after` steps (never if None)."""
+
+    def __init__(self, horizon=50, succeed_after=None, size=8):
+        self.task = SimpleNamespace(horizon=horizon)
+        self.cameras = ("cam",)
+        self.succeed_after, self.size = succeed_after, size
+        self.steps, self.resets, self.actions = 0, [], []
+
+    def reset(self, seed):
+        self.resets.append(seed)
+        self.steps = 0
+
+    def step(self, action):
+        assert action.shape == (7,) and np.all(np.abs(action) <= 1)
+        self.actions.append(action)
+        self.steps += 1
+
+    def success(self):
+        return self.succeed_after is not None and self.steps >= self.succeed_after
+
+    def observe(self):
+        s = self.size
+        return {"joint_pos": np.zeros(7, np.float32), "eef_pos": np.zeros(3, np.float32),
+                "eef_quat": np.array([1, 0, 0, 0], np.float32), "gripper_qpos": np.zeros(2, np.float32),
+                "object_pose": np.eye(4, dtype=np.float32)[None], "cam_rgb": np.full((s, s, 3), 50, np.uint8),
+                "cam_depth": np.ones((s, s), np.float32), "cam_K": np.eye(3), "cam_pose": np.eye(4)}
+
+
+def test_wilson_interval_known_values():
+    assert wilson_interval(0, 10) == pytest.approx((0.0, 0.27754), abs=1e-4)
+    assert wilson_interval(5, 10) == pytest.approx((0.23659, 0.76341), abs=1e-4)
+    low, high = wilson_interval(10, 10)
+    assert high == pytest.approx(1.0) and low == pytest.approx(0.72246, abs=1e-4)
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    low, high = wilson_interval(13, 50)  # symmetric: k/n low = 1 - (n-k)/n high
+    assert low == pytest.approx(1 - wilson_interval(37, 50)[1]) and low < 13 / 50 < high
+    with pytest.raises(DckpError, match="successes"):
+        wilson_interval(11, 10)
+
+
+def test_rollout_detects_success_and_stops_early():
+    enc = _fake_encoder_registered()()
+    env = FakeEnv(horizon=50, succeed_after=3)
+    r = rollout(env, enc, _policy(), seed=7, record=True)
+    assert r["success"] is True and r["steps"] == 3 and env.steps == 3 and env.resets == [7]
+    assert enc.calls == 3  # one encode per control step
+    assert len(r["frames"]) == 4  # before each action and after the last
+    assert r["frames"][0].shape[0] >= 256 - 32  # upscaled for the video
+    for key in ("time_encoder_s", "time_policy_s", "time_sim_s"):
+        assert r[key] > 0
+
+    env = FakeEnv(horizon=6, succeed_after=None)
+    r = rollout(env, enc, _policy(), seed=1)
+    assert r["success"] is False and r["steps"] == 6 and "frames" not in r
+    r = rollout(FakeEnv(horizon=50), enc, _policy(), seed=1, max_steps=2)
+    assert r["steps"] == 2
+
+    with pytest.raises(DckpError, match="policy expects"):
+        rollout(FakeEnv(), enc, _policy(obs_dim=F + 7), seed=0)
+
+
+def test_summarise_counts_successes():
+    results = [{"seed": s, "success": ok, "steps": n, "time_encoder_s": 0.1, "time_policy_s": 0.2,
+                "time_sim_s": 0.3} for s, ok, n in ((5, True, 10), (6, False, 30), (7, True, 20))]
+    rep = summarise(results, "lift")
+    assert rep["successes"] == 2 and rep["success_rate"] == pytest.approx(2 / 3)
+    assert rep["mean_steps"] == 20 and rep["mean_steps_success"] == 15
+    assert rep["ms_per_step"]["sim"] == pytest.approx(1000 * 0.9 / 60)
+    assert rep["ci95"] == pytest.approx(list(wilson_interval(2, 3)))
+
+
+def test_draw_keypoints_colours_by_confidence():
+    img = np.zeros((8, 8, 3), np.uint8)
+    out = draw_keypoints(img, np.array([[2.0, 2.0], [6.0, 6.0], [np.nan, 1.0]]), np.array([1.0, 0.0, 0.5]),
+                         scale=4, radius=3)
+    assert out.shape == (32, 32, 3) and img.max() == 0
+    assert tuple(out[2 * 4 + 1, 2 * 4 + 1]) == (0, 255, 0)  # confident: green, at the upscaled pixel centre
+    assert tuple(out[6 * 4 + 1, 6 * 4 + 1]) == (255, 0, 0)  # unsure: red
+
+
+def test_bad_policy_folders(tmp_path):
+    with pytest.raises(DckpError, match="policy folder not found"):
+        evaluate_policy(tmp_path / "nope", progress=False)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DckpError, match=r"run\.json: file not found"):
+        load_run(tmp_path / "empty")
+    d = _policy_dir(tmp_path, task="fly")
+    with pytest.raises(DckpError, match=r"run\.json:task: unknown task 'fly'"):
+        evaluate_policy(d, progress=False)
+    run = json.loads((d / "run.json").read_text())
+    del run["cameras"]
+    (d / "run.json").write_text(json.dumps(run))
+    with pytest.raises(DckpError, match=r"run\.json:cameras: missing field"):
+        load_run(d)
+    run.update(cameras=[WRIST], task="lift")
+    (d / "run.json").write_text(json.dumps(run))
+    (d / "policy.json").unlink()
+    with pytest.raises(DckpError, match=r"policy\.json: file not found") as e:
+        evaluate_policy(d, progress=False)
+    assert "\n" not in str(e.value)
+    with pytest.raises(DckpError, match="episodes"):
+        evaluate_policy(d, episodes=0, progress=False)
+
+
+def test_evaluate_policy_end_to_end(tmp_path):
+    _fake_encoder_registered()
+    d = _policy_dir(tmp_path)
+    out = tmp_path / "eval"
+    rep = evaluate_policy(d, episodes=2, seed_start=1_000_000, workers=1, videos=1, out_dir=out, progress=False,
+                          max_steps=4)
+    saved = json.loads((out / "eval.json").read_text())
+    assert saved == json.loads(json.dumps(rep))
+    for key in ("task", "episodes", "successes", "success_rate", "ci95", "mean_steps", "mean_steps_success",
+                "ms_per_step", "seeds", "per_episode"):
+        assert key in saved
+    assert saved["task"] == "lift" and saved["episodes"] == 2 and saved["seeds"] == [1_000_000, 1_000_001]
+    assert 0 <= saved["success_rate"] <= 1 and 0 <= saved["ci95"][0] <= saved["ci95"][1] <= 1
+    assert [e["seed"] for e in saved["per_episode"]] == saved["seeds"]
+    assert all(1 <= e["steps"] <= 4 and (e["success"] or e["steps"] == 4) for e in saved["per_episode"])
+    assert all(saved["ms_per_step"][k] > 0 for k in ("encoder", "policy", "sim"))
+    video = out / "rollout_1000000.mp4"
+    assert video.exists() and not (out / "rollout_1000001.mp4").exists()
+    frames = np.stack(iio2.mimread(video))
+    steps0 = saved["per_episode"][0]["steps"]
+    assert len(frames) == steps0 + 10 and frames.shape[-1] == 3  # steps + 10 held frames with the border
+    assert frames.shape[1] >= 256 - 32
