@@ -103,3 +103,14 @@ def test_train_policy_cli_caches_encodings(setup):
     assert (out / "features.h5").stat().st_mtime_ns == stamp  # reused, not re-encoded
     assert main(["train-policy", "--demos", str(demos), "--encoder", "dckp-3d", "--references", str(refs_path),
                  "--out", str(out)]) == 2  # no DON run given
+
+
+def test_smoke_policy_to_evaluation_record(setup):
+    tmp, demos, refs_path, _ = setup
+    out = tmp / "policy_dckp"
+    assert main(["train-policy", "--demos", str(demos), "--encoder", "dckp-3d", "--don", str(tmp / "don"),
+                 "--references", str(refs_path), "--out", str(out), "--steps", "3", "--hidden", "16"]) == 0
+    assert main(["evaluate", str(out), "--episodes", "1", "--workers", "1", "--videos", "1", "--max-steps", "3"]) == 0
+    record = json.loads((out / "eval" / "eval.json").read_text())
+    assert record["episodes"] == 1 and 0 <= record["success_rate"] <= 1 and record["per_episode"][0]["steps"] <= 3
+    assert list((out / "eval").glob("rollout_*.mp4"))

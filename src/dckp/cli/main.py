@@ -138,6 +138,17 @@ def cmd_train_policy(args) -> None:
     print(json.dumps(train_on_demos(args.demos, enc.spec(), cfg, args.out), indent=1))
 
 
+def cmd_evaluate(args) -> None:
+    from dckp.evaluation import evaluate_policy
+    from dckp.evaluation.config import EvalConfig
+
+    cfg = apply_args(EvalConfig(), args)
+    r = evaluate_policy(args.policy, cfg.episodes, cfg.seed_start, cfg.workers, cfg.videos, args.out,
+                        max_steps=cfg.max_steps or None)
+    print(json.dumps({k: r[k] for k in ("task", "episodes", "success_rate", "ci95", "mean_steps", "ms_per_step")},
+                     indent=1))
+
+
 def cmd_show(args) -> None:
     from dckp.viz.show import show
 
@@ -166,6 +177,7 @@ def cmd_demo(args) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from dckp.don.config import DonConfig
     from dckp.encoders.config import EncoderConfig
+    from dckp.evaluation.config import EvalConfig
     from dckp.geometry.masks import MaskConfig
     from dckp.policy.config import PolicyConfig
     from dckp.sim.config import CollectConfig, ViewsConfig
@@ -235,6 +247,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(p, EncoderConfig)
     add_config_args(p, PolicyConfig)
     p.set_defaults(func=cmd_train_policy)
+
+    p = sub.add_parser("evaluate", help="closed-loop success rate of a policy folder, with rollout videos")
+    p.add_argument("policy", help="a `dckp train-policy` folder")
+    p.add_argument("--out", default=None, help="folder for eval.json and videos (default: POLICY/eval)")
+    add_config_args(p, EvalConfig)
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("show", help="summarise a dataset and write a picture grid and a video of an episode")
     p.add_argument("file")
