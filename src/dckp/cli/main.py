@@ -156,22 +156,14 @@ def cmd_show(args) -> None:
         print(line)
 
 
-def cmd_demo(args) -> None:
-    from dckp.sim.collect import collect_demos, collect_views
-    from dckp.sim.config import CollectConfig, ViewsConfig
-    from dckp.viz.show import show
+def cmd_run(args) -> None:
+    from dckp.pipeline import RUN_PRESETS, run
 
-    out = Path(args.out)
     start = time.time()
-    demos, views = out / "lift.h5", out / "stack_views.h5"
-    print(json.dumps(collect_demos(CollectConfig(task="lift", demos=3, image_size=128), demos), indent=1))
-    print(json.dumps(collect_views(ViewsConfig(task="stack", scenes=2, arm_only=1, image_size=128), views),
-                     indent=1))
-    cmd_fuse(build_parser().parse_args(["fuse", str(views)]))
-    for path in (demos, views):
-        for line in show(path, None, out / f"show_{path.stem}"):
-            print(line)
-    print(f"demo finished in {time.time() - start:.0f} s; outputs in {out}/")
+    cfg = apply_args(preset(RUN_PRESETS, args.preset), args)
+    out = args.out or f"runs/{cfg.task}"
+    report = run(cfg, out, preset="paper" if args.preset == "paper" else "cpu")
+    print(f"report: {report} ({time.time() - start:.0f} s)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -179,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     from dckp.encoders.config import EncoderConfig
     from dckp.evaluation.config import EvalConfig
     from dckp.geometry.masks import MaskConfig
+    from dckp.pipeline import RunConfig
     from dckp.policy.config import PolicyConfig
     from dckp.sim.config import CollectConfig, ViewsConfig
 
@@ -260,9 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="folder for the pictures (default: beside the file)")
     p.set_defaults(func=cmd_show)
 
-    p = sub.add_parser("demo", help="the end-to-end demo on the CPU (what `make demo` runs)")
-    p.add_argument("--out", default="runs/demo")
-    p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("run", help="the whole pipeline for one task, skipping finished stages; ends in report.html")
+    p.add_argument("--preset", default="cpu", choices=["cpu", "paper", "demo"])
+    p.add_argument("--out", default=None, help="run folder (default: runs/TASK)")
+    add_config_args(p, RunConfig)
+    p.set_defaults(func=cmd_run)
     return parser
 
 
