@@ -8,7 +8,7 @@ from dckp.cli.main import main
 def test_run_pipeline_and_skip(tmp_path):
     out = tmp_path / "run"
     argv = ["run", "--task", "lift", "--out", str(out), "--demos", "2", "--scenes", "1", "--arm-only", "0",
-            "--image-size", "48", "--don-steps", "2", "--policy-steps", "2", "--episodes", "1", "--workers", "1"]
+            "--image-size", "64", "--don-steps", "2", "--policy-steps", "2", "--episodes", "1", "--workers", "1"]
     assert main(argv) == 0
     report = (out / "report.html").read_text()
     assert "success rate" in report and "data:video/mp4;base64" in report and "data:image/png;base64" in report
