@@ -7,6 +7,8 @@ exactly where it stopped), `don.safetensors` + `don.json` (the trained model and
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import json
 import logging
 from pathlib import Path
@@ -21,7 +23,7 @@ from tqdm import tqdm  # noqa: E402
 
 from dckp.config import atomic_write_bytes, save_json  # noqa: E402
 from dckp.don.augment import augment_pair  # noqa: E402
-from dckp.don.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from dckp.don.checkpoint import load_checkpoint, load_checkpoint_config, save_checkpoint  # noqa: E402
 from dckp.don.config import DonConfig  # noqa: E402
 from dckp.don.loss import collate_pairs, make_optimizer, train_step  # noqa: E402
 from dckp.don.model import DenseObjectNet, load_backbone_weights  # noqa: E402
@@ -55,7 +57,7 @@ def pretrain(views: list[str], cfg: DonConfig, out_dir: str | Path, checkpoint_e
         log.info("resuming from %s at step %d", last, start)
     lines = [ln for ln in log_path.read_text().splitlines() if ln.strip()] if log_path.exists() else []
     lines = [ln for ln in lines if _complete(ln) and json.loads(ln)["step"] < start]
-    save_json({"views": [str(v) for v in views], **_asdict(cfg)}, out / "pretrain_config.json")
+    save_json({"views": [str(v) for v in views], **dataclasses.asdict(cfg)}, out / "pretrain_config.json")
     model.train()
     with tqdm(total=cfg.steps, initial=start, desc="pretrain", disable=not progress) as bar:
         for step in range(start, cfg.steps):
@@ -79,8 +81,6 @@ def pretrain(views: list[str], cfg: DonConfig, out_dir: str | Path, checkpoint_e
 
 def load_don(run_dir: str | Path) -> DenseObjectNet:
     """The trained network of a `pretrain` run (`don.safetensors`), in eval mode."""
-    from dckp.don.checkpoint import load_checkpoint_config
-
     path = Path(run_dir) / "don.safetensors"
     cfg = load_checkpoint_config(path)
     model = DenseObjectNet(cfg)
@@ -105,8 +105,6 @@ def plot_curves(log_path: Path, out: Path) -> None:
     ax.legend()
     ax.set_title("DON pretraining losses (moving average)")
     fig.tight_layout()
-    import io
-
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
@@ -119,9 +117,3 @@ def _complete(line: str) -> bool:
     except json.JSONDecodeError:
         return False
     return True
-
-
-def _asdict(cfg: DonConfig) -> dict:
-    import dataclasses
-
-    return dataclasses.asdict(cfg)
