@@ -42,6 +42,10 @@ def test_presets_and_validation(tmp_path):
         DonConfig(descriptor_dim=0)
     with pytest.raises(DckpError, match="lr_decay"):
         DonConfig(lr_decay=1.5)
+    with pytest.raises(DckpError, match="layers: must be 3 or 4"):
+        DonConfig(layers=2)
+    with pytest.raises(DckpError, match="device: must be 'cpu', 'cuda'"):
+        DonConfig(device="gpu")
     with pytest.raises(DckpError, match=r"cfg\.json.*unknown field"):
         from_dict(DonConfig, {"descriptor_size": 3}, source="cfg.json")
     with pytest.raises(DckpError, match="margin_object: expected float"):
@@ -50,9 +54,10 @@ def test_presets_and_validation(tmp_path):
 
 # --- model --------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("backbone,channels", [("resnet18", 512), ("resnet50", 2048)])
-def test_model_output_size_and_stride_8(backbone, channels):
-    model = DenseObjectNet(DonConfig(backbone=backbone, descriptor_dim=5)).eval()
+@pytest.mark.parametrize("backbone,layers,channels", [("resnet18", 4, 512), ("resnet18", 3, 256),
+                                                     ("resnet50", 4, 2048), ("resnet50", 3, 1024)])
+def test_model_output_size_and_stride_8(backbone, layers, channels):
+    model = DenseObjectNet(DonConfig(backbone=backbone, layers=layers, descriptor_dim=5)).eval()
     x = torch.rand(2, 3, 64, 48)
     with torch.no_grad():
         assert model.features(x).shape == (2, channels, 8, 6)
@@ -68,6 +73,10 @@ def test_load_backbone_weights(tmp_path, caplog):
         load_backbone_weights(model, tmp_path / name)
         state = model.backbone.state_dict()
         assert all(torch.equal(state[k], v) for k, v in reference.state_dict().items() if not k.startswith("fc."))
+    three = DenseObjectNet(dataclasses.replace(TINY, layers=3))  # without layer4: its keys are left out
+    load_backbone_weights(three, tmp_path / "r18.safetensors")
+    assert torch.equal(three.backbone.layer3[0].conv1.weight, reference.layer3[0].conv1.weight)
+    assert not hasattr(three.backbone, "layer4")
     save_file(torchvision.models.resnet50(weights=None).state_dict(), tmp_path / "r50.safetensors")
     with pytest.raises(DckpError, match="r50.safetensors.*do not fit"):
         load_backbone_weights(DenseObjectNet(TINY), tmp_path / "r50.safetensors")

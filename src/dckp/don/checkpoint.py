@@ -24,7 +24,7 @@ from dckp.don.config import DonConfig
 from dckp.errors import DckpError
 
 FORMAT = "dckp-don-checkpoint-v1"
-RESUME_MAY_CHANGE = ("steps", "backbone_weights")  # config fields a resumed run may set differently
+RESUME_MAY_CHANGE = ("steps", "backbone_weights", "device")  # config fields a resumed run may set differently
 
 Generators = dict[str, np.random.Generator | torch.Generator]
 

@@ -101,6 +101,7 @@ def _label_at(seg: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
 def evaluate_model(model, path: str, pairs: dict) -> dict:
     """{type: {pck@1%, pck@2%, pck@5%, pck@10%, median_px, fraction_closer, wrong_object_rate, pairs}}."""
     model.eval()
+    device = next(model.parameters()).device
     results = {}
     with Dataset(path) as ds:
         for kind, items in pairs.items():
@@ -108,8 +109,9 @@ def evaluate_model(model, path: str, pairs: dict) -> dict:
             for p in items:
                 fa, fb = ds.frame(p["episode"], *p["a"]), ds.frame(p["episode"], *p["b"])
                 images = torch.from_numpy(np.stack([fa["rgb"], fb["rgb"]])).permute(0, 3, 1, 2).float() / 255
-                desc = model(images)
+                desc = model(images.to(device))
                 m = correspondence_metrics(desc[0], desc[1], p["uv_a"], p["uv_b"])
+                m = {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in m.items()}
                 errors.append(m["pixel_error"])
                 closer.append(m["fraction_closer"])
                 seg = torch.from_numpy(fb["seg"]).long()

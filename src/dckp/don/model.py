@@ -34,13 +34,13 @@ class DenseObjectNet(nn.Module):
     """Images `(B, 3, H, W)` in [0, 1] -> descriptors `(B, D, H, W)`.
 
     The input is normalised with the ImageNet mean and std. The backbone is torchvision's ResNet (weights=None)
-    without avgpool and fc, at output stride 8: for resnet50/101 through torchvision's
-    `replace_stride_with_dilation=[False, True, True]`; for resnet18/34 (BasicBlock, which torchvision cannot
-    dilate) by setting the stride of layer3's and layer4's first block (3x3 conv and 1x1 downsample) to 1 and
-    dilating every 3x3 conv of layer3 by 2 and of layer4 by 4, with padding equal to the dilation. Parameter
-    names and shapes stay those of torchvision, so its state dicts load into `backbone`. A 1x1 conv maps the
-    features to D channels and bilinear upsampling (align_corners=False, so feature cell i covers pixels
-    8i..8i+7) brings them to the input size.
+    without avgpool and fc (and without layer4 when `layers` is 3), at output stride 8: for resnet50/101
+    through torchvision's `replace_stride_with_dilation=[False, True, True]`; for resnet18/34 (BasicBlock,
+    which torchvision cannot dilate) by setting the stride of layer3's and layer4's first block (3x3 conv and
+    1x1 downsample) to 1 and dilating every 3x3 conv of layer3 by 2 and of layer4 by 4, with padding equal to
+    the dilation. Parameter names and shapes stay those of torchvision, so its state dicts load into
+    `backbone`. A 1x1 conv maps the features to D channels and bilinear upsampling (align_corners=False, so
+    feature cell i covers pixels 8i..8i+7) brings them to the input size.
     """
 
     def __init__(self, cfg: DonConfig):
@@ -51,13 +51,16 @@ class DenseObjectNet(nn.Module):
         if not bottleneck:
             _dilate_basic_layer(resnet.layer3, 2)
             _dilate_basic_layer(resnet.layer4, 4)
-        self.backbone = nn.Sequential(OrderedDict((name, getattr(resnet, name)) for name in _LAYERS))
-        self.head = nn.Conv2d(resnet.fc.in_features, cfg.descriptor_dim, kernel_size=1)
+        names = _LAYERS if cfg.layers == 4 else _LAYERS[:-1]
+        self.backbone = nn.Sequential(OrderedDict((name, getattr(resnet, name)) for name in names))
+        channels = resnet.fc.in_features if cfg.layers == 4 else resnet.fc.in_features // 2
+        self.head = nn.Conv2d(channels, cfg.descriptor_dim, kernel_size=1)
         self.register_buffer("mean", torch.tensor(_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(_STD).view(1, 3, 1, 1), persistent=False)
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        """Backbone features `(B, C, ceil(H/8), ceil(W/8))`, C = 512 (resnet18/34) or 2048 (resnet50/101)."""
+        """Backbone features `(B, C, ceil(H/8), ceil(W/8))`, C = 512 (resnet18/34) or 2048 (resnet50/101),
+        halved with `layers` 3."""
         return self.backbone((images - self.mean) / self.std)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -66,7 +69,8 @@ class DenseObjectNet(nn.Module):
 
 
 def load_backbone_weights(model: DenseObjectNet, path: str | Path | None) -> None:
-    """Load a torchvision ResNet state dict from a local file into `model.backbone` (its `fc.*` is ignored).
+    """Load a torchvision ResNet state dict from a local file into `model.backbone` (keys of
+    modules the backbone lacks, `fc.*` and, with `layers` 3, `layer4.*`, are ignored).
 
     `.safetensors` files are read with safetensors, anything else with `torch.load(weights_only=True)`.
     No path (None or "") keeps the random initialisation, with a logged notice. Nothing is downloaded."""
@@ -88,7 +92,8 @@ def load_backbone_weights(model: DenseObjectNet, path: str | Path | None) -> Non
                         path=str(path)) from None
     if not isinstance(state, dict):
         raise DckpError(f"expected a state dict, got {type(state).__name__}", path=str(path))
-    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    keep = tuple(f"{name}." for name in model.backbone._modules)
+    state = {k: v for k, v in state.items() if k.startswith(keep)}
     try:
         model.backbone.load_state_dict(state)
     except RuntimeError as e:

@@ -46,6 +46,7 @@ def pretrain(views: list[str], cfg: DonConfig, out_dir: str | Path, checkpoint_e
     torch.manual_seed(cfg.seed)
     model = DenseObjectNet(cfg)
     load_backbone_weights(model, cfg.backbone_weights or None)
+    model.to(cfg.device)
     optimizer, scheduler = make_optimizer(model, cfg)
     sampler = make_sampler(views, cfg)
     aug_rng = np.random.default_rng([cfg.seed, 1])
@@ -63,7 +64,8 @@ def pretrain(views: list[str], cfg: DonConfig, out_dir: str | Path, checkpoint_e
         for step in range(start, cfg.steps):
             pairs = [augment_pair(sampler.sample(), aug_rng, cfg.crop_min, cfg.rotate, cfg.jitter,
                                   cfg.random_background) for _ in range(cfg.batch_pairs)]
-            stats = train_step(model, optimizer, collate_pairs(pairs), cfg)
+            batch = {k: v.to(cfg.device) for k, v in collate_pairs(pairs).items()}
+            stats = train_step(model, optimizer, batch, cfg)
             scheduler.step()
             lines.append(json.dumps({"step": step, "lr": scheduler.get_last_lr()[0], **stats}))
             bar.set_postfix(loss=f"{stats['loss']:.4f}")
