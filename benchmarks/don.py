@@ -2,8 +2,9 @@
 
     python benchmarks/don.py --dckp runs/don_cpu --prior-work runs/don_prior
 
-Speed: training pairs/s (one pair per step: forward of both images, loss, backward, Adam) and forward latency
-(batch 1, median of 10) per backbone at 128 and 256 px, on this CPU with `--threads` torch threads.
+Speed: training pairs/s (steps of the `cpu` preset's pairs per step on random data: forward of both images,
+loss, backward, Adam) and forward latency (batch 1, median of 10) per backbone, with and without layer4
+(`-l3`), at 128 and 256 px, on this CPU with `--threads` torch threads.
 Accuracy (dckp.don.evaluate): each model on the same fixed held-out pairs of every task's held-out file:
 `dckp` (the full method), `random_init` (the same network untrained) and `prior_work` (trained with
 `--prior-work true`: fixed-distance free cameras, one foreground mask, no arm-only data).
@@ -30,31 +31,31 @@ from dckp.don.train import load_don
 KEYS = ("pck@5%", "median_px", "wrong_object_rate")
 
 
-def speed(backbone: str, size: int, steps: int = 5) -> tuple[float, float]:
-    cfg = dataclasses.replace(DON_PRESETS["cpu"], backbone=backbone, image_size=size)
+def speed(backbone: str, layers: int, size: int, steps: int = 5) -> tuple[float, float]:
+    cfg = dataclasses.replace(DON_PRESETS["cpu"], backbone=backbone, layers=layers, image_size=size)
     torch.manual_seed(0)
     model = DenseObjectNet(cfg)
     optimizer, _ = make_optimizer(model, cfg)
-    m, n = cfg.n_matches, cfg.n_non_matches
+    B, m, n = cfg.batch_pairs, cfg.n_matches, cfg.n_non_matches
     g = torch.Generator().manual_seed(0)
     uv = lambda *shape: torch.rand(*shape, 2, generator=g) * (size - 1)  # noqa: E731
-    batch = {"image_a": torch.rand(1, 3, size, size, generator=g), "image_b": torch.rand(1, 3, size, size, generator=g),
-             "uv_a": uv(1, m), "uv_b": uv(1, m), "match_valid": torch.ones(1, m, dtype=torch.bool),
-             "nm_object": uv(1, m, n), "nm_object_valid": torch.ones(1, m, n, dtype=torch.bool),
-             "nm_background": uv(1, m, n), "nm_background_valid": torch.ones(1, m, n, dtype=torch.bool)}
+    batch = {"image_a": torch.rand(B, 3, size, size, generator=g), "image_b": torch.rand(B, 3, size, size, generator=g),
+             "uv_a": uv(B, m), "uv_b": uv(B, m), "match_valid": torch.ones(B, m, dtype=torch.bool),
+             "nm_object": uv(B, m, n), "nm_object_valid": torch.ones(B, m, n, dtype=torch.bool),
+             "nm_background": uv(B, m, n), "nm_background_valid": torch.ones(B, m, n, dtype=torch.bool)}
     model.train()
     train_step(model, optimizer, batch, cfg)
     start = time.perf_counter()
     for _ in range(steps):
         train_step(model, optimizer, batch, cfg)
-    pairs_per_s = steps / (time.perf_counter() - start)
+    pairs_per_s = B * steps / (time.perf_counter() - start)
     model.eval()
     times = []
     with torch.no_grad():
-        model(batch["image_a"])
+        model(batch["image_a"][:1])
         for _ in range(10):
             t = time.perf_counter()
-            model(batch["image_a"])
+            model(batch["image_a"][:1])
             times.append(time.perf_counter() - t)
     return pairs_per_s, 1000 * float(np.median(times))
 
@@ -64,7 +65,7 @@ def main() -> None:
     parser.add_argument("--dckp", default="runs/don_cpu")
     parser.add_argument("--prior-work", default="runs/don_prior")
     parser.add_argument("--heldout", nargs="+", default=["data/stack_heldout.h5", "data/pick_place_clutter_heldout.h5"])
-    parser.add_argument("--pairs", type=int, default=20, help="pairs per pair type")
+    parser.add_argument("--pairs", type=int, default=40, help="pairs per pair type")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--backbones", nargs="+", default=["resnet18", "resnet34", "resnet50"])
     parser.add_argument("--out", default="results")
@@ -73,11 +74,13 @@ def main() -> None:
 
     results = {"threads": args.threads, "train_pairs_per_s": {}, "forward_ms": {}, "eval": {}, "eval_full": {}}
     for backbone in args.backbones:
-        for size in (128, 256):
-            pps, ms = speed(backbone, size)
-            results["train_pairs_per_s"][f"{backbone}@{size}"] = pps
-            results["forward_ms"][f"{backbone}@{size}"] = ms
-            print(f"{backbone}@{size}: {pps:.2f} pairs/s, forward {ms:.0f} ms", flush=True)
+        for layers in (4, 3):
+            for size in (128, 256):
+                pps, ms = speed(backbone, layers, size)
+                key = f"{backbone}{'' if layers == 4 else '-l3'}@{size}"
+                results["train_pairs_per_s"][key] = pps
+                results["forward_ms"][key] = ms
+                print(f"{key}: {pps:.2f} pairs/s, forward {ms:.0f} ms", flush=True)
 
     dckp = load_don(args.dckp)
     torch.manual_seed(0)
@@ -96,7 +99,9 @@ def main() -> None:
 
     out = Path(args.out)
     save_json(results, out / "don.json")
-    lines = ["# Dense Object Net", "", f"`python benchmarks/don.py` on this CPU, {args.threads} torch thread(s).", "",
+    lines = ["# Dense Object Net", "", f"`python benchmarks/don.py` on this CPU, {args.threads} torch thread(s). "
+             "Training: steps of the `cpu` preset's pairs per step, on random data. `-l3`: without layer4 "
+             "(`layers` 3, the `cpu` preset's).", "",
              "| backbone@px | training pairs/s | forward ms (batch 1) |", "|---|---|---|"]
     lines += [f"| {k} | {v:.2f} | {results['forward_ms'][k]:.0f} |" for k, v in results["train_pairs_per_s"].items()]
     lines += ["", f"Correspondence on held-out scenes ({args.pairs} pairs per type, up to 100 points each; "
