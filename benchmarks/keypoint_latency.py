@@ -97,8 +97,9 @@ def main() -> None:
                "batched_encoding_frames_per_s": frames_per_s}
     out = Path(args.out)
     save_json(results, out / "keypoint_latency.json")
+    backbone = cfg.backbone + (" without layer4" if cfg.layers == 3 else "")
     lines = ["# Keypoint control-step latency", "",
-             f"{results['machine']}; DON {cfg.backbone} at {cfg.image_size} px, 2 cameras, {args.keypoints} "
+             f"{results['machine']}; DON {backbone} at {cfg.image_size} px, 2 cameras, {args.keypoints} "
              f"keypoints each, LSTM policy. `python benchmarks/keypoint_latency.py --threads {args.threads}`.", "",
              "| part | median ms | p95 ms |", "|---|---|---|"]
     for key in ("control_step_ms", "encoder_ms", "policy_ms"):

@@ -53,8 +53,8 @@ def main() -> None:
         print(args.task, name, results["success"][args.task][name], flush=True)
 
     lines = ["# Closed-loop success of keypoint policies", "",
-             "cpu presets (DON resnet18 D=8 at 128 px, 16 keypoints per camera, LSTM 2x128), evaluated on seeds "
-             "from 1,000,000. `python benchmarks/policy.py --task TASK ...`.", "",
+             "cpu presets (DON resnet18 without layer4, D=8, 128 px; 16 keypoints per camera, LSTM 2x128), "
+             "evaluated on seeds from 1,000,000. `python benchmarks/policy.py --task TASK ...`.", "",
              "| task | encoder | success | 95 % Wilson CI | episodes | mean steps | ms/step enc / policy / sim |",
              "|---|---|---|---|---|---|---|"]
     for task, per in results["success"].items():
