@@ -87,8 +87,9 @@ DON_PRESETS = {
     # CPU scale, chosen by benchmarks/don_sweep.py (results/don_sweep.md: recipes compared at equal steps on
     # held-out stack scenes): resnet18 without layer4 (as accurate as with it, 3x cheaper), D=8, lr 1e-3 (1e-4
     # learned 2x slower from random init), 4 pairs per step (more pairs per step beat more steps of 1 pair), no
-    # augmentation (180-degree rotation cost 0.2 PCK@5% at this budget; crops, jitter and background swaps did
-    # not help). 5000 steps (20k pairs) took 45 min on one core of this machine (the other core busy), ~23 min on two.
+    # augmentation (all of it together cost 0.15-0.30 PCK@5% at lr 1e-4; at lr 1e-3 colour jitter plus
+    # background swaps cost 0.1-0.2 and crops alone did not help). 5000 steps (20k pairs) took 45 min on one
+    # core of this machine (the other core busy), ~23 min on two.
     "cpu": DonConfig(backbone="resnet18", layers=3, descriptor_dim=8, image_size=128, lr=1e-3, batch_pairs=4,
                      steps=5000, n_matches=500, n_non_matches=30, crop_min=1.0, rotate=False, jitter=0.0,
                      random_background=False),
