@@ -18,6 +18,7 @@ import torch
 
 from dckp.encoders.base import frame_cameras, register_encoder
 from dckp.errors import DckpError
+from dckp.geometry.camera import project, transform
 from dckp.keypoints.extract import extract_keypoints, keypoints_3d, normalise_uv
 from dckp.keypoints.select import load_references
 
@@ -80,12 +81,9 @@ class GroundTruthKeypoints:
             raise DckpError("ground-truth keypoints need object_pose in the frames", field="object_pose")
         refs = self.refs[cam]
         poses = frames["object_pose"].float()[:, refs["object"]]  # (B,K,4,4)
-        world = (poses[..., :3, :3] @ refs["local"][None, :, :, None])[..., 0] + poses[..., :3, 3]
-        T = torch.linalg.inv(frames[f"{cam}_pose"].float())
-        p = (T[:, None, :3, :3] @ world[..., None])[..., 0] + T[:, None, :3, 3]
-        K = frames[f"{cam}_K"].float()
-        uv = torch.stack([K[:, None, 0, 0] * p[..., 0] / p[..., 2] + K[:, None, 0, 2],
-                          K[:, None, 1, 1] * p[..., 1] / p[..., 2] + K[:, None, 1, 2]], -1)
+        world = transform(poses, refs["local"][:, None, :])[..., 0, :]  # each point moved by its object's pose
+        p = transform(torch.linalg.inv(frames[f"{cam}_pose"].float()), world)
+        uv, _ = project(p, frames[f"{cam}_K"].float())
         return uv, p, world
 
     def keypoints(self, frames) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
