@@ -49,21 +49,22 @@ def main() -> None:
         results["success"].setdefault(args.task, {})[name] = {"rate": r["success_rate"], "ci95": r["ci95"],
                                                               "episodes": r["episodes"]}
         results["details"].setdefault(args.task, {})[name] = {k: r[k] for k in ("mean_steps", "ms_per_step")}
+        results["details"][args.task][name]["don"] = args.don if name.startswith("dckp") else None
         save_json(results, path)
         print(args.task, name, results["success"][args.task][name], flush=True)
 
     lines = ["# Closed-loop success of keypoint policies", "",
              "cpu presets (DON resnet18 without layer4, D=8, 128 px; 16 keypoints per camera, LSTM 2x128), "
              "evaluated on seeds from 1,000,000. `python benchmarks/policy.py --task TASK ...`.", "",
-             "| task | encoder | success | 95 % Wilson CI | episodes | mean steps | ms/step enc / policy / sim |",
-             "|---|---|---|---|---|---|---|"]
+             "| task | encoder | DON | success | 95 % Wilson CI | episodes | mean steps | ms/step enc / policy / sim |",
+             "|---|---|---|---|---|---|---|---|"]
     for task, per in results["success"].items():
         for name, s in per.items():
             d = results["details"][task][name]
             ms = d["ms_per_step"]
-            lines.append(f"| {task} | {name} | {s['rate']:.2f} | [{s['ci95'][0]:.2f}, {s['ci95'][1]:.2f}] | "
-                         f"{s['episodes']} | {d['mean_steps']:.0f} | {ms['encoder']:.0f} / {ms['policy']:.1f} / "
-                         f"{ms['sim']:.0f} |")
+            lines.append(f"| {task} | {name} | {d.get('don') or '-'} | {s['rate']:.2f} | "
+                         f"[{s['ci95'][0]:.2f}, {s['ci95'][1]:.2f}] | {s['episodes']} | {d['mean_steps']:.0f} | "
+                         f"{ms['encoder']:.0f} / {ms['policy']:.1f} / {ms['sim']:.0f} |")
     atomic_write_bytes(out / "policy.md", ("\n".join(lines) + "\n").encode())
 
 
