@@ -1,5 +1,8 @@
 """Simulated tasks: camera geometry of stored frames, expert success, collection."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -130,3 +133,9 @@ def test_same_seed_same_scene():
 def test_unknown_task_is_one_line_error():
     with pytest.raises(DckpError, match="unknown task 'nope'"):
         get_task("nope")
+
+
+def test_making_an_environment_prints_no_robosuite_banners():
+    code = "from dckp.sim.env import make_robosuite; make_robosuite('Lift')"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "[robosuite" not in out.stdout + out.stderr, out.stdout + out.stderr

@@ -12,13 +12,21 @@ from dckp.sim.render import ROBOT_LABEL, Cameras
 ROBOT_PREFIXES = ("robot0_", "gripper0_", "fixed_mount0_")
 PROPRIO_KEYS = ("joint_pos", "eef_pos", "eef_quat", "gripper_qpos")
 
-for _name in ("robosuite", "robosuite_logs"):
-    logging.getLogger(_name).setLevel(logging.ERROR)
+
+def _import_robosuite():
+    """robosuite, imported without its start-up warnings (no private macro file, optional robot models)."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        import robosuite  # slow import: only when an environment is made
+    finally:
+        logging.disable(previous)
+    logging.getLogger("robosuite_logs").setLevel(logging.ERROR)  # robosuite sets INFO on import
+    return robosuite
 
 
 def make_robosuite(env_name: str, **kwargs):
-    import robosuite  # slow import: only when an environment is made
-
+    robosuite = _import_robosuite()
     return robosuite.make(
         env_name, robots="Panda", has_renderer=False, has_offscreen_renderer=False, use_camera_obs=False,
         control_freq=20, hard_reset=False, horizon=10_000, ignore_done=True, reward_shaping=False, **kwargs,
