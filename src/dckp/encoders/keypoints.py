@@ -76,7 +76,8 @@ class GroundTruthKeypoints:
     def feature_dim(self, cameras: Sequence[str]) -> int:
         return sum(len(self.refs[c]["uv"]) * (2 if self.form == "2d" else 3) for c in cameras)
 
-    def _project(self, frames, cam):
+    def points(self, frames, cam) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`uv (B,K,2)` pixels, camera-frame `(B,K,3)` and world `(B,K,3)` points of `cam`'s keypoints."""
         if "object_pose" not in frames:
             raise DckpError("ground-truth keypoints need object_pose in the frames", field="object_pose")
         refs = self.refs[cam]
@@ -89,14 +90,14 @@ class GroundTruthKeypoints:
     def keypoints(self, frames) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         out = {}
         for cam in frame_cameras(frames):
-            uv, _, _ = self._project(frames, cam)
+            uv, _, _ = self.points(frames, cam)
             out[cam] = (uv, torch.ones(uv.shape[:2]))
         return out
 
     def encode(self, frames: Mapping[str, torch.Tensor]) -> torch.Tensor:
         feats = []
         for cam in frame_cameras(frames):
-            uv, p, world = self._project(frames, cam)
+            uv, p, world = self.points(frames, cam)
             H, W = frames[f"{cam}_depth"].shape[-2:]
             if self.form == "2d":
                 f = normalise_uv(uv, H, W)
