@@ -7,9 +7,10 @@
 The references' pixels, moved with their objects' true poses (`gt-kp`), are the ground truth for the DON's
 softmax modes (`dckp-2d`/`dckp-3d`), frame by frame over the first `--episodes` demonstrations. Per camera: the
 share of keypoints inside the image, then over those the median pixel error and the share within 5 % of the
-image size, split by the keypoint's depth in the camera (near: < `--near` m). Symmetric objects (cubes) make
-part of the error ambiguity rather than a mistake: a keypoint on the right object but on a symmetric twin of
-its point counts as an error here.
+image size, for visible keypoints near the camera (closer than `--near` m), visible ones farther away, and
+occluded ones (the depth image at the true pixel is more than 1 cm in front of the point). Symmetric objects
+(cubes) make part of the error ambiguity rather than a mistake: a keypoint on the right object but on a
+symmetric twin of its point counts as an error here.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def main() -> None:
 
     don, gt = DonKeypoints(args.don, args.references), GroundTruthKeypoints(args.references)
     cameras = sorted(gt.refs)
-    err, inside, depth = ({c: [] for c in cameras} for _ in range(3))
+    err, inside, depth, seen = ({c: [] for c in cameras} for _ in range(4))
     with Dataset(args.demos) as ds:
         task = ds.task
         for ep in ds.episodes[: args.episodes]:
@@ -53,13 +54,17 @@ def main() -> None:
                 in_image = ((uv >= 0) & (uv < torch.tensor([W, H]))).all(-1) & (p[..., 2] > 0)
                 inside[cam].append(in_image.flatten())
                 depth[cam].append(p[..., 2].flatten())
+                u, v = (uv[..., i].round().long().clamp(0, n - 1) for i, n in ((0, W), (1, H)))
+                at = frames[f"{cam}_depth"][torch.arange(len(uv))[:, None], v, u]
+                seen[cam].append((at > p[..., 2] - 0.01).flatten())
 
     size = max(H, W)
     rows = {}
     for cam in cameras:
-        e, ok, z = torch.cat(err[cam]), torch.cat(inside[cam]), torch.cat(depth[cam])
+        e, ok, z, vis = (torch.cat(x[cam]) for x in (err, inside, depth, seen))
         row = {"in_image": ok.float().mean().item()}
-        for name, sel in (("all", ok), ("near", ok & (z < args.near)), ("far", ok & (z >= args.near))):
+        for name, sel in (("all", ok), ("visible_near", ok & vis & (z < args.near)),
+                          ("visible_far", ok & vis & (z >= args.near)), ("occluded", ok & ~vis)):
             row[name] = {"keypoints": int(sel.sum()), "median_px": e[sel].median().item() if sel.any() else None,
                          "pck@5%": (e[sel] < 0.05 * size).float().mean().item() if sel.any() else None}
         rows[cam] = row
@@ -72,9 +77,11 @@ def main() -> None:
     lines = ["# DON keypoints against ground-truth keypoints on demonstrations", "",
              "`python benchmarks/keypoint_error.py --demos ... --don ... --references ...`: pixel error of the "
              "softmax mode against the same reference pixels moved with their objects' true poses, over keypoints "
-             "inside the image; near = keypoint closer to the camera than `near_m`. Cube symmetry counts as error.",
-             "", "| task | DON | camera | in image | median px (all / near / far) | PCK@5% (all / near / far) | "
-             "near keypoints |", "|---|---|---|---|---|---|---|"]
+             "inside the image: all, visible and closer to the camera than `near_m`, visible and farther, occluded. "
+             "Cube symmetry counts as error.", "",
+             "| task | DON | camera | in image | median px (all / vis. near / vis. far / occluded) | "
+             "PCK@5% (same) | keypoints (same) |", "|---|---|---|---|---|---|---|"]
+    splits = ("all", "visible_near", "visible_far", "occluded")
 
     def fmt(x, spec):
         return "-" if x is None else format(x, spec)
@@ -82,10 +89,10 @@ def main() -> None:
     for t, per_don in results.items():
         for d, r in per_don.items():
             for cam, row in r["cameras"].items():
-                med = " / ".join(fmt(row[k]["median_px"], ".1f") for k in ("all", "near", "far"))
-                pck = " / ".join(fmt(row[k]["pck@5%"], ".2f") for k in ("all", "near", "far"))
-                lines.append(f"| {t} | {d} | {cam} | {row['in_image']:.2f} | {med} | {pck} | "
-                             f"{row['near']['keypoints']} |")
+                med = " / ".join(fmt(row[k]["median_px"], ".1f") for k in splits)
+                pck = " / ".join(fmt(row[k]["pck@5%"], ".2f") for k in splits)
+                n = " / ".join(str(row[k]["keypoints"]) for k in splits)
+                lines.append(f"| {t} | {d} | {cam} | {row['in_image']:.2f} | {med} | {pck} | {n} |")
     atomic_write_bytes(out / "keypoint_error.md", ("\n".join(lines) + "\n").encode())
     print("\n".join(lines[-len(cameras):]))
 
