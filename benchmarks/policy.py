@@ -1,6 +1,7 @@
 """Closed-loop success of keypoint policies. Writes results/policy.{json,md} (merging with tasks already there).
 
-    python benchmarks/policy.py --task lift --don runs/don_cpu --demos data/lift.h5 --episodes 50
+    dckp pretrain --views data/stack_views.h5 --out runs/don_stack     # the task's own DON, as `dckp run` trains
+    python benchmarks/policy.py --task stack --don runs/don_stack --demos data/stack.h5 --episodes 50
 
 For each encoder (dckp-3d, dckp-2d, gt-kp): the references are chosen once from the demonstrations (`dckp
 keypoints`, shared by all encoders, so gt-kp moves the very same pixels), the policy is trained on the cached
