@@ -24,6 +24,7 @@ import torch
 from dckp.config import atomic_write_bytes, save_json
 from dckp.data import Dataset
 from dckp.encoders.keypoints import DonKeypoints, GroundTruthKeypoints
+from dckp.keypoints.extract import depth_at
 from dckp.policy.demos import frames_of
 
 
@@ -54,8 +55,7 @@ def main() -> None:
                 in_image = ((uv >= 0) & (uv < torch.tensor([W, H]))).all(-1) & (p[..., 2] > 0)
                 inside[cam].append(in_image.flatten())
                 depth[cam].append(p[..., 2].flatten())
-                u, v = (uv[..., i].round().long().clamp(0, n - 1) for i, n in ((0, W), (1, H)))
-                at = frames[f"{cam}_depth"][torch.arange(len(uv))[:, None], v, u]
+                at = depth_at(uv, frames[f"{cam}_depth"], window=1)
                 seen[cam].append((at > p[..., 2] - 0.01).flatten())
 
     size = max(H, W)

@@ -49,8 +49,9 @@ def main() -> None:
         r = evaluate_policy(policy, episodes=args.episodes, workers=args.workers, videos=2)
         results["success"].setdefault(args.task, {})[name] = {"rate": r["success_rate"], "ci95": r["ci95"],
                                                               "episodes": r["episodes"]}
-        results["details"].setdefault(args.task, {})[name] = {k: r[k] for k in ("mean_steps", "ms_per_step")}
-        results["details"][args.task][name]["don"] = args.don if name.startswith("dckp") else None
+        results["details"].setdefault(args.task, {})[name] = {"mean_steps": r["mean_steps"],
+                                                              "ms_per_step": r["ms_per_step"],
+                                                              "don": args.don if name.startswith("dckp") else None}
         save_json(results, path)
         print(args.task, name, results["success"][args.task][name], flush=True)
 
