@@ -18,6 +18,8 @@ from dckp.errors import DckpError
 
 
 class Encoder(Protocol):
+    needs_images: bool  # False: only K and pose are read (and object_pose), so closed loop need not render
+
     def feature_dim(self, cameras: Sequence[str]) -> int:
         """F, the length of the feature vector for frames from these cameras."""
 

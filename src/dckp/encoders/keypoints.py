@@ -33,6 +33,8 @@ def _form_features(uv, depth, K, pose, form: str) -> torch.Tensor:
 
 
 class DonKeypoints:
+    needs_images = True
+
     def __init__(self, run: str, references: str, form: str = "depth", temperature: float = 0.05,
                  mode: str = "mode"):
         from dckp.don.train import load_don
@@ -67,6 +69,8 @@ class DonKeypoints:
 
 
 class GroundTruthKeypoints:
+    needs_images = False  # K, pose and object_pose; the depth image is read for its size only
+
     def __init__(self, references: str, form: str = "depth"):
         if form not in FORMS:
             raise DckpError(f"unknown keypoint form {form!r}; choose from {list(FORMS)}", field="form")

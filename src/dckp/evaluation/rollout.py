@@ -192,7 +192,7 @@ def rollout(env, encoder, policy, seed: int, record: bool = False, max_steps: in
     with torch.no_grad():
         while steps < horizon:
             t0 = time.perf_counter()
-            obs = env.observe()
+            obs = env.observe(images=record or getattr(encoder, "needs_images", True))
             t1 = time.perf_counter()
             features = encoder.encode(observation_frames(obs, cameras))
             t2 = time.perf_counter()

@@ -108,13 +108,23 @@ class SimEnv:
             raise RuntimeError("rendering is off (image_size=0)")
         return self.renderer.render(self.data, camera)
 
-    def observe(self) -> dict[str, np.ndarray]:
-        """Proprioception, object poses and, per camera, `<cam>_rgb|_depth|_seg|_K|_pose`."""
+    def observe(self, images: bool = True) -> dict[str, np.ndarray]:
+        """Proprioception, object poses and, per camera, `<cam>_rgb|_depth|_seg|_K|_pose`.
+
+        `images=False` skips rendering: K and pose are exact, rgb, depth and seg are blank (zeros) of the right
+        size, for encoders that read only the camera geometry (`needs_images = False`)."""
         obs = self.proprio()
         obs["object_pose"] = self.object_poses().astype(np.float32)
         if self.renderer is not None:
             for cam in self.cameras:
-                for key, value in self.render(cam).items():
+                if images:
+                    view = self.render(cam)
+                else:
+                    K, pose = self.renderer.geometry(self.data, cam)
+                    size = (self.image_size, self.image_size)
+                    view = {"rgb": np.zeros((*size, 3), np.uint8), "depth": np.zeros(size, np.float32),
+                            "seg": np.zeros(size, np.uint8), "K": K, "pose": pose}
+                for key, value in view.items():
                     obs[f"{cam}_{key}"] = value
         return obs
 

@@ -72,7 +72,7 @@ class Cameras:
         rgb = np.empty((self.height, self.width, 3), np.uint8)
         mujoco.mjr_render(rect, scene, ctx)
         mujoco.mjr_readPixels(rgb, None, rect, ctx)
-        K, pose = self._camera_geometry(data, camera)
+        K, pose = self.geometry(data, camera)
         return {"rgb": np.flipud(rgb).copy(), "depth": np.flipud(depth).copy(),
                 "seg": np.flipud(seg).copy(), "K": K, "pose": pose}
 
@@ -94,7 +94,8 @@ class Cameras:
         depth[depth >= 0.99 * zfar] = 0.0
         return depth.astype(np.float32)
 
-    def _camera_geometry(self, data: mujoco.MjData, camera) -> tuple[np.ndarray, np.ndarray]:
+    def geometry(self, data: mujoco.MjData, camera) -> tuple[np.ndarray, np.ndarray]:
+        """K (3,3) and the camera-to-world pose (4,4) of a named camera, or of a free camera after a render."""
         pose = np.eye(4)
         if isinstance(camera, str):
             cid = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_CAMERA, camera)
