@@ -139,3 +139,42 @@ def test_making_an_environment_prints_no_robosuite_banners():
     code = "from dckp.sim.env import make_robosuite; make_robosuite('Lift')"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "[robosuite" not in out.stdout + out.stderr, out.stdout + out.stderr
+
+
+def _yaw(rot) -> float:
+    return float(np.arctan2(rot[1, 0], rot[0, 0]))
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_initial_states_stay_within_the_documented_ranges(name):
+    """Over many seeds every sampled object's centre and yaw, after settling, lie in the task's documented
+    ranges (relative to its sampler's reference point), and so does every other listed quantity."""
+    from dckp.sim.env import _samplers
+
+    task = get_task(name)
+    env = SimEnv(task, image_size=0)
+    samplers = {s.name: s for s in _samplers(env.env.placement_initializer)}
+    seen = {key: [] for key in ("x", "y", "yaw")}
+    try:
+        for seed in range(25):
+            env.reset(seed)
+            for sampler_name, p in task.placement.items():
+                sampler = samplers[sampler_name]
+                for obj in sampler.mujoco_objects:
+                    body = env.data.body(obj.root_body)
+                    x, y = body.xpos[:2] - np.asarray(sampler.reference_pos)[:2]
+                    yaw = _yaw(body.xmat.reshape(3, 3))
+                    assert p.x[0] - 0.005 <= x <= p.x[1] + 0.005, (seed, obj.name, x, p.x)
+                    assert p.y[0] - 0.005 <= y <= p.y[1] + 0.005, (seed, obj.name, y, p.y)
+                    centre, half = (p.yaw[0] + p.yaw[1]) / 2, (p.yaw[1] - p.yaw[0]) / 2
+                    assert abs(np.angle(np.exp(1j * (yaw - centre)))) <= half + 0.02, (seed, obj.name, yaw, p.yaw)
+                    for key, value in zip(("x", "y", "yaw"), (x, y, yaw), strict=True):
+                        seen[key].append(value)
+            if "door_open_rad" in task.ranges:
+                low, high = task.ranges["door_open_rad"]
+                assert low - 0.01 <= env.data.qpos[env.env.hinge_qpos_addr] <= high + 0.01
+    finally:
+        env.close()
+    p = next(iter(task.placement.values()))
+    assert np.ptp(seen["x"]) > 0.5 * (p.x[1] - p.x[0])  # the range is used, not just respected
+    assert np.ptp(seen["y"]) > 0.5 * (p.y[1] - p.y[0])

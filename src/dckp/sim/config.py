@@ -4,26 +4,33 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from dckp.config import option
 from dckp.errors import DckpError
+from dckp.sim.tasks import TASKS, get_task
 
 
 @dataclass
 class CollectConfig:
     """Expert demonstrations: seeds from `seed` upwards until `demos` successes (failures are skipped).
 
-    `demos=0` takes the task's own number for the preset (paper: 14 single-object, 140 multi-object)."""
+    `demos=0` takes the task's own number for the preset (`dckp tasks`); `dckp collect` saves the number it used."""
 
-    task: str = "lift"
-    demos: int = 0
-    image_size: int = 128
-    seed: int = 0
-    max_attempts_factor: float = 2.0  # give up after this many times `demos` seeds
+    task: str = option("lift", "simulated task (see `dckp tasks`)", choices=TASKS)
+    demos: int = option(0, "successful demonstrations to collect (0: the task's number for the preset)")
+    image_size: int = option(128, "camera image height and width in pixels")
+    seed: int = option(0, "first episode seed; failed episodes are skipped")
+    max_attempts_factor: float = option(2.0, "give up after this many times `demos` seeds")
 
     def __post_init__(self):
+        get_task(self.task)
         if self.image_size < 16:
             raise DckpError(f"image_size must be >= 16, got {self.image_size}", field="image_size")
         if self.demos < 0:
-            raise DckpError(f"demos must be >= 0, got {self.demos}", field="demos")
+            raise DckpError(f"demos must be >= 0 (0: the task's number), got {self.demos}", field="demos")
+        if self.seed < 0:
+            raise DckpError(f"seed must be >= 0, got {self.seed}", field="seed")
+        if self.max_attempts_factor < 1:
+            raise DckpError(f"must be >= 1, got {self.max_attempts_factor}", field="max_attempts_factor")
 
 
 @dataclass
@@ -35,24 +42,29 @@ class ViewsConfig:
     task's cameras record every `record_every` control steps. Arm-only sequences repeat the sweep and free
     views with every object removed."""
 
-    task: str = "stack"
-    scenes: int = 10
-    arm_only: int = 2
-    image_size: int = 128
-    free_views: int = 24
-    sweep_waypoints: int = 4
-    record_every: int = 3
-    min_distance: float = 0.3
-    max_distance: float = 1.6
-    seed: int = 100_000  # scene seeds start here, apart from demonstration seeds
+    task: str = option("lift", "simulated task (see `dckp tasks`)", choices=TASKS)
+    scenes: int = option(10, "static scenes, each filmed by free cameras and the task's cameras")
+    arm_only: int = option(2, "sequences with every object removed (the arm as its own object)")
+    image_size: int = option(128, "camera image height and width in pixels")
+    free_views: int = option(24, "free-camera frames per scene")
+    sweep_waypoints: int = option(4, "waypoints of the arm's sweep above the objects")
+    record_every: int = option(3, "the task's cameras record every this many control steps of the sweep")
+    min_distance: float = option(0.3, "nearest free-camera distance from its target (metres)")
+    max_distance: float = option(1.6, "farthest free-camera distance from its target (metres)")
+    seed: int = option(100_000, "first scene seed (apart from demonstration seeds)")
 
     def __post_init__(self):
         if self.image_size < 16:
             raise DckpError(f"image_size must be >= 16, got {self.image_size}", field="image_size")
         if not 0 < self.min_distance <= self.max_distance:
             raise DckpError("need 0 < min_distance <= max_distance", field="min_distance")
-        if self.scenes < 1:
-            raise DckpError(f"scenes must be >= 1, got {self.scenes}", field="scenes")
+        get_task(self.task)
+        for name in ("scenes", "free_views", "sweep_waypoints", "record_every"):
+            if getattr(self, name) < 1:
+                raise DckpError(f"{name} must be >= 1, got {getattr(self, name)}", field=name)
+        for name in ("arm_only", "seed"):
+            if getattr(self, name) < 0:
+                raise DckpError(f"{name} must be >= 0, got {getattr(self, name)}", field=name)
 
 
 COLLECT_PRESETS = {"cpu": CollectConfig(image_size=128), "paper": CollectConfig(image_size=256)}

@@ -49,6 +49,11 @@ class SimEnv:
         self.robot = self.env.robots[0]
         self.eef_site = self.robot.eef_site_id["right"]
         self.object_bodies = task.object_bodies(self.env)  # [(root body, pose body)] per object, label i+1
+        samplers = {s.name: s for s in _samplers(self.env.placement_initializer)}
+        for name, placement in task.placement.items():
+            sampler = samplers[name]
+            sampler.x_range, sampler.y_range, sampler.rotation = list(placement.x), list(placement.y), placement.yaw
+        self.robot.initialization_noise = {"magnitude": task.joint_noise, "type": "gaussian"}
         task.prepare_model(self.env)
         hide_markers(self.model)
         self.cameras = tuple(task.cameras if cameras is None else cameras)
@@ -59,7 +64,8 @@ class SimEnv:
     # --- scene ---
     def reset(self, seed: int) -> None:
         self.env.rng = np.random.default_rng(seed)
-        _reseed_sampler(self.env.placement_initializer, self.env.rng)
+        for sampler in _samplers(self.env.placement_initializer):
+            sampler.rng = self.env.rng
         self.env.reset()
         self.task.on_reset(self, np.random.default_rng([seed, 1]))
         mujoco.mj_forward(self.model, self.data)
@@ -153,9 +159,10 @@ def hide_markers(model: mujoco.MjModel) -> None:
             model.geom_group[g] = 5
 
 
-def _reseed_sampler(sampler, rng) -> None:
+def _samplers(sampler):
+    """robosuite's placement sampler and, in a composite one, every sampler inside it."""
     if sampler is None:
         return
-    sampler.rng = rng
+    yield sampler
     for sub in getattr(sampler, "samplers", {}).values():
-        _reseed_sampler(sub, rng)
+        yield from _samplers(sub)

@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 WRIST, OVERVIEW = "robot0_eye_in_hand", "agentview"
+ANY_YAW = (-math.pi, math.pi)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where one of robosuite's placement samplers puts the centres of its objects at reset: uniformly in `x` and
+    `y` (metres, relative to the sampler's reference point: the table's or the bin's centre) and `yaw` (radians).
+    A sampler that keeps its objects' outlines inside the box (robosuite's `ensure_object_boundary_in_range`)
+    uses a smaller box still."""
+
+    x: tuple[float, float]
+    y: tuple[float, float]
+    yaw: tuple[float, float] = ANY_YAW
 
 
 @dataclass(frozen=True)
@@ -18,6 +32,7 @@ class Task:
     stands_in_for: str
     env_name: str
     object_bodies: Callable  # robosuite env -> [(root body, pose body)], one per object
+    placement: dict[str, Placement]  # robosuite sampler name -> its ranges (overriding robosuite's)
     expert: Callable  # SimEnv -> experts.Expert
     success: Callable  # SimEnv -> bool
     keypoints: dict[str, list]  # object name -> points in its pose body's frame (metres)
@@ -32,10 +47,19 @@ class Task:
     settle_steps: int = 10
     prepare_model: Callable = lambda env: None  # once, after the model is built
     on_reset: Callable = lambda simenv, rng: None  # after each reset, before settling
+    joint_noise: float = 0.02  # rad: std of the Gaussian noise on the arm's initial joint angles (robosuite's)
+    ranges: dict = field(default_factory=dict)  # other randomised quantities (name -> [low, high]), for the docs
 
     @property
     def objects(self) -> list[str]:
         return list(self.keypoints)
+
+    @property
+    def randomisation(self) -> dict:
+        """Every initial-state range of the task, as listed by `dckp tasks` and in results/tasks.json."""
+        return {"placement": {name: {"x": list(p.x), "y": list(p.y), "yaw": list(p.yaw)}
+                              for name, p in self.placement.items()},
+                "joint_noise_std": self.joint_noise, **{k: list(v) for k, v in self.ranges.items()}}
 
 
 def cube_corners(h: float) -> list:

@@ -4,10 +4,12 @@ Articulated: the door's appearance changes along the trajectory."""
 
 from __future__ import annotations
 
+import mujoco
 import numpy as np
 
 from dckp.sim import experts as ex
-from dckp.sim.tasks.base import WRIST, Task
+from dckp.sim.render import ROBOT_LABEL
+from dckp.sim.tasks.base import WRIST, Placement, Task
 
 DOOR_OPEN_RANGE = (0.25, 0.4)  # rad; the hinge's limit is 0.4
 DOOR_CLOSED_BELOW = 0.05  # rad
@@ -25,8 +27,17 @@ def _stiff_hinge(env) -> None:
 
 
 def _open_door(env, rng) -> None:
-    env.data.qpos[env.env.hinge_qpos_addr] = rng.uniform(*DOOR_OPEN_RANGE)
+    """Open the door by an angle drawn from DOOR_OPEN_RANGE, drawn again while the door would cut into the arm
+    (where the door stands close to the arm's start, a wide opening puts the handle through the gripper, and the
+    contact slams the door shut before the episode starts)."""
     env.data.qvel[env.model.jnt_dofadr[env.model.joint("Door_hinge").id]] = 0.0
+    labels = env.geom_labels()
+    for _ in range(50):
+        env.data.qpos[env.env.hinge_qpos_addr] = rng.uniform(*DOOR_OPEN_RANGE)
+        mujoco.mj_forward(env.model, env.data)
+        contacts = env.data.contact[: env.data.ncon]
+        if not any({labels[c.geom1], labels[c.geom2]} == {1, ROBOT_LABEL} for c in contacts):
+            return
 
 
 _DOOR_HINGE = np.array([0.255, 0.0, 0.0])  # in the door body's frame (door.xml); its axis is z
@@ -75,6 +86,8 @@ TASK = Task(
     name="close_door", stands_in_for="CloseMicrowave", env_name="Door",
     env_kwargs={"use_latch": False},
     object_bodies=lambda env: [("Door_door", "Door_door")],  # the panel and its handle
+    placement={"ObjectSampler": Placement(x=(0.07, 0.09), y=(-0.01, 0.01), yaw=(-np.pi / 2 - 0.25, -np.pi / 2))},
+    ranges={"door_open_rad": DOOR_OPEN_RANGE},
     expert=_door_expert, success=_door_success, prepare_model=_stiff_hinge, on_reset=_open_door,
     keypoints={"door": [[-0.2, -0.02, 0.2], [-0.2, -0.02, -0.2], [0.0, -0.02, 0.0], [-0.1, -0.12, -0.025]]},
     workspace=((-0.55, -0.5, 0.75), (0.2, -0.06, 1.45)), park=(-0.3, 0.3, 1.2),

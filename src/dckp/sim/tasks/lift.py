@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from dckp.sim import experts as ex
-from dckp.sim.tasks.base import WRIST, Task, cube_corners
+from dckp.sim.tasks.base import WRIST, Placement, Task, cube_corners
 
 
 def _lift_expert(env):
@@ -17,6 +17,7 @@ def _lift_expert(env):
 TASK = Task(
     name="lift", stands_in_for="TakeLidOffSaucePan", env_name="Lift",
     object_bodies=lambda env: [("cube_main", "cube_main")],
+    placement={"ObjectSampler": Placement(x=(-0.03, 0.03), y=(-0.03, 0.03))},
     expert=_lift_expert, success=lambda env: env.env._check_success(),
     keypoints={"cube": cube_corners(0.02)},
     cameras=(WRIST,), horizon=120, demos={"cpu": 14, "paper": 14},

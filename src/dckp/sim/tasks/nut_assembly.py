@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from dckp.sim import experts as ex
-from dckp.sim.tasks.base import OVERVIEW, WRIST, Task
+from dckp.sim.tasks.base import OVERVIEW, WRIST, Placement, Task
 
 
 def _nut_handle(env) -> tuple[np.ndarray, float]:
@@ -52,6 +52,7 @@ def _nut_success(env) -> bool:
 TASK = Task(
     name="nut_assembly", stands_in_for="(robomimic Square)", env_name="NutAssemblySquare",
     object_bodies=lambda env: [("SquareNut_main", "SquareNut_main"), ("peg1", "peg1")],
+    placement={"SquareNutSampler": Placement(x=(-0.115, -0.11), y=(0.11, 0.225))},  # the peg is fixed
     expert=_nut_expert, success=_nut_success,
     keypoints={"nut": [[0, 0, 0], [0.054, 0, 0], [0.03, 0.03, 0], [-0.03, -0.03, 0]],
                "peg": [[0, 0, 0.1], [0, 0, 0.0]]},

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from dckp.sim import experts as ex
-from dckp.sim.tasks.base import OVERVIEW, WRIST, Task
+from dckp.sim.tasks.base import OVERVIEW, WRIST, Placement, Task
 
 _PP_OBJECTS = ("Milk", "Bread", "Cereal", "Can")
 
@@ -59,6 +59,7 @@ def _hide_visual_objects(env) -> None:
 TASK = Task(
     name="pick_place_clutter", stands_in_for="PutRubbishInBin", env_name="PickPlace",
     object_bodies=lambda env: [(f"{o}_main", f"{o}_main") for o in _PP_OBJECTS],
+    placement={"CollisionObjectSampler": Placement(x=(-0.145, 0.145), y=(-0.195, 0.195))},  # the source bin
     expert=_pick_place_expert, success=_pick_place_success, prepare_model=_hide_visual_objects,
     keypoints={"milk": [[0, 0, 0]], "bread": [[0, 0, 0]], "cereal": [[0, 0, 0]],
                "can": [[0, 0, 0.04], [0, 0, -0.04], [0.03, 0, 0], [-0.03, 0, 0], [0, 0, 0]]},

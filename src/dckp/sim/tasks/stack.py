@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from dckp.sim import experts as ex
-from dckp.sim.tasks.base import OVERVIEW, WRIST, Task, cube_corners
+from dckp.sim.tasks.base import OVERVIEW, WRIST, Placement, Task, cube_corners
 
 
 def _closing_yaw(env) -> float:
@@ -26,6 +26,7 @@ def _stack_expert(env):
 TASK = Task(
     name="stack", stands_in_for="PhoneOnBase", env_name="Stack",
     object_bodies=lambda env: [("cubeA_main", "cubeA_main"), ("cubeB_main", "cubeB_main")],
+    placement={"ObjectSampler": Placement(x=(-0.08, 0.08), y=(-0.08, 0.08))},
     expert=_stack_expert, success=lambda env: env.env._check_success(),
     keypoints={"cubeA": cube_corners(0.02), "cubeB": cube_corners(0.025)},
     cameras=(WRIST, OVERVIEW), horizon=300, demos={"cpu": 40, "paper": 140},
