@@ -114,3 +114,35 @@ def test_smoke_policy_to_evaluation_record(setup):
     record = json.loads((out / "eval" / "eval.json").read_text())
     assert record["episodes"] == 1 and 0 <= record["success_rate"] <= 1 and record["per_episode"][0]["steps"] <= 3
     assert list((out / "eval").glob("rollout_*.mp4"))
+
+
+def test_blind_policy_sees_proprioception_alone(setup):
+    tmp, demos, _, _ = setup
+    cam = "robot0_eye_in_hand"
+    with Dataset(demos) as ds:
+        frames = frames_of(ds, ds.episodes[0], [cam], 0, 3)
+    enc = build_encoder({"name": "blind", "kwargs": {}})
+    assert enc.encode(frames).shape == (3, 0) == (3, enc.feature_dim([cam])) and not enc.needs_images
+    out = tmp / "policy_blind"
+    assert main(["train-policy", "--demos", str(demos), "--encoder", "blind", "--out", str(out), "--steps", "3",
+                 "--hidden", "16"]) == 0  # no references needed
+    assert json.loads((out / "policy.json").read_text())["obs_dim"] == 9  # eef_pos 3 + eef_quat 4 + gripper 2
+    assert main(["evaluate", str(out), "--episodes", "1", "--workers", "1", "--videos", "0", "--max-steps", "3"]) == 0
+
+
+def test_observation_without_images_has_the_rendered_camera_geometry():
+    import numpy as np
+
+    from dckp.sim.env import SimEnv
+    from dckp.sim.tasks import get_task
+
+    env = SimEnv(get_task("lift"), SIZE)
+    try:
+        env.reset(0)
+        full, geometry_only = env.observe(), env.observe(images=False)
+    finally:
+        env.close()
+    for key in ("robot0_eye_in_hand_K", "robot0_eye_in_hand_pose", "object_pose", "eef_pos"):
+        np.testing.assert_array_equal(geometry_only[key], full[key])
+    assert geometry_only["robot0_eye_in_hand_depth"].shape == full["robot0_eye_in_hand_depth"].shape
+    assert not geometry_only["robot0_eye_in_hand_rgb"].any()
