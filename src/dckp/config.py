@@ -2,6 +2,15 @@
 
 Every stage defines a dataclass and a dict of presets (`cpu`, `paper`). The CLI adds one flag per field
 (`--field-name`), so every flag maps to a config field, and each artifact gets the config it was made with.
+
+A field documents its flag with `option` (or, equivalently, `dataclasses.field(metadata={"help": ...,
+"choices": ...})`): one line of help, and the fixed set of values where there is one:
+
+    backbone: str = option("resnet18", "torchvision ResNet at output stride 8", choices=BACKBONES)
+
+`--help` then shows `torchvision ResNet at output stride 8 (default: resnet18; paper: resnet50) (choices: ...)`,
+the defaults being the presets' values. A field without help metadata gets the clause of its class's
+docstring that names it.
 """
 
 from __future__ import annotations
@@ -10,6 +19,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import tempfile
 import typing
 from pathlib import Path
@@ -20,14 +30,32 @@ from dckp.errors import DckpError
 C = TypeVar("C")
 
 
+def option(default: Any, help: str, choices: typing.Sequence | None = None) -> Any:
+    """A dataclass field with its one-line CLI help and, where the values are a fixed set, its choices."""
+    metadata = {"help": help, "choices": tuple(choices) if choices is not None else None}
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=lambda: list(default), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def temp_beside(path: Path) -> str:
+    """A new empty temp file in `path`'s folder (hidden, `.tmp`), with the mode the user's umask gives new
+    files (mkstemp's own is 0600). Rename it over `path` when it is complete."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)
+    os.close(fd)
+    return tmp
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write to a temp file in the same folder, then rename over `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = temp_beside(path)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        Path(tmp).write_bytes(data)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -94,21 +122,55 @@ def preset(presets: dict[str, C], name: str) -> C:
     return dataclasses.replace(presets[name])
 
 
-def add_config_args(parser: argparse.ArgumentParser, cls: type) -> None:
-    """One `--field-name` flag per dataclass field; unset flags leave the preset's value."""
+def add_config_args(parser: argparse.ArgumentParser, cls: type, presets: dict[str, Any] | None = None,
+                    default: str = "cpu") -> None:
+    """One `--field-name` flag per dataclass field; unset flags leave the preset's value. The help shows each
+    field's help, its value in the `default` preset (and in the others where it differs) and its choices."""
     hints = typing.get_type_hints(cls)
     group = parser.add_argument_group(f"{cls.__name__} fields (override the preset)")
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
         flag = "--" + f.name.replace("_", "-")
         origin = typing.get_origin(tp)
+        kwargs = {"dest": f.name, "default": None, "help": _help(cls, f, presets, default).replace("%", "%%")}
         if tp is bool:
-            group.add_argument(flag, dest=f.name, type=_parse_bool, default=None, metavar="{true,false}")
+            group.add_argument(flag, type=_parse_bool, metavar="{true,false}", **kwargs)
         elif origin in (list, tuple):
-            inner = typing.get_args(tp)[0]
-            group.add_argument(flag, dest=f.name, type=inner, nargs="+", default=None)
+            group.add_argument(flag, type=typing.get_args(tp)[0], nargs="+", **kwargs)
         else:
-            group.add_argument(flag, dest=f.name, type=_scalar(tp), default=None)
+            group.add_argument(flag, type=_scalar(tp), **kwargs)
+
+
+def _help(cls: type, f: dataclasses.Field, presets: dict[str, Any] | None, default: str) -> str:
+    text = f.metadata.get("help") or _doc_clause(cls, f.name)
+    if presets:
+        value = getattr(presets[default], f.name)
+        text += f" (default: {_show(value)}" + "".join(
+            f"; {name}: {_show(getattr(p, f.name))}" for name, p in presets.items()
+            if name != default and getattr(p, f.name) != value) + ")"
+    elif f.default is not dataclasses.MISSING:
+        text += f" (default: {_show(f.default)})"
+    elif f.default_factory is not dataclasses.MISSING:
+        text += f" (default: {_show(f.default_factory())})"
+    if f.metadata.get("choices"):
+        text += f" (choices: {', '.join(map(str, f.metadata['choices']))})"
+    return text
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, list | tuple):
+        return " ".join(map(str, value))
+    return str(value).lower() if isinstance(value, bool) else repr(value) if value == "" else str(value)
+
+
+def _doc_clause(cls: type, name: str) -> str:
+    """The clause of `cls`'s docstring that names `name`, for fields without help metadata."""
+    doc = " ".join((cls.__doc__ or "").split())
+    for clause in re.split(r"(?<=[;.])\s+|\s+-\s+", doc):
+        if re.search(rf"\b{name}\b", clause):
+            clause = clause.strip(" -;.")
+            return clause if len(clause) <= 100 else clause[:100].rsplit(" ", 1)[0] + " ..."
+    return f"see the {cls.__name__} docstring"
 
 
 def _scalar(tp: Any):
@@ -133,8 +195,8 @@ def apply_args(cfg: C, args: argparse.Namespace) -> C:
         if getattr(args, f.name, None) is not None
     }
     hints = typing.get_type_hints(type(cfg))
-    changes = {k: _check_type(v, hints[k], k) for k, v in changes.items()}
+    changes = {k: _check_type(v, hints[k], "--" + k.replace("_", "-")) for k, v in changes.items()}
     try:
         return dataclasses.replace(cfg, **changes)
-    except DckpError as e:
-        raise DckpError(str(e), field="flags") from None
+    except DckpError as e:  # name the flag
+        raise DckpError(e.message, field="--" + e.field.replace("_", "-") if e.field else "flags") from None

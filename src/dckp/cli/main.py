@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import json
 import logging
+import shlex
 import sys
 import time
 from pathlib import Path
 
 from dckp.config import add_config_args, apply_args, preset, save_json
-from dckp.errors import DckpError
+from dckp.errors import DckpError, Interrupted
 
 
 def _config_path(out: str | Path) -> Path:
@@ -28,11 +30,29 @@ def cmd_tasks(args) -> None:
               f"{t.horizon:7} {t.demos['cpu']}/{t.demos['paper']}")
 
 
+def _at_least(args, flag: str, low: int) -> None:
+    value = getattr(args, flag.lstrip("-").replace("-", "_"))
+    if value < low:
+        raise DckpError(f"must be >= {low}, got {value}", field=flag)
+
+
+def _check_dataset(path: str, kind: str) -> None:
+    """Reject a file of the wrong kind, or with any unreadable or unsound frame, before long work starts."""
+    from dckp.data import Dataset
+
+    with Dataset(path) as ds:
+        ds.expect(kind)
+        ds.validate()
+
+
 def cmd_collect(args) -> None:
     from dckp.sim.collect import collect_demos
     from dckp.sim.config import COLLECT_PRESETS
+    from dckp.sim.tasks import get_task
 
     cfg = apply_args(preset(COLLECT_PRESETS, args.preset), args)
+    if cfg.demos == 0:  # the task's number, saved as the number used
+        cfg = dataclasses.replace(cfg, demos=get_task(cfg.task).demos[args.preset])
     summary = collect_demos(cfg, args.out, preset=args.preset)
     save_json({"preset": args.preset, **dataclasses.asdict(cfg)}, _config_path(args.out))
     print(json.dumps({"out": args.out, **summary}, indent=1))
@@ -50,8 +70,8 @@ def cmd_collect_views(args) -> None:
 
 def cmd_fuse(args) -> None:
     from dckp.data import Dataset
+    from dckp.geometry.config import MASK_PRESETS
     from dckp.geometry.fuse import fuse_file
-    from dckp.geometry.masks import MASK_PRESETS
     from dckp.sim.tasks import TASKS
     from dckp.viz.fuse import fuse_picture
 
@@ -75,9 +95,11 @@ def cmd_pretrain(args) -> None:
     from dckp.don.config import DON_PRESETS
     from dckp.don.train import pretrain
 
+    _at_least(args, "--threads", 0)
+    _at_least(args, "--checkpoint-every", 1)
+    cfg = apply_args(preset(DON_PRESETS, args.preset), args)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = apply_args(preset(DON_PRESETS, args.preset), args)
     summary = pretrain(args.views, cfg, args.out, checkpoint_every=args.checkpoint_every)
     print(json.dumps(summary, indent=1))
 
@@ -86,19 +108,23 @@ def cmd_eval_correspondence(args) -> None:
     from dckp.don.evaluate import evaluate_model, sample_eval_pairs
     from dckp.don.train import load_don
 
+    _at_least(args, "--pairs", 1)
     model = load_don(args.run)
-    results = {}
-    for path in args.views:
-        pairs = sample_eval_pairs(path, per_type=args.pairs, seed=args.seed)
-        results[path] = evaluate_model(model, path, pairs)
-    save_json(results, Path(args.run) / "eval_correspondence.json")
+    pairs = {path: sample_eval_pairs(path, per_type=args.pairs, seed=args.seed) for path in args.views}
+    results = {path: evaluate_model(model, path, p) for path, p in pairs.items()}
+    out = args.out or Path(args.run) / "eval_correspondence.json"
+    save_json(results, out)
     print(json.dumps(results, indent=1))
+    print(f"wrote {out}")
 
 
 def cmd_viz_descriptors(args) -> None:
+    from dckp.data import Dataset
     from dckp.don.train import load_don
     from dckp.viz.descriptors import descriptor_pictures
 
+    with Dataset(args.file) as ds:
+        ds.pick_episode(args.episode)
     out = args.out or Path(args.run) / "pictures"
     for line in descriptor_pictures(load_don(args.run), args.file, out, args.episode):
         print(line)
@@ -109,6 +135,8 @@ def cmd_keypoints(args) -> None:
     from dckp.keypoints.references import load_pixels
     from dckp.keypoints.select import select_references
 
+    _at_least(args, "--per-camera", 1)
+    _check_dataset(args.demos, "demos")
     pixels = None
     if args.pixels:
         pixels = {cam: load_pixels(path).numpy() for cam, path in (p.split("=", 1) for p in args.pixels)}
@@ -119,20 +147,29 @@ def cmd_keypoints(args) -> None:
 def cmd_train_policy(args) -> None:
     import torch
 
+    from dckp.don.checkpoint import load_checkpoint_config
     from dckp.encoders.config import EncoderConfig
+    from dckp.keypoints.select import load_references
     from dckp.policy.config import POLICY_PRESETS
     from dckp.policy.demos import train_on_demos
 
-    torch.set_num_threads(args.threads or torch.get_num_threads())
-    enc = EncoderConfig(**{f: getattr(args, f) for f in EncoderConfig.__dataclass_fields__
-                           if getattr(args, f, None) is not None})
-    cfg = preset(POLICY_PRESETS, args.preset)
+    _at_least(args, "--threads", 0)
+    try:
+        enc = EncoderConfig(**{f: getattr(args, f) for f in EncoderConfig.__dataclass_fields__
+                               if getattr(args, f, None) is not None})
+    except DckpError as e:
+        raise DckpError(e.message, field="--" + (e.field or "encoder").replace("_", "-")) from None
+    cfg = apply_args(preset(POLICY_PRESETS, args.preset), args)
+    _check_dataset(args.demos, "demos")
+    load_references(enc.references)
+    if enc.encoder != "gt-kp":
+        load_checkpoint_config(Path(enc.don) / "don.safetensors")
     if args.steps is None:  # the paper's: 1000 steps for single-object tasks, 1500 for multi-object ones
         from dckp.data import Dataset
 
         with Dataset(args.demos) as ds:
             cfg = dataclasses.replace(cfg, steps=1500 if len(ds.streams(ds.episodes[0])) > 1 else 1000)
-    cfg = apply_args(cfg, args)
+    torch.set_num_threads(args.threads or torch.get_num_threads())
     save_json({"encoder": dataclasses.asdict(enc), "policy": dataclasses.asdict(cfg)},
               Path(args.out) / "train_policy.config.json")
     print(json.dumps(train_on_demos(args.demos, enc.spec(), cfg, args.out), indent=1))
@@ -167,113 +204,174 @@ def cmd_run(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from dckp.don.config import DonConfig
-    from dckp.encoders.config import EncoderConfig
-    from dckp.evaluation.config import EvalConfig
-    from dckp.geometry.masks import MaskConfig
-    from dckp.pipeline import RunConfig
-    from dckp.policy.config import PolicyConfig
-    from dckp.sim.config import CollectConfig, ViewsConfig
-
-    parser = argparse.ArgumentParser(prog="dckp", description=__doc__)
+    parser = _Parser(prog="dckp", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    presets = {"choices": ["cpu", "paper"], "help": "the settings every flag below starts from (default: cpu)"}
 
     sub.add_parser("tasks", help="list the simulated tasks").set_defaults(func=cmd_tasks)
 
-    p = sub.add_parser("collect", help="collect successful expert demonstrations into an HDF5 file")
-    p.add_argument("--preset", default="cpu", choices=["cpu", "paper"])
+    p = sub.add_parser("collect", help="collect successful expert demonstrations into an HDF5 file",
+                       configs=[("dckp.sim.config", "CollectConfig", "COLLECT_PRESETS")])
+    p.add_argument("--preset", default="cpu", **presets)
     p.add_argument("--out", required=True, help="output .h5 file (its config goes beside it)")
-    add_config_args(p, CollectConfig)
-    p.set_defaults(func=cmd_collect)
+    p.set_defaults(func=cmd_collect, out_is_file=True)
 
-    p = sub.add_parser("collect-views", help="film static scenes from moving cameras, plus arm-only sequences")
-    p.add_argument("--preset", default="cpu", choices=["cpu", "paper"])
+    p = sub.add_parser("collect-views", help="film static scenes from moving cameras, plus arm-only sequences",
+                       configs=[("dckp.sim.config", "ViewsConfig", "VIEWS_PRESETS")])
+    p.add_argument("--preset", default="cpu", **presets)
     p.add_argument("--out", required=True, help="output .h5 file (its config goes beside it)")
-    add_config_args(p, ViewsConfig)
-    p.set_defaults(func=cmd_collect_views)
+    p.set_defaults(func=cmd_collect_views, out_is_file=True)
 
-    p = sub.add_parser("fuse", help="object masks for every frame of a views file, by TSDF fusion and clustering")
+    p = sub.add_parser("fuse", help="object masks for every frame of a views file, by TSDF fusion and clustering",
+                       configs=[("dckp.geometry.config", "MaskConfig", "MASK_PRESETS")])
     p.add_argument("file", help="a views file from `dckp collect-views` (rewritten in place, atomically)")
-    p.add_argument("--preset", default="cpu", choices=["cpu", "paper"])
-    add_config_args(p, MaskConfig)
+    p.add_argument("--preset", default="cpu", **presets)
     p.set_defaults(func=cmd_fuse)
 
-    p = sub.add_parser("pretrain", help="train a Dense Object Net on fused view files (resumes if interrupted)")
+    p = sub.add_parser("pretrain", help="train a Dense Object Net on fused view files (resumes if interrupted)",
+                       configs=[("dckp.don.config", "DonConfig", "DON_PRESETS")])
     p.add_argument("--views", nargs="+", required=True, help="view files that `dckp fuse` has given masks")
     p.add_argument("--out", required=True, help="run folder: checkpoints, log, curves, config")
-    p.add_argument("--preset", default="cpu", choices=["cpu", "paper"])
-    p.add_argument("--checkpoint-every", type=int, default=100, help="steps between resumable checkpoints")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    add_config_args(p, DonConfig)
+    p.add_argument("--preset", default="cpu", **presets)
+    p.add_argument("--checkpoint-every", type=int, default=100,
+                   help="steps between resumable checkpoints; Ctrl-C also saves one (default: 100)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: 0, torch's default)")
     p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("eval-correspondence", help="correspondence accuracy of a pretrained DON on held-out views")
     p.add_argument("run", help="a `dckp pretrain` run folder")
     p.add_argument("--views", nargs="+", required=True, help="held-out view files (ground truth from depth/poses)")
-    p.add_argument("--pairs", type=int, default=20, help="pairs per pair type")
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=cmd_eval_correspondence)
+    p.add_argument("--pairs", type=int, default=20, help="pairs per pair type (default: 20)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the pair sampling (default: 0)")
+    p.add_argument("--out", default=None, help="JSON file for the results (default: RUN/eval_correspondence.json)")
+    p.set_defaults(func=cmd_eval_correspondence, out_is_file=True)
 
     p = sub.add_parser("viz-descriptors", help="descriptor images (PCA to RGB) and correspondence heatmaps")
     p.add_argument("run", help="a `dckp pretrain` run folder")
     p.add_argument("--file", required=True, help="a demos or views file")
-    p.add_argument("--episode", default=None)
+    p.add_argument("--episode", default=None, help="episode name (default: the first)")
     p.add_argument("--out", default=None, help="folder (default: RUN/pictures)")
     p.set_defaults(func=cmd_viz_descriptors)
 
     p = sub.add_parser("keypoints", help="choose reference keypoints on the first frame of the demonstrations")
     p.add_argument("--run", required=True, help="a `dckp pretrain` run folder")
-    p.add_argument("--demos", required=True)
+    p.add_argument("--demos", required=True, help="a demonstrations file from `dckp collect`")
     p.add_argument("--out", required=True, help="references file (.safetensors)")
-    p.add_argument("--per-camera", type=int, default=16, help="references per camera, equal per object")
+    p.add_argument("--per-camera", type=int, default=16, help="references per camera, equal per object (default: 16)")
     p.add_argument("--pixels", nargs="+", default=None, metavar="CAMERA=FILE.json",
-                   help='hand-picked pixels per camera instead: JSON {"uv": [[u, v], ...]}')
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=cmd_keypoints)
+                   help='hand-picked pixels per camera instead: JSON {"uv": [[u, v], ...]} (default: none)')
+    p.add_argument("--seed", type=int, default=0, help="seed of the reference sampling (default: 0)")
+    p.set_defaults(func=cmd_keypoints, out_is_file=True)
 
-    p = sub.add_parser("train-policy", help="train the LSTM policy on demonstrations through a frozen encoder")
-    p.add_argument("--demos", required=True)
+    p = sub.add_parser("train-policy", help="train the LSTM policy on demonstrations through a frozen encoder",
+                       configs=[("dckp.encoders.config", "EncoderConfig", None),
+                                ("dckp.policy.config", "PolicyConfig", "POLICY_PRESETS")])
+    p.add_argument("--demos", required=True, help="a demonstrations file from `dckp collect`")
     p.add_argument("--out", required=True, help="policy folder")
-    p.add_argument("--preset", default="cpu", choices=["cpu", "paper"])
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    add_config_args(p, EncoderConfig)
-    add_config_args(p, PolicyConfig)
+    p.add_argument("--preset", default="cpu", **presets)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: 0, torch's default)")
     p.set_defaults(func=cmd_train_policy)
 
-    p = sub.add_parser("evaluate", help="closed-loop success rate of a policy folder, with rollout videos")
+    p = sub.add_parser("evaluate", help="closed-loop success rate of a policy folder, with rollout videos",
+                       configs=[("dckp.evaluation.config", "EvalConfig", None)])
     p.add_argument("policy", help="a `dckp train-policy` folder")
     p.add_argument("--out", default=None, help="folder for eval.json and videos (default: POLICY/eval)")
-    add_config_args(p, EvalConfig)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("show", help="summarise a dataset and write a picture grid and a video of an episode")
-    p.add_argument("file")
+    p.add_argument("file", help="a demos or views file")
     p.add_argument("--episode", default=None, help="episode name (default: the first)")
-    p.add_argument("--out", default=None, help="folder for the pictures (default: beside the file)")
+    p.add_argument("--out", default=None, help="folder for the pictures (default: FILE_show beside the file)")
     p.set_defaults(func=cmd_show)
 
-    p = sub.add_parser("run", help="the whole pipeline for one task, skipping finished stages; ends in report.html")
-    p.add_argument("--preset", default="cpu", choices=["cpu", "paper", "demo"])
+    p = sub.add_parser("run", help="the whole pipeline for one task, skipping finished stages; ends in report.html",
+                       configs=[("dckp.pipeline", "RunConfig", "RUN_PRESETS")])
+    p.add_argument("--preset", default="cpu", choices=["cpu", "paper", "demo"],
+                   help="the settings every flag below starts from (default: cpu)")
     p.add_argument("--out", default=None, help="run folder (default: runs/TASK)")
-    add_config_args(p, RunConfig)
     p.set_defaults(func=cmd_run)
     return parser
 
 
+class _Parser(argparse.ArgumentParser):
+    """A subcommand's config flags are added when that subcommand is parsed or asked for help: their dataclasses
+    may import torch, so `dckp --help` and `dckp tasks` start without it. Errors are one line."""
+
+    def __init__(self, *args, configs: list[tuple[str, str, str | None]] = (), **kwargs):
+        super().__init__(*args, **kwargs)
+        self._configs = list(configs)  # (module, dataclass, presets dict or None)
+
+    def _add_configs(self) -> None:
+        while self._configs:
+            module, cls, presets = self._configs.pop(0)
+            mod = importlib.import_module(module)
+            add_config_args(self, getattr(mod, cls), getattr(mod, presets) if presets else None)
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._add_configs()
+        return super().parse_known_args(args, namespace)
+
+    def format_help(self) -> str:
+        self._add_configs()
+        return super().format_help()
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
+_running: list[str] = []  # commands running in this process, outermost first (`dckp run` calls main per stage)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help, or a bad flag (argparse printed it)
+        return int(e.code or 0)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
     logging.getLogger("OpenGL").setLevel(logging.WARNING)
+    created = _new_folders(args)
+    _running.append(args.command)
     try:
         args.func(args)
-    except DckpError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except BaseException as e:
+        _remove_empty(created)
+        if isinstance(e, DckpError):
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        if isinstance(e, KeyboardInterrupt) and len(_running) == 1:
+            kept = str(e) or "nothing half-written was kept (outputs are renamed into place when complete)"
+            again = "resume with" if isinstance(e, Interrupted) else "run again with"
+            print(f"interrupted: {kept}; {again}: dckp {shlex.join(argv)}", file=sys.stderr)
+            return 130
+        raise
+    finally:
+        _running.pop()
     return 0
+
+
+def _new_folders(args) -> list[Path]:
+    """The folders that `--out` (a folder, or a file's folder) will create, deepest first."""
+    if getattr(args, "out", None) is None:
+        return []
+    folder = Path(args.out).absolute()
+    folder = folder.parent if getattr(args, "out_is_file", False) else folder
+    new = []
+    while not folder.exists():
+        new.append(folder)
+        folder = folder.parent
+    return new
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove the folders a failed command created, while they are empty (deepest first)."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (something was written) or never created
+            if folder.exists():
+                return
 
 
 if __name__ == "__main__":

@@ -1,13 +1,22 @@
-"""Dense Object Net: model, pixelwise contrastive loss, correspondence metrics and checkpoints."""
+"""Dense Object Net: model, pixelwise contrastive loss, correspondence metrics and checkpoints.
 
-from dckp.don.checkpoint import load_checkpoint, load_checkpoint_config, save_checkpoint
-from dckp.don.config import BACKBONES, DON_PRESETS, DonConfig
-from dckp.don.loss import BATCH_KEYS, collate_pairs, contrastive_loss, make_optimizer, sample_descriptors, train_step
-from dckp.don.metrics import correspondence_metrics
-from dckp.don.model import DenseObjectNet, load_backbone_weights
+Names are imported on first use, so `dckp.don.config` loads without torch (the CLI builds its flags from it)."""
 
-__all__ = [
-    "BACKBONES", "BATCH_KEYS", "DON_PRESETS", "DenseObjectNet", "DonConfig", "collate_pairs", "contrastive_loss",
-    "correspondence_metrics", "load_backbone_weights", "load_checkpoint", "load_checkpoint_config",
-    "make_optimizer", "sample_descriptors", "save_checkpoint", "train_step",
-]
+import importlib
+
+_EXPORTS = {
+    "dckp.don.checkpoint": ("load_checkpoint", "load_checkpoint_config", "save_checkpoint"),
+    "dckp.don.config": ("BACKBONES", "DON_PRESETS", "DonConfig"),
+    "dckp.don.loss": ("BATCH_KEYS", "collate_pairs", "contrastive_loss", "make_optimizer", "sample_descriptors",
+                      "train_step"),
+    "dckp.don.metrics": ("correspondence_metrics",),
+    "dckp.don.model": ("DenseObjectNet", "load_backbone_weights"),
+}
+_MODULE = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_MODULE)
+
+
+def __getattr__(name: str):
+    if name not in _MODULE:
+        raise AttributeError(f"module 'dckp.don' has no attribute {name!r}")
+    return getattr(importlib.import_module(_MODULE[name]), name)

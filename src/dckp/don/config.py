@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from dckp.config import option
 from dckp.errors import DckpError
 
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
@@ -21,34 +22,34 @@ class DonConfig:
     normalise_hard_negatives: average each non-match term over its hard negatives (non-zero hinge) instead
     of over all non-matches. crop_min, rotate, jitter, random_background: augmentation (augment.py)."""
 
-    backbone: str = "resnet18"
-    descriptor_dim: int = 3
-    layers: int = 4  # ResNet stages kept: 4 (all) or 3 (layer4 dropped: ~3x less compute at stride 8)
-    image_size: int = 128
-    backbone_weights: str = ""
-    lr: float = 1e-4
-    weight_decay: float = 1e-4
-    lr_decay: float = 0.9
-    lr_decay_every: int = 250
-    batch_pairs: int = 1
-    steps: int = 3500
-    n_matches: int = 1000
-    n_non_matches: int = 150
-    margin_object: float = 0.25
-    margin_background: float = 0.75
-    normalise_hard_negatives: bool = True
-    seed: int = 0
-    crop_min: float = 0.6
-    rotate: bool = True
-    jitter: float = 0.2
-    random_background: bool = True
-    min_pose_translation: float = 0.2  # a pair's camera poses differ by more than this (m) ...
-    min_pose_rotation_deg: float = 20.0  # ... or more than this (degrees)
-    arm_fraction: float = 0.1  # share of pairs drawn from arm-only sequences (the arm as its own object)
-    # The prior-work ablation (single-object DON training): free cameras at a fixed distance band only, one
-    # foreground mask for all objects, no arm-only data.
-    prior_work: bool = False
-    device: str = "cpu"  # where training runs: "cpu" or "cuda" ("cuda:N"); pairs are always sampled on the CPU
+    backbone: str = option("resnet18", "torchvision ResNet, run at output stride 8", choices=BACKBONES)
+    descriptor_dim: int = option(3, "descriptor dimension D")
+    layers: int = option(4, "ResNet stages kept: 4 (all) or 3 (layer4 dropped: ~3x less compute at stride 8)",
+                         choices=(3, 4))
+    image_size: int = option(128, "training image height and width in pixels")
+    backbone_weights: str = option("", "local torchvision ResNet weights (.safetensors, .pt/.pth); '' = random init")
+    lr: float = option(1e-4, "Adam learning rate")
+    weight_decay: float = option(1e-4, "L2 weight decay")
+    lr_decay: float = option(0.9, "the learning rate is multiplied by this every lr_decay_every steps")
+    lr_decay_every: int = option(250, "optimiser steps between learning-rate decays")
+    batch_pairs: int = option(1, "image pairs per optimiser step")
+    steps: int = option(3500, "optimiser steps (a resumed run may raise it)")
+    n_matches: int = option(1000, "matches sampled per pair")
+    n_non_matches: int = option(150, "non-matches per match, of each kind (object and background)")
+    margin_object: float = option(0.25, "hinge margin for object non-matches (distance / sqrt(D))")
+    margin_background: float = option(0.75, "hinge margin for background non-matches (distance / sqrt(D))")
+    normalise_hard_negatives: bool = option(True, "average non-match terms over the hard negatives only")
+    seed: int = option(0, "seed of initialisation, pair sampling and augmentation")
+    crop_min: float = option(0.6, "augmentation: smallest random crop, as a fraction of the image side (1: none)")
+    rotate: bool = option(True, "augmentation: random rotations")
+    jitter: float = option(0.2, "augmentation: colour jitter strength (0: none)")
+    random_background: bool = option(True, "augmentation: swap the background for random textures")
+    min_pose_translation: float = option(0.2, "a pair's camera poses differ by more than this (m) ...")
+    min_pose_rotation_deg: float = option(20.0, "... or more than this (degrees)")
+    arm_fraction: float = option(0.1, "share of pairs drawn from arm-only sequences (the arm as its own object)")
+    prior_work: bool = option(False, "the prior-work ablation: fixed-distance free cameras only, one foreground "
+                              "mask for all objects, no arm-only data")
+    device: str = option("cpu", "where training runs: cpu, cuda or cuda:N (pairs are always sampled on the CPU)")
 
     def __post_init__(self):
         if self.backbone not in BACKBONES:
@@ -63,9 +64,10 @@ class DonConfig:
         for name in ("lr", "margin_object", "margin_background"):
             if not getattr(self, name) > 0:
                 raise DckpError(f"must be > 0, got {getattr(self, name)}", field=name)
-        if self.steps < 0 or self.weight_decay < 0:
-            name = "steps" if self.steps < 0 else "weight_decay"
-            raise DckpError(f"must be >= 0, got {getattr(self, name)}", field=name)
+        if self.steps < 1:
+            raise DckpError(f"must be >= 1, got {self.steps}", field="steps")
+        if self.weight_decay < 0:
+            raise DckpError(f"must be >= 0, got {self.weight_decay}", field="weight_decay")
         if not 0 < self.lr_decay <= 1:
             raise DckpError(f"must be in (0, 1], got {self.lr_decay}", field="lr_decay")
         if not 0 < self.crop_min <= 1:

@@ -11,7 +11,6 @@ filling, and anything in front of an object that was not fused (such as the robo
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -21,56 +20,9 @@ from sklearn.cluster import DBSCAN
 
 from dckp.errors import DckpError
 from dckp.geometry.camera import backproject, check_frame, transform
+from dckp.geometry.config import MASK_PRESETS, MaskConfig  # noqa: F401 - MASK_PRESETS re-exported
 
 _SCORED_POINTS = 10000  # RANSAC scores each plane hypothesis on at most this many random points
-
-
-@dataclass
-class MaskConfig:
-    """voxel_size, trunc: TSDF voxel edge and truncation distance (metres). workspace_min/max: world box
-    (metres) that is fused and segmented. ransac_iters, ransac_threshold: plane hypotheses and inlier distance
-    (metres) for the table; table_max_tilt_deg: the table normal is at most this far from world +z.
-    table_clearance: points less than this above the table (metres) are dropped. dbscan_eps, dbscan_min_samples:
-    DBSCAN neighbourhood radius (metres) and core-point count; min_cluster_points: smaller clusters are dropped.
-    depth_tol: a pixel belongs to an object if the point it sees is this close (metres) to the object's points."""
-
-    voxel_size: float = 0.005
-    trunc: float = 0.015
-    workspace_min: list[float] = field(default_factory=lambda: [-0.4, -0.4, -0.05])
-    workspace_max: list[float] = field(default_factory=lambda: [0.4, 0.4, 0.75])
-    ransac_iters: int = 200
-    ransac_threshold: float = 0.004
-    table_max_tilt_deg: float = 20.0
-    table_clearance: float = 0.008
-    dbscan_eps: float = 0.012
-    dbscan_min_samples: int = 5
-    min_cluster_points: int = 30
-    depth_tol: float = 0.008
-
-    def __post_init__(self):
-        for name in ("voxel_size", "trunc", "ransac_threshold", "dbscan_eps", "depth_tol"):
-            if not getattr(self, name) > 0:
-                raise DckpError(f"must be > 0, got {getattr(self, name)}", field=name)
-        for name in ("ransac_iters", "dbscan_min_samples", "min_cluster_points"):
-            if getattr(self, name) < 1:
-                raise DckpError(f"must be >= 1, got {getattr(self, name)}", field=name)
-        if not 0 <= self.table_max_tilt_deg < 90:
-            raise DckpError(f"must be in [0, 90), got {self.table_max_tilt_deg}", field="table_max_tilt_deg")
-        if self.trunc <= self.voxel_size:
-            raise DckpError(f"must be larger than voxel_size ({self.voxel_size}), got {self.trunc}", field="trunc")
-        for name in ("workspace_min", "workspace_max"):
-            if len(getattr(self, name)) != 3:
-                raise DckpError(f"expected 3 numbers, got {getattr(self, name)}", field=name)
-        if not all(lo < hi for lo, hi in zip(self.workspace_min, self.workspace_max, strict=True)):
-            raise DckpError(f"must be above workspace_min {self.workspace_min} on every axis, got "
-                            f"{self.workspace_max}", field="workspace_max")
-
-
-MASK_PRESETS = {
-    "cpu": MaskConfig(),
-    "paper": MaskConfig(voxel_size=0.004, trunc=0.012, ransac_iters=500, ransac_threshold=0.003,
-                        table_clearance=0.006, dbscan_eps=0.01, min_cluster_points=50, depth_tol=0.006),
-}
 
 
 def _points(points) -> np.ndarray:

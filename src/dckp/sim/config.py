@@ -24,11 +24,11 @@ class CollectConfig:
     def __post_init__(self):
         get_task(self.task)
         if self.image_size < 16:
-            raise DckpError(f"image_size must be >= 16, got {self.image_size}", field="image_size")
+            raise DckpError(f"must be >= 16, got {self.image_size}", field="image_size")
         if self.demos < 0:
-            raise DckpError(f"demos must be >= 0 (0: the task's number), got {self.demos}", field="demos")
+            raise DckpError(f"must be >= 0 (0: the task's number), got {self.demos}", field="demos")
         if self.seed < 0:
-            raise DckpError(f"seed must be >= 0, got {self.seed}", field="seed")
+            raise DckpError(f"must be >= 0, got {self.seed}", field="seed")
         if self.max_attempts_factor < 1:
             raise DckpError(f"must be >= 1, got {self.max_attempts_factor}", field="max_attempts_factor")
 
@@ -55,16 +55,16 @@ class ViewsConfig:
 
     def __post_init__(self):
         if self.image_size < 16:
-            raise DckpError(f"image_size must be >= 16, got {self.image_size}", field="image_size")
+            raise DckpError(f"must be >= 16, got {self.image_size}", field="image_size")
         if not 0 < self.min_distance <= self.max_distance:
             raise DckpError("need 0 < min_distance <= max_distance", field="min_distance")
         get_task(self.task)
         for name in ("scenes", "free_views", "sweep_waypoints", "record_every"):
             if getattr(self, name) < 1:
-                raise DckpError(f"{name} must be >= 1, got {getattr(self, name)}", field=name)
+                raise DckpError(f"must be >= 1, got {getattr(self, name)}", field=name)
         for name in ("arm_only", "seed"):
             if getattr(self, name) < 0:
-                raise DckpError(f"{name} must be >= 0, got {getattr(self, name)}", field=name)
+                raise DckpError(f"must be >= 0, got {getattr(self, name)}", field=name)
 
 
 COLLECT_PRESETS = {"cpu": CollectConfig(image_size=128), "paper": CollectConfig(image_size=256)}
