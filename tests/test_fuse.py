@@ -52,7 +52,9 @@ def test_cli_fuse_rewrites_and_draws(fused, tmp_path, capsys):
     path, _ = fused
     copy = tmp_path / "v.h5"
     copy.write_bytes(path.read_bytes())
+    copy.chmod(0o640)
     assert main(["fuse", str(copy), "--dbscan-eps", "0.015"]) == 0
+    assert copy.stat().st_mode & 0o777 == 0o640  # rewritten with the mode it had
     assert (tmp_path / "v_masks.png").stat().st_size > 1000
     assert '"dbscan_eps": 0.015' in (tmp_path / "v.fuse.config.json").read_text()
     assert main(["fuse", str(tmp_path / "missing.h5")]) == 2

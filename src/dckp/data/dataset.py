@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import h5py
 import numpy as np
 
+from dckp.config import temp_beside
 from dckp.errors import DckpError
 
 SCHEMA_VERSION = 1
@@ -28,6 +28,7 @@ DEPTH_SCALE = 1e-4  # metres per unit of stored uint16 depth: 0.1 mm steps up to
 IMAGE_SUFFIXES = ("_rgb", "_depth", "_seg")
 CAMERA_SUFFIXES = IMAGE_SUFFIXES + ("_K", "_pose")
 FILE_ATTRS = ("schema_version", "kind", "task", "objects", "config")
+MADE_BY = {"demos": "`dckp collect`", "views": "`dckp collect-views`"}  # the command that writes each kind
 
 
 def encode_depth(depth: np.ndarray, where: str = "depth") -> np.ndarray:
@@ -48,9 +49,7 @@ class DatasetWriter:
 
     def __init__(self, path: str | os.PathLike, kind: str, task: str, objects: list[str], config: dict):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, self._tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
-        os.close(fd)
+        self._tmp = temp_beside(self.path)
         self._f = h5py.File(self._tmp, "w")
         self._f.attrs.update(schema_version=SCHEMA_VERSION, kind=kind, task=task, depth_scale=DEPTH_SCALE,
                              objects=json.dumps(objects), config=json.dumps(config, sort_keys=True))
@@ -101,22 +100,27 @@ class DatasetWriter:
 
 
 class Dataset:
-    """Lazy read access to a dckp HDF5 file. Opening checks the schema; frames are read on demand."""
+    """Lazy read access to a dckp HDF5 file. Opening checks the schema; frames are read on demand.
 
-    def __init__(self, path: str | os.PathLike):
-        self.path = str(path)
+    `name` is the path that error messages give (the user's file, when `path` is a temp copy of it)."""
+
+    def __init__(self, path: str | os.PathLike, name: str | os.PathLike | None = None):
+        self.path = str(name or path)
         if not Path(path).is_file():
             raise DckpError("file not found", path=self.path)
         try:
             self.f = h5py.File(path, "r")
         except OSError:
-            raise DckpError("not a readable HDF5 file (truncated or corrupt?)", path=self.path) from None
+            raise DckpError("not a readable HDF5 file (truncated or corrupt?); make it again", path=self.path) from None
         self._check_file()
 
     def _err(self, message: str, field: str) -> DckpError:
         return DckpError(message, path=self.path, field=field)
 
     def _check_file(self) -> None:
+        if not any(key in self.f.attrs for key in FILE_ATTRS):
+            raise DckpError("not a dckp dataset (no schema attributes); expected a demos file from `dckp collect` "
+                            "or a views file from `dckp collect-views`", path=self.path)
         for key in FILE_ATTRS:
             if key not in self.f.attrs:
                 raise self._err("missing file attribute", key)
@@ -130,6 +134,23 @@ class Dataset:
         self.objects = json.loads(self.attrs["objects"])
         self.config = json.loads(self.attrs["config"])
         self.depth_scale = float(self.attrs.get("depth_scale", DEPTH_SCALE))
+
+    def expect(self, kind: str) -> None:
+        """Reject a file of another kind ("demos" or "views") with a line saying which file is needed."""
+        if self.kind != kind:
+            raise DckpError(f"expected a {kind} file from {MADE_BY.get(kind, 'dckp')}, got a {self.kind} file",
+                            path=self.path)
+
+    def pick_episode(self, episode: str | None) -> str:
+        """`episode`, checked to exist, or the first episode when None."""
+        episodes = self.episodes
+        if not episodes:
+            raise self._err("no episodes", "data")
+        if episode is None:
+            return episodes[0]
+        if episode not in episodes:
+            raise DckpError(f"no episode {episode!r} (have {episodes[0]}..{episodes[-1]})", path=self.path)
+        return episode
 
     def close(self) -> None:
         self.f.close()
@@ -151,6 +172,10 @@ class Dataset:
         if field not in self.f:
             raise self._err("missing group", field)
         return self.f[field]
+
+    def keys(self, episode: str) -> list[str]:
+        """The names in an episode's `obs` group."""
+        return list(self._obs(episode))
 
     def episode_attrs(self, episode: str) -> dict:
         return dict(self.f[f"data/{episode}"].attrs)
@@ -226,7 +251,10 @@ class Dataset:
         return value
 
     def validate(self) -> None:
-        """Check every episode and every frame; raises DckpError at the first problem."""
+        """Check every episode and every frame (a stream whose depth is 0 in every frame is rejected too);
+        raises DckpError at the first problem."""
+        if not self.episodes:
+            raise self._err("no episodes", "data")
         for ep in self.episodes:
             streams = self.streams(ep)
             if not streams:
@@ -240,8 +268,12 @@ class Dataset:
                     if len(self._dataset(ep, key)) != n:
                         raise self._err(f"{len(self._dataset(ep, key))} frames, expected {n}",
                                         f"data/{ep}/obs/{key}")
+                depth_seen = False
                 for t in range(n):
-                    self.frame(ep, stream, t)
+                    depth_seen |= bool((self.frame(ep, stream, t)["depth"] > 0).any())
+                if not depth_seen:
+                    raise self._err("depth is 0 (invalid) in every frame: re-record it with a working depth camera",
+                                    f"data/{ep}/obs/{stream}_depth")
             if self.kind == "demos":
                 actions = self.actions(ep)
                 n = self.num_frames(ep, streams[0])

@@ -68,8 +68,9 @@ def _read(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
             meta = json.loads((f.metadata() or {})["dckp"])
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:
-        raise DckpError(f"not a readable checkpoint ({type(e).__name__}: {e})".splitlines()[0],
-                        path=str(path)) from None
+        reason = (str(e).splitlines() or [""])[0]
+        raise DckpError(f"not a readable checkpoint ({type(e).__name__}: {reason}); delete it and run `dckp pretrain` "
+                        "again", path=str(path)) from None
     if meta.get("format") != FORMAT:
         raise DckpError(f"unknown checkpoint format {meta.get('format')!r}, expected {FORMAT!r}", path=str(path))
     return meta, tensors

@@ -48,6 +48,8 @@ def sample_eval_pairs(path: str, per_type: int = 20, points: int = 100, seed: in
     rng = np.random.default_rng(seed)
     out = {t: [] for t in PAIR_TYPES}
     with Dataset(path) as ds:
+        ds.expect("views")
+        ds.validate()
         episodes = [e for e in ds.episodes if not e.startswith("arm_")]
         for _ in range(max_tries):
             if all(len(v) >= per_type for v in out.values()):

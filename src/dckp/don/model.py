@@ -73,9 +73,9 @@ def load_backbone_weights(model: DenseObjectNet, path: str | Path | None) -> Non
     modules the backbone lacks, `fc.*` and, with `layers` 3, `layer4.*`, are ignored).
 
     `.safetensors` files are read with safetensors, anything else with `torch.load(weights_only=True)`.
-    No path (None or "") keeps the random initialisation, with a logged notice. Nothing is downloaded."""
+    No path (None or "") keeps the random initialisation (the usual case), with an INFO line. Nothing is downloaded."""
     if not path:
-        log.warning("no backbone weights given: the DON backbone starts from random initialisation")
+        log.info("no backbone weights given: the DON backbone starts from random initialisation")
         return
     path = Path(path)
     if not path.is_file():

@@ -30,6 +30,16 @@ def _scene_centre(ds: Dataset, episode: str) -> np.ndarray:
     return ds.f[f"data/{episode}/fused/points"][()].mean(0)
 
 
+def check_views(path: str) -> None:
+    """A views file fit for training: every frame sound (`Dataset.validate`) and masks from `dckp fuse`."""
+    with Dataset(path) as ds:
+        ds.expect("views")
+        for ep in ds.episodes:
+            if not ep.startswith("arm_") and not any(k.endswith("_mask") for k in ds.keys(ep)):
+                raise DckpError(f"no object masks in {ep}; run `dckp fuse {path}` first", path=path)
+        ds.validate()
+
+
 @dataclass
 class Frame:
     file: int
@@ -62,9 +72,13 @@ class PairSampler:
                         continue
                     frames = [f for f in frames if f.stream == "free" and PRIOR_WORK_DISTANCE[0]
                               <= np.linalg.norm(f.pose[:3, 3] - _scene_centre(ds, ep)) <= PRIOR_WORK_DISTANCE[1]]
-                (self.arm if ep.startswith("arm_") else self.scenes).append(frames)
+                if frames:
+                    (self.arm if ep.startswith("arm_") else self.scenes).append(frames)
         if not self.scenes:
-            raise DckpError("no scenes with masks (run `dckp fuse` on the file first)", path=paths[0])
+            if prior_work:
+                raise DckpError(f"no masked free-camera frames at {PRIOR_WORK_DISTANCE} m from a scene's centre "
+                                "(prior_work needs them)", path=paths[0])
+            raise DckpError(f"no scene frames with masks; run `dckp fuse {paths[0]}` first", path=paths[0])
 
     @staticmethod
     def _frames(i: int, ds: Dataset, episode: str) -> list[Frame]:

@@ -7,10 +7,13 @@ exactly where it stopped), `don.safetensors` + `don.json` (the trained model and
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import json
 import logging
+import signal
+import threading
 from pathlib import Path
 
 import matplotlib
@@ -27,7 +30,8 @@ from dckp.don.checkpoint import load_checkpoint, load_checkpoint_config, save_ch
 from dckp.don.config import DonConfig  # noqa: E402
 from dckp.don.loss import collate_pairs, make_optimizer, train_step  # noqa: E402
 from dckp.don.model import DenseObjectNet, load_backbone_weights  # noqa: E402
-from dckp.don.pairs import PairSampler  # noqa: E402
+from dckp.don.pairs import PairSampler, check_views  # noqa: E402
+from dckp.errors import Interrupted  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +44,12 @@ def make_sampler(views: list[str], cfg: DonConfig) -> PairSampler:
 
 def pretrain(views: list[str], cfg: DonConfig, out_dir: str | Path, checkpoint_every: int = 100,
              progress: bool = True) -> dict:
-    """Train (or resume training) a Dense Object Net on fused view files. Returns a summary."""
+    """Train (or resume training) a Dense Object Net on fused view files. Returns a summary.
+
+    The view files are checked before anything is written. Ctrl-C finishes the current step, saves
+    `last.safetensors` there and raises `Interrupted`; a second Ctrl-C stops at once."""
+    for path in views:
+        check_views(str(path))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
@@ -60,7 +69,8 @@ def pretrain(views: list[str], cfg: DonConfig, out_dir: str | Path, checkpoint_e
     lines = [ln for ln in lines if _complete(ln) and json.loads(ln)["step"] < start]
     save_json({"views": [str(v) for v in views], **dataclasses.asdict(cfg)}, out / "pretrain_config.json")
     model.train()
-    with tqdm(total=cfg.steps, initial=start, desc="pretrain", disable=not progress) as bar:
+    with tqdm(total=cfg.steps, initial=start, desc="pretrain", disable=not progress) as bar, \
+            _stop_after_step() as stop:
         for step in range(start, cfg.steps):
             pairs = [augment_pair(sampler.sample(), aug_rng, cfg.crop_min, cfg.rotate, cfg.jitter,
                                   cfg.random_background) for _ in range(cfg.batch_pairs)]
@@ -70,15 +80,37 @@ def pretrain(views: list[str], cfg: DonConfig, out_dir: str | Path, checkpoint_e
             lines.append(json.dumps({"step": step, "lr": scheduler.get_last_lr()[0], **stats}))
             bar.set_postfix(loss=f"{stats['loss']:.4f}")
             bar.update(1)
-            if (step + 1) % checkpoint_every == 0 or step + 1 == cfg.steps:
+            if (step + 1) % checkpoint_every == 0 or step + 1 == cfg.steps or stop:
                 atomic_write_bytes(log_path, ("\n".join(lines) + "\n").encode())
                 save_checkpoint(last, model, cfg, step + 1, optimizer, scheduler, generators)
+            if stop:
+                raise Interrupted(f"saved {last} at step {step + 1} of {cfg.steps}")
     save_checkpoint(out / "don.safetensors", model, cfg, cfg.steps)
     plot_curves(log_path, out / "train_curves.png")
     losses = [json.loads(ln)["loss"] for ln in lines]
     k = max(1, len(losses) // 10)  # loss averaged over the first and the last tenth of the steps
     return {"steps": cfg.steps, "resumed_from": start, "loss_first": float(np.mean(losses[:k])),
             "loss_last": float(np.mean(losses[-k:])), "out": str(out)}
+
+
+@contextlib.contextmanager
+def _stop_after_step():
+    """Yields a list that a first Ctrl-C appends to (so the loop can finish its step and save); the second
+    Ctrl-C raises KeyboardInterrupt as usual. Outside the main thread, signals stay as they are."""
+    stop: list[bool] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def first(signum, frame):
+        stop.append(True)
+        signal.signal(signal.SIGINT, previous)
+
+    previous = signal.signal(signal.SIGINT, first)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def load_don(run_dir: str | Path) -> DenseObjectNet:

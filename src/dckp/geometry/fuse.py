@@ -17,14 +17,15 @@ import dataclasses
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import h5py
 import numpy as np
 from tqdm import tqdm
 
+from dckp.config import temp_beside
 from dckp.data import Dataset
+from dckp.errors import DckpError
 from dckp.geometry.masks import MaskConfig, render_instance_masks, segment_objects
 from dckp.geometry.tsdf import extract_surface_points, integrate, make_volume
 
@@ -44,21 +45,31 @@ def fuse_episode(ds: Dataset, episode: str, cfg: MaskConfig) -> tuple[np.ndarray
         fr = ds.frame(episode, FUSED_STREAM, t)
         integrate(volume, fr["depth"], fr["rgb"], fr["K"], fr["pose"])
     points, colors = (x.numpy() for x in extract_surface_points(volume))
-    labels = segment_objects(points, cfg)
+    if len(points) == 0:
+        raise DckpError("no surface inside the workspace box (depth all 0, or the box misses the scene: see "
+                        "--workspace-min/--workspace-max)", path=ds.path, field=f"data/{episode}/obs/free_depth")
+    try:
+        labels = segment_objects(points, cfg)
+    except DckpError as e:  # name the file and episode
+        raise DckpError(str(e), path=ds.path, field=f"data/{episode}") from None
     if arm_only:
         labels = (labels > 0).astype(np.int64)
     return points.astype(np.float32), colors, labels
 
 
 def fuse_file(path: str | os.PathLike, cfg: MaskConfig, progress: bool = True) -> dict:
-    """Add masks and fused point clouds to a views file (atomically). Returns a summary per episode."""
+    """Add masks and fused point clouds to a views file (atomically). Returns a summary per episode.
+    The file is checked first: a views file whose every frame reads and has depth."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    with Dataset(path) as ds:
+        ds.expect("views")
+        ds.validate()
+    tmp = temp_beside(path)
     summary = {}
     try:
         shutil.copyfile(path, tmp)
-        with Dataset(tmp) as ds:
+        shutil.copymode(path, tmp)
+        with Dataset(tmp, name=path) as ds:
             fused = {}
             for ep in tqdm(ds.episodes, desc=f"fuse {path.name}", disable=not progress):
                 points, colors, labels = fuse_episode(ds, ep, cfg)

@@ -18,11 +18,7 @@ def show(path: str | os.PathLike, episode: str | None = None, out: str | os.Path
     out = Path(out) if out is not None else path.with_name(path.stem + "_show")
     with Dataset(path) as ds:
         episodes = ds.episodes
-        episode = episode or episodes[0]
-        if episode not in episodes:
-            from dckp.errors import DckpError
-
-            raise DckpError(f"no episode {episode!r} (have {episodes[0]}..{episodes[-1]})", path=str(path))
+        episode = ds.pick_episode(episode)
         size = path.stat().st_size
         frames = sum(ds.num_frames(e, s) for e in episodes for s in ds.streams(e))
         lines = [

@@ -1,0 +1,137 @@
+"""The `dckp` command itself: fast start, help for every flag, the user's umask, Ctrl-C during pretraining,
+resolved defaults in saved configs and an explicit output file for `eval-correspondence`."""
+
+import json
+import logging
+import os
+import signal
+import stat
+import subprocess
+import sys
+
+import pytest
+from test_bad_inputs import _views, make_bad_inputs
+from test_pretrain import views_file
+
+from dckp.cli.main import build_parser, main
+from dckp.config import atomic_write_bytes
+from dckp.data import Dataset, DatasetWriter
+
+HEAVY = ("torch", "torchvision", "mujoco", "robosuite")
+
+
+@pytest.mark.parametrize("argv, light", [
+    (["--help"], HEAVY),
+    (["collect", "--help"], ("torch", "torchvision", "robosuite")),
+    (["fuse", "--help"], HEAVY[:2]),
+    (["pretrain", "--help"], HEAVY),
+    (["tasks"], ("torch", "torchvision", "robosuite")),  # mujoco: `dckp.sim.tasks.close_door` imports it at the top
+])
+def test_help_and_tasks_do_not_import_torch(argv, light):
+    code = (f"import sys; from dckp.cli.main import main; assert main({argv!r}) == 0; "
+            f"print([m for m in {light!r} if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]"
+
+
+def test_every_flag_has_help_with_its_default_and_choices():
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    for name, parser in sub.choices.items():
+        text = " ".join(parser.format_help().split())  # adds the config flags
+        for action in parser._actions:
+            if action.dest == "help" or not action.option_strings:
+                continue
+            assert action.help and ("default" in action.help or action.required), (name, action.dest)
+        if name == "pretrain":
+            assert "(default: resnet18; paper: resnet50) (choices: resnet18, resnet34, resnet50, resnet101)" in text
+        if name == "collect":
+            assert "(choices: close_door, lift, stack" in text
+
+
+def test_collect_and_collect_views_default_to_lift():
+    from dckp.sim.config import COLLECT_PRESETS, VIEWS_PRESETS
+
+    assert {p.task for p in [*COLLECT_PRESETS.values(), *VIEWS_PRESETS.values()]} == {"lift"}
+
+
+def test_files_follow_the_umask(tmp_path):
+    old = os.umask(0o027)
+    try:
+        atomic_write_bytes(tmp_path / "a.json", b"{}")
+        with DatasetWriter(tmp_path / "d.h5", "views", "lift", ["cube"], {}):
+            pass
+    finally:
+        os.umask(old)
+    for name in ("a.json", "d.h5"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o640, name
+
+
+def test_demos_0_saves_the_task_number(tmp_path, monkeypatch):
+    import dckp.sim.collect
+
+    used = []
+    monkeypatch.setattr(dckp.sim.collect, "collect_demos", lambda cfg, out, preset: used.append(cfg) or {})
+    assert main(["collect", "--task", "stack", "--demos", "0", "--out", str(tmp_path / "d.h5")]) == 0
+    assert used[0].demos == 40  # stack's cpu number: what `collect_demos` writes into the file's config too
+    assert json.loads((tmp_path / "d.config.json").read_text())["demos"] == 40
+
+
+@pytest.fixture(scope="module")
+def paths(tmp_path_factory):
+    return make_bad_inputs(tmp_path_factory.mktemp("cli"))
+
+
+TINY_DON = ["--image-size", "32", "--layers", "3", "--descriptor-dim", "3", "--batch-pairs", "1", "--n-matches", "32",
+            "--n-non-matches", "4", "--arm-fraction", "0", "--min-pose-translation", "0.05"]
+
+
+def test_ctrl_c_in_pretrain_saves_the_current_step(tmp_path, monkeypatch, capsys, caplog):
+    import dckp.don.train as train
+
+    real, calls = train.train_step, []
+
+    def step_then_ctrl_c(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # arrives during the third step, which still finishes
+        return real(*args)
+
+    monkeypatch.setattr(train, "train_step", step_then_ctrl_c)
+    views_file(tmp_path / "views.h5")
+    out = tmp_path / "run"
+    argv = ["pretrain", "--views", str(tmp_path / "views.h5"), "--out", str(out), "--steps", "5", *TINY_DON]
+    with caplog.at_level(logging.INFO):
+        assert main(argv) == 130
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]  # no backbone weights is the usual case
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (f"interrupted: saved {out / 'last.safetensors'} at step 3 of 5; resume with: dckp "
+                       + " ".join(argv))
+    monkeypatch.setattr(train, "train_step", real)
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["resumed_from"] == 3
+
+
+def test_eval_correspondence_writes_where_asked(paths, tmp_path, capsys, monkeypatch):
+    import dckp.don.evaluate
+
+    monkeypatch.setattr(dckp.don.evaluate, "sample_eval_pairs", lambda path, per_type, seed: {})
+    monkeypatch.setattr(dckp.don.evaluate, "evaluate_model", lambda model, path, pairs: {"pairs": 0})
+    out = tmp_path / "results" / "e.json"
+    assert main(["eval-correspondence", paths["don"], "--views", paths["views"], "--out", str(out)]) == 0
+    assert json.loads(out.read_text()) == {paths["views"]: {"pairs": 0}}
+    assert capsys.readouterr().out.strip().endswith(f"wrote {out}")
+    assert not os.path.exists(os.path.join(paths["don"], "eval_correspondence.json"))
+    assert main(["eval-correspondence", paths["don"], "--views", paths["views"]]) == 0  # default: in the run folder
+    assert capsys.readouterr().out.strip().endswith(f"wrote {os.path.join(paths['don'], 'eval_correspondence.json')}")
+
+
+def test_fuse_names_the_users_file_not_its_temp_copy(tmp_path, capsys):
+    path = tmp_path / "v.h5"
+    _views(path, masks=False)
+    # a box that misses the scene: fusion finds no surface in it (found after the temp copy is made)
+    assert main(["fuse", str(path), "--workspace-min", "5", "5", "5", "--workspace-max", "6", "6", "6"]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {path}:data/scene_0/obs/free_depth: no surface inside the workspace box" in err
+    assert ".tmp" not in err and [p.name for p in tmp_path.iterdir()] == ["v.h5"]
+    with Dataset(path) as ds:
+        assert "free_mask" not in ds.keys("scene_0")
