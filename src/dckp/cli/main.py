@@ -320,9 +320,6 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {self.prog}: {message} (see `{self.prog} --help`)\n")
 
 
-_running: list[str] = []  # commands running in this process, outermost first (`dckp run` calls main per stage)
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     try:
@@ -332,7 +329,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
     logging.getLogger("OpenGL").setLevel(logging.WARNING)
     created = _new_folders(args)
-    _running.append(args.command)
     try:
         args.func(args)
     except BaseException as e:
@@ -340,14 +336,12 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(e, DckpError):
             print(f"error: {e}", file=sys.stderr)
             return 2
-        if isinstance(e, KeyboardInterrupt) and len(_running) == 1:
+        if isinstance(e, KeyboardInterrupt):
             kept = str(e) or "nothing half-written was kept (outputs are renamed into place when complete)"
             again = "resume with" if isinstance(e, Interrupted) else "run again with"
             print(f"interrupted: {kept}; {again}: dckp {shlex.join(argv)}", file=sys.stderr)
             return 130
         raise
-    finally:
-        _running.pop()
     return 0
 
 
