@@ -12,6 +12,7 @@ import torch
 from dckp.encoders import frame_cameras, get_encoder, register_encoder
 from dckp.errors import DckpError
 from dckp.evaluation import draw_keypoints, evaluate_policy, load_run, rollout, summarise, wilson_interval
+from dckp.evaluation.rollout import colour_scale
 from dckp.policy import LSTMPolicy, PolicyConfig, save_policy
 from dckp.sim.tasks import WRIST
 
@@ -86,7 +87,10 @@ class FakeEnv:
     def success(self):
         return self.succeed_after is not None and self.steps >= self.succeed_after
 
-    def observe(self):
+    def render(self, camera):
+        return {"rgb": np.full((self.size, self.size, 3), 200, np.uint8)}
+
+    def observe(self, images=True):
         s = self.size
         return {"joint_pos": np.zeros(7, np.float32), "eef_pos": np.zeros(3, np.float32),
                 "eef_quat": np.array([1, 0, 0, 0], np.float32), "gripper_qpos": np.zeros(2, np.float32),
@@ -117,6 +121,9 @@ def test_rollout_detects_success_and_stops_early():
     for key in ("time_encoder_s", "time_policy_s", "time_sim_s"):
         assert r[key] > 0
 
+    r = rollout(FakeEnv(horizon=50, succeed_after=1), enc, _policy(), seed=7, record=True, views=("third",))
+    assert r["frames"][0].shape[1] > 2 * r["frames"][0].shape[0] - 8  # the camera, then the third-person view
+
     env = FakeEnv(horizon=6, succeed_after=None)
     r = rollout(env, enc, _policy(), seed=1)
     assert r["success"] is False and r["steps"] == 6 and "frames" not in r
@@ -144,6 +151,24 @@ def test_draw_keypoints_colours_by_confidence():
     assert out.shape == (32, 32, 3) and img.max() == 0
     assert tuple(out[2 * 4 + 1, 2 * 4 + 1]) == (0, 255, 0)  # confident: green, at the upscaled pixel centre
     assert tuple(out[6 * 4 + 1, 6 * 4 + 1]) == (255, 0, 0)  # unsure: red
+
+
+def test_colour_scale_is_the_peak_against_a_flat_heatmap():
+    assert colour_scale(np.array([1 / 100, 0.1, 1.0, 0.0]), 100) == pytest.approx([0.0, 0.5, 1.0, 0.0])
+
+
+def test_run_paths_are_relative_to_the_policy_folder(tmp_path, monkeypatch):
+    _fake_encoder_registered()
+    (tmp_path / "refs.safetensors").write_bytes(b"x")
+    d = _policy_dir(tmp_path, encoder={"name": FAKE, "kwargs": {"references": "../refs.safetensors"}},
+                    demos="../demos.h5")
+    monkeypatch.chdir(tmp_path / "policy")  # anywhere but the folder's parent
+    run = load_run(d)
+    assert run["encoder"]["kwargs"]["references"] == str(tmp_path / "refs.safetensors")
+    assert run["demos"] == str(tmp_path / "demos.h5")
+    (tmp_path / "refs.safetensors").unlink()
+    with pytest.raises(DckpError, match=r"run\.json:encoder\.kwargs\.references: .* not found"):
+        load_run(d)
 
 
 def test_bad_policy_folders(tmp_path):
@@ -187,6 +212,7 @@ def test_evaluate_policy_end_to_end(tmp_path):
     assert all(1 <= e["steps"] <= 4 and (e["success"] or e["steps"] == 4) for e in saved["per_episode"])
     assert all(saved["ms_per_step"][k] > 0 for k in ("encoder", "policy", "sim"))
     video = out / "rollout_1000000.mp4"
+    assert saved["videos"] == [video.name]
     assert video.exists() and not (out / "rollout_1000001.mp4").exists()
     frames = np.stack(iio2.mimread(video))
     steps0 = saved["per_episode"][0]["steps"]

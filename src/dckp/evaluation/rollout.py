@@ -3,8 +3,10 @@ with a Wilson 95 % interval, per-part timings and videos with the encoder's keyp
 
 A policy folder (written by `dckp train-policy`) holds `policy.safetensors` + `policy.json` (`load_policy`) and
 `run.json`: `{"task", "image_size", "cameras", "encoder": {"name", "kwargs"}}`, everything needed to rebuild the
-observation. At each control step the observation is `encoder.encode(frames)` for the run's cameras with the
-policy's proprioception appended; the LSTM state is kept across the episode.
+observation. Paths in it (the encoder's `run` and `references`, and `demos`) are relative to the policy folder, so
+a moved run folder still works; `load_run` resolves them. At each control step the observation is
+`encoder.encode(frames)` for the run's cameras with the policy's proprioception appended; the LSTM state is kept
+across the episode.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from tqdm import tqdm
 from dckp.config import save_json
 from dckp.errors import DckpError
 from dckp.policy import load_policy, proprioception
+from dckp.policy.demos import PATH_KWARGS
 from dckp.sim.env import SimEnv
 from dckp.sim.tasks import TASKS, get_task
 from dckp.viz.images import grid, save_video
@@ -33,6 +36,7 @@ PROPRIO_KEYS = ("joint_pos", "eef_pos", "eef_quat", "gripper_qpos")
 VIDEO_SIZE = 256  # camera images are upscaled (nearest) by an integer factor to about this height in videos
 HOLD_FRAMES = 10  # frames of the final image with a green (success) / red (failure) border at a video's end
 EVAL_SEED_START = 1_000_000  # demonstrations use seeds from 0, pretraining views 100000 and 200000
+THIRD_PERSON = "frontview"  # robosuite's camera facing the robot: recorded in videos only, never seen by the policy
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -80,6 +84,15 @@ def load_run(policy_dir: str | os.PathLike) -> dict:
         raise DckpError(f"expected an object, got {enc['kwargs']!r}", path=str(path), field="encoder.kwargs")
     if run["task"] not in TASKS:
         raise DckpError(f"unknown task {run['task']!r}; choose from {sorted(TASKS)}", path=str(path), field="task")
+    kwargs = enc.setdefault("kwargs", {})
+    for key in PATH_KWARGS:
+        if key in kwargs:
+            kwargs[key] = str(Path(policy_dir, kwargs[key]).resolve())  # an absolute path stays as it is
+            if not Path(kwargs[key]).exists():
+                raise DckpError(f"{kwargs[key]} not found (paths are relative to the policy folder)",
+                                path=str(path), field=f"encoder.kwargs.{key}")
+    if isinstance(run.get("demos"), str):
+        run["demos"] = str(Path(policy_dir, run["demos"]).resolve())
     return run
 
 
@@ -104,8 +117,17 @@ def observation_frames(obs: dict, cameras) -> dict[str, torch.Tensor]:
     return frames
 
 
+def colour_scale(peak, pixels: int) -> np.ndarray:
+    """Keypoint confidence for colouring: the heatmap's peak probability as a ratio to a flat heatmap's (1 / pixels),
+    on a log scale, `log(peak * pixels) / log(pixels)`: 0 when the heatmap is flat (the keypoint could be
+    anywhere), 1 when all probability is on one pixel. The raw peak of a softmax over thousands of pixels is small
+    even for a good match (a few hundredths), which would colour every keypoint red."""
+    peak = np.clip(np.asarray(peak, np.float64), 1.0 / pixels, 1.0)
+    return np.log(peak * pixels) / np.log(pixels)
+
+
 def confidence_colour(c: float) -> np.ndarray:
-    """Red (confidence 0) to yellow to green (confidence 1)."""
+    """Red (confidence 0) to yellow (0.5) to green (confidence 1)."""
     c = float(np.clip(c, 0.0, 1.0)) if np.isfinite(c) else 0.0
     return np.array([255 * min(1.0, 2 * (1 - c)), 255 * min(1.0, 2 * c), 0], np.uint8)
 
@@ -135,14 +157,16 @@ def draw_keypoints(image: np.ndarray, uv: np.ndarray, confidence: np.ndarray, sc
 
 def composite(obs: dict, cameras, keypoints: dict | None = None, size: int = VIDEO_SIZE) -> np.ndarray:
     """All cameras' RGB side by side (upscaled to about `size` px high), with keypoints drawn where given:
-    `keypoints = {cam: (uv (1, K, 2), confidence (1, K))}` as from an encoder's `keypoints(frames)`."""
+    `keypoints = {cam: (uv (1, K, 2), peak probability (1, K))}` as from an encoder's `keypoints(frames)`,
+    coloured by `colour_scale`."""
     images = []
     for cam in cameras:
         rgb = np.asarray(obs[f"{cam}_rgb"])
         scale = max(1, round(size / rgb.shape[0]))
         if keypoints and cam in keypoints:
-            uv, conf = keypoints[cam]
-            images.append(draw_keypoints(rgb, _numpy(uv)[0], _numpy(conf)[0], scale))
+            uv, peak = keypoints[cam]
+            confidence = colour_scale(_numpy(peak)[0], rgb.shape[0] * rgb.shape[1])
+            images.append(draw_keypoints(rgb, _numpy(uv)[0], confidence, scale))
         else:
             images.append(np.repeat(np.repeat(rgb, scale, 0), scale, 1))
     return grid([images], pad=2)
@@ -161,14 +185,16 @@ def with_border(image: np.ndarray, success: bool, width: int | None = None) -> n
     return out
 
 
-def rollout(env, encoder, policy, seed: int, record: bool = False, max_steps: int | None = None) -> dict:
+def rollout(env, encoder, policy, seed: int, record: bool = False, max_steps: int | None = None,
+            views: tuple[str, ...] = ()) -> dict:
     """One closed-loop episode from `env.reset(seed)`, up to the task's horizon (or `max_steps` instead).
 
     Stops at the first step after which `env.success()` holds (a success). Returns `success`, `steps` (actions
     taken), `time_encoder_s` (encode), `time_policy_s` (proprioception + act), `time_sim_s` (observe, i.e.
     rendering, + step + success test), `time_reset_s` and, if `record`, `frames`: one composite image (all
-    cameras side by side, keypoints drawn if the encoder has `keypoints(frames)`) per observation, i.e. before
-    each action and once after the last (steps + 1 images). Drawing is not timed.
+    cameras side by side, keypoints drawn if the encoder has `keypoints(frames)`, then the named cameras `views`
+    rendered for the video alone, e.g. a third-person view) per observation, i.e. before each action and once
+    after the last (steps + 1 images). Drawing is not timed.
     """
     horizon = env.task.horizon if max_steps is None else int(max_steps)
     if horizon < 1:
@@ -183,7 +209,8 @@ def rollout(env, encoder, policy, seed: int, record: bool = False, max_steps: in
         if record:
             with torch.no_grad():
                 kps = encoder.keypoints(observation_frames(obs, cameras)) if draw_kp else None
-            frames_out.append(composite(obs, cameras, kps))
+            extra = {f"{v}_rgb": env.render(v)["rgb"] for v in views}
+            frames_out.append(composite({**obs, **extra}, [*cameras, *views], kps))
 
     t0 = time.perf_counter()
     env.reset(seed)
@@ -238,12 +265,13 @@ class _Evaluator:
 
     def episode(self, job: tuple[int, bool]) -> dict:
         seed, record = job
-        result = rollout(self.env, self.encoder, self.policy, seed, record=record, max_steps=self.max_steps)
+        result = rollout(self.env, self.encoder, self.policy, seed, record=record, max_steps=self.max_steps,
+                         views=(THIRD_PERSON,))
         frames = result.pop("frames", None)
         if frames:
             final = with_border(frames[-1], result["success"])
             path = save_video(frames[:-1] + [final] * HOLD_FRAMES, Path(self.out_dir) / f"rollout_{seed}.mp4")
-            result["video"] = str(path)
+            result["video"] = path.name
         result["seed"] = seed
         return result
 
@@ -274,7 +302,8 @@ def evaluate_policy(policy_dir: str | os.PathLike, episodes: int = 50, seed_star
 
     Episodes run in `workers` spawned processes (each builds its environment, encoder and policy once and uses
     one torch thread); `workers=1` runs in this process (also with one torch thread, restored afterwards). The
-    first `videos` seeds are recorded to `out_dir/rollout_<seed>.mp4`. `out_dir` defaults to
+    first `videos` seeds are recorded to `out_dir/rollout_<seed>.mp4` (every camera, then the third-person view
+    `THIRD_PERSON`; eval.json's `videos` names them relative to `out_dir`). `out_dir` defaults to
     `policy_dir/eval`. `max_steps` replaces the task's horizon (for tests and quick looks). Writes and returns
     `out_dir/eval.json`.
     """

@@ -1,7 +1,8 @@
 """Train a policy on demonstrations through a frozen encoder: encode once, cache, then train on the cache.
 
 The policy folder gets `run.json` (task, image size, cameras, encoder spec: everything `dckp evaluate` needs to
-rebuild the observation), `features.h5` (the encoder's output for every demonstration step, reused while the
+rebuild the observation; its paths are relative to the policy folder, so the folder can move with its run),
+`features.h5` (the encoder's output for every demonstration step, reused while the
 encoder spec and the demonstrations are unchanged) and the policy files of `train_policy`.
 """
 
@@ -22,6 +23,8 @@ from dckp.encoders import build_encoder
 from dckp.policy.config import PolicyConfig
 from dckp.policy.model import proprioception
 from dckp.policy.train import train_policy
+
+PATH_KWARGS = ("run", "references")  # encoder kwargs that are paths: run.json stores them relative to its folder
 
 
 def frames_of(ds: Dataset, episode: str, cameras: list[str], start: int, stop: int) -> dict[str, torch.Tensor]:
@@ -55,6 +58,10 @@ def _cached(path: Path, key: str) -> list[np.ndarray] | None:
         return [f[f"demo_{i}"][()] for i in range(len(f))]
 
 
+def _relative(path: str | os.PathLike, folder: Path) -> str:
+    return os.path.relpath(Path(path).resolve(), folder.resolve())
+
+
 def train_on_demos(demos: str | os.PathLike, encoder_spec: dict, cfg: PolicyConfig, out_dir: str | os.PathLike,
                    progress: bool = True) -> dict:
     out = Path(out_dir)
@@ -65,7 +72,10 @@ def train_on_demos(demos: str | os.PathLike, encoder_spec: dict, cfg: PolicyConf
         actions = [ds.actions(ep) for ep in ds.episodes]
         proprio = [proprioception({k: ds.array(ep, k) for k in ("joint_pos", "eef_pos", "eef_quat", "gripper_qpos")},
                                   cfg.proprio) for ep in ds.episodes]
-    key = json.dumps({"demos": str(Path(demos).resolve()), "mtime": os.path.getmtime(demos), "encoder": encoder_spec},
+    kwargs = encoder_spec.get("kwargs", {})
+    paths = {k: kwargs[k] for k in PATH_KWARGS if k in kwargs}
+    absolute = {**encoder_spec, "kwargs": {**kwargs, **{k: str(Path(v).resolve()) for k, v in paths.items()}}}
+    key = json.dumps({"demos": str(Path(demos).resolve()), "mtime": os.path.getmtime(demos), "encoder": absolute},
                      sort_keys=True)
     cache = out / "features.h5"
     features = _cached(cache, key)
@@ -79,7 +89,8 @@ def train_on_demos(demos: str | os.PathLike, encoder_spec: dict, cfg: PolicyConf
             for i, x in enumerate(features):
                 f[f"demo_{i}"] = x
         os.replace(tmp, cache)
-    save_json({"task": task, "image_size": image_size, "cameras": cameras, "encoder": encoder_spec,
-               "demos": str(demos)}, out / "run.json")
+    stored = {**encoder_spec, "kwargs": {**kwargs, **{k: _relative(v, out) for k, v in paths.items()}}}
+    save_json({"task": task, "image_size": image_size, "cameras": cameras, "encoder": stored,
+               "demos": _relative(demos, out)}, out / "run.json")
     obs = [np.concatenate([f, p], 1) for f, p in zip(features, proprio, strict=True)]
     return train_policy(obs, actions, cfg, out, progress=progress)
