@@ -1,21 +1,90 @@
-"""`dckp run` end to end at tiny sizes: every stage runs once, a second run skips them, report.html is written."""
+"""`dckp run` end to end at tiny sizes: every stage runs once and a second run skips them; a truncated DON is
+found and re-made; Ctrl-C names the stage and the resume command; a moved run folder still evaluates."""
 
 import json
+import shutil
+
+import pytest
 
 from dckp.cli.main import main
+from dckp.errors import DckpError
+from dckp.pipeline import RUN_PRESETS, RunConfig, check_config, resume_command
+
+FLAGS = ["--task", "lift", "--demos", "2", "--scenes", "1", "--arm-only", "0", "--heldout-scenes", "1",
+         "--image-size", "64", "--don-steps", "2", "--policy-steps", "2", "--episodes", "1", "--workers", "1",
+         "--max-steps", "10"]
 
 
-def test_run_pipeline_and_skip(tmp_path):
+def test_run_pipeline_skip_corrupt_interrupt_move(tmp_path, monkeypatch, capsys, caplog):
     out = tmp_path / "run"
-    argv = ["run", "--task", "lift", "--out", str(out), "--demos", "2", "--scenes", "1", "--arm-only", "0",
-            "--image-size", "64", "--don-steps", "2", "--policy-steps", "2", "--episodes", "1", "--workers", "1"]
+    argv = ["run", "--out", str(out), *FLAGS]
     assert main(argv) == 0
     report = (out / "report.html").read_text()
-    assert "success rate" in report and "data:video/mp4;base64" in report and "data:image/png;base64" in report
-    ev = json.loads((out / "policy_dckp-3d" / "eval" / "eval.json").read_text())
-    assert ev["episodes"] == 1 and ev["task"] == "lift"
+    for text in ("success rate", "data:video/mp4;base64", "data:image/png;base64", "gt-kp", "Seed 1000000",
+                 "frontview", "PCK@5 %", "Stage timings", "Keypoint colours", "Episodes"):
+        assert text in report, text
+    assert "<script" not in report and "src=\"http" not in report  # one self-contained file
+    for encoder in ("dckp-3d", "gt-kp"):
+        ev = json.loads((out / f"policy_{encoder}" / "eval" / "eval.json").read_text())
+        assert ev["episodes"] == 1 and ev["seeds"] == [1_000_000]
+    run = json.loads((out / "policy_dckp-3d" / "run.json").read_text())
+    assert run["encoder"]["kwargs"]["run"] == "../don" and run["demos"] == "../demos.h5"
+    timings = json.loads((out / "stage_seconds.json").read_text())
+    assert {"demonstrations", "pretrain", "policy gt-kp", "evaluate gt-kp"} <= set(timings)
+
     stamps = {p: p.stat().st_mtime_ns for p in (out / "demos.h5", out / "don" / "don.safetensors",
                                                   out / "policy_dckp-3d" / "policy.safetensors")}
     assert main(argv) == 0
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())  # finished stages are skipped
+    assert json.loads((out / "stage_seconds.json").read_text()) == timings  # earlier timings kept
+
+    # a truncated DON is noticed and re-made (from last.safetensors); Ctrl-C in a later stage says how to resume
+    don = out / "don" / "don.safetensors"
+    don.write_bytes(don.read_bytes()[:1000])
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("dckp.policy.demos.train_on_demos", interrupt)
+    capsys.readouterr()
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    assert "don.safetensors: not a readable checkpoint" in caplog.text
+    assert "interrupted in stage 'policy dckp-3d'" in err
+    assert f"resume with: dckp run --preset cpu --out {out} --demos 2" in err
+    assert not (out / "policy_gt-kp" / "policy.safetensors").exists()  # made from the old DON: removed
+    monkeypatch.undo()
+    assert main(argv) == 0
+    assert (out / "policy_gt-kp" / "policy.safetensors").exists() and don.stat().st_size > 1000
+
+    # the run folder moves; from another directory its policy evaluates and a re-run skips every stage
+    moved, elsewhere = tmp_path / "moved", tmp_path / "elsewhere"
+    shutil.move(out, moved)
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    from dckp.evaluation import evaluate_policy
+
+    ev = evaluate_policy(moved / "policy_dckp-3d", episodes=1, workers=1, videos=0, out_dir="eval", progress=False,
+                         max_steps=2)
+    assert ev["episodes"] == 1 and (elsewhere / "eval" / "eval.json").exists()
+    stamp = (moved / "policy_dckp-3d" / "policy.safetensors").stat().st_mtime_ns
+    assert main(["run", "--out", str(moved), *FLAGS]) == 0
+    assert (moved / "policy_dckp-3d" / "policy.safetensors").stat().st_mtime_ns == stamp
     assert main(["run", "--task", "nope", "--out", str(out)]) == 2
+
+
+def test_resume_command_and_config_check(tmp_path):
+    assert resume_command(RUN_PRESETS["demo"], tmp_path / "d", "demo") == f"dckp run --preset demo --out {tmp_path}/d"
+    cfg = RunConfig(episodes=5, baselines=["gt-kp", "blind"])
+    assert resume_command(cfg, tmp_path, "cpu").endswith("--baselines gt-kp blind --episodes 5")
+    assert cfg.encoders() == ["dckp-3d", "gt-kp", "blind"]
+    with pytest.raises(DckpError, match="baselines"):
+        RunConfig(baselines=["nope"])
+    path = tmp_path / "x.config.json"
+    path.write_text(json.dumps({"a": 1, "b": {"c": "p", "d": 2}}))
+    check_config(path, {"a": 1, "b": {"c": "q", "d": 2}}, ignore=("b.c",))
+    with pytest.raises(DckpError, match=r"x\.config\.json: made with other settings: b\.d 2 \(now 3\)"):
+        check_config(path, {"a": 1, "b": {"c": "p", "d": 3}})
+    path.write_text("{")
+    with pytest.raises(DckpError, match="invalid JSON"):
+        check_config(path, {})

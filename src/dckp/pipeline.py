@@ -1,20 +1,31 @@
-"""`dckp run`: the whole method for one task, each stage skipped when its artefact exists, ending in report.html.
+"""`dckp run`: the whole method for one task, each finished stage checked and skipped, ending in report.html.
 
 Stages (folder layout under `out`): demonstrations `demos.h5`, pretraining views `views.h5` (fused masks),
-the Dense Object Net `don/`, reference keypoints `references.safetensors`, the policy `policy_<encoder>/`
-(cached encodings, training curve) and its closed-loop evaluation `policy_<encoder>/eval/`, pictures in
-`pictures/`, and `report.html`, one self-contained page with every number and picture.
+held-out views `heldout.h5`, the Dense Object Net `don/`, its correspondence accuracy on the held-out views
+`heldout_correspondence.json`, reference keypoints `references.safetensors`, one policy per encoder
+`policy_<encoder>/` (the run's encoder and its baselines, e.g. `gt-kp`, trained on the same demonstrations with
+the same references and steps) and its closed-loop evaluation `policy_<encoder>/eval/` (same seeds for every
+encoder), pictures in `pictures/`, `stage_seconds.json` and `report.html`, one self-contained page.
+
+A stage is skipped only when its artefact exists, reads back and was made with the settings asked for now (the
+stage's saved config), and none of the stages it depends on runs again. Which stages run is decided first, and
+their artefacts are removed before any work starts, so an interrupted run never leaves a stage that looks finished
+but was made from inputs that have since changed. The DON and the policies resume from their last checkpoint unless
+their inputs changed.
 """
 
 from __future__ import annotations
 
 import base64
 import dataclasses
-import html
 import json
 import logging
+import shlex
+import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 import torch
@@ -24,23 +35,32 @@ from dckp.errors import DckpError
 
 log = logging.getLogger(__name__)
 
+HELDOUT_SEED = 200_000  # held-out scene seeds (demonstrations from 0, pretraining views 100000, evaluation 1000000)
+HELDOUT_PAIRS = 20  # evaluation pairs per pair type
+REPORT_VIDEOS = 3
+
 
 @dataclass
 class RunConfig:
-    """task; demos (0: the task's number for the preset); scenes and arm_only: pretraining views; image_size;
-    don_steps (0: the DON preset's); encoder; policy_steps (0: 1000 single-object, 1500 multi-object);
-    episodes and workers: closed-loop evaluation; seed."""
+    """task; demos (0: the task's number for the preset); scenes and arm_only: pretraining views; heldout_scenes:
+    scenes for the DON's held-out correspondence accuracy; image_size; don_steps (0: the DON preset's); encoder;
+    baselines: more encoders trained and evaluated the same way, for reference rows; policy_steps (0: 1000
+    single-object, 1500 multi-object); episodes, workers and max_steps (0: the task's horizon): closed-loop
+    evaluation; seed: demonstrations, DON, references and policies."""
 
     task: str = "lift"
     demos: int = 0
     scenes: int = 10
     arm_only: int = 2
+    heldout_scenes: int = 2
     image_size: int = 128
     don_steps: int = 0
     encoder: str = "dckp-3d"
+    baselines: list[str] = field(default_factory=lambda: ["gt-kp"])
     policy_steps: int = 0
     episodes: int = 50
     workers: int = 2
+    max_steps: int = 0
     seed: int = 0
 
     def __post_init__(self):
@@ -48,11 +68,19 @@ class RunConfig:
         from dckp.sim.tasks import get_task
 
         get_task(self.task)
-        if self.encoder not in ENCODERS:
-            raise DckpError(f"unknown encoder {self.encoder!r}; choose from {list(ENCODERS)}", field="encoder")
-        for name in ("scenes", "episodes", "workers"):
+        for name in (self.encoder, *self.baselines):
+            if name not in ENCODERS:
+                raise DckpError(f"unknown encoder {name!r}; choose from {list(ENCODERS)}",
+                                field="encoder" if name == self.encoder else "baselines")
+        for name in ("scenes", "heldout_scenes", "episodes", "workers"):
             if getattr(self, name) < 1:
                 raise DckpError(f"must be >= 1, got {getattr(self, name)}", field=name)
+        if self.max_steps < 0:
+            raise DckpError(f"must be >= 0, got {self.max_steps}", field="max_steps")
+
+    def encoders(self) -> list[str]:
+        """The run's encoder, then its baselines."""
+        return [self.encoder] + [b for b in dict.fromkeys(self.baselines) if b != self.encoder]
 
 
 RUN_PRESETS = {
@@ -63,117 +91,395 @@ RUN_PRESETS = {
 }
 
 
-def _stage(name: str, done: bool) -> bool:
-    log.info("%s: %s", name, "exists, skipped" if done else "running")
-    return not done
+@dataclass
+class Stage:
+    name: str
+    artefact: Path
+    work: Callable[[], object]
+    check: Callable[[], object]  # raises DckpError when the artefact is unusable or made with other settings
+    needs: tuple[str, ...] = ()
+    partial: Path | None = None  # resumable state: kept on interrupt, removed when the stage's inputs changed
+
+
+def resume_command(cfg: RunConfig, out: Path, preset: str) -> str:
+    """The `dckp run` command line that repeats this run (flags for the fields that differ from the preset)."""
+    base, argv = RUN_PRESETS.get(preset, RUN_PRESETS["cpu"]), ["dckp", "run", "--preset", preset, "--out", str(out)]
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if value != getattr(base, f.name):
+            argv += ["--" + f.name.replace("_", "-"), *(map(str, value) if isinstance(value, list) else [str(value)])]
+    return shlex.join(argv)
 
 
 def run(cfg: RunConfig, out: str | Path, preset: str = "cpu") -> Path:
-    """Run every missing stage (with the `cpu` or `paper` presets of each stage); returns the report's path."""
-    from dckp.cli.main import main as dckp
+    """Run every stage that is not done (with the `paper` stage presets for `preset="paper"`, else `cpu`);
+    `preset` is the run preset's name (cpu, paper, demo), recorded in run.config.json. Returns the report's path."""
+    import dckp.don.model  # noqa: F401 - torchvision imports triton, which segfaults once an EGL context exists
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     save_json({"preset": preset, **dataclasses.asdict(cfg)}, out / "run.config.json")
-    timings = {}
+    stages = plan(cfg, out, "paper" if preset == "paper" else "cpu")
+    timings_path = out / "stage_seconds.json"
+    timings = _read_json(timings_path) if timings_path.exists() else {}
+    todo: dict[str, str] = {}  # stage -> why it runs; decided before any work, so an interrupt leaves no stale stage
+    for stage in stages:
+        changed = [n for n in stage.needs if n in todo]
+        reason = f"it needs {', '.join(changed)}, which run again" if changed else _problem(stage)
+        if reason is None:
+            continue
+        todo[stage.name] = reason
+        if stage.artefact.exists():  # removed now: a later run must not take it for finished
+            log.warning("%s: %s; running the stage again", stage.name, reason)
+            stage.artefact.unlink()
+        if changed and stage.partial is not None:
+            stage.partial.unlink(missing_ok=True)
+    for i, stage in enumerate(stages):
+        if stage.name not in todo:
+            log.info("%s: done, skipped", stage.name)
+            continue
+        log.info("%s: running", stage.name)
+        start = time.time()
+        try:
+            stage.work()
+        except KeyboardInterrupt:
+            kept = [s.name for s in stages[:i]]
+            partial = stage.partial if stage.partial is not None and stage.partial.exists() else None
+            print(f"dckp run: interrupted in stage {stage.name!r}; kept the finished stages "
+                  f"({', '.join(kept) or 'none'})" + (f" and {partial} (the stage resumes from it)" if partial else "")
+                  + f" in {out}", file=sys.stderr)
+            print(f"resume with: {resume_command(cfg, out, preset)}", file=sys.stderr)
+            raise
+        timings[stage.name] = round(time.time() - start, 1)
+        save_json(timings, timings_path)
+    return write_report(out)
 
-    def step(name, artefact: Path, argv: list[str]):
-        if _stage(name, artefact.exists()):
-            start = time.time()
-            if dckp(argv) != 0:
-                raise DckpError(f"stage {name} failed (see the message above)", path=str(out))
-            timings[name] = time.time() - start
 
-    size = ["--image-size", str(cfg.image_size)]
-    step("demonstrations", out / "demos.h5", ["collect", "--preset", preset, "--task", cfg.task, "--demos",
-                                              str(cfg.demos), "--seed", str(cfg.seed), *size, "--out",
-                                              str(out / "demos.h5")])
-    step("views", out / "views.h5", ["collect-views", "--preset", preset, "--task", cfg.task, "--scenes",
-                                     str(cfg.scenes), "--arm-only", str(cfg.arm_only), *size, "--out",
-                                     str(out / "views.h5")])
-    step("masks", out / "views.fuse.config.json", ["fuse", str(out / "views.h5"), "--preset", preset])
-    don_steps = ["--steps", str(cfg.don_steps)] if cfg.don_steps else []
-    step("pretrain", out / "don" / "don.safetensors", ["pretrain", "--views", str(out / "views.h5"), "--out",
-                                                       str(out / "don"), "--preset", preset, *size, *don_steps])
-    step("references", out / "references.safetensors", ["keypoints", "--run", str(out / "don"), "--demos",
-                                                         str(out / "demos.h5"), "--out",
-                                                         str(out / "references.safetensors")])
-    policy = out / f"policy_{cfg.encoder}"
-    flags = ["--don", str(out / "don")] if cfg.encoder.startswith("dckp") else []
-    steps = ["--steps", str(cfg.policy_steps)] if cfg.policy_steps else []
-    step("policy", policy / "policy.safetensors", ["train-policy", "--demos", str(out / "demos.h5"), "--encoder",
-                                                   cfg.encoder, "--references", str(out / "references.safetensors"),
-                                                   "--out", str(policy), "--preset", preset, *flags, *steps])
-    step("evaluate", policy / "eval" / "eval.json", ["evaluate", str(policy), "--episodes", str(cfg.episodes),
-                                                     "--workers", str(cfg.workers)])
-    step("pictures", out / "pictures" / "demo_0_heatmaps.png", ["viz-descriptors", str(out / "don"), "--file",
-                                                                str(out / "demos.h5"), "--out", str(out / "pictures")])
-    if _stage("keypoint video", (out / "pictures" / "keypoints_demo_0.mp4").exists()):
-        keypoint_video(policy, out / "demos.h5", out / "pictures" / "keypoints_demo_0.mp4")
-    if timings:
-        save_json(timings, out / "stage_seconds.json")
-    return write_report(out, cfg, policy)
+def _problem(stage: Stage) -> str | None:
+    """None when the stage's artefact is there and good; "" when it is missing; else what is wrong with it."""
+    if not stage.artefact.exists():
+        return ""
+    try:
+        stage.check()
+    except DckpError as e:
+        return str(e)
+    return None
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DckpError("file not found", path=str(path)) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DckpError(f"invalid JSON ({e})".replace("\n", " "), path=str(path)) from None
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    return {k2: v2 for k, v in d.items()
+            for k2, v2 in (_flat(v, f"{prefix}{k}.").items() if isinstance(v, dict) else [(prefix + k, v)])}
+
+
+def check_config(path: Path, expected: dict, ignore: tuple[str, ...] = ()) -> None:
+    """DckpError unless the JSON config at `path` equals `expected` (nested keys as `a.b`) outside `ignore`."""
+    saved, now = _flat(_read_json(path)), _flat(json.loads(json.dumps(expected)))
+    differ = sorted(k for k in set(saved) | set(now) if k not in ignore and saved.get(k) != now.get(k))
+    if differ:
+        changes = ", ".join(f"{k} {saved.get(k)!r} (now {now.get(k)!r})" for k in differ)
+        raise DckpError(f"made with other settings: {changes}", path=str(path))
+
+
+def check_dataset(path: Path, kind: str, task: str) -> None:
+    """DckpError unless `path` is a readable, valid `kind` file of `task` (every frame is read)."""
+    from dckp.data import Dataset
+
+    with Dataset(path) as ds:
+        if (ds.kind, ds.task) != (kind, task):
+            raise DckpError(f"a {ds.kind} file of task {ds.task}, expected {kind} of {task}", path=str(path))
+        if not ds.episodes:
+            raise DckpError("no episodes", path=str(path), field="data")
+        ds.validate()
+
+
+def check_files(*paths: Path) -> None:
+    for p in paths:
+        if not p.is_file() or p.stat().st_size == 0:
+            raise DckpError("missing or empty", path=str(p))
+
+
+def plan(cfg: RunConfig, out: Path, sp: str) -> list[Stage]:
+    """The stages of a run, in order; `sp` is the stage preset (cpu or paper)."""
+    from dckp.config import preset
+    from dckp.don.config import DON_PRESETS
+    from dckp.encoders.config import EncoderConfig
+    from dckp.evaluation.rollout import EVAL_SEED_START
+    from dckp.geometry.masks import MASK_PRESETS
+    from dckp.policy.config import POLICY_PRESETS
+    from dckp.sim.config import COLLECT_PRESETS, VIEWS_PRESETS
+    from dckp.sim.tasks import get_task
+
+    task = get_task(cfg.task)
+    demos, views, heldout = out / "demos.h5", out / "views.h5", out / "heldout.h5"
+    don, refs, pictures = out / "don", out / "references.safetensors", out / "pictures"
+    collect_cfg = dataclasses.replace(preset(COLLECT_PRESETS, sp), task=cfg.task, demos=cfg.demos,
+                                      image_size=cfg.image_size, seed=cfg.seed)
+    views_cfg = dataclasses.replace(preset(VIEWS_PRESETS, sp), task=cfg.task, scenes=cfg.scenes,
+                                    arm_only=cfg.arm_only, image_size=cfg.image_size)
+    heldout_cfg = dataclasses.replace(views_cfg, scenes=cfg.heldout_scenes, arm_only=0, seed=HELDOUT_SEED)
+    lo, hi = task.workspace
+    mask_cfg = dataclasses.replace(preset(MASK_PRESETS, sp), workspace_min=list(lo), workspace_max=list(hi))
+    don_cfg = dataclasses.replace(preset(DON_PRESETS, sp), image_size=cfg.image_size, seed=cfg.seed,
+                                  **({"steps": cfg.don_steps} if cfg.don_steps else {}))
+    policy_cfg = dataclasses.replace(preset(POLICY_PRESETS, sp), seed=cfg.seed,
+                                     steps=cfg.policy_steps or (1500 if len(task.cameras) > 1 else 1000))
+
+    def collect(stage_cfg, path: Path, kind: str):
+        from dckp.sim.collect import collect_demos, collect_views
+
+        if kind == "demos":
+            collect_demos(stage_cfg, str(path), preset=sp)
+        else:
+            collect_views(stage_cfg, str(path))
+        save_json({"preset": sp, **dataclasses.asdict(stage_cfg)}, _config_path(path))
+
+    def collected(stage_cfg, path: Path, kind: str):
+        check_dataset(path, kind, cfg.task)
+        check_config(_config_path(path), {"preset": sp, **dataclasses.asdict(stage_cfg)})
+
+    def fuse():
+        from dckp.geometry.fuse import fuse_file
+        from dckp.viz.fuse import fuse_picture
+
+        fuse_file(views, mask_cfg)
+        save_json({"preset": sp, **dataclasses.asdict(mask_cfg)}, out / "views.fuse.config.json")
+        fuse_picture(views, out / "views_masks.png")
+
+    def fused():
+        check_config(out / "views.fuse.config.json", {"preset": sp, **dataclasses.asdict(mask_cfg)})
+        check_files(out / "views_masks.png")
+
+    def pretrain():
+        from dckp.don.train import pretrain
+
+        pretrain([str(views)], don_cfg, don)
+
+    def pretrained():
+        from dckp.don.checkpoint import load_checkpoint_config
+
+        saved = dataclasses.asdict(load_checkpoint_config(don / "don.safetensors"))
+        differ = sorted(k for k, v in dataclasses.asdict(don_cfg).items() if saved[k] != v)
+        if differ:
+            raise DckpError(f"made with other settings: {', '.join(f'{k} {saved[k]!r}' for k in differ)}",
+                            path=str(don / "don.safetensors"))
+
+    def correspondence():
+        from dckp.don.evaluate import evaluate_model, sample_eval_pairs
+        from dckp.don.train import load_don
+
+        pairs = sample_eval_pairs(str(heldout), per_type=HELDOUT_PAIRS, seed=0)
+        save_json({"views": heldout.name, "pairs_per_type": HELDOUT_PAIRS,
+                   "results": evaluate_model(load_don(don), str(heldout), pairs)}, out / "heldout_correspondence.json")
+
+    def correspondence_done():
+        if "results" not in _read_json(out / "heldout_correspondence.json"):
+            raise DckpError("missing field", path=str(out / "heldout_correspondence.json"), field="results")
+
+    def references():
+        from dckp.don.train import load_don
+        from dckp.keypoints.select import select_references
+
+        select_references(load_don(don), demos, refs, seed=cfg.seed)
+
+    def references_done():
+        from dckp.keypoints.select import load_references
+
+        _, meta = load_references(refs)
+        if meta.get("task") != cfg.task:
+            raise DckpError(f"references of task {meta.get('task')!r}, expected {cfg.task!r}", path=str(refs))
+
+    def encoder_cfg(name: str) -> EncoderConfig:
+        return EncoderConfig(encoder=name, don=str(don) if name.startswith("dckp") else "",
+                             references=str(refs) if name != "blind" else "")
+
+    def train(name: str):
+        from dckp.policy.demos import train_on_demos
+
+        enc, folder = encoder_cfg(name), out / f"policy_{name}"
+        save_json({"encoder": dataclasses.asdict(enc), "policy": dataclasses.asdict(policy_cfg)},
+                  folder / "train_policy.config.json")
+        train_on_demos(demos, enc.spec(), policy_cfg, folder)
+
+    def trained(name: str):
+        from dckp.evaluation.rollout import load_run
+        from dckp.policy import load_policy
+
+        folder = out / f"policy_{name}"
+        load_policy(folder)
+        load_run(folder)
+        check_config(folder / "train_policy.config.json",
+                     {"encoder": dataclasses.asdict(encoder_cfg(name)), "policy": dataclasses.asdict(policy_cfg)},
+                     ignore=("encoder.don", "encoder.references"))  # paths: fixed by the folder layout
+
+    def evaluate(name: str):
+        from dckp.evaluation import evaluate_policy
+
+        evaluate_policy(out / f"policy_{name}", cfg.episodes, EVAL_SEED_START, cfg.workers,
+                        videos=REPORT_VIDEOS if name == cfg.encoder else 0, max_steps=cfg.max_steps or None)
+
+    def evaluated(name: str):
+        folder = out / f"policy_{name}" / "eval"
+        ev = _read_json(folder / "eval.json")
+        if ev.get("seeds") != list(range(EVAL_SEED_START, EVAL_SEED_START + cfg.episodes)):
+            raise DckpError(f"evaluated on other seeds ({len(ev.get('seeds') or [])} episodes, now {cfg.episodes})",
+                            path=str(folder / "eval.json"), field="seeds")
+        if ev.get("horizon") != (cfg.max_steps or task.horizon):
+            raise DckpError(f"episodes of {ev.get('horizon')} steps, now {cfg.max_steps or task.horizon}",
+                            path=str(folder / "eval.json"), field="horizon")
+        check_files(*(folder / v for v in ev.get("videos", [])))
+
+    def describe():
+        from dckp.don.train import load_don
+        from dckp.viz.descriptors import descriptor_pictures
+
+        descriptor_pictures(load_don(don), demos, pictures)
+
+    stages = [
+        Stage("demonstrations", demos, lambda: collect(collect_cfg, demos, "demos"),
+              lambda: collected(collect_cfg, demos, "demos")),
+        Stage("views", views, lambda: collect(views_cfg, views, "views"), lambda: collected(views_cfg, views, "views")),
+        Stage("masks", out / "views.fuse.config.json", fuse, fused, needs=("views",)),
+        Stage("held-out views", heldout, lambda: collect(heldout_cfg, heldout, "views"),
+              lambda: collected(heldout_cfg, heldout, "views")),
+        Stage("pretrain", don / "don.safetensors", pretrain, pretrained, needs=("masks",),
+              partial=don / "last.safetensors"),
+        Stage("held-out correspondence", out / "heldout_correspondence.json", correspondence, correspondence_done,
+              needs=("pretrain", "held-out views")),
+        Stage("references", refs, references, references_done, needs=("pretrain", "demonstrations")),
+    ]
+    for name in cfg.encoders():
+        folder = out / f"policy_{name}"
+        stages += [
+            Stage(f"policy {name}", folder / "policy.safetensors", lambda n=name: train(n), lambda n=name: trained(n),
+                  needs=("demonstrations", "references", "pretrain"), partial=folder / "policy_last.safetensors"),
+            Stage(f"evaluate {name}", folder / "eval" / "eval.json", lambda n=name: evaluate(n),
+                  lambda n=name: evaluated(n), needs=(f"policy {name}",)),
+        ]
+    stages.append(Stage("pictures", pictures / "demo_0_heatmaps.png", describe,
+                        lambda: check_files(*(pictures / f"demo_0_{n}" for n in ("heatmaps.png", "descriptors.png"))),
+                        needs=("pretrain", "demonstrations")))
+    video = pictures / "keypoints_demo_0.mp4"
+    if cfg.encoder != "blind":  # the only encoder without keypoints
+        stages.append(Stage("keypoint video", video,
+                            lambda: keypoint_video(encoder_cfg(cfg.encoder).spec(), demos, video),
+                            lambda: check_files(video), needs=("references", "pretrain", "demonstrations")))
+    return stages
+
+
+def _config_path(path: Path) -> Path:
+    return path.with_name(path.stem + ".config.json")
 
 
 @torch.no_grad()
-def keypoint_video(policy_dir: Path, demos: Path, path: Path, episode: str = "demo_0") -> Path:
-    """Keypoints tracked over a demonstration, every camera, coloured by confidence."""
+def keypoint_video(spec: dict, demos: Path, path: Path, episode: str = "demo_0") -> Path:
+    """Keypoints of the encoder `spec` tracked over a demonstration, every camera, coloured by confidence."""
     from dckp.data import Dataset
     from dckp.encoders import build_encoder
-    from dckp.evaluation.rollout import composite, load_run
+    from dckp.evaluation.rollout import composite
     from dckp.policy.demos import frames_of
     from dckp.viz.images import save_video
 
-    spec = load_run(policy_dir)
-    encoder = build_encoder(spec["encoder"])
+    encoder = build_encoder(spec)
     with Dataset(demos) as ds:
         cams = ds.streams(episode)
-        T = len(ds.actions(episode))
         images = []
-        for t in range(T):
+        for t in range(len(ds.actions(episode))):
             frames = frames_of(ds, episode, cams, t, t + 1)
             obs = {f"{c}_rgb": frames[f"{c}_rgb"][0].numpy() for c in cams}
             images.append(composite(obs, cams, encoder.keypoints(frames)))
     return save_video(images, path, fps=10)
 
 
-def _img(path: Path) -> str:
-    if not path.exists():
-        return "<p><em>missing: " + html.escape(path.name) + "</em></p>"
+# --- the report ---------------------------------------------------------------------------------------------------
+
+ENCODER_NOTES = {
+    "dckp-3d": "DON keypoints with depth (u, v, z): the method",
+    "dckp-2d": "DON keypoints in the image (u, v)",
+    "gt-kp": "ground-truth keypoints: the same reference pixels moved with the objects' true poses (upper reference)",
+    "blind": "no vision: proprioception alone (lower reference)",
+}
+PAIR_NOTES = {
+    "same_camera": "two views from the same kind of camera, few points hidden",
+    "cross_scale": "a close view against a far one",
+    "occlusion": "over 20 % of the points hidden in the second view",
+}
+
+
+def data_uri(path: Path) -> str | None:
+    """The file as a base64 data URI (png or mp4), or None when it is missing or empty."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return None
     kind = "video/mp4" if path.suffix == ".mp4" else "image/png"
-    data = base64.b64encode(path.read_bytes()).decode()
-    if kind == "video/mp4":
-        return f'<video controls loop muted autoplay src="data:{kind};base64,{data}"></video>'
-    return f'<img src="data:{kind};base64,{data}">'
+    return f"data:{kind};base64,{base64.b64encode(path.read_bytes()).decode()}"
 
 
-def write_report(out: Path, cfg: RunConfig, policy: Path) -> Path:
-    ev = json.loads((policy / "eval" / "eval.json").read_text())
-    rows = [("task", ev["task"]), ("encoder", cfg.encoder),
-            ("success rate", f"{ev['success_rate']:.2f} ({ev['successes']}/{ev['episodes']}), 95 % Wilson CI "
-                             f"[{ev['ci95'][0]:.2f}, {ev['ci95'][1]:.2f}]"),
-            ("mean episode length", f"{ev['mean_steps']:.1f} steps"),
-            ("ms per control step", ", ".join(f"{k} {v:.1f}" for k, v in ev["ms_per_step"].items()))]
-    eval_corr = out / "don" / "eval_correspondence.json"
-    videos = sorted((policy / "eval").glob("rollout_*.mp4"))[:3]
-    pictures = out / "pictures"
-    parts = [
-        "<!doctype html><meta charset='utf-8'><title>dckp run: " + html.escape(cfg.task) + "</title>",
-        "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}img,video{max-width:100%;margin:4px 0}"
-        "td,th{padding:2px 10px;text-align:left}</style>",
-        f"<h1>dckp run: {html.escape(cfg.task)}</h1>",
-        "<table>" + "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
-        + "</table>",
-        "<h2>Closed-loop rollouts</h2>" + "".join(_img(v) for v in videos),
-        "<h2>Keypoints tracked over a demonstration</h2>" + _img(pictures / "keypoints_demo_0.mp4"),
-        "<h2>Descriptor images (PCA to RGB) and correspondence heatmaps</h2>",
-        _img(pictures / "demo_0_descriptors.png"), _img(pictures / "demo_0_heatmaps.png"),
-        "<h2>Object masks from fusion (no labels)</h2>" + _img(out / "views_masks.png"),
-        "<h2>Training curves</h2>" + _img(out / "don" / "train_curves.png") + _img(policy / "policy_loss.png"),
-    ]
-    if eval_corr.exists():
-        parts.append("<h2>Correspondence accuracy</h2><pre>" + html.escape(eval_corr.read_text()) + "</pre>")
-    parts.append("<h2>Configuration</h2><pre>" + html.escape((out / "run.config.json").read_text()) + "</pre>")
-    path = out / "report.html"
-    atomic_write_bytes(path, "\n".join(parts).encode())
+def report_context(out: Path) -> dict:
+    """Everything report.html shows, read from the run folder."""
+    from dckp.config import from_dict
+    from dckp.evaluation.rollout import THIRD_PERSON
+    from dckp.sim.tasks import get_task
+
+    config = _read_json(out / "run.config.json")
+    preset = config.pop("preset", "?")
+    cfg = from_dict(RunConfig, config, source=str(out / "run.config.json"))
+    task = get_task(cfg.task)
+    rows, evals = [], {}
+    for name in cfg.encoders():
+        path = out / f"policy_{name}" / "eval" / "eval.json"
+        if not path.exists():
+            continue
+        ev = evals[name] = _read_json(path)
+        rows.append({"encoder": name, "note": ENCODER_NOTES.get(name, ""), "successes": ev["successes"],
+                     "episodes": ev["episodes"], "rate": ev["success_rate"], "ci": ev["ci95"],
+                     "mean_steps": ev["mean_steps"], "ms": ev["ms_per_step"]})
+    seeds = sorted({e["seed"] for ev in evals.values() for e in ev["per_episode"]})
+    per_seed = {name: {e["seed"]: e for e in ev["per_episode"]} for name, ev in evals.items()}
+    episodes = [{"seed": s, "runs": [per_seed[n].get(s) for n in evals]} for s in seeds]
+    videos = []
+    main = evals.get(cfg.encoder)
+    if main:
+        for name in main.get("videos", []):
+            seed = int(Path(name).stem.rsplit("_", 1)[1])
+            videos.append({"uri": data_uri(out / f"policy_{cfg.encoder}" / "eval" / Path(name).name),
+                           **per_seed[cfg.encoder][seed]})
+    corr_path = out / "heldout_correspondence.json"
+    corr = _read_json(corr_path) if corr_path.exists() else None
+    corr_rows = [{"kind": k, "note": PAIR_NOTES.get(k, ""), **v} for k, v in (corr or {}).get("results", {}).items()]
+    timings_path = out / "stage_seconds.json"
+    timings = _read_json(timings_path) if timings_path.exists() else {}
+    order = [s.name for s in plan(cfg, out, "paper" if preset == "paper" else "cpu")]
+    timings = sorted(timings.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order))
+    pictures, main_dir = out / "pictures", out / f"policy_{cfg.encoder}"
+    return {
+        "task": task, "preset": preset, "cfg": cfg, "config_json": json.dumps({"preset": preset, **config}, indent=2),
+        "rows": rows, "encoders": list(evals), "episodes": episodes, "videos": videos,
+        "cameras": list(task.cameras), "third_person": THIRD_PERSON, "heldout": corr, "heldout_rows": corr_rows,
+        "timings": timings, "total_seconds": sum(v for _, v in timings),
+        "keypoint_video": data_uri(pictures / "keypoints_demo_0.mp4"),
+        "descriptors": data_uri(pictures / "demo_0_descriptors.png"),
+        "heatmaps": data_uri(pictures / "demo_0_heatmaps.png"),
+        "masks": data_uri(out / "views_masks.png"),
+        "don_curves": data_uri(out / "don" / "train_curves.png"),
+        "policy_curve": data_uri(main_dir / "policy_loss.png"),
+    }
+
+
+def write_report(out: Path) -> Path:
+    """report.html of a run folder: one self-contained page (pictures and videos inlined), from the template."""
+    import jinja2
+
+    template = (resources.files("dckp") / "templates" / "report.html.j2").read_text()
+    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    page = env.from_string(template).render(**report_context(Path(out)))
+    path = Path(out) / "report.html"
+    atomic_write_bytes(path, page.encode())
     return path
