@@ -20,8 +20,6 @@ import base64
 import dataclasses
 import json
 import logging
-import shlex
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,7 +29,7 @@ from pathlib import Path
 import torch
 
 from dckp.config import atomic_write_bytes, save_json
-from dckp.errors import DckpError
+from dckp.errors import DckpError, Interrupted
 
 log = logging.getLogger(__name__)
 
@@ -101,16 +99,6 @@ class Stage:
     partial: Path | None = None  # resumable state: kept on interrupt, removed when the stage's inputs changed
 
 
-def resume_command(cfg: RunConfig, out: Path, preset: str) -> str:
-    """The `dckp run` command line that repeats this run (flags for the fields that differ from the preset)."""
-    base, argv = RUN_PRESETS.get(preset, RUN_PRESETS["cpu"]), ["dckp", "run", "--preset", preset, "--out", str(out)]
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        if value != getattr(base, f.name):
-            argv += ["--" + f.name.replace("_", "-"), *(map(str, value) if isinstance(value, list) else [str(value)])]
-    return shlex.join(argv)
-
-
 def run(cfg: RunConfig, out: str | Path, preset: str = "cpu") -> Path:
     """Run every stage that is not done (with the `paper` stage presets for `preset="paper"`, else `cpu`);
     `preset` is the run preset's name (cpu, paper, demo), recorded in run.config.json. Returns the report's path."""
@@ -142,14 +130,11 @@ def run(cfg: RunConfig, out: str | Path, preset: str = "cpu") -> Path:
         start = time.time()
         try:
             stage.work()
-        except KeyboardInterrupt:
-            kept = [s.name for s in stages[:i]]
-            partial = stage.partial if stage.partial is not None and stage.partial.exists() else None
-            print(f"dckp run: interrupted in stage {stage.name!r}; kept the finished stages "
-                  f"({', '.join(kept) or 'none'})" + (f" and {partial} (the stage resumes from it)" if partial else "")
-                  + f" in {out}", file=sys.stderr)
-            print(f"resume with: {resume_command(cfg, out, preset)}", file=sys.stderr)
-            raise
+        except KeyboardInterrupt as e:  # the CLI adds the command that resumes
+            saved = str(e) or (f"kept {stage.partial}, which the stage resumes from"
+                               if stage.partial is not None and stage.partial.exists() else "")
+            raise Interrupted(f"stage {stage.name!r} stopped{f' ({saved})' if saved else ''}; finished stages kept in "
+                              f"{out}: {', '.join(s.name for s in stages[:i]) or 'none'}") from None
         timings[stage.name] = round(time.time() - start, 1)
         save_json(timings, timings_path)
     return write_report(out)
