@@ -121,7 +121,10 @@ def markdown(results: dict, visible: dict, title: str) -> str:
         rnd = r["randomisation"]
         place = "; ".join(f"{k}: x {p['x'][0]:+.3f}..{p['x'][1]:+.3f}, y {p['y'][0]:+.3f}..{p['y'][1]:+.3f}, "
                           f"yaw {p['yaw'][0]:+.2f}..{p['yaw'][1]:+.2f}" for k, p in rnd["placement"].items())
-        extra = [f"{k} {v[0]}..{v[1]}" for k, v in rnd.items() if k not in ("placement", "joint_noise_std")]
+        extra = [f"{k} {v[0]}..{v[1]}" for k, v in rnd.items() if k not in ("placement", "joint_noise_std",
+                                                                             "joint_offset")]
+        if any(rnd.get("joint_offset", [])):
+            extra.append(f"arm start offset {rnd['joint_offset']} rad")
         other = "; ".join([f"joint noise std {rnd['joint_noise_std']} rad", *extra])
         gap = (f"{r['gt-kp']['rate'] - r['blind']['rate']:+.2f}" if "gt-kp" in r and "blind" in r else "-")
         lines.append(f"| {task} | {cell(r['blind']) if 'blind' in r else '-'} | "

@@ -54,6 +54,7 @@ class SimEnv:
             sampler = samplers[name]
             sampler.x_range, sampler.y_range, sampler.rotation = list(placement.x), list(placement.y), placement.yaw
         self.robot.initialization_noise = {"magnitude": task.joint_noise, "type": "gaussian"}
+        self.robot.init_qpos = self.robot.init_qpos + np.asarray(task.joint_offset)
         task.prepare_model(self.env)
         hide_markers(self.model)
         self.cameras = tuple(task.cameras if cameras is None else cameras)

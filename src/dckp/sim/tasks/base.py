@@ -48,6 +48,7 @@ class Task:
     prepare_model: Callable = lambda env: None  # once, after the model is built
     on_reset: Callable = lambda simenv, rng: None  # after each reset, before settling
     joint_noise: float = 0.02  # rad: std of the Gaussian noise on the arm's initial joint angles (robosuite's)
+    joint_offset: tuple = (0.0,) * 7  # rad, added to robosuite's initial joint angles (to face the objects)
     ranges: dict = field(default_factory=dict)  # other randomised quantities (name -> [low, high]), for the docs
 
     @property
@@ -59,7 +60,8 @@ class Task:
         """Every initial-state range of the task, as listed by `dckp tasks` and in results/tasks.json."""
         return {"placement": {name: {"x": list(p.x), "y": list(p.y), "yaw": list(p.yaw)}
                               for name, p in self.placement.items()},
-                "joint_noise_std": self.joint_noise, **{k: list(v) for k, v in self.ranges.items()}}
+                "joint_noise_std": self.joint_noise, "joint_offset": list(self.joint_offset),
+                **{k: list(v) for k, v in self.ranges.items()}}
 
 
 def cube_corners(h: float) -> list:
