@@ -161,8 +161,9 @@ def cmd_train_policy(args) -> None:
         raise DckpError(e.message, field="--" + (e.field or "encoder").replace("_", "-")) from None
     cfg = apply_args(preset(POLICY_PRESETS, args.preset), args)
     _check_dataset(args.demos, "demos")
-    load_references(enc.references)
-    if enc.encoder != "gt-kp":
+    if enc.references:  # every encoder but blind
+        load_references(enc.references)
+    if enc.encoder.startswith("dckp"):
         load_checkpoint_config(Path(enc.don) / "don.safetensors")
     if args.steps is None:  # the paper's: 1000 steps for single-object tasks, 1500 for multi-object ones
         from dckp.data import Dataset
