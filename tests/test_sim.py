@@ -178,3 +178,11 @@ def test_initial_states_stay_within_the_documented_ranges(name):
     p = next(iter(task.placement.values()))
     assert np.ptp(seen["x"]) > 0.5 * (p.x[1] - p.x[0])  # the range is used, not just respected
     assert np.ptp(seen["y"]) > 0.5 * (p.y[1] - p.y[0])
+
+
+def test_torchvision_imports_after_rendering():
+    """triton (which torchvision imports) segfaults when first imported after a GL context exists."""
+    code = ("from dckp.sim.env import SimEnv; from dckp.sim.tasks import get_task; "
+            "e = SimEnv(get_task('lift'), 32); e.reset(0); e.observe(); import torchvision")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-500:]

@@ -102,8 +102,6 @@ class Stage:
 def run(cfg: RunConfig, out: str | Path, preset: str = "cpu") -> Path:
     """Run every stage that is not done (with the `paper` stage presets for `preset="paper"`, else `cpu`);
     `preset` is the run preset's name (cpu, paper, demo), recorded in run.config.json. Returns the report's path."""
-    import dckp.don.model  # noqa: F401 - torchvision imports triton, which segfaults once an EGL context exists
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     save_json({"preset": preset, **dataclasses.asdict(cfg)}, out / "run.config.json")

@@ -7,6 +7,8 @@ Reflections, shadows, the skybox and multisampling are turned off, which was mea
 
 from __future__ import annotations
 
+import importlib.util
+
 import mujoco
 import numpy as np
 
@@ -33,6 +35,7 @@ class Cameras:
     """
 
     def __init__(self, model: mujoco.MjModel, height: int, width: int, geom_labels: np.ndarray):
+        _import_triton_before_gl()
         fast_visuals(model)
         model.vis.global_.offheight = max(model.vis.global_.offheight, height)
         model.vis.global_.offwidth = max(model.vis.global_.offwidth, width)
@@ -110,6 +113,13 @@ class Cameras:
             pose[:3, 3] = (np.array(eyes[0].pos) + np.array(eyes[1].pos)) / 2
             fovy = self.model.vis.global_.fovy
         return intrinsics(fovy, self.height, self.width), pose
+
+
+def _import_triton_before_gl() -> None:
+    """Import triton (where installed) before the first GL context: importing it afterwards, as torchvision does,
+    segfaults the process (its LLVM clashes with the one Mesa's EGL renderer has loaded); before, both work."""
+    if importlib.util.find_spec("triton") is not None:
+        import triton  # noqa: F401
 
 
 def free_camera(lookat, distance: float, azimuth: float, elevation: float) -> mujoco.MjvCamera:
