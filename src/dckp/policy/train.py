@@ -3,7 +3,8 @@
 Files in `out_dir` (all written atomically; no pickle anywhere):
 - `policy.safetensors`: final weights and normalisation buffers; `policy.json`: config, obs_dim, action_dim.
 - `policy_last.safetensors`: resumable state, every `checkpoint_every` steps and at the end: `model.<name>`
-  tensors, `optimizer.<param index>.<name>` Adam state tensors, metadata `step` (steps done), `config`, `obs_dim`.
+  tensors, `optimizer.<param index>.<name>` Adam state tensors, metadata `dckp`: JSON of `step` (steps done),
+  `config` and `obs_dim`.
   If it exists, `train_policy` continues from it (the config may differ only in `steps` and `checkpoint_every`).
 - `train_log.jsonl`: one `{"step": s, "loss": nll}` line per step; `policy_loss.png`: the loss curve.
 
@@ -138,15 +139,17 @@ def _save_last(path: Path, model: LSTMPolicy, opt: torch.optim.Optimizer, cfg: P
     tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
     for i, state in opt.state_dict()["state"].items():
         tensors.update({f"optimizer.{i}.{k}": torch.as_tensor(v).contiguous() for k, v in state.items()})
-    meta = {"step": str(step), "config": json.dumps(dataclasses.asdict(cfg)), "obs_dim": str(model.obs_dim)}
-    atomic_write_bytes(path, safetensors.torch.save(tensors, metadata=meta))
+    # one metadata key: safetensors writes several in a random order, and the file would differ run to run
+    meta = {"step": step, "config": dataclasses.asdict(cfg), "obs_dim": model.obs_dim}
+    atomic_write_bytes(path, safetensors.torch.save(tensors, metadata={"dckp": json.dumps(meta)}))
 
 
 def _load_last(path: Path, model: LSTMPolicy, opt: torch.optim.Optimizer, cfg: PolicyConfig) -> int:
     """Restore model and optimizer from `policy_last.safetensors`; the number of steps already done."""
     tensors, meta = _read_safetensors(path)
     try:
-        saved, step, obs_dim = json.loads(meta["config"]), int(meta["step"]), int(meta["obs_dim"])
+        meta = json.loads(meta["dckp"])
+        saved, step, obs_dim = meta["config"], int(meta["step"]), int(meta["obs_dim"])
     except (KeyError, ValueError, TypeError) as e:
         raise DckpError(f"not a policy checkpoint ({type(e).__name__}: {e})", path=str(path)) from None
     current = dataclasses.asdict(cfg)
