@@ -36,6 +36,7 @@ from dckp.sim.config import COLLECT_PRESETS
 from dckp.sim.env import SimEnv
 from dckp.sim.rollout import expert_episode
 from dckp.sim.tasks import TASKS, get_task
+from dckp.sim.tasks.base import describe_randomisation
 
 ENCODERS = ("blind", "gt-kp")
 EXPERT_SEEDS = 50
@@ -111,25 +112,17 @@ def markdown(results: dict, visible: dict, title: str) -> str:
              "`python benchmarks/tasks.py` (cpu preset policies, the same evaluation seeds from 1,000,000 for both "
              "encoders; expert over seeds 0..49; in view: share of those seeds whose first frame shows every object "
              f"with >= {VISIBLE_PIXELS} px in some camera at 128 px). 95 % Wilson intervals.", "",
-             "| task | blind | gt-kp | gt-kp - blind | expert | in view at start | placement (x, y in m; yaw in rad) "
-             "| other ranges |", "|---|---|---|---|---|---|---|---|"]
+             "| task | blind | gt-kp | gt-kp - blind | expert | in view at start | randomisation (placement x, y in m "
+             "from the sampler's reference point, yaw in rad) |", "|---|---|---|---|---|---|---|"]
 
     def cell(r):
         return f"{r['rate']:.2f} [{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}] ({r['episodes']})"
 
     for task, r in results.items():
-        rnd = r["randomisation"]
-        place = "; ".join(f"{k}: x {p['x'][0]:+.3f}..{p['x'][1]:+.3f}, y {p['y'][0]:+.3f}..{p['y'][1]:+.3f}, "
-                          f"yaw {p['yaw'][0]:+.2f}..{p['yaw'][1]:+.2f}" for k, p in rnd["placement"].items())
-        extra = [f"{k} {v[0]}..{v[1]}" for k, v in rnd.items() if k not in ("placement", "joint_noise_std",
-                                                                             "joint_offset")]
-        if any(rnd.get("joint_offset", [])):
-            extra.append(f"arm start offset {rnd['joint_offset']} rad")
-        other = "; ".join([f"joint noise std {rnd['joint_noise_std']} rad", *extra])
         gap = (f"{r['gt-kp']['rate'] - r['blind']['rate']:+.2f}" if "gt-kp" in r and "blind" in r else "-")
         lines.append(f"| {task} | {cell(r['blind']) if 'blind' in r else '-'} | "
                      f"{cell(r['gt-kp']) if 'gt-kp' in r else '-'} | {gap} | {cell(r['expert_success'])} | "
-                     f"{visible.get(task, float('nan')):.2f} | {place} | {other} |")
+                     f"{visible.get(task, float('nan')):.2f} | {describe_randomisation(r['randomisation'])} |")
     return "\n".join(lines) + "\n"
 
 

@@ -67,3 +67,15 @@ class Task:
 def cube_corners(h: float) -> list:
     """The four top corners and the centre of a cube of half size `h`."""
     return [[sx * h, sy * h, h] for sx in (-1, 1) for sy in (-1, 1)] + [[0, 0, 0]]
+
+
+def describe_randomisation(r: dict) -> str:
+    """One line from `Task.randomisation`: each sampler's ranges (x, y in m from its reference point, yaw in rad),
+    then the rest."""
+    parts = [f"{name}: x {p['x'][0]:+.3f}..{p['x'][1]:+.3f}, y {p['y'][0]:+.3f}..{p['y'][1]:+.3f}, "
+             f"yaw {p['yaw'][0]:+.2f}..{p['yaw'][1]:+.2f}" for name, p in r["placement"].items()]
+    parts.append(f"joint noise std {r['joint_noise_std']} rad")
+    if any(r.get("joint_offset", ())):
+        parts.append(f"arm start offset {r['joint_offset']} rad")
+    parts += [f"{k} {v[0]}..{v[1]}" for k, v in r.items() if k not in ("placement", "joint_noise_std", "joint_offset")]
+    return "; ".join(parts)
