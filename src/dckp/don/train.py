@@ -52,15 +52,16 @@ def pretrain(views: list[str], cfg: DonConfig, out_dir: str | Path, checkpoint_e
         check_views(str(path))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    last, log_path = out / "last.safetensors", out / "train_log.jsonl"
     torch.manual_seed(cfg.seed)
     model = DenseObjectNet(cfg)
-    load_backbone_weights(model, cfg.backbone_weights or None)
+    if not last.exists():  # a resumed run's weights come from its checkpoint
+        load_backbone_weights(model, cfg.backbone_weights or None)
     model.to(cfg.device)
     optimizer, scheduler = make_optimizer(model, cfg)
     sampler = make_sampler(views, cfg)
     aug_rng = np.random.default_rng([cfg.seed, 1])
     generators = {"pairs": sampler.rng, "pairs_torch": sampler.generator, "augment": aug_rng}
-    last, log_path = out / "last.safetensors", out / "train_log.jsonl"
     start = 0
     if last.exists():
         start = load_checkpoint(last, model, optimizer, scheduler, cfg, generators)
