@@ -3,10 +3,11 @@
     dckp pretrain --views data/stack_views.h5 --out runs/don_stack     # the task's own DON, as `dckp run` trains
     python benchmarks/policy.py --task stack --don runs/don_stack --demos data/stack.h5 --episodes 50
 
-For each encoder (dckp-3d, dckp-2d, gt-kp): the references are chosen once from the demonstrations (`dckp
-keypoints`, shared by all encoders, so gt-kp moves the very same pixels), the policy is trained on the cached
-encodings (`dckp train-policy`, cpu preset: 1000 steps single-object, 1500 multi-object) and evaluated
-closed-loop on `--episodes` seeds from 1,000,000 (disjoint from the demonstrations' seeds).
+For each encoder (dckp-3d, dckp-2d, gt-kp, and blind: proprioception alone, the control): the references are
+chosen once from the demonstrations (`dckp keypoints`, shared by all encoders, so gt-kp moves the very same
+pixels), the policy is trained on the cached encodings (`dckp train-policy`, cpu preset: 1000 steps
+single-object, 1500 multi-object) and evaluated closed-loop on `--episodes` seeds from 1,000,000 (disjoint from
+the demonstrations' seeds).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from dckp.cli.main import main as dckp
 from dckp.config import atomic_write_bytes, save_json
 from dckp.evaluation import evaluate_policy
 
-ENCODERS = ("dckp-3d", "dckp-2d", "gt-kp")
+ENCODERS = ("dckp-3d", "dckp-2d", "gt-kp", "blind")
 
 
 def main() -> None:
