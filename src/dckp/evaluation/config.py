@@ -1,22 +1,22 @@
-"""Closed-loop evaluation settings (`dckp evaluate`)."""
+"""Closed-loop evaluation settings (`dckp evaluate`). Light: no torch, so the CLI builds its flags from it quickly."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from dckp.config import option
 from dckp.errors import DckpError
 
 
 @dataclass
 class EvalConfig:
-    """episodes from seed `seed_start` (disjoint from demonstration and view seeds), run by `workers` processes;
-    the first `videos` episodes are recorded; `max_steps` 0 keeps the task's horizon."""
+    """Closed-loop episodes of a trained policy, seeded `seed_start`, `seed_start + 1`, ..."""
 
-    episodes: int = 50
-    seed_start: int = 1_000_000
-    workers: int = 2
-    videos: int = 3
-    max_steps: int = 0
+    episodes: int = option(50, "closed-loop episodes")
+    seed_start: int = option(1_000_000, "first episode seed (apart from demonstration and view seeds)")
+    workers: int = option(2, "worker processes running episodes in parallel")
+    videos: int = option(3, "the first this many episodes are recorded (rollout_SEED.mp4)")
+    max_steps: int = option(0, "most control steps per episode (0: the task's horizon)")
 
     def __post_init__(self):
         for name in ("episodes", "workers"):

@@ -1,4 +1,5 @@
-"""Behaviour-cloning policy config, with `cpu` and `paper` presets.
+"""Behaviour-cloning policy config, with `cpu` and `paper` presets. Light: torch is imported only by `action_std`,
+so the CLI builds its flags from it quickly.
 
 The policy predicts the mean of a Gaussian over the action `a = [dx, dy, dz, rx, ry, rz, g]` with a fixed
 standard deviation per dimension, given in action units: translation is scaled by 0.05 m and rotation by 0.5 rad
@@ -9,44 +10,44 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-
+from dckp.config import option
 from dckp.errors import DckpError
+
+if TYPE_CHECKING:
+    import torch
 
 PROPRIO = ("joint_pos", "eef_pose")
 
 
 @dataclass
 class PolicyConfig:
-    """LSTM policy and its training.
+    """LSTM policy and its training (`dckp.policy.train`).
 
-    - `hidden`: width of the input MLP layer and of the LSTM; `layers`: LSTM layers.
-    - `steps`: Adam steps (1000 for single-object tasks, 1500 for multi-object ones; the caller sets it).
-    - `batch_size`: demonstrations per step, drawn uniformly with replacement.
-    - `seq_len`: 0 trains on whole demonstrations (padded to the batch's longest, with a mask), so the LSTM
-      always starts from a zero state at t = 0 exactly as in closed-loop control; `seq_len > 0` trains on random
-      windows of that length (the whole demo when shorter), started from a zero state.
-    - `std_translation`, `std_rotation`, `std_gripper`: the Gaussian's fixed std in action units (1 mm,
-      0.25 degrees, 0.1 of the gripper's [-1, 1] range).
-    - `proprio`: the proprioception appended to the encoder's features: `joint_pos` (7) or `eef_pose`
-      (eef_pos 3 + eef_quat 4 wxyz with w >= 0 + gripper_qpos 2 = 9); see `dckp.policy.proprioception`.
-    - `checkpoint_every`: steps between resumable checkpoints (`policy_last.safetensors`).
+    `seq_len` 0 trains on whole demonstrations (padded to the batch's longest, with a mask), so the LSTM always
+    starts from a zero state at t = 0 exactly as in closed-loop control; `seq_len > 0` trains on random windows of
+    that length (the whole demo when shorter), also started from a zero state. `proprio` `eef_pose` is eef_pos 3 +
+    eef_quat 4 (wxyz, w >= 0) + gripper_qpos 2 = 9 values, `joint_pos` the 7 joint angles (see
+    `dckp.policy.proprioception`).
     """
 
-    hidden: int = 128
-    layers: int = 2
-    lr: float = 3e-4
-    weight_decay: float = 3e-6
-    steps: int = 1000
-    batch_size: int = 16
-    seq_len: int = 0
-    std_translation: float = 0.001 / 0.05
-    std_rotation: float = math.radians(0.25) / 0.5
-    std_gripper: float = 0.1
-    proprio: str = "eef_pose"
-    checkpoint_every: int = 100
-    seed: int = 0
+    hidden: int = option(128, "width of the input MLP layer and of the LSTM")
+    layers: int = option(2, "LSTM layers")
+    lr: float = option(3e-4, "Adam learning rate")
+    weight_decay: float = option(3e-6, "Adam L2 weight decay")
+    steps: int = option(1000, "Adam steps (train-policy without --steps: 1000 for one-camera tasks, 1500 for the "
+                        "two-camera multi-object ones)")
+    batch_size: int = option(16, "demonstrations per step, drawn uniformly with replacement")
+    seq_len: int = option(0, "training window in steps (0: whole demonstrations)")
+    std_translation: float = option(0.001 / 0.05, "fixed std of the Gaussian over dx, dy, dz in action units "
+                                    "(1 mm)")
+    std_rotation: float = option(math.radians(0.25) / 0.5, "fixed std over rx, ry, rz in action units "
+                                 "(0.25 degrees)")
+    std_gripper: float = option(0.1, "fixed std of the gripper action (range -1..1)")
+    proprio: str = option("eef_pose", "proprioception appended to the encoder's features", choices=PROPRIO)
+    checkpoint_every: int = option(100, "steps between resumable checkpoints (policy_last.safetensors)")
+    seed: int = option(0, "seed of the network's initialisation and of the batches")
 
     def __post_init__(self):
         for name in ("hidden", "layers", "steps", "batch_size", "checkpoint_every"):
@@ -67,6 +68,8 @@ class PolicyConfig:
 
 def action_std(cfg: PolicyConfig) -> torch.Tensor:
     """`(7,)` float32 std per action dimension: 3 x translation, 3 x rotation, gripper."""
+    import torch
+
     return torch.tensor([cfg.std_translation] * 3 + [cfg.std_rotation] * 3 + [cfg.std_gripper])
 
 
