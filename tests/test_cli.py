@@ -20,18 +20,51 @@ from dckp.data import Dataset, DatasetWriter
 HEAVY = ("torch", "torchvision", "mujoco", "robosuite")
 
 
-@pytest.mark.parametrize("argv, light", [
-    (["--help"], HEAVY),
-    (["collect", "--help"], ("torch", "torchvision", "robosuite")),
-    (["fuse", "--help"], HEAVY[:2]),
-    (["pretrain", "--help"], HEAVY),
-    (["tasks"], ("torch", "torchvision", "robosuite")),  # mujoco: `dckp.sim.tasks.close_door` imports it at the top
-])
-def test_help_and_tasks_do_not_import_torch(argv, light):
-    code = (f"import sys; from dckp.cli.main import main; assert main({argv!r}) == 0; "
-            f"print([m for m in {light!r} if m in sys.modules])")
+TASK_LIST = ("collect", "collect-views", "run")  # flags with the task names: `dckp.sim.tasks` imports mujoco
+
+
+def test_help_and_tasks_do_not_import_torch():
+    """One process parses `--help` of every subcommand in turn (those that list the tasks last), then runs
+    `dckp tasks`, noting which heavy modules each step has loaded so far."""
+    code = f"""if True:
+        import contextlib, io, json, sys
+        from dckp.cli.main import build_parser, main
+        sub = next(a for a in build_parser()._actions if a.dest == "command")
+        steps = [["--help"]] + [[n, "--help"] for n in sorted(sub.choices, key=lambda n: n in {TASK_LIST!r})]
+        seen = {{}}
+        for argv in steps + [["tasks"]]:
+            with contextlib.redirect_stdout(io.StringIO()):
+                assert main(argv) == 0, argv
+            seen[" ".join(argv)] = [m for m in {HEAVY!r} if m in sys.modules]
+        print(json.dumps(seen))
+    """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip().splitlines()[-1] == "[]"
+    seen = json.loads(out.strip().splitlines()[-1])
+    assert len(seen) == 14  # --help, 12 subcommands' --help, tasks
+    for argv, loaded in seen.items():
+        # mujoco: `dckp.sim.tasks.close_door` imports it at the top
+        allowed = {"mujoco"} if argv == "tasks" or argv.split()[0] in TASK_LIST else set()
+        assert set(loaded) <= allowed, (argv, loaded)
+
+
+def test_tasks_lists_each_tasks_randomisation(capsys):
+    from dckp.sim.tasks import TASKS
+    from dckp.sim.tasks.base import describe_randomisation
+
+    assert main(["tasks"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    for task in TASKS.values():
+        row = next(i for i, line in enumerate(lines) if line.startswith(task.name + " "))
+        assert lines[row + 1] == "    " + describe_randomisation(task.randomisation)
+
+
+def test_run_reports_the_preset_it_was_given(tmp_path, monkeypatch):
+    import dckp.pipeline
+
+    used = []
+    monkeypatch.setattr(dckp.pipeline, "run", lambda cfg, out, preset: used.append((cfg, preset)) or "report.html")
+    assert main(["run", "--preset", "demo", "--out", str(tmp_path / "r")]) == 0
+    assert used == [(dckp.pipeline.RUN_PRESETS["demo"], "demo")]
 
 
 def test_every_flag_has_help_with_its_default_and_choices():
@@ -44,8 +77,11 @@ def test_every_flag_has_help_with_its_default_and_choices():
             assert action.help and ("default" in action.help or action.required), (name, action.dest)
         if name == "pretrain":
             assert "(default: resnet18; paper: resnet50) (choices: resnet18, resnet34, resnet50, resnet101)" in text
-        if name == "collect":
+        if name in ("collect", "run"):
             assert "(choices: close_door, lift, stack" in text
+        if name == "train-policy":
+            assert "(default: depth) (choices: depth, camera, world)" in text
+            assert "(default: eef_pose) (choices: joint_pos, eef_pose)" in text
 
 
 def test_collect_and_collect_views_default_to_lift():

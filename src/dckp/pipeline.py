@@ -22,14 +22,14 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-import torch
-
-from dckp.config import atomic_write_bytes, save_json
+from dckp.config import atomic_write_bytes, option, save_json
+from dckp.encoders.config import ENCODERS
 from dckp.errors import DckpError, Interrupted
+from dckp.sim.tasks import TASKS
 
 log = logging.getLogger(__name__)
 
@@ -40,26 +40,25 @@ REPORT_VIDEOS = 3
 
 @dataclass
 class RunConfig:
-    """task; demos (0: the task's number for the preset); scenes and arm_only: pretraining views; heldout_scenes:
-    scenes for the DON's held-out correspondence accuracy; image_size; don_steps (0: the DON preset's); encoder;
-    baselines: more encoders trained and evaluated the same way, for reference rows; policy_steps (0: 1000
-    single-object, 1500 multi-object); episodes, workers and max_steps (0: the task's horizon): closed-loop
-    evaluation; seed: demonstrations, DON, references and policies."""
+    """The whole method for one task: the stages take their other settings from the `cpu` stage presets (`paper`
+    for the paper preset) and these fields replace theirs."""
 
-    task: str = "lift"
-    demos: int = 0
-    scenes: int = 10
-    arm_only: int = 2
-    heldout_scenes: int = 2
-    image_size: int = 128
-    don_steps: int = 0
-    encoder: str = "dckp-3d"
-    baselines: list[str] = field(default_factory=lambda: ["gt-kp"])
-    policy_steps: int = 0
-    episodes: int = 50
-    workers: int = 2
-    max_steps: int = 0
-    seed: int = 0
+    task: str = option("lift", "simulated task (see `dckp tasks`)", choices=TASKS)
+    demos: int = option(0, "successful demonstrations (0: the task's number for the stage preset, see `dckp tasks`)")
+    scenes: int = option(10, "pretraining view scenes")
+    arm_only: int = option(2, "pretraining sequences with every object removed (the arm as its own object)")
+    heldout_scenes: int = option(2, "held-out view scenes for the DON's correspondence accuracy")
+    image_size: int = option(128, "camera image height and width in pixels, in every stage")
+    don_steps: int = option(0, "DON optimiser steps (0: the DON preset's, see `dckp pretrain --help`)")
+    encoder: str = option("dckp-3d", "the policy's observation encoder", choices=ENCODERS)
+    baselines: list[str] = option(["gt-kp"], "more encoders trained and evaluated the same way, as reference rows",
+                                  choices=ENCODERS)
+    policy_steps: int = option(0, "policy Adam steps (0: 1000 for one-camera tasks, 1500 for the two-camera "
+                               "multi-object ones)")
+    episodes: int = option(50, "closed-loop evaluation episodes per encoder (the same seeds for each)")
+    workers: int = option(2, "evaluation worker processes")
+    max_steps: int = option(0, "most control steps per evaluation episode (0: the task's horizon)")
+    seed: int = option(0, "seed of the demonstrations, DON, references and policies")
 
     def __post_init__(self):
         from dckp.encoders.config import ENCODERS
@@ -364,9 +363,10 @@ def _config_path(path: Path) -> Path:
     return path.with_name(path.stem + ".config.json")
 
 
-@torch.no_grad()
 def keypoint_video(spec: dict, demos: Path, path: Path, episode: str = "demo_0") -> Path:
     """Keypoints of the encoder `spec` tracked over a demonstration, every camera, coloured by confidence."""
+    import torch
+
     from dckp.data import Dataset
     from dckp.encoders import build_encoder
     from dckp.evaluation.rollout import composite
@@ -374,7 +374,7 @@ def keypoint_video(spec: dict, demos: Path, path: Path, episode: str = "demo_0")
     from dckp.viz.images import save_video
 
     encoder = build_encoder(spec)
-    with Dataset(demos) as ds:
+    with Dataset(demos) as ds, torch.no_grad():
         cams = ds.streams(episode)
         images = []
         for t in range(len(ds.actions(episode))):

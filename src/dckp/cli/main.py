@@ -23,11 +23,14 @@ def _config_path(out: str | Path) -> Path:
 
 def cmd_tasks(args) -> None:
     from dckp.sim.tasks import TASKS
+    from dckp.sim.tasks.base import describe_randomisation
 
     print(f"{'task':20} {'stands in for':20} {'objects':28} {'cameras':30} horizon demos(cpu/paper)")
+    print("    initial-state randomisation")
     for t in TASKS.values():
         print(f"{t.name:20} {t.stands_in_for:20} {','.join(t.objects):28} {','.join(t.cameras):30} "
               f"{t.horizon:7} {t.demos['cpu']}/{t.demos['paper']}")
+        print(f"    {describe_randomisation(t.randomisation)}")
 
 
 def _at_least(args, flag: str, low: int) -> None:
@@ -200,7 +203,7 @@ def cmd_run(args) -> None:
     start = time.time()
     cfg = apply_args(preset(RUN_PRESETS, args.preset), args)
     out = args.out or f"runs/{cfg.task}"
-    report = run(cfg, out, preset="paper" if args.preset == "paper" else "cpu")
+    report = run(cfg, out, preset=args.preset)
     print(f"report: {report} ({time.time() - start:.0f} s)")
 
 
