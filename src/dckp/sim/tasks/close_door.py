@@ -4,11 +4,9 @@ Articulated: the door's appearance changes along the trajectory."""
 
 from __future__ import annotations
 
-import mujoco
 import numpy as np
 
 from dckp.sim import experts as ex
-from dckp.sim.render import ROBOT_LABEL
 from dckp.sim.tasks.base import WRIST, Placement, Task
 
 DOOR_OPEN_RANGE = (0.25, 0.4)  # rad; the hinge's limit is 0.4
@@ -31,6 +29,10 @@ def _open_door(env, rng) -> None:
     standing close to the arm's start puts its handle through the gripper, and the contact slams it shut before
     the episode starts), another angle is drawn, and after every 10 tries another placement of the door from the
     task's ranges (from the episode's generator, as robosuite placed it)."""
+    import mujoco  # here, so that listing the tasks does not load the simulator
+
+    from dckp.sim.render import ROBOT_LABEL
+
     m, d = env.model, env.data
     root = m.body(env.env.door.root_body).id
     d.qvel[m.jnt_dofadr[m.joint("Door_hinge").id]] = 0.0
