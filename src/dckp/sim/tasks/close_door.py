@@ -9,7 +9,7 @@ import numpy as np
 from dckp.sim import experts as ex
 from dckp.sim.tasks.base import WRIST, Placement, Task
 
-DOOR_OPEN_RANGE = (0.25, 0.4)  # rad; the hinge's limit is 0.4
+DOOR_OPEN_RANGE = (0.3, 0.9)  # rad (robosuite stops the hinge at 0.4; _stiff_hinge lets it open this far)
 DOOR_CLOSED_BELOW = 0.05  # rad
 
 
@@ -18,10 +18,13 @@ def _door_hinge(env) -> float:
 
 
 def _stiff_hinge(env) -> None:
-    """robosuite's Door sets the hinge frictionless; a microwave door stays where it is left."""
+    """robosuite's Door sets the hinge frictionless (a microwave door stays where it is left) and stops it at
+    0.4 rad (the door opens as far as DOOR_OPEN_RANGE goes)."""
     m = env.sim.model._model
-    dof = m.jnt_dofadr[m.joint("Door_hinge").id]
+    hinge = m.joint("Door_hinge").id
+    dof = m.jnt_dofadr[hinge]
     m.dof_frictionloss[dof], m.dof_damping[dof] = 1.0, 1.0
+    m.jnt_range[hinge, 1] = max(m.jnt_range[hinge, 1], DOOR_OPEN_RANGE[1])
 
 
 def _open_door(env, rng) -> None:
