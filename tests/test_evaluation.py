@@ -11,8 +11,8 @@ import torch
 
 from dckp.encoders import frame_cameras, get_encoder, register_encoder
 from dckp.errors import DckpError
-from dckp.evaluation import draw_keypoints, evaluate_policy, load_run, rollout, summarise, wilson_interval
-from dckp.evaluation.rollout import colour_scale
+from dckp.evaluation import draw_keypoints, evaluate_policy, load_run, summarise, wilson_interval
+from dckp.evaluation.rollout import colour_scale, rollout
 from dckp.policy import LSTMPolicy, PolicyConfig, save_policy
 from dckp.sim.tasks import WRIST
 

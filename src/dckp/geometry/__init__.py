@@ -3,21 +3,13 @@ TSDF fusion, and object masks without labels. Conventions: docs/conventions.md.
 
 Names are imported on first use, so `dckp.geometry.config` loads without torch (the CLI builds its flags from it)."""
 
-import importlib
+from dckp.lazy import lazy_exports
 
-_EXPORTS = {
+__getattr__, __all__ = lazy_exports(__name__, {
     "dckp.geometry.camera": ("backproject", "pixel_grid", "project", "transform", "unproject"),
     "dckp.geometry.config": ("MASK_PRESETS", "MaskConfig"),
     "dckp.geometry.correspondence": ("CORRESPONDENCE_PRESETS", "CorrespondenceConfig", "find_matches",
                                      "sample_matches", "sample_non_matches", "warp_pixels"),
     "dckp.geometry.masks": ("mask_iou_matched", "render_instance_masks", "segment_objects"),
     "dckp.geometry.tsdf": ("TSDFVolume", "allocate", "extract_surface_points", "integrate", "make_volume"),
-}
-_MODULE = {name: module for module, names in _EXPORTS.items() for name in names}
-__all__ = sorted(_MODULE)
-
-
-def __getattr__(name: str):
-    if name not in _MODULE:
-        raise AttributeError(f"module 'dckp.geometry' has no attribute {name!r}")
-    return getattr(importlib.import_module(_MODULE[name]), name)
+})
