@@ -81,7 +81,7 @@ def main() -> None:
              f"| bad inputs tried | {bad['cases']} (every case of tests/test_bad_inputs.py) |",
              f"| tracebacks | {bad['tracebacks']} |", f"| silent acceptances | {bad['silent_acceptances']} |",
              f"| failing cases | {', '.join(bad['failing']) or 'none'} |",
-             f"| three fresh demo runs bit-identical | {reproducible} {' '.join(mismatches)} |",
+             f"| three fresh demo runs bit-identical | {' '.join([str(reproducible), *mismatches])} |",
              f"| demo successes | {' / '.join(f'{s} of {episodes}' for s in successes)} |",
              f"| demo wall time | {' / '.join(f'{s / 60:.1f} min' for s in seconds)} (each from scratch) |",
              f"| `dckp --help` | {results['cli_start_s']:.2f} s (median of 5) |"]
