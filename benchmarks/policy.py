@@ -23,6 +23,24 @@ from dckp.evaluation import evaluate_policy
 ENCODERS = ("dckp-3d", "dckp-2d", "gt-kp", "blind")
 
 
+def write_markdown(results: dict, out: Path) -> None:
+    lines = ["# Closed-loop success of keypoint policies", "",
+             "cpu presets (DON resnet18 without layer4, D=8, 128 px; 16 keypoints per camera, LSTM 2x128), "
+             "evaluated on seeds from 1,000,000. `python benchmarks/policy.py --task TASK ...`. The ms/step columns "
+             "come from the evaluation itself and are slowed by whatever else ran then; "
+             "benchmarks/keypoint_latency.py measures speed.", "",
+             "| task | encoder | DON | success | 95 % Wilson CI | episodes | mean steps | ms/step enc / policy / sim |",
+             "|---|---|---|---|---|---|---|---|"]
+    for task, per in results["success"].items():
+        for name, s in per.items():
+            d = results["details"][task][name]
+            ms = d["ms_per_step"]
+            lines.append(f"| {task} | {name} | {d.get('don') or '-'} | {s['rate']:.2f} | "
+                         f"[{s['ci95'][0]:.2f}, {s['ci95'][1]:.2f}] | {s['episodes']} | {d['mean_steps']:.0f} | "
+                         f"{ms['encoder']:.0f} / {ms['policy']:.1f} / {ms['sim']:.0f} |")
+    atomic_write_bytes(out / "policy.md", ("\n".join(lines) + "\n").encode())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", required=True)
@@ -56,19 +74,7 @@ def main() -> None:
         save_json(results, path)
         print(args.task, name, results["success"][args.task][name], flush=True)
 
-    lines = ["# Closed-loop success of keypoint policies", "",
-             "cpu presets (DON resnet18 without layer4, D=8, 128 px; 16 keypoints per camera, LSTM 2x128), "
-             "evaluated on seeds from 1,000,000. `python benchmarks/policy.py --task TASK ...`.", "",
-             "| task | encoder | DON | success | 95 % Wilson CI | episodes | mean steps | ms/step enc / policy / sim |",
-             "|---|---|---|---|---|---|---|---|"]
-    for task, per in results["success"].items():
-        for name, s in per.items():
-            d = results["details"][task][name]
-            ms = d["ms_per_step"]
-            lines.append(f"| {task} | {name} | {d.get('don') or '-'} | {s['rate']:.2f} | "
-                         f"[{s['ci95'][0]:.2f}, {s['ci95'][1]:.2f}] | {s['episodes']} | {d['mean_steps']:.0f} | "
-                         f"{ms['encoder']:.0f} / {ms['policy']:.1f} / {ms['sim']:.0f} |")
-    atomic_write_bytes(out / "policy.md", ("\n".join(lines) + "\n").encode())
+    write_markdown(results, out)
 
 
 if __name__ == "__main__":
