@@ -2,13 +2,12 @@
 
 Names are imported on first use, so `dckp.encoders.config` loads without torch (the CLI builds its flags from it)."""
 
-import importlib
+from dckp.lazy import lazy_exports
 
-_EXPORTS = {
+__getattr__, _exported = lazy_exports(__name__, {
     "dckp.encoders.base": ("Encoder", "frame_cameras", "get_encoder", "register_encoder"),
-}
-_MODULE = {name: module for module, names in _EXPORTS.items() for name in names}
-__all__ = sorted([*_MODULE, "build_encoder"])
+})
+__all__ = sorted([*_exported, "build_encoder"])
 
 
 def build_encoder(spec: dict):
@@ -18,9 +17,3 @@ def build_encoder(spec: dict):
     from dckp.encoders.base import get_encoder
 
     return get_encoder(spec["name"])(**spec.get("kwargs", {}))
-
-
-def __getattr__(name: str):
-    if name not in _MODULE:
-        raise AttributeError(f"module 'dckp.encoders' has no attribute {name!r}")
-    return getattr(importlib.import_module(_MODULE[name]), name)
