@@ -29,7 +29,7 @@ from dckp.config import atomic_write_bytes, save_json
 from dckp.encoders.config import EncoderConfig
 from dckp.evaluation import evaluate_policy, wilson_interval
 from dckp.keypoints.select import select_references
-from dckp.policy.config import POLICY_PRESETS
+from dckp.policy.config import POLICY_PRESETS, default_steps
 from dckp.policy.demos import train_on_demos
 from dckp.sim.collect import collect_demos
 from dckp.sim.config import COLLECT_PRESETS
@@ -95,7 +95,7 @@ def run_task(name: str, runs: Path, episodes: int, workers: int) -> tuple[dict, 
         select_references(descriptor_free, demos, refs)
     for encoder in ENCODERS:
         policy = folder / encoder
-        cfg = dataclasses.replace(POLICY_PRESETS["cpu"], steps=1500 if len(task.cameras) > 1 else 1000)
+        cfg = dataclasses.replace(POLICY_PRESETS["cpu"], steps=default_steps(len(task.cameras)))
         spec = EncoderConfig(encoder=encoder, references=str(refs)).spec()
         if not (policy / "policy.safetensors").exists():
             train_on_demos(demos, spec, cfg, policy)

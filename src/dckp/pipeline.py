@@ -199,7 +199,7 @@ def plan(cfg: RunConfig, out: Path, sp: str) -> list[Stage]:
     from dckp.encoders.config import EncoderConfig
     from dckp.evaluation.rollout import EVAL_SEED_START
     from dckp.geometry.masks import MASK_PRESETS
-    from dckp.policy.config import POLICY_PRESETS
+    from dckp.policy.config import POLICY_PRESETS, default_steps
     from dckp.sim.config import COLLECT_PRESETS, VIEWS_PRESETS
     from dckp.sim.tasks import get_task
 
@@ -216,7 +216,7 @@ def plan(cfg: RunConfig, out: Path, sp: str) -> list[Stage]:
     don_cfg = dataclasses.replace(preset(DON_PRESETS, sp), image_size=cfg.image_size, seed=cfg.seed,
                                   **({"steps": cfg.don_steps} if cfg.don_steps else {}))
     policy_cfg = dataclasses.replace(preset(POLICY_PRESETS, sp), seed=cfg.seed,
-                                     steps=cfg.policy_steps or (1500 if len(task.cameras) > 1 else 1000))
+                                     steps=cfg.policy_steps or default_steps(len(task.cameras)))
 
     def collect(stage_cfg, path: Path, kind: str):
         from dckp.sim.collect import collect_demos, collect_views

@@ -153,7 +153,7 @@ def cmd_train_policy(args) -> None:
     from dckp.don.checkpoint import load_checkpoint_config
     from dckp.encoders.config import EncoderConfig
     from dckp.keypoints.select import load_references
-    from dckp.policy.config import POLICY_PRESETS
+    from dckp.policy.config import POLICY_PRESETS, default_steps
     from dckp.policy.demos import train_on_demos
 
     _at_least(args, "--threads", 0)
@@ -172,7 +172,7 @@ def cmd_train_policy(args) -> None:
         from dckp.data import Dataset
 
         with Dataset(args.demos) as ds:
-            cfg = dataclasses.replace(cfg, steps=1500 if len(ds.streams(ds.episodes[0])) > 1 else 1000)
+            cfg = dataclasses.replace(cfg, steps=default_steps(len(ds.streams(ds.episodes[0]))))
     torch.set_num_threads(args.threads or torch.get_num_threads())
     save_json({"encoder": dataclasses.asdict(enc), "policy": dataclasses.asdict(cfg)},
               Path(args.out) / "train_policy.config.json")

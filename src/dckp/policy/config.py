@@ -66,6 +66,12 @@ class PolicyConfig:
             raise DckpError(f"proprio must be one of {list(PROPRIO)}, got {self.proprio!r}", field="proprio")
 
 
+def default_steps(cameras: int) -> int:
+    """The paper's training steps: 1000 for the one-camera (single-object) tasks, 1500 for the two-camera
+    (multi-object) ones."""
+    return 1500 if cameras > 1 else 1000
+
+
 def action_std(cfg: PolicyConfig) -> torch.Tensor:
     """`(7,)` float32 std per action dimension: 3 x translation, 3 x rotation, gripper."""
     import torch
