@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from dckp.sim import experts as ex
-from dckp.sim.tasks.base import WRIST, Placement, Task
+from dckp.sim.tasks.base import OVERVIEW, WRIST, Placement, Task
 
 DOOR_OPEN_RANGE = (0.25, 0.4)  # rad; robosuite's hinge stops at 0.4 (0.3-0.9 made the task easier: blind 50 of 50)
 DOOR_CLOSED_BELOW = 0.05  # rad
@@ -60,12 +60,19 @@ def _door_point(env, local, closed: bool = False) -> np.ndarray:
 
 
 def _door_expert(env):
-    """Push the open door shut from the robot's side with the closed gripper, then back off."""
+    """Push the open door shut from the robot's side with the closed gripper, then lift away.
+
+    Before the push the hand first goes well out in front of the door's face (`out`): from the arm's start, a
+    straight line to the push point can pass behind the panel of a door turned toward the arm and push it open.
+    Once the door is shut the hand rises instead of backing off, which could pull it open again by the handle."""
     toward_robot = np.array([0.0, -0.09, 0.0])  # in the door body's frame: its face normal, robot side
 
     def rise(e):
         pos, _ = e.eef_pose()
         return np.r_[pos[:2], _door_point(e, _DOOR_PUSH)[2]], ex.top_down(e)
+
+    def out(e):
+        return _door_point(e, _DOOR_PUSH + 2.5 * toward_robot), ex.top_down(e)
 
     def pre_push(e):
         return _door_point(e, _DOOR_PUSH + toward_robot), ex.top_down(e)
@@ -74,15 +81,16 @@ def _door_expert(env):
         beyond = np.array([0.0, 0.03, 0.0])  # aim past the shut face so the door reaches its stop
         return _door_point(e, _DOOR_PUSH + beyond, closed=True), e.eef_pose()[1]
 
-    def back_off(e):
+    def lift_away(e):
         pos, rot = e.eef_pose()
-        return _door_point(e, _DOOR_PUSH + toward_robot, closed=True), rot
+        return pos + np.array([0.0, 0.0, 0.1]), rot
 
     return ex.Expert([
         ex.Phase("rise", rise, ex.CLOSED, 40),
+        ex.Phase("out", out, ex.CLOSED, 40, tol=0.03),
         ex.Phase("pre_push", pre_push, ex.CLOSED, 60),
         ex.Phase("push", push, ex.CLOSED, 50),
-        ex.Phase("back_off", back_off, ex.CLOSED, 20),
+        ex.Phase("lift_away", lift_away, ex.CLOSED, 20),
     ])
 
 
@@ -95,11 +103,13 @@ TASK = Task(
     env_kwargs={"use_latch": False},
     object_bodies=lambda env: [("Door_door", "Door_door")],  # the panel and its handle
     # robosuite's ranges (x 0.07..0.09, y -0.01..0.01, yaw -pi/2-0.25..-pi/2) let a blind policy close the door
-    # in 50 of 50 episodes; the forearm starts rolled 0.7 rad so the wrist camera looks toward the door
-    placement={"ObjectSampler": Placement(x=(0.0, 0.16), y=(-0.08, 0.08), yaw=(-np.pi / 2 - 0.35, -np.pi / 2 + 0.15))},
+    # in 50 of 50 episodes, and x 0..0.16, y -0.08..0.08, yaw -pi/2-0.35..-pi/2+0.15 in 41 of 50 (gt-kp 47).
+    # The door now stands anywhere in 30 x 30 cm, turned +-0.5 rad. The wrist camera (its forearm starts rolled
+    # 0.7 rad toward the door) sees it at the start in 60 % of episodes, the overview camera in all.
+    placement={"ObjectSampler": Placement(x=(-0.1, 0.2), y=(-0.15, 0.15), yaw=(-np.pi / 2 - 0.5, -np.pi / 2 + 0.5))},
     joint_offset=(0.0, 0.0, 0.0, 0.0, 0.7, 0.0, 0.0), ranges={"door_open_rad": DOOR_OPEN_RANGE},
     expert=_door_expert, success=_door_success, prepare_model=_stiff_hinge, on_reset=_open_door,
     keypoints={"door": [[-0.2, -0.02, 0.2], [-0.2, -0.02, -0.2], [0.0, -0.02, 0.0], [-0.1, -0.12, -0.025]]},
-    workspace=((-0.55, -0.5, 0.75), (0.2, -0.06, 1.45)), park=(-0.3, 0.3, 1.2),
-    cameras=(WRIST,), horizon=200, demos={"cpu": 14, "paper": 14},
+    workspace=((-0.65, -0.68, 0.75), (0.22, 0.05, 1.45)), park=(-0.3, 0.3, 1.2),  # the door over 200 seeds
+    cameras=(WRIST, OVERVIEW), horizon=200, demos={"cpu": 14, "paper": 14},
 )
