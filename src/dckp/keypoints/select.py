@@ -48,35 +48,45 @@ def single_view_masks(depth: np.ndarray, K: np.ndarray, pose: np.ndarray, worksp
 @torch.no_grad()
 def select_references(model, demos: str | os.PathLike, out: str | os.PathLike, per_camera: int = 16,
                       pixels: dict[str, np.ndarray] | None = None, episode: str | None = None, seed: int = 0) -> dict:
-    """Choose and save references; `pixels` maps cameras to hand-picked (n,2) pixel coordinates instead."""
+    """Choose and save references on the first frame of demonstration `episode` (default: the first); for a
+    camera that sees no object there (no table in view, say), on the first frame of the next demonstration that
+    shows one. `pixels` maps cameras to hand-picked (n,2) pixel coordinates instead.
+    `model` is the DON; None stores no descriptors, for ground-truth keypoints without a DON (the pixels depend
+    on the object masks only)."""
     from dckp.sim.tasks import get_task
 
     generator = torch.Generator().manual_seed(seed)
     tensors, summary = {}, {}
     with Dataset(demos) as ds:
-        episode = episode or ds.episodes[0]
         workspace = get_task(ds.task).workspace
-        poses = ds.array(episode, "object_pose")[0]  # (N,4,4) at the reference frame
-        for cam in ds.streams(episode):
-            fr = ds.frame(episode, cam, 0)
-            image = torch.from_numpy(fr["rgb"]).permute(2, 0, 1)[None].float() / 255
-            desc = model(image)[0]
-            if pixels is not None:
-                if cam not in pixels:
-                    raise DckpError(f"no hand-picked pixels for camera {cam!r}", field="pixels")
-                uv = torch.as_tensor(pixels[cam], dtype=torch.float32)
-                refs = references_at(desc, uv)
+        first = ds.pick_episode(episode)
+        for cam in ds.streams(first):
+            for ep in ds.episodes[ds.episodes.index(first):] if pixels is None else [first]:
+                fr = ds.frame(ep, cam, 0)
+                image = torch.from_numpy(fr["rgb"]).permute(2, 0, 1)[None].float() / 255
+                desc = model(image)[0] if model is not None else image.new_zeros((0, *image.shape[-2:]))
+                if pixels is not None:
+                    if cam not in pixels:
+                        raise DckpError(f"no hand-picked pixels for camera {cam!r}", field="pixels")
+                    uv = torch.as_tensor(pixels[cam], dtype=torch.float32)
+                    refs = references_at(desc, uv)
+                    break
+                try:
+                    masks = torch.from_numpy(single_view_masks(fr["depth"], fr["K"], fr["pose"], workspace))
+                except DckpError:  # no table in view: the camera sees too little of the scene
+                    masks = torch.zeros(fr["depth"].shape, dtype=torch.uint8)
+                if (masks > 0).any():
+                    refs, uv, _ = sample_references(desc, masks, per_camera, generator)
+                    break
             else:
-                masks = torch.from_numpy(single_view_masks(fr["depth"], fr["K"], fr["pose"], workspace))
-                if not (masks > 0).any():
-                    raise DckpError(f"no object found in the first frame of {episode} ({cam})", path=str(demos))
-                refs, uv, _ = sample_references(desc, masks, per_camera, generator)
-            obj, local = _lift(uv.numpy(), fr, poses)
+                raise DckpError(f"no object found by the {cam} camera in the first frame of any demonstration from "
+                                f"{first}", path=str(demos))
+            obj, local = _lift(uv.numpy(), fr, ds.array(ep, "object_pose")[0])
             tensors.update({f"{cam}.descriptors": refs.contiguous(), f"{cam}.uv": uv.float().contiguous(),
                             f"{cam}.object": torch.from_numpy(obj), f"{cam}.local": torch.from_numpy(local)})
-            summary[cam] = {"references": len(uv), "objects_hit": sorted(set(obj.tolist()))}
-        meta = {"demos": str(demos), "episode": episode, "task": ds.task, "objects": ds.objects,
-                "cameras": ds.streams(episode)}
+            summary[cam] = {"references": len(uv), "episode": ep, "objects_hit": sorted(set(obj.tolist()))}
+        meta = {"demos": str(demos), "episodes": {cam: v["episode"] for cam, v in summary.items()}, "task": ds.task,
+                "objects": ds.objects, "cameras": ds.streams(first)}
     atomic_write_bytes(out, save(tensors, metadata={"dckp": json.dumps(meta)}))
     return summary
 
