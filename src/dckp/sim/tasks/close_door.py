@@ -25,7 +25,8 @@ def _prepare(env) -> None:
     dof = m.jnt_dofadr[m.joint("Door_hinge").id]
     m.dof_frictionloss[dof], m.dof_damping[dof] = 1.0, 1.0
     overview, side = m.camera(OVERVIEW).id, m.camera("sideview").id
-    m.cam_pos[overview], m.cam_quat[overview], m.cam_fovy[overview] = m.cam_pos[side], m.cam_quat[side], m.cam_fovy[side]
+    for pose in (m.cam_pos, m.cam_quat, m.cam_fovy):
+        pose[overview] = pose[side]
 
 
 def _open_door(env, rng) -> None:
