@@ -1,12 +1,13 @@
-"""Latency of one control step: DON keypoints for 2 cameras at 128 px plus the LSTM. Writes
+"""Latency of one control step of each encoder for 2 cameras at 128 px, plus the LSTM. Writes
 results/keypoint_latency.{json,md}.
 
     python benchmarks/keypoint_latency.py --threads 2
 
-One step = the encoder (both camera images through the DON, descriptor distances, softmax mode, depth lookup)
-plus the policy (`LSTMPolicy.act`), on one frame, after warm-up; median and p95 over `--steps` steps. The
-weights do not change the cost, so the networks are randomly initialised with the `cpu` presets. Also the
-throughput of batched encoding (frames/s), as when encoding demonstrations.
+One step = the encoder (for dckp-3d: both camera images through the DON, descriptor distances, softmax mode,
+depth lookup; for the end-to-end encoders their network in eval mode) plus the policy head (`LSTMPolicy.act`),
+on one frame, after warm-up; median and p95 over `--steps` steps. The weights do not change the cost, so the
+networks are randomly initialised with the `cpu` presets. Also the throughput of batched encoding (frames/s), as
+when encoding demonstrations. The top-level keys are dckp-3d's; `encoders` holds every encoder's.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from dckp.encoders import build_encoder
 from dckp.policy.config import POLICY_PRESETS
 from dckp.policy.model import LSTMPolicy
 
+ENCODERS = ("dckp-3d", "gt-kp", "blind", "cnn", "cnnd", "resnet-ssm")
+
 CAMERAS = ("agentview", "robot0_eye_in_hand")
 
 
@@ -47,11 +50,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--keypoints", type=int, default=16, help="per camera")
+    parser.add_argument("--encoders", nargs="+", default=list(ENCODERS), help="default: %(default)s")
     parser.add_argument("--out", default="results")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    rng = np.random.default_rng(0)
     cfg = DON_PRESETS["cpu"]
+    per = {}
     with tempfile.TemporaryDirectory() as tmp:
         torch.manual_seed(0)
         save_checkpoint(Path(tmp) / "don" / "don.safetensors", DenseObjectNet(cfg), cfg, 0)
@@ -64,50 +68,70 @@ def main() -> None:
             refs[f"{cam}.object"] = torch.zeros(args.keypoints, dtype=torch.int64)
             refs[f"{cam}.local"] = torch.zeros(args.keypoints, 3)
         (Path(tmp) / "refs.safetensors").write_bytes(save(refs, metadata={"dckp": "{}"}))
-        encoder = build_encoder({"name": "dckp-3d", "kwargs": {"run": str(Path(tmp) / "don"),
-                                                              "references": str(Path(tmp) / "refs.safetensors")}})
-        obs_dim = encoder.feature_dim(CAMERAS) + 9
-        policy = LSTMPolicy(obs_dim, cfg=POLICY_PRESETS["cpu"]).eval()
-        one = fake_frames(1, cfg.image_size, rng)
-        enc_ms, pol_ms, total = [], [], []
-        state = None
-        with torch.no_grad():
-            for i in range(args.steps + 5):
-                t0 = time.perf_counter()
-                feats = encoder.encode(one)
-                t1 = time.perf_counter()
-                _, state = policy.act(torch.cat([feats, torch.zeros(1, 9)], 1), state)
-                t2 = time.perf_counter()
-                if i >= 5:
-                    enc_ms.append(1000 * (t1 - t0))
-                    pol_ms.append(1000 * (t2 - t1))
-                    total.append(1000 * (t2 - t0))
-            batch = fake_frames(32, cfg.image_size, rng)
-            encoder.encode(batch)
-            t = time.perf_counter()
-            for _ in range(3):
-                encoder.encode(batch)
-            frames_per_s = 3 * 32 / (time.perf_counter() - t)
+        artefacts = {"don": str(Path(tmp) / "don"), "references": str(Path(tmp) / "refs.safetensors")}
+        for name in args.encoders:
+            from dckp.encoders import encoder_class
 
+            cls = encoder_class(name)
+            spec = {"name": name, "artefacts": {a: artefacts[a] for a in cls.artefacts}}
+            per[name] = step_latency(build_encoder(spec, CAMERAS, cfg.image_size).eval(), cfg.image_size, args.steps)
+            print(name, per[name], flush=True)
+
+    main_row = per.get("dckp-3d", next(iter(per.values())))
     results = {"machine": f"{platform.machine()}, CPU, {args.threads} torch threads", "cameras": list(CAMERAS),
                "image_size": cfg.image_size, "backbone": cfg.backbone, "keypoints_per_camera": args.keypoints,
-               "control_step_ms": {"median": float(np.median(total)), "p95": float(np.percentile(total, 95))},
-               "encoder_ms": {"median": float(np.median(enc_ms)), "p95": float(np.percentile(enc_ms, 95))},
-               "policy_ms": {"median": float(np.median(pol_ms)), "p95": float(np.percentile(pol_ms, 95))},
-               "batched_encoding_frames_per_s": frames_per_s}
+               **main_row, "encoders": per}
     out = Path(args.out)
     save_json(results, out / "keypoint_latency.json")
     backbone = cfg.backbone + (" without layer4" if cfg.layers == 3 else "")
-    lines = ["# Keypoint control-step latency", "",
-             f"{results['machine']}; DON {backbone} at {cfg.image_size} px, 2 cameras, {args.keypoints} "
-             f"keypoints each, LSTM policy. `python benchmarks/keypoint_latency.py --threads {args.threads}`.", "",
-             "| part | median ms | p95 ms |", "|---|---|---|"]
-    for key in ("control_step_ms", "encoder_ms", "policy_ms"):
-        lines.append(f"| {key[:-3]} | {results[key]['median']:.1f} | {results[key]['p95']:.1f} |")
-    lines += ["", f"Batched encoding (32 frames of 2 cameras): {frames_per_s:.1f} frames/s.",
-              "", "Real time at 20 Hz needs at most 50 ms per control step."]
+    lines = ["# Control-step latency by encoder", "",
+             f"{results['machine']}; 2 cameras at {cfg.image_size} px; dckp-3d: DON {backbone}, {args.keypoints} "
+             f"keypoints per camera; the LSTM policy head. "
+             f"`python benchmarks/keypoint_latency.py --threads {args.threads}`.", "",
+             "| encoder | control step median ms | p95 ms | encoder median ms | policy median ms | "
+             "batched encoding frames/s |", "|---|---|---|---|---|---|"]
+    for name, r in per.items():
+        lines.append(f"| {name} | {r['control_step_ms']['median']:.1f} | {r['control_step_ms']['p95']:.1f} | "
+                     f"{r['encoder_ms']['median']:.1f} | {r['policy_ms']['median']:.2f} | "
+                     f"{r['batched_encoding_frames_per_s']:.0f} |")
+    lines += ["", "Batched encoding: 32 frames of 2 cameras in one call. Real time at 20 Hz needs at most 50 ms per "
+              "control step."]
     atomic_write_bytes(out / "keypoint_latency.md", ("\n".join(lines) + "\n").encode())
     print("\n".join(lines))
+
+
+def step_latency(encoder, size: int, steps: int) -> dict:
+    """Median and p95 ms of the encoder, the policy head and both, on one frame; batched frames/s."""
+    rng = np.random.default_rng(0)
+    policy = LSTMPolicy(encoder.output_dim() + 9, cfg=POLICY_PRESETS["cpu"]).eval()
+    one = fake_frames(1, size, rng)
+    one["object_pose"] = torch.eye(4).expand(1, 1, 4, 4)
+    enc_ms, pol_ms, total = [], [], []
+    state = None
+    with torch.no_grad():
+        for i in range(steps + 5):
+            t0 = time.perf_counter()
+            feats = encoder(one)
+            t1 = time.perf_counter()
+            _, state = policy.act(torch.cat([feats, torch.zeros(1, 9)], 1), state)
+            t2 = time.perf_counter()
+            if i >= 5:
+                enc_ms.append(1000 * (t1 - t0))
+                pol_ms.append(1000 * (t2 - t1))
+                total.append(1000 * (t2 - t0))
+        batch = fake_frames(32, size, rng)
+        batch["object_pose"] = torch.eye(4).expand(32, 1, 4, 4)
+        encoder(batch)
+        t = time.perf_counter()
+        for _ in range(3):
+            encoder(batch)
+        frames_per_s = 3 * 32 / (time.perf_counter() - t)
+
+    def stats(x):
+        return {"median": float(np.median(x)), "p95": float(np.percentile(x, 95))}
+
+    return {"control_step_ms": stats(total), "encoder_ms": stats(enc_ms), "policy_ms": stats(pol_ms),
+            "batched_encoding_frames_per_s": frames_per_s}
 
 
 if __name__ == "__main__":

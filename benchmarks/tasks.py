@@ -64,11 +64,6 @@ def expert_and_visibility(task) -> tuple[dict, float]:
     return rate(successes, EXPERT_SEEDS), visible / EXPERT_SEEDS
 
 
-def descriptor_free(image: torch.Tensor) -> torch.Tensor:
-    """A stand-in for the DON in reference selection: no descriptors (the pixels depend on the masks only)."""
-    return image.new_zeros((len(image), 0, *image.shape[-2:]))
-
-
 def run_task(name: str, runs: Path, episodes: int, workers: int) -> tuple[dict, float]:
     task = get_task(name)
     folder = runs / name
@@ -92,11 +87,11 @@ def run_task(name: str, runs: Path, episodes: int, workers: int) -> tuple[dict, 
         collect_demos(cfg, str(demos))
     refs = folder / "references.safetensors"
     if not refs.exists():
-        select_references(descriptor_free, demos, refs)
+        select_references(None, demos, refs)  # no DON: the pixels depend on the object masks only
     for encoder in ENCODERS:
         policy = folder / encoder
         cfg = dataclasses.replace(POLICY_PRESETS["cpu"], steps=default_steps(len(task.cameras)))
-        spec = EncoderConfig(encoder=encoder, references=str(refs)).spec()
+        spec = EncoderConfig(encoder=encoder, references=str(refs) if encoder == "gt-kp" else "").spec()
         if not (policy / "policy.safetensors").exists():
             train_on_demos(demos, spec, cfg, policy)
         ev = policy / "eval" / "eval.json"

@@ -15,3 +15,55 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+FAKE_ENCODER = "test_zeros"
+
+
+@pytest.fixture(autouse=True)
+def registry_unchanged():
+    """No test leaves the encoder registry changed (once it has been loaded)."""
+    import sys
+
+    base = sys.modules.get("dckp.encoders.base")
+    before = base.registry() if base is not None else None  # the built-in encoders loaded
+    yield
+    if before is not None:
+        assert base._REGISTRY == before, "a test left the encoder registry changed"
+
+
+@pytest.fixture
+def fake_encoder():
+    """A test-local encoder, registered for one test and removed afterwards: 3 zeros per camera, and one keypoint
+    per camera at the image centre (confidence 0.9); `calls` counts its forward passes."""
+    import torch
+
+    from dckp.encoders.base import Encoder, unregister
+
+    class Zeros(Encoder):
+        name = FAKE_ENCODER
+        inputs = ("rgb",)
+        keypoints = True
+
+        def __init__(self, cameras, image_size, options=None, **artefacts):
+            super().__init__(cameras, image_size, options)
+            self.calls = 0
+
+        def output_dim(self):
+            return 3 * len(self.cameras)
+
+        def forward(self, frames):
+            self.calls += 1
+            return torch.zeros(len(frames[f"{self.cameras[0]}_rgb"]), self.output_dim())
+
+        def image_keypoints(self, frames):
+            out = {}
+            for cam in self.cameras:
+                B, H, W = frames[f"{cam}_rgb"].shape[:3]
+                out[cam] = (torch.tensor([[(W - 1) / 2, (H - 1) / 2]]).expand(B, 1, 2), torch.full((B, 1), 0.9))
+            return out
+
+    try:
+        yield Zeros
+    finally:
+        unregister(FAKE_ENCODER)

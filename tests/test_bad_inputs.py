@@ -115,7 +115,7 @@ def make_bad_inputs(folder: Path) -> dict[str, str]:
     train_policy([np.zeros((FRAMES, 5), np.float32)], [np.zeros((FRAMES, 7), np.float32)],
                  PolicyConfig(hidden=8, layers=1, steps=1), policy, progress=False)
     (policy / "run.json").write_text(json.dumps({"task": "lift", "image_size": SIZE, "cameras": [WRIST],
-                                                 "encoder": {"name": "gt-kp", "kwargs": {}}}))
+                                                 "encoder": {"name": "gt-kp"}}))
     _truncate(policy / "policy.safetensors", policy / "policy.safetensors")
     return {name.removesuffix(".h5"): str(path) for name, path in f.items()} | {
         "tmp": str(folder), "missing": str(folder / "missing.h5")}
@@ -151,7 +151,7 @@ CASES = [
          "--threads"),
     Case("eval-correspondence-pairs-0", ["eval-correspondence", "{don}", "--views", "{views}", "--pairs", "0"],
          "--pairs"),
-    Case("keypoints-per-camera-0", ["keypoints", "--run", "{don}", "--demos", "{demos}", "--per-camera", "0",
+    Case("keypoints-per-camera-0", ["keypoints", "--don", "{don}", "--demos", "{demos}", "--per-camera", "0",
                                     "--out", "{tmp}/new/r.safetensors"], "--per-camera"),
     Case("train-policy-steps-0", ["train-policy", "--demos", "{demos}", "--encoder", "gt-kp", "--references",
                                   "{tmp}/r.safetensors", "--steps", "0", "--out", "{tmp}/new/p"], "--steps"),
@@ -176,8 +176,8 @@ CASES = [
          "{don_truncated}/don.safetensors"),
     # demonstrations
     *_each((*H5, "views", "no_actions", "wrong_shape", "nan_depth"), "keypoints",
-           ["keypoints", "--run", "{don}", "--demos", "{BAD}", "--out", "{tmp}/new/r.safetensors"]),
-    Case("keypoints-truncated-don", ["keypoints", "--run", "{don_truncated}", "--demos", "{demos}", "--out",
+           ["keypoints", "--don", "{don}", "--demos", "{BAD}", "--out", "{tmp}/new/r.safetensors"]),
+    Case("keypoints-truncated-don", ["keypoints", "--don", "{don_truncated}", "--demos", "{demos}", "--out",
                                      "{tmp}/new/r.safetensors"], "{don_truncated}/don.safetensors"),
     *_each((*H5, "views", "no_actions", "wrong_shape", "nan_depth"), "train-policy",
            ["train-policy", "--demos", "{BAD}", "--encoder", "gt-kp", "--references", "{tmp}/r.safetensors",

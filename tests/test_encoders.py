@@ -47,16 +47,17 @@ def test_references_lie_on_the_object(setup):
 
 def test_ground_truth_keypoints_follow_the_object(setup):
     _, demos, refs_path, _ = setup
-    enc = build_encoder({"name": "gt-kp", "kwargs": {"references": str(refs_path), "form": "camera"}})
-    refs, _ = load_references(refs_path)
     cam = "robot0_eye_in_hand"
+    enc = build_encoder({"name": "gt-kp", "options": {"form": "camera"}, "artefacts": {"references": str(refs_path)}},
+                        [cam], SIZE)
+    refs, _ = load_references(refs_path)
     with Dataset(demos) as ds:
         ep = ds.episodes[0]
         T = len(ds.actions(ep))
         frames = frames_of(ds, ep, [cam], 0, T)
-    uv, _ = enc.keypoints(frames)[cam]
+    uv, _ = enc.image_keypoints(frames)[cam]
     assert torch.allclose(uv[0], refs[cam]["uv"], atol=1e-3)  # the reference frame itself
-    points = enc.encode(frames).reshape(T, -1, 3)  # camera frame
+    points = enc(frames).reshape(T, -1, 3)  # camera frame
     K = frames[f"{cam}_K"].float()
     checked = 0
     for t in range(T):  # where the keypoint is visible, the depth image sees the moved point within a pixel
@@ -79,15 +80,18 @@ def test_dckp_encoders_shapes_and_errors(setup):
     with Dataset(demos) as ds:
         frames = frames_of(ds, ds.episodes[0], [cam], 0, 3)
     for name, per_kp in (("dckp-3d", 3), ("dckp-2d", 2)):
-        enc = build_encoder({"name": name, "kwargs": {"run": str(tmp / "don"), "references": str(refs_path)}})
-        f = enc.encode(frames)
-        assert f.shape == (3, 8 * per_kp) == (3, enc.feature_dim([cam]))
+        enc = build_encoder({"name": name, "artefacts": {"don": str(tmp / "don"), "references": str(refs_path)}},
+                            [cam], SIZE)
+        f = enc(frames)
+        assert f.shape == (3, 8 * per_kp) == (3, enc.output_dim())
         if name == "dckp-2d":
             assert f.abs().max() <= 1.0
     with pytest.raises(DckpError, match="unknown encoder"):
-        build_encoder({"name": "nope", "kwargs": {}})
+        build_encoder({"name": "nope"}, [cam], SIZE)
     with pytest.raises(DckpError, match="file not found"):
-        build_encoder({"name": "gt-kp", "kwargs": {"references": str(tmp / "missing.safetensors")}})
+        build_encoder({"name": "gt-kp", "artefacts": {"references": str(tmp / "missing.safetensors")}}, [cam], SIZE)
+    with pytest.raises(DckpError, match="no references for camera"):
+        build_encoder({"name": "gt-kp", "artefacts": {"references": str(refs_path)}}, ["agentview"], SIZE)
 
 
 def test_train_policy_cli_caches_encodings(setup):
@@ -121,8 +125,8 @@ def test_blind_policy_sees_proprioception_alone(setup):
     cam = "robot0_eye_in_hand"
     with Dataset(demos) as ds:
         frames = frames_of(ds, ds.episodes[0], [cam], 0, 3)
-    enc = build_encoder({"name": "blind", "kwargs": {}})
-    assert enc.encode(frames).shape == (3, 0) == (3, enc.feature_dim([cam])) and not enc.needs_images
+    enc = build_encoder({"name": "blind"}, [cam], SIZE)
+    assert enc(frames).shape == (3, 0) == (3, enc.output_dim()) and not enc.needs_images()
     out = tmp / "policy_blind"
     assert main(["train-policy", "--demos", str(demos), "--encoder", "blind", "--out", str(out), "--steps", "3",
                  "--hidden", "16"]) == 0  # no references needed
@@ -146,3 +150,105 @@ def test_observation_without_images_has_the_rendered_camera_geometry():
         np.testing.assert_array_equal(geometry_only[key], full[key])
     assert geometry_only["robot0_eye_in_hand_depth"].shape == full["robot0_eye_in_hand_depth"].shape
     assert not geometry_only["robot0_eye_in_hand_rgb"].any()
+
+
+def _frames_batch(demos, cameras, inputs, steps=4):
+    import numpy as np
+
+    from dckp.policy.demos import FrameWindows
+
+    with FrameWindows(demos, cameras, inputs) as windows:
+        return windows.batch(np.array([0, 1]), np.array([0, 2]), np.array([steps, steps - 1]), steps)
+
+
+def test_cnn_trains_end_to_end_and_a_frozen_encoder_does_not(setup):
+    import hashlib
+
+    from dckp.encoders import encoder_class
+    from dckp.policy import LSTMPolicy, PolicyConfig, action_std, nll
+    from dckp.policy.demos import train_on_demos
+
+    tmp, demos, refs_path, _ = setup
+    cam = "robot0_eye_in_hand"
+    # one NLL step through the CNN: its first convolution receives gradients
+    enc = encoder_class("cnn")([cam], SIZE)
+    frames = _frames_batch(demos, [cam], enc.inputs)
+    assert frames[f"{cam}_rgb"].shape == (8, SIZE, SIZE, 3) and f"{cam}_depth" not in frames  # rgb only: read lazily
+    head = LSTMPolicy(enc.output_dim(), 7, PolicyConfig(hidden=8, layers=1))
+    loss = nll(head(enc(frames).view(2, 4, -1))[0], torch.zeros(2, 4, 7), torch.ones(2, 4, dtype=torch.bool),
+               action_std(PolicyConfig()))
+    loss.backward()
+    first = enc.net[0].weight
+    assert first.grad is not None and first.grad.abs().sum() > 0
+    # trained with the policy, its weights change (the initial ones depend on the seed alone)
+    cfg = PolicyConfig(hidden=16, layers=1, steps=3, checkpoint_every=3, batch_size=2)
+    train_on_demos(demos, {"name": "cnn"}, cfg, tmp / "policy_cnn", progress=False)
+    torch.manual_seed(cfg.seed)
+    initial = encoder_class("cnn")([cam], SIZE).net[0].weight.detach()
+    from safetensors.torch import load_file
+
+    saved = load_file(tmp / "policy_cnn" / "policy.safetensors")
+    assert not torch.equal(saved["encoder.net.0.weight"], initial)
+    # a frozen encoder (dckp-3d's DON) is left bit for bit as it was, and its weights are not in the policy
+    don_file = tmp / "don" / "don.safetensors"
+    digest = hashlib.sha256(don_file.read_bytes()).hexdigest()
+    spec = {"name": "dckp-3d", "artefacts": {"don": str(tmp / "don"), "references": str(refs_path)}}
+    train_on_demos(demos, spec, cfg, tmp / "policy_frozen", progress=False)
+    assert hashlib.sha256(don_file.read_bytes()).hexdigest() == digest
+    assert not any(k.startswith("encoder.") for k in load_file(tmp / "policy_frozen" / "policy.safetensors"))
+
+
+def test_end_to_end_policy_overfits_one_trajectory(setup, tmp_path):
+    import math
+
+    from dckp.data import DatasetWriter
+    from dckp.policy import PolicyConfig, action_std
+    from dckp.policy.demos import train_on_demos
+
+    _, demos, _, _ = setup
+    one = tmp_path / "one.h5"  # the first demonstration alone, cut to 20 steps
+    with Dataset(demos) as ds, DatasetWriter(one, "demos", ds.task, ds.objects, ds.config) as writer:
+        ep = ds.episodes[0]
+        obs = {k: ds.f[f"data/{ep}/obs/{k}"][:20] for k in ds.keys(ep)}
+        writer.add_episode("demo_0", obs, ds.actions(ep)[:20])
+    cfg = PolicyConfig(hidden=64, layers=1, batch_size=1, steps=250, checkpoint_every=250, lr=1e-3)
+    result = train_on_demos(one, {"name": "cnn"}, cfg, tmp_path / "policy", progress=False)
+    floor = action_std(cfg).log().sum().item() + 3.5 * math.log(2 * math.pi)  # the NLL of a perfect fit
+    assert result["loss_end"] - floor < (result["loss_start"] - floor) / 20, result
+
+
+def test_trainable_encoder_round_trip_gives_the_same_actions(setup):
+    import numpy as np
+
+    from dckp.encoders import build_encoder
+    from dckp.policy import PolicyConfig, VisuomotorPolicy, load_policy, load_visuomotor_policy, train_policy
+    from dckp.policy.demos import FrameWindows, proprioception
+
+    tmp, demos, _, _ = setup
+    cam = "robot0_eye_in_hand"
+    out = tmp / "policy_cnnd"
+    spec = {"name": "cnnd", "options": {"shift": 2}}
+    enc = build_encoder(spec, [cam], SIZE)
+    with Dataset(demos) as ds:
+        proprio = [proprioception({k: ds.array(ep, k) for k in ("joint_pos", "eef_pos", "eef_quat", "gripper_qpos")},
+                                  "eef_pose") for ep in ds.episodes]
+        actions = [ds.actions(ep) for ep in ds.episodes]
+        observations = []
+        for t in range(5):
+            fr = ds.frame(ds.episodes[1], cam, t)
+            observations.append({**{f"{cam}_{k}": fr[k] for k in ("rgb", "depth", "K", "pose")},
+                                 **{k: ds.array(ds.episodes[1], k)[t] for k in
+                                    ("joint_pos", "eef_pos", "eef_quat", "gripper_qpos")}})
+    from dckp.policy.folder import write_run
+
+    write_run(out, "lift", SIZE, [cam], spec, demos)
+    with FrameWindows(demos, [cam], enc.inputs) as windows:
+        train_policy(proprio, actions, PolicyConfig(hidden=16, layers=1, steps=4, batch_size=2), out, progress=False,
+                     encoder=enc, frames=windows)
+    trained = VisuomotorPolicy(enc, load_policy(out)).eval()
+    loaded = load_visuomotor_policy(out)
+    assert loaded.encoder.opts.shift == 2 and not loaded.encoder.training
+    a = np.stack([trained.act(o) for o in observations])
+    b = np.stack([loaded.act(o) for o in observations])
+    assert np.array_equal(a, b) and a.shape == (5, 7)
+    assert main(["evaluate", str(out), "--episodes", "1", "--workers", "1", "--videos", "0", "--max-steps", "3"]) == 0

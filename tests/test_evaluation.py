@@ -9,58 +9,31 @@ import numpy as np
 import pytest
 import torch
 
-from dckp.encoders import frame_cameras, get_encoder, register_encoder
 from dckp.errors import DckpError
-from dckp.evaluation import draw_keypoints, evaluate_policy, load_run, summarise, wilson_interval
+from dckp.evaluation import draw_keypoints, evaluate_policy, summarise, wilson_interval
 from dckp.evaluation.rollout import colour_scale, rollout
-from dckp.policy import LSTMPolicy, PolicyConfig, save_policy
+from dckp.policy import LSTMPolicy, PolicyConfig, VisuomotorPolicy, load_run, save_policy
 from dckp.sim.tasks import WRIST
 
-FAKE = "test_eval_zeros"
 F = 3
+FAKE_ENCODER = "test_zeros"  # registered for a test by the conftest fixture fake_encoder
 
 
-def _fake_encoder_registered():
-    try:
-        get_encoder(FAKE)
-    except DckpError:
-
-        @register_encoder(FAKE)
-        class Zeros:
-            """Zeros of size F per camera, and one keypoint per camera at the image centre (confidence 0.9)."""
-
-            def __init__(self, dim=F):
-                self.dim, self.calls = dim, 0
-
-            def feature_dim(self, cameras):
-                return self.dim * len(cameras)
-
-            def encode(self, frames):
-                self.calls += 1
-                cams = frame_cameras(frames)
-                return torch.zeros(frames[f"{cams[0]}_rgb"].shape[0], self.dim * len(cams))
-
-            def keypoints(self, frames):
-                out = {}
-                for cam in frame_cameras(frames):
-                    B, H, W = frames[f"{cam}_rgb"].shape[:3]
-                    uv = torch.tensor([[(W - 1) / 2, (H - 1) / 2]]).expand(B, 1, 2)
-                    out[cam] = (uv, torch.full((B, 1), 0.9))
-                return out
-
-    return get_encoder(FAKE)
-
-
-def _policy(obs_dim=F + 9):
+def _head(obs_dim=F + 9):
     torch.manual_seed(0)
     return LSTMPolicy(obs_dim, 7, PolicyConfig(hidden=16, layers=1)).eval()
+
+
+def _policy(encoder_cls, obs_dim=F + 9, cameras=("cam",)):
+    return VisuomotorPolicy(encoder_cls(cameras, 8), _head(obs_dim)).eval()
 
 
 def _policy_dir(tmp_path, task="lift", **run_overrides):
     d = tmp_path / "policy"
     d.mkdir()
-    save_policy(_policy(), d)
-    run = {"task": task, "image_size": 32, "cameras": [WRIST], "encoder": {"name": FAKE, "kwargs": {}}}
+    save_policy(_head(), d)
+    run = {"task": task, "image_size": 32, "cameras": [WRIST],
+           "encoder": {"name": FAKE_ENCODER, "options": {}, "artefacts": {}}}
     run.update(run_overrides)
     (d / "run.json").write_text(json.dumps(run))
     return d
@@ -110,28 +83,28 @@ def test_wilson_interval_known_values():
         wilson_interval(11, 10)
 
 
-def test_rollout_detects_success_and_stops_early():
-    enc = _fake_encoder_registered()()
+def test_rollout_detects_success_and_stops_early(fake_encoder):
+    policy = _policy(fake_encoder)
     env = FakeEnv(horizon=50, succeed_after=3)
-    r = rollout(env, enc, _policy(), seed=7, record=True)
+    r = rollout(env, policy, seed=7, record=True)
     assert r["success"] is True and r["steps"] == 3 and env.steps == 3 and env.resets == [7]
-    assert enc.calls == 3  # one encode per control step
+    assert policy.encoder.calls == 3  # one encode per control step
     assert len(r["frames"]) == 4  # before each action and after the last
     assert r["frames"][0].shape[0] >= 256 - 32  # upscaled for the video
     for key in ("time_encoder_s", "time_policy_s", "time_sim_s"):
         assert r[key] > 0
 
-    r = rollout(FakeEnv(horizon=50, succeed_after=1), enc, _policy(), seed=7, record=True, views=("third",))
+    r = rollout(FakeEnv(horizon=50, succeed_after=1), policy, seed=7, record=True, views=("third",))
     assert r["frames"][0].shape[1] > 2 * r["frames"][0].shape[0] - 8  # the camera, then the third-person view
 
     env = FakeEnv(horizon=6, succeed_after=None)
-    r = rollout(env, enc, _policy(), seed=1)
+    r = rollout(env, policy, seed=1)
     assert r["success"] is False and r["steps"] == 6 and "frames" not in r
-    r = rollout(FakeEnv(horizon=50), enc, _policy(), seed=1, max_steps=2)
+    r = rollout(FakeEnv(horizon=50), policy, seed=1, max_steps=2)
     assert r["steps"] == 2
 
     with pytest.raises(DckpError, match="policy expects"):
-        rollout(FakeEnv(), enc, _policy(obs_dim=F + 7), seed=0)
+        rollout(FakeEnv(), _policy(fake_encoder, obs_dim=F + 7), seed=0)
 
 
 def test_summarise_counts_successes():
@@ -158,20 +131,24 @@ def test_colour_scale_is_the_peak_against_a_flat_heatmap():
 
 
 def test_run_paths_are_relative_to_the_policy_folder(tmp_path, monkeypatch):
-    _fake_encoder_registered()
     (tmp_path / "refs.safetensors").write_bytes(b"x")
-    d = _policy_dir(tmp_path, encoder={"name": FAKE, "kwargs": {"references": "../refs.safetensors"}},
+    d = _policy_dir(tmp_path, encoder={"name": FAKE_ENCODER, "artefacts": {"references": "../refs.safetensors"}},
                     demos="../demos.h5")
     monkeypatch.chdir(tmp_path / "policy")  # anywhere but the folder's parent
     run = load_run(d)
-    assert run["encoder"]["kwargs"]["references"] == str(tmp_path / "refs.safetensors")
+    assert run["encoder"]["artefacts"]["references"] == str(tmp_path / "refs.safetensors")
     assert run["demos"] == str(tmp_path / "demos.h5")
     (tmp_path / "refs.safetensors").unlink()
-    with pytest.raises(DckpError, match=r"run\.json:encoder\.kwargs\.references: .* not found"):
+    with pytest.raises(DckpError, match=r"run\.json:encoder\.artefacts\.references: .* not found"):
+        load_run(d)
+    run = json.loads((d / "run.json").read_text())
+    run["encoder"] = {"name": FAKE_ENCODER, "kwargs": {}}  # the format before encoders had options
+    (d / "run.json").write_text(json.dumps(run))
+    with pytest.raises(DckpError, match=r"run\.json:encoder\.kwargs: written by an older dckp"):
         load_run(d)
 
 
-def test_bad_policy_folders(tmp_path):
+def test_bad_policy_folders(tmp_path, fake_encoder):
     with pytest.raises(DckpError, match="policy folder not found"):
         evaluate_policy(tmp_path / "nope", progress=False)
     (tmp_path / "empty").mkdir()
@@ -195,8 +172,7 @@ def test_bad_policy_folders(tmp_path):
         evaluate_policy(d, episodes=0, progress=False)
 
 
-def test_evaluate_policy_end_to_end(tmp_path):
-    _fake_encoder_registered()
+def test_evaluate_policy_end_to_end(tmp_path, fake_encoder):
     d = _policy_dir(tmp_path)
     out = tmp_path / "eval"
     rep = evaluate_policy(d, episodes=2, seed_start=1_000_000, workers=1, videos=1, out_dir=out, progress=False,

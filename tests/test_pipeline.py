@@ -28,7 +28,7 @@ def test_run_pipeline_skip_corrupt_interrupt_move(tmp_path, monkeypatch, capsys,
         ev = json.loads((out / f"policy_{encoder}" / "eval" / "eval.json").read_text())
         assert ev["episodes"] == 1 and ev["seeds"] == [1_000_000]
     run = json.loads((out / "policy_dckp-3d" / "run.json").read_text())
-    assert run["encoder"]["kwargs"]["run"] == "../don" and run["demos"] == "../demos.h5"
+    assert run["encoder"]["artefacts"]["don"] == "../don" and run["demos"] == "../demos.h5"
     timings = json.loads((out / "stage_seconds.json").read_text())
     assert {"demonstrations", "pretrain", "policy gt-kp", "evaluate gt-kp"} <= set(timings)
 
@@ -86,3 +86,17 @@ def test_encoders_and_config_check(tmp_path):
     path.write_text("{")
     with pytest.raises(DckpError, match="invalid JSON"):
         check_config(path, {})
+
+
+def test_run_with_an_end_to_end_encoder_trains_no_don(tmp_path):
+    out = tmp_path / "run"
+    assert main(["run", "--out", str(out), *FLAGS, "--encoder", "cnn", "--baselines", "blind"]) == 0
+    ev = json.loads((out / "policy_cnn" / "eval" / "eval.json").read_text())
+    assert ev["episodes"] == 1 and ev["encoder"]["name"] == "cnn"
+    assert (out / "policy_blind" / "eval" / "eval.json").exists()
+    assert not (out / "don").exists() and not (out / "views.h5").exists()
+    assert not (out / "references.safetensors").exists()  # neither encoder reads keypoints
+    timings = json.loads((out / "stage_seconds.json").read_text())
+    assert set(timings) == {"demonstrations", "policy cnn", "evaluate cnn", "policy blind", "evaluate blind"}
+    report = (out / "report.html").read_text()
+    assert "cnn" in report and "DON curves missing" not in report and "PCK@5 %" not in report

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from dckp.encoders import frame_cameras, get_encoder, register_encoder
 from dckp.errors import DckpError
 from dckp.policy import (
     LSTMPolicy,
@@ -126,21 +125,21 @@ def test_proprioception():
     assert np.allclose(eef[0], [0, 0, 0, 0.5, -0.5, -0.5, -0.5, 0.02, 0.02])  # w < 0 flipped to w > 0
 
 
-def test_encoder_registry():
+def test_encoder_registry(fake_encoder, capsys):
+    from dckp.cli.main import main
+    from dckp.encoders import Encoder, encoder_class, registry
+    from dckp.pipeline import RunConfig
+
     with pytest.raises(DckpError, match="unknown encoder 'nope'"):
-        get_encoder("nope")
-
-    @register_encoder("test_mean_rgb")
-    class MeanRGB:
-        def feature_dim(self, cameras):
-            return 3 * len(cameras)
-
-        def encode(self, frames):
-            return torch.cat([frames[f"{c}_rgb"].float().mean((1, 2)) for c in frame_cameras(frames)], 1)
-
-    frames = {f"{c}_{k}": torch.zeros(2, 4, 4, 3, dtype=torch.uint8) for c in ("b", "a") for k in ("rgb",)}
-    enc = get_encoder("test_mean_rgb")()
-    assert frame_cameras(frames) == ["a", "b"]
-    assert enc.encode(frames).shape == (2, enc.feature_dim(frame_cameras(frames)))
-    with pytest.raises(ValueError):
-        register_encoder("test_mean_rgb")(MeanRGB)
+        encoder_class("nope")
+    assert encoder_class("test_zeros") is fake_encoder
+    assert {"blind", "cnn", "cnnd", "dckp-2d", "dckp-3d", "gt-kp", "resnet-ssm"} < set(registry())
+    with pytest.raises(ValueError, match="already registered"):
+        type("Again", (Encoder,), {"name": "test_zeros"})
+    # registered, it is a choice of the CLI and of dckp run with nothing else edited
+    assert main(["train-policy", "--help"]) == 0
+    assert "test_zeros" in capsys.readouterr().out
+    assert RunConfig(encoder="test_zeros", baselines=[]).encoders() == ["test_zeros"]
+    frames = {f"{c}_rgb": torch.zeros(2, 4, 4, 3, dtype=torch.uint8) for c in ("b", "a")}
+    enc = fake_encoder(["b", "a"], 4)
+    assert enc.cameras == ["a", "b"] and enc(frames).shape == (2, enc.output_dim()) == (2, 6)

@@ -30,9 +30,11 @@ from dckp.errors import DckpError
 C = TypeVar("C")
 
 
-def option(default: Any, help: str, choices: typing.Sequence | None = None) -> Any:
-    """A dataclass field with its one-line CLI help and, where the values are a fixed set, its choices."""
-    metadata = {"help": help, "choices": tuple(choices) if choices is not None else None}
+def option(default: Any, help: str, choices: typing.Sequence | typing.Callable[[], typing.Sequence] | None = None
+           ) -> Any:
+    """A dataclass field with its one-line CLI help and, where the values are a fixed set, its choices (or a
+    function that lists them when the help is shown, such as the encoder registry's names)."""
+    metadata = {"help": help, "choices": choices if callable(choices) or choices is None else tuple(choices)}
     if isinstance(default, list):
         return dataclasses.field(default_factory=lambda: list(default), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -123,12 +125,15 @@ def preset(presets: dict[str, C], name: str) -> C:
 
 
 def add_config_args(parser: argparse.ArgumentParser, cls: type, presets: dict[str, Any] | None = None,
-                    default: str = "cpu") -> None:
-    """One `--field-name` flag per dataclass field; unset flags leave the preset's value. The help shows each
-    field's help, its value in the `default` preset (and in the others where it differs) and its choices."""
+                    default: str = "cpu", title: str | None = None, skip: typing.Container[str] = ()) -> None:
+    """One `--field-name` flag per dataclass field (but those in `skip`); unset flags leave the preset's value.
+    The help shows each field's help, its value in the `default` preset (and in the others where it differs) and
+    its choices."""
     hints = typing.get_type_hints(cls)
-    group = parser.add_argument_group(f"{cls.__name__} fields (override the preset)")
+    group = parser.add_argument_group(title or f"{cls.__name__} fields (override the preset)")
     for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
         tp = hints[f.name]
         flag = "--" + f.name.replace("_", "-")
         origin = typing.get_origin(tp)
@@ -152,8 +157,9 @@ def _help(cls: type, f: dataclasses.Field, presets: dict[str, Any] | None, defau
         text += f" (default: {_show(f.default)})"
     elif f.default_factory is not dataclasses.MISSING:
         text += f" (default: {_show(f.default_factory())})"
-    if f.metadata.get("choices"):
-        text += f" (choices: {', '.join(map(str, f.metadata['choices']))})"
+    choices = f.metadata.get("choices")
+    if choices:
+        text += f" (choices: {', '.join(map(str, choices() if callable(choices) else choices))})"
     return text
 
 

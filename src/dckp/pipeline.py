@@ -27,7 +27,7 @@ from importlib import resources
 from pathlib import Path
 
 from dckp.config import atomic_write_bytes, option, save_json
-from dckp.encoders.config import ENCODERS
+from dckp.encoders.config import encoder_names
 from dckp.errors import DckpError, Interrupted
 from dckp.sim.tasks import TASKS
 
@@ -41,7 +41,9 @@ REPORT_VIDEOS = 3
 @dataclass
 class RunConfig:
     """The whole method for one task: the stages take their other settings from the `cpu` stage presets (`paper`
-    for the paper preset) and these fields replace theirs."""
+    for the paper preset) and these fields replace theirs. Only the stages that the encoders need run: the DON
+    stages (views, masks, held-out views, pretraining, its correspondence accuracy, pictures) for an encoder built
+    on a DON, reference keypoints for a keypoint encoder (chosen on the object masks alone without a DON)."""
 
     task: str = option("lift", "simulated task (see `dckp tasks`)", choices=TASKS)
     demos: int = option(0, "successful demonstrations (0: the task's number for the stage preset, see `dckp tasks`)")
@@ -50,9 +52,9 @@ class RunConfig:
     heldout_scenes: int = option(2, "held-out view scenes for the DON's correspondence accuracy")
     image_size: int = option(128, "camera image height and width in pixels, in every stage")
     don_steps: int = option(0, "DON optimiser steps (0: the DON preset's, see `dckp pretrain --help`)")
-    encoder: str = option("dckp-3d", "the policy's observation encoder", choices=ENCODERS)
+    encoder: str = option("dckp-3d", "the policy's observation encoder", choices=encoder_names)
     baselines: list[str] = option(["gt-kp"], "more encoders trained and evaluated the same way, as reference rows",
-                                  choices=ENCODERS)
+                                  choices=encoder_names)
     policy_steps: int = option(0, "policy Adam steps (0: 1000 for one-camera tasks, 1500 for the two-camera "
                                "multi-object ones)")
     episodes: int = option(50, "closed-loop evaluation episodes per encoder (the same seeds for each)")
@@ -61,13 +63,13 @@ class RunConfig:
     seed: int = option(0, "seed of the demonstrations, DON, references and policies")
 
     def __post_init__(self):
-        from dckp.encoders.config import ENCODERS
         from dckp.sim.tasks import get_task
 
         get_task(self.task)
+        names = encoder_names()
         for name in (self.encoder, *self.baselines):
-            if name not in ENCODERS:
-                raise DckpError(f"unknown encoder {name!r}; choose from {list(ENCODERS)}",
+            if name not in names:
+                raise DckpError(f"unknown encoder {name!r}; choose from {names}",
                                 field="encoder" if name == self.encoder else "baselines")
         for name in ("scenes", "heldout_scenes", "episodes", "workers"):
             if getattr(self, name) < 1:
@@ -196,6 +198,7 @@ def plan(cfg: RunConfig, out: Path, sp: str) -> list[Stage]:
     """The stages of a run, in order; `sp` is the stage preset (cpu or paper)."""
     from dckp.config import preset
     from dckp.don.config import DON_PRESETS
+    from dckp.encoders.base import encoder_class
     from dckp.encoders.config import EncoderConfig
     from dckp.evaluation.rollout import EVAL_SEED_START
     from dckp.geometry.masks import MASK_PRESETS
@@ -269,11 +272,20 @@ def plan(cfg: RunConfig, out: Path, sp: str) -> list[Stage]:
         if "results" not in _read_json(out / "heldout_correspondence.json"):
             raise DckpError("missing field", path=str(out / "heldout_correspondence.json"), field="results")
 
+    classes = {name: encoder_class(name) for name in cfg.encoders()}
+    need_don = any("don" in c.artefacts for c in classes.values())
+    need_refs = any("references" in c.artefacts for c in classes.values())
+
+    def needs(name: str) -> tuple[str, ...]:
+        """The stages that make an encoder's inputs: the demonstrations and its artefacts."""
+        return ("demonstrations", *({"don": "pretrain", "references": "references"}[a]
+                                    for a in classes[name].artefacts))
+
     def references():
         from dckp.don.train import load_don
         from dckp.keypoints.select import select_references
 
-        select_references(load_don(don), demos, refs, seed=cfg.seed)
+        select_references(load_don(don) if need_don else None, demos, refs, seed=cfg.seed)
 
     def references_done():
         from dckp.keypoints.select import load_references
@@ -283,8 +295,9 @@ def plan(cfg: RunConfig, out: Path, sp: str) -> list[Stage]:
             raise DckpError(f"references of task {meta.get('task')!r}, expected {cfg.task!r}", path=str(refs))
 
     def encoder_cfg(name: str) -> EncoderConfig:
-        return EncoderConfig(encoder=name, don=str(don) if name.startswith("dckp") else "",
-                             references=str(refs) if name != "blind" else "")
+        artefacts = classes[name].artefacts
+        return EncoderConfig(encoder=name, don=str(don) if "don" in artefacts else "",
+                             references=str(refs) if "references" in artefacts else "")
 
     def train(name: str):
         from dckp.policy.demos import train_on_demos
@@ -295,8 +308,7 @@ def plan(cfg: RunConfig, out: Path, sp: str) -> list[Stage]:
         train_on_demos(demos, enc.spec(), policy_cfg, folder)
 
     def trained(name: str):
-        from dckp.evaluation.rollout import load_run
-        from dckp.policy import load_policy
+        from dckp.policy import load_policy, load_run
 
         folder = out / f"policy_{name}"
         load_policy(folder)
@@ -328,35 +340,40 @@ def plan(cfg: RunConfig, out: Path, sp: str) -> list[Stage]:
 
         descriptor_pictures(load_don(don), demos, pictures)
 
-    stages = [
-        Stage("demonstrations", demos, lambda: collect(collect_cfg, demos, "demos"),
-              lambda: collected(collect_cfg, demos, "demos")),
-        Stage("views", views, lambda: collect(views_cfg, views, "views"), lambda: collected(views_cfg, views, "views")),
-        Stage("masks", out / "views.fuse.config.json", fuse, fused, needs=("views",)),
-        Stage("held-out views", heldout, lambda: collect(heldout_cfg, heldout, "views"),
-              lambda: collected(heldout_cfg, heldout, "views")),
-        Stage("pretrain", don / "don.safetensors", pretrain, pretrained, needs=("masks",),
-              partial=don / "last.safetensors"),
-        Stage("held-out correspondence", out / "heldout_correspondence.json", correspondence, correspondence_done,
-              needs=("pretrain", "held-out views")),
-        Stage("references", refs, references, references_done, needs=("pretrain", "demonstrations")),
-    ]
-    for name in cfg.encoders():
+    stages = [Stage("demonstrations", demos, lambda: collect(collect_cfg, demos, "demos"),
+                    lambda: collected(collect_cfg, demos, "demos"))]
+    if need_don:
+        stages += [
+            Stage("views", views, lambda: collect(views_cfg, views, "views"),
+                  lambda: collected(views_cfg, views, "views")),
+            Stage("masks", out / "views.fuse.config.json", fuse, fused, needs=("views",)),
+            Stage("held-out views", heldout, lambda: collect(heldout_cfg, heldout, "views"),
+                  lambda: collected(heldout_cfg, heldout, "views")),
+            Stage("pretrain", don / "don.safetensors", pretrain, pretrained, needs=("masks",),
+                  partial=don / "last.safetensors"),
+            Stage("held-out correspondence", out / "heldout_correspondence.json", correspondence,
+                  correspondence_done, needs=("pretrain", "held-out views")),
+        ]
+    if need_refs:
+        stages.append(Stage("references", refs, references, references_done,
+                            needs=("demonstrations", *(("pretrain",) if need_don else ()))))
+    for name in classes:
         folder = out / f"policy_{name}"
         stages += [
             Stage(f"policy {name}", folder / "policy.safetensors", lambda n=name: train(n), lambda n=name: trained(n),
-                  needs=("demonstrations", "references", "pretrain"), partial=folder / "policy_last.safetensors"),
+                  needs=needs(name), partial=folder / "policy_last.safetensors"),
             Stage(f"evaluate {name}", folder / "eval" / "eval.json", lambda n=name: evaluate(n),
                   lambda n=name: evaluated(n), needs=(f"policy {name}",)),
         ]
-    stages.append(Stage("pictures", pictures / "demo_0_heatmaps.png", describe,
-                        lambda: check_files(*(pictures / f"demo_0_{n}" for n in ("heatmaps.png", "descriptors.png"))),
-                        needs=("pretrain", "demonstrations")))
+    if need_don:
+        pics = [pictures / f"demo_0_{n}.png" for n in ("heatmaps", "descriptors")]
+        stages.append(Stage("pictures", pics[0], describe, lambda: check_files(*pics),
+                            needs=("pretrain", "demonstrations")))
     video = pictures / "keypoints_demo_0.mp4"
-    if cfg.encoder != "blind":  # the only encoder without keypoints
+    if classes[cfg.encoder].keypoints:
         stages.append(Stage("keypoint video", video,
                             lambda: keypoint_video(encoder_cfg(cfg.encoder).spec(), demos, video),
-                            lambda: check_files(video), needs=("references", "pretrain", "demonstrations")))
+                            lambda: check_files(video), needs=needs(cfg.encoder)))
     return stages
 
 
@@ -374,14 +391,14 @@ def keypoint_video(spec: dict, demos: Path, path: Path, episode: str = "demo_0")
     from dckp.policy.demos import frames_of
     from dckp.viz.images import save_video
 
-    encoder = build_encoder(spec)
     with Dataset(demos) as ds, torch.no_grad():
         cams = ds.streams(episode)
+        encoder = build_encoder(spec, cams, ds.frames(episode, cams[0], "rgb", 0, 1).shape[1]).eval()
         images = []
         for t in range(len(ds.actions(episode))):
             frames = frames_of(ds, episode, cams, t, t + 1)
             obs = {f"{c}_rgb": frames[f"{c}_rgb"][0].numpy() for c in cams}
-            images.append(composite(obs, cams, encoder.keypoints(frames)))
+            images.append(composite(obs, cams, encoder.image_keypoints(frames)))
     return save_video(images, path, fps=10)
 
 
@@ -392,6 +409,9 @@ ENCODER_NOTES = {
     "dckp-2d": "DON keypoints in the image (u, v)",
     "gt-kp": "ground-truth keypoints: the same reference pixels moved with the objects' true poses (upper reference)",
     "blind": "no vision: proprioception alone (lower reference)",
+    "cnn": "the paper's end-to-end CNN on RGB, trained with the policy",
+    "cnnd": "the paper's end-to-end CNN on RGB-D, trained with the policy",
+    "resnet-ssm": "robomimic's visual core (ResNet-18, spatial softmax), trained with the policy",
 }
 PAIR_NOTES = {
     "same_camera": "two views from the same kind of camera, few points hidden",
@@ -411,6 +431,7 @@ def data_uri(path: Path) -> str | None:
 def report_context(out: Path) -> dict:
     """Everything report.html shows, read from the run folder."""
     from dckp.config import from_dict
+    from dckp.encoders.base import encoder_class
     from dckp.evaluation.rollout import THIRD_PERSON
     from dckp.sim.tasks import get_task
 
@@ -450,6 +471,7 @@ def report_context(out: Path) -> dict:
         "rows": rows, "encoders": list(evals), "episodes": episodes, "videos": videos,
         "cameras": list(task.cameras), "third_person": THIRD_PERSON, "heldout": corr, "heldout_rows": corr_rows,
         "timings": timings, "total_seconds": sum(v for _, v in timings),
+        "has_don": any("don" in encoder_class(n).artefacts for n in cfg.encoders()),
         "keypoint_video": data_uri(pictures / "keypoints_demo_0.mp4"),
         "descriptors": data_uri(pictures / "demo_0_descriptors.png"),
         "heatmaps": data_uri(pictures / "demo_0_heatmaps.png"),

@@ -112,10 +112,10 @@ def cmd_eval_correspondence(args) -> None:
     from dckp.don.train import load_don
 
     _at_least(args, "--pairs", 1)
-    model = load_don(args.run)
+    model = load_don(args.don)
     pairs = {path: sample_eval_pairs(path, per_type=args.pairs, seed=args.seed) for path in args.views}
     results = {path: evaluate_model(model, path, p) for path, p in pairs.items()}
-    out = args.out or Path(args.run) / "eval_correspondence.json"
+    out = args.out or Path(args.don) / "eval_correspondence.json"
     save_json(results, out)
     print(json.dumps(results, indent=1))
     print(f"wrote {out}")
@@ -128,8 +128,8 @@ def cmd_viz_descriptors(args) -> None:
 
     with Dataset(args.file) as ds:
         ds.pick_episode(args.episode)
-    out = args.out or Path(args.run) / "pictures"
-    for line in descriptor_pictures(load_don(args.run), args.file, out, args.episode):
+    out = args.out or Path(args.don) / "pictures"
+    for line in descriptor_pictures(load_don(args.don), args.file, out, args.episode):
         print(line)
 
 
@@ -143,7 +143,7 @@ def cmd_keypoints(args) -> None:
     pixels = None
     if args.pixels:
         pixels = {cam: load_pixels(path).numpy() for cam, path in (p.split("=", 1) for p in args.pixels)}
-    summary = select_references(load_don(args.run), args.demos, args.out, args.per_camera, pixels, seed=args.seed)
+    summary = select_references(load_don(args.don), args.demos, args.out, args.per_camera, pixels, seed=args.seed)
     print(json.dumps({"out": args.out, "cameras": summary}, indent=1))
 
 
@@ -151,7 +151,7 @@ def cmd_train_policy(args) -> None:
     import torch
 
     from dckp.don.checkpoint import load_checkpoint_config
-    from dckp.encoders.config import EncoderConfig
+    from dckp.encoders.config import EncoderConfig, options_from_args
     from dckp.keypoints.select import load_references
     from dckp.policy.config import POLICY_PRESETS, default_steps
     from dckp.policy.demos import train_on_demos
@@ -160,13 +160,14 @@ def cmd_train_policy(args) -> None:
     try:
         enc = EncoderConfig(**{f: getattr(args, f) for f in EncoderConfig.__dataclass_fields__
                                if getattr(args, f, None) is not None})
+        options = options_from_args(enc.encoder, args)
     except DckpError as e:
-        raise DckpError(e.message, field="--" + (e.field or "encoder").replace("_", "-")) from None
+        raise DckpError(e.message, path=e.path, field="--" + (e.field or "encoder").replace("_", "-")) from None
     cfg = apply_args(preset(POLICY_PRESETS, args.preset), args)
     _check_dataset(args.demos, "demos")
-    if enc.references:  # every encoder but blind
+    if enc.references:
         load_references(enc.references)
-    if enc.encoder.startswith("dckp"):
+    if enc.don:
         load_checkpoint_config(Path(enc.don) / "don.safetensors")
     if args.steps is None:  # the paper's: 1000 steps for single-object tasks, 1500 for multi-object ones
         from dckp.data import Dataset
@@ -174,9 +175,9 @@ def cmd_train_policy(args) -> None:
         with Dataset(args.demos) as ds:
             cfg = dataclasses.replace(cfg, steps=default_steps(len(ds.streams(ds.episodes[0]))))
     torch.set_num_threads(args.threads or torch.get_num_threads())
-    save_json({"encoder": dataclasses.asdict(enc), "policy": dataclasses.asdict(cfg)},
-              Path(args.out) / "train_policy.config.json")
-    print(json.dumps(train_on_demos(args.demos, enc.spec(), cfg, args.out), indent=1))
+    save_json({"encoder": dataclasses.asdict(enc), "options": dataclasses.asdict(options),
+               "policy": dataclasses.asdict(cfg)}, Path(args.out) / "train_policy.config.json")
+    print(json.dumps(train_on_demos(args.demos, enc.spec(options), cfg, args.out), indent=1))
 
 
 def cmd_evaluate(args) -> None:
@@ -236,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pretrain", help="train a Dense Object Net on fused view files (resumes if interrupted)",
                        configs=[("dckp.don.config", "DonConfig", "DON_PRESETS")])
     p.add_argument("--views", nargs="+", required=True, help="view files that `dckp fuse` has given masks")
-    p.add_argument("--out", required=True, help="run folder: checkpoints, log, curves, config")
+    p.add_argument("--out", required=True, help="the DON run folder: checkpoints, log, curves, config")
     p.add_argument("--preset", default="cpu", **presets)
     p.add_argument("--checkpoint-every", type=int, default=100,
                    help="steps between resumable checkpoints; Ctrl-C also saves one (default: 100)")
@@ -244,22 +245,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("eval-correspondence", help="correspondence accuracy of a pretrained DON on held-out views")
-    p.add_argument("run", help="a `dckp pretrain` run folder")
+    p.add_argument("don", help="a DON run folder (`dckp pretrain --out`)")
     p.add_argument("--views", nargs="+", required=True, help="held-out view files (ground truth from depth/poses)")
     p.add_argument("--pairs", type=int, default=20, help="pairs per pair type (default: 20)")
     p.add_argument("--seed", type=int, default=0, help="seed of the pair sampling (default: 0)")
-    p.add_argument("--out", default=None, help="JSON file for the results (default: RUN/eval_correspondence.json)")
+    p.add_argument("--out", default=None, help="JSON file for the results (default: DON/eval_correspondence.json)")
     p.set_defaults(func=cmd_eval_correspondence, out_is_file=True)
 
     p = sub.add_parser("viz-descriptors", help="descriptor images (PCA to RGB) and correspondence heatmaps")
-    p.add_argument("run", help="a `dckp pretrain` run folder")
+    p.add_argument("don", help="a DON run folder (`dckp pretrain --out`)")
     p.add_argument("--file", required=True, help="a demos or views file")
     p.add_argument("--episode", default=None, help="episode name (default: the first)")
-    p.add_argument("--out", default=None, help="folder (default: RUN/pictures)")
+    p.add_argument("--out", default=None, help="folder (default: DON/pictures)")
     p.set_defaults(func=cmd_viz_descriptors)
 
     p = sub.add_parser("keypoints", help="choose reference keypoints on the first frame of the demonstrations")
-    p.add_argument("--run", required=True, help="a `dckp pretrain` run folder")
+    p.add_argument("--don", required=True, help="a DON run folder (`dckp pretrain --out`)")
     p.add_argument("--demos", required=True, help="a demonstrations file from `dckp collect`")
     p.add_argument("--out", required=True, help="references file (.safetensors)")
     p.add_argument("--per-camera", type=int, default=16, help="references per camera, equal per object (default: 16)")
@@ -268,8 +269,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the reference sampling (default: 0)")
     p.set_defaults(func=cmd_keypoints, out_is_file=True)
 
-    p = sub.add_parser("train-policy", help="train the LSTM policy on demonstrations through a frozen encoder",
+    p = sub.add_parser("train-policy", help="train the LSTM policy and its encoder (frozen or end to end) on "
+                       "demonstrations",
                        configs=[("dckp.encoders.config", "EncoderConfig", None),
+                                ("dckp.encoders.config", "add_option_args", None),
                                 ("dckp.policy.config", "PolicyConfig", "POLICY_PRESETS")])
     p.add_argument("--demos", required=True, help="a demonstrations file from `dckp collect`")
     p.add_argument("--out", required=True, help="policy folder")
@@ -300,7 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 class _Parser(argparse.ArgumentParser):
     """A subcommand's config flags are added when that subcommand is parsed or asked for help: their dataclasses
-    may import torch, so `dckp --help` and `dckp tasks` start without it. Errors are one line."""
+    (or functions, such as the encoder registry's options) may import torch, so `dckp --help` and `dckp tasks`
+    start without it. Errors are one line."""
 
     def __init__(self, *args, configs: list[tuple[str, str, str | None]] = (), **kwargs):
         super().__init__(*args, **kwargs)
@@ -308,9 +312,13 @@ class _Parser(argparse.ArgumentParser):
 
     def _add_configs(self) -> None:
         while self._configs:
-            module, cls, presets = self._configs.pop(0)
+            module, name, presets = self._configs.pop(0)
             mod = importlib.import_module(module)
-            add_config_args(self, getattr(mod, cls), getattr(mod, presets) if presets else None)
+            obj = getattr(mod, name)
+            if isinstance(obj, type):  # a config dataclass
+                add_config_args(self, obj, getattr(mod, presets) if presets else None)
+            else:  # a function that adds flags
+                obj(self)
 
     def parse_known_args(self, args=None, namespace=None):
         self._add_configs()

@@ -210,6 +210,15 @@ class Dataset:
         self._check_frame(out, f"data/{episode}/obs/{stream}")
         return out
 
+    def frames(self, episode: str, stream: str, key: str, start: int, stop: int) -> np.ndarray:
+        """Frames `start..stop-1` of one camera array (`rgb`, `depth` in metres, `seg`, `K` or `pose`), stacked."""
+        field = f"data/{episode}/obs/{stream}_{key}"
+        try:
+            value = self._dataset(episode, f"{stream}_{key}")[start:stop]
+        except (OSError, ValueError) as e:
+            raise self._err(f"cannot read frames {start}..{stop - 1} ({e})", field) from None
+        return self._depth(value, field) if key == "depth" else value
+
     def _depth(self, raw: np.ndarray, field: str) -> np.ndarray:
         if raw.dtype == np.uint16:
             return raw.astype(np.float32) * np.float32(self.depth_scale)

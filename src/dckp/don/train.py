@@ -1,6 +1,6 @@
 """Dense Object Net pretraining: pairs from fused view files, augmentation, Adam, resumable checkpoints.
 
-`out_dir` gets `last.safetensors` (model, optimiser, scheduler and every RNG: an interrupted run resumes
+The DON run folder gets `last.safetensors` (model, optimiser, scheduler and every RNG: an interrupted run resumes
 exactly where it stopped), `don.safetensors` + `don.json` (the trained model and its config),
 `train_log.jsonl` (one line of losses per step) and `train_curves.png`.
 """
@@ -42,15 +42,16 @@ def make_sampler(views: list[str], cfg: DonConfig) -> PairSampler:
                        prior_work=cfg.prior_work)
 
 
-def pretrain(views: list[str], cfg: DonConfig, out_dir: str | Path, checkpoint_every: int = 100,
+def pretrain(views: list[str], cfg: DonConfig, don: str | Path, checkpoint_every: int = 100,
              progress: bool = True) -> dict:
-    """Train (or resume training) a Dense Object Net on fused view files. Returns a summary.
+    """Train (or resume training) a Dense Object Net on fused view files into the DON run folder `don`. Returns a
+    summary.
 
     The view files are checked before anything is written. Ctrl-C finishes the current step, saves
     `last.safetensors` there and raises `Interrupted`; a second Ctrl-C stops at once."""
     for path in views:
         check_views(str(path))
-    out = Path(out_dir)
+    out = Path(don)
     out.mkdir(parents=True, exist_ok=True)
     last, log_path = out / "last.safetensors", out / "train_log.jsonl"
     torch.manual_seed(cfg.seed)
@@ -114,9 +115,9 @@ def _stop_after_step():
         signal.signal(signal.SIGINT, previous)
 
 
-def load_don(run_dir: str | Path) -> DenseObjectNet:
+def load_don(don: str | Path) -> DenseObjectNet:
     """The trained network of a `pretrain` run (`don.safetensors`), in eval mode."""
-    path = Path(run_dir) / "don.safetensors"
+    path = Path(don) / "don.safetensors"
     cfg = load_checkpoint_config(path)
     model = DenseObjectNet(cfg)
     load_checkpoint(path, model)

@@ -1,54 +1,120 @@
-"""The observation-encoder interface: every encoder (DON keypoints, ground-truth keypoints, baselines) maps a
-batch of camera frames to one feature vector per frame, so the policy never depends on which one it gets.
+"""The observation-encoder interface and its registry.
 
+An encoder is an `nn.Module` that maps a batch of camera frames to one feature vector per frame. Every encoder
+(DON keypoints, ground-truth keypoints, end-to-end CNNs, frozen pretrained representations, none at all) is a
+subclass of `Encoder` with a class attribute `name`; defining the subclass registers it (as robomimic's
+`EncoderCore` does), and everything else derives from the registry: the CLI's choices and flags, `dckp run`, the
+benchmarks. An encoder declares what it needs and is:
+
+- `options`: the dataclass of its own settings (CLI flags; saved in the policy folder's `run.json`);
+- `inputs`: which images it reads, of `rgb` and `depth`, and `object_pose` (privileged ground truth: only
+  `gt-kp` may read it). Camera intrinsics `K` and poses are always there. An encoder that reads no image lets
+  closed-loop evaluation skip rendering;
+- `artefacts`: the files it is built from, of `don` (a `dckp pretrain` run folder) and `references` (a
+  `dckp keypoints` file); an encoder that needs no DON lets `dckp run` skip the DON stages;
+- `trainable`: trained end to end with the policy (its weights are saved with the policy), or frozen (its
+  features are computed once and cached);
+- `keypoints`: whether it produces keypoints, which the report and videos then draw (`image_keypoints`).
+
+It is built for the cameras and image size of the data, so `output_dim` sizes the policy before any data is seen.
 `frames` holds, for each camera `<cam>`: `<cam>_rgb (B, H, W, 3) uint8` (top row first), `<cam>_depth (B, H, W)`
 float32 metres (0 = invalid), `<cam>_K (B, 3, 3)` and `<cam>_pose (B, 4, 4)` camera-to-world (OpenCV axes), as in
-docs/conventions.md. An encoder concatenates its per-camera features in the order of `frame_cameras(frames)`
-(sorted camera names), so `encode(frames).shape[1] == feature_dim(frame_cameras(frames))`.
+docs/conventions.md, and `object_pose (B, N, 4, 4)`. Features are concatenated over cameras in sorted order.
+An encoder may keep state across an episode; `reset()` is called at each episode's start.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from typing import Protocol
+import dataclasses
+import importlib
+import pkgutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import ClassVar
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from dckp.errors import DckpError
 
+INPUTS = ("rgb", "depth", "object_pose")
+ARTEFACTS = ("don", "references")
+_SUPPORT = {"augment", "base", "config"}  # modules of this package that define no encoder
 
-class Encoder(Protocol):
-    needs_images: bool  # False: only K and pose are read (and object_pose), so closed loop need not render
 
-    def feature_dim(self, cameras: Sequence[str]) -> int:
-        """F, the length of the feature vector for frames from these cameras."""
+@dataclasses.dataclass
+class NoOptions:
+    """An encoder without settings of its own."""
 
-    def encode(self, frames: Mapping[str, Tensor]) -> Tensor:
+
+class Encoder(nn.Module):
+    name: ClassVar[str | None] = None  # the registry key; a class without one (a base) is not registered
+    options: ClassVar[type] = NoOptions
+    inputs: ClassVar[tuple[str, ...]] = ()
+    artefacts: ClassVar[tuple[str, ...]] = ()
+    trainable: ClassVar[bool] = False
+    keypoints: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "name" in cls.__dict__ and cls.name:
+            register(cls)
+
+    def __init__(self, cameras: Sequence[str], image_size: int, options=None, **artefacts: str):
+        super().__init__()
+        self.cameras, self.image_size = sorted(cameras), int(image_size)
+        self.opts = options if options is not None else self.options()
+
+    @classmethod
+    def needs_images(cls) -> bool:
+        return "rgb" in cls.inputs or "depth" in cls.inputs
+
+    def output_dim(self) -> int:
+        """F, the length of the feature vector of one frame from every camera."""
+        raise NotImplementedError
+
+    def forward(self, frames: Mapping[str, Tensor]) -> Tensor:
         """`(B, F)` features of a batch of frames."""
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        """Called at the start of each episode; stateless encoders do nothing."""
+
+    def image_keypoints(self, frames: Mapping[str, Tensor]) -> dict[str, tuple[Tensor, Tensor]]:
+        """Encoders with `keypoints`: {camera: (uv (B, K, 2) pixels, confidence (B, K))} for drawing."""
+        raise NotImplementedError
 
 
-_ENCODERS: dict[str, Callable[..., Encoder]] = {}
+_REGISTRY: dict[str, type[Encoder]] = {}
 
 
-def frame_cameras(frames: Mapping[str, Tensor]) -> list[str]:
-    """The sorted camera names of `frames` (those with a `<cam>_rgb` entry)."""
-    return sorted(key[: -len("_rgb")] for key in frames if key.endswith("_rgb"))
+def register(cls: type[Encoder]) -> type[Encoder]:
+    """Add an encoder class under `cls.name` (defining a subclass with a `name` does this)."""
+    if cls.name in _REGISTRY:
+        raise ValueError(f"encoder {cls.name!r} is already registered (by {_REGISTRY[cls.name].__qualname__})")
+    bad = [i for i in cls.inputs if i not in INPUTS] + [a for a in cls.artefacts if a not in ARTEFACTS]
+    if bad or not dataclasses.is_dataclass(cls.options):
+        raise ValueError(f"encoder {cls.name!r}: unknown inputs or artefacts {bad}, or options not a dataclass")
+    _REGISTRY[cls.name] = cls
+    return cls
 
 
-def register_encoder(name: str):
-    """Class (or factory) decorator: `get_encoder(name)` returns it."""
-
-    def register(factory: Callable[..., Encoder]) -> Callable[..., Encoder]:
-        if name in _ENCODERS:
-            raise ValueError(f"encoder {name!r} is already registered")
-        _ENCODERS[name] = factory
-        return factory
-
-    return register
+def unregister(name: str) -> None:
+    """Remove an encoder from the registry (for tests that register their own)."""
+    del _REGISTRY[name]
 
 
-def get_encoder(name: str) -> Callable[..., Encoder]:
-    """The encoder class (or factory) registered as `name`; DckpError for an unknown name."""
-    if name not in _ENCODERS:
-        raise DckpError(f"unknown encoder {name!r}; choose from {sorted(_ENCODERS)}", field="encoder")
-    return _ENCODERS[name]
+def registry() -> dict[str, type[Encoder]]:
+    """Every registered encoder by name: the built-in ones (every module of this package, imported here, registers
+    its encoders) and any registered since."""
+    for module in pkgutil.iter_modules([str(Path(__file__).parent)]):
+        if module.name not in _SUPPORT:
+            importlib.import_module(f"{__package__}.{module.name}")
+    return dict(_REGISTRY)
+
+
+def encoder_class(name: str) -> type[Encoder]:
+    """The encoder class registered as `name`; DckpError for an unknown name."""
+    encoders = registry()
+    if name not in encoders:
+        raise DckpError(f"unknown encoder {name!r}; choose from {sorted(encoders)}", field="encoder")
+    return encoders[name]

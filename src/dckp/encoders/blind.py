@@ -6,20 +6,19 @@ ground-truth keypoints does not test vision. Same LSTM, same training steps as e
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import torch
 
-from dckp.encoders.base import register_encoder
+from dckp.encoders.base import Encoder
 
 
-@register_encoder("blind")
-class Blind:
-    needs_images = False  # evaluation need not render the cameras
+class Blind(Encoder):
+    name = "blind"
 
-    def feature_dim(self, cameras: Sequence[str]) -> int:
+    def output_dim(self) -> int:
         return 0
 
-    def encode(self, frames: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    def forward(self, frames: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """`(B, 0)`: the batch size of the frames, no features."""
         return torch.zeros(len(next(iter(frames.values()))), 0)

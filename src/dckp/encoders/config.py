@@ -1,47 +1,75 @@
-"""The encoder part of `dckp train-policy`: which encoder, and its inputs. Light: no torch, so the CLI builds its
-flags from it quickly."""
+"""The encoder part of `dckp train-policy` and `dckp run`: which encoder, and the artefacts it is built from.
+Light: torch is imported only when the registry is read, so the CLI builds its flags from this quickly.
+
+Each encoder's own settings are the `options` dataclass of its class (`dckp.encoders.base`); `add_option_args`
+gives every registered encoder's options as flags, and `options_from_args` reads the chosen encoder's back."""
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 from dataclasses import dataclass
 
-from dckp.config import option
+from dckp.config import add_config_args, apply_args, option
 from dckp.errors import DckpError
 
-ENCODERS = ("dckp-3d", "dckp-2d", "gt-kp", "blind")
-FORMS_3D = ("depth", "camera", "world")  # the 3D forms of `dckp.encoders.keypoints.FORMS`
+ARTEFACT_MADE_BY = {"don": "a DON run folder (from `dckp pretrain`)",
+                    "references": "a references file (from `dckp keypoints`)"}
+
+
+def encoder_names() -> list[str]:
+    """The registered encoders' names, sorted."""
+    from dckp.encoders.base import registry
+
+    return sorted(registry())
 
 
 @dataclass
 class EncoderConfig:
-    """The policy's frozen observation encoder. dckp-3d: DON keypoints with depth (the paper's best); dckp-2d: DON
-    keypoints in the image; gt-kp: ground-truth keypoints (the upper reference); blind: no visual features,
-    proprioception alone (the lower reference). See `dckp.encoders.keypoints`."""
+    """The policy's observation encoder and the artefacts it is built from (only those its class lists)."""
 
-    encoder: str = option("dckp-3d", "observation encoder: DON keypoints (3D or 2D), ground-truth keypoints or "
-                          "none (blind)", choices=ENCODERS)
-    don: str = option("", "the `dckp pretrain` run folder (dckp-3d and dckp-2d)")
-    references: str = option("", "the reference keypoints file from `dckp keypoints` (every encoder but blind)")
-    form: str = option("depth", "3D form of dckp-3d and gt-kp keypoints: (u, v, depth), camera frame or world "
-                       "frame", choices=FORMS_3D)
-    temperature: float = option(0.05, "T of the DON keypoint heatmap softmax(-descriptor distance / T)")
-    mode: str = option("mode", "DON keypoint: the heatmap's highest pixel (as the paper) or its weighted mean",
-                       choices=("mode", "expectation"))
+    encoder: str = option("dckp-3d", "observation encoder", choices=encoder_names)
+    don: str = option("", "the `dckp pretrain` run folder (encoders built on a DON: dckp-3d, dckp-2d)")
+    references: str = option("", "the reference keypoints file from `dckp keypoints` (keypoint encoders)")
 
     def __post_init__(self):
-        if self.encoder not in ENCODERS:
-            raise DckpError(f"unknown encoder {self.encoder!r}; choose from {list(ENCODERS)}", field="encoder")
-        if not self.references and self.encoder != "blind":
-            raise DckpError("a references file is needed (from `dckp keypoints`)", field="references")
-        if self.encoder.startswith("dckp") and not self.don:
-            raise DckpError("the dckp encoders need the DON run folder", field="don")
+        from dckp.encoders.base import encoder_class
 
-    def spec(self) -> dict:
-        if self.encoder == "blind":
-            return {"name": "blind", "kwargs": {}}
-        if self.encoder == "gt-kp":
-            return {"name": "gt-kp", "kwargs": {"references": self.references, "form": self.form}}
-        kwargs = {"run": self.don, "references": self.references, "temperature": self.temperature, "mode": self.mode}
-        if self.encoder == "dckp-3d":
-            kwargs["form"] = self.form
-        return {"name": self.encoder, "kwargs": kwargs}
+        for artefact in encoder_class(self.encoder).artefacts:
+            if not getattr(self, artefact):
+                raise DckpError(f"encoder {self.encoder} needs {ARTEFACT_MADE_BY[artefact]}", field=artefact)
+
+    def spec(self, options=None) -> dict:
+        """`{"name", "options", "artefacts"}`, as `dckp.encoders.build_encoder` takes it; `options` defaults to the
+        encoder's own defaults."""
+        from dckp.encoders.base import encoder_class
+
+        cls = encoder_class(self.encoder)
+        options = options if options is not None else cls.options()
+        if type(options) is not cls.options:
+            raise DckpError(f"options of type {type(options).__name__}, expected {cls.options.__name__}",
+                            field="options")
+        return {"name": self.encoder, "options": dataclasses.asdict(options),
+                "artefacts": {a: getattr(self, a) for a in cls.artefacts}}
+
+
+def add_option_args(parser: argparse.ArgumentParser) -> None:
+    """One flag per field of every registered encoder's options (a field that several share, once)."""
+    from dckp.encoders.base import registry
+
+    seen: dict[str, dataclasses.Field] = {}
+    for name, cls in sorted(registry().items()):
+        fields = dataclasses.fields(cls.options)
+        for f in fields:
+            if f.name in seen and (seen[f.name].metadata, seen[f.name].default) != (f.metadata, f.default):
+                raise ValueError(f"encoder {name}: option {f.name!r} differs from another encoder's")
+        if any(f.name not in seen for f in fields):
+            add_config_args(parser, cls.options, title=f"{name} options", skip=set(seen))
+        seen.update({f.name: f for f in fields})
+
+
+def options_from_args(encoder: str, args: argparse.Namespace):
+    """The options of `encoder` with the flags the user gave."""
+    from dckp.encoders.base import encoder_class
+
+    return apply_args(encoder_class(encoder).options(), args)

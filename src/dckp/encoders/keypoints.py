@@ -12,73 +12,122 @@ descriptor (normalised by sqrt(D)), softmax(-d / temperature) over the image and
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 
-from dckp.encoders.base import frame_cameras, register_encoder
+from dckp.config import option
+from dckp.encoders.base import Encoder
 from dckp.errors import DckpError
 from dckp.geometry.camera import project, transform
 from dckp.keypoints.extract import extract_keypoints, keypoints_3d, normalise_uv
 from dckp.keypoints.select import load_references
 
-FORMS = ("2d", "depth", "camera", "world")
+FORMS_3D = ("depth", "camera", "world")
+FORM = option("depth", "3D form of the keypoints: (u, v, depth), camera frame or world frame", choices=FORMS_3D)
 
 
-def _form_features(uv, depth, K, pose, form: str) -> torch.Tensor:
-    H, W = depth.shape[-2:]
-    if form == "2d":
-        return normalise_uv(uv, H, W)
-    return keypoints_3d(uv, depth, K, pose, frame=form)
+@dataclass
+class DonOptions:
+    temperature: float = option(0.05, "T of the DON keypoint heatmap softmax(-descriptor distance / T)")
+    mode: str = option("mode", "DON keypoint: the heatmap's highest pixel (as the paper) or its weighted mean",
+                       choices=("mode", "expectation"))
+
+    def __post_init__(self):
+        if not self.temperature > 0:
+            raise DckpError(f"must be > 0, got {self.temperature}", field="temperature")
+        if self.mode not in ("mode", "expectation"):
+            raise DckpError(f"must be mode or expectation, got {self.mode!r}", field="mode")
 
 
-class DonKeypoints:
-    needs_images = True
+@dataclass
+class DonOptions3d(DonOptions):
+    form: str = FORM
 
-    def __init__(self, run: str, references: str, form: str = "depth", temperature: float = 0.05,
-                 mode: str = "mode"):
+    def __post_init__(self):
+        super().__post_init__()
+        _check_form(self.form)
+
+
+@dataclass
+class GroundTruthOptions:
+    form: str = FORM
+
+    def __post_init__(self):
+        _check_form(self.form)
+
+
+def _check_form(form: str) -> None:
+    if form not in FORMS_3D:
+        raise DckpError(f"unknown keypoint form {form!r}; choose from {list(FORMS_3D)}", field="form")
+
+
+class _Keypoints(Encoder):
+    """What both keypoint encoders share: the references, one feature row per keypoint and camera."""
+
+    keypoints = True
+
+    def __init__(self, cameras, image_size, options=None, references: str = "", **artefacts):
+        super().__init__(cameras, image_size, options)
+        self.refs, self.meta = load_references(references)
+        missing = [c for c in self.cameras if c not in self.refs]
+        if missing:
+            raise DckpError(f"no references for camera(s) {missing} (have {sorted(self.refs)})", path=references)
+        self.form = getattr(self.opts, "form", "2d")
+
+    def output_dim(self) -> int:
+        return sum(len(self.refs[c]["uv"]) * (2 if self.form == "2d" else 3) for c in self.cameras)
+
+
+class DonKeypoints(_Keypoints):
+    name = "dckp-2d"
+    options = DonOptions
+    inputs = ("rgb", "depth")
+    artefacts = ("don", "references")
+
+    def __init__(self, cameras, image_size, options=None, don: str = "", references: str = ""):
         from dckp.don.train import load_don
 
-        if form not in FORMS:
-            raise DckpError(f"unknown keypoint form {form!r}; choose from {list(FORMS)}", field="form")
-        self.model = load_don(run)
-        self.refs, self.meta = load_references(references)
-        self.form, self.temperature, self.mode = form, temperature, mode
-
-    def feature_dim(self, cameras: Sequence[str]) -> int:
-        return sum(len(self.refs[c]["uv"]) * (2 if self.form == "2d" else 3) for c in cameras)
+        super().__init__(cameras, image_size, options, references)
+        self.don = [load_don(don)]  # in a list: frozen, and not part of the policy's saved weights
 
     @torch.no_grad()
-    def keypoints(self, frames: Mapping[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """{camera: (uv (B,K,2) pixels, confidence (B,K) = peak probability)} and keeps the last extraction."""
-        self._last = {}
-        for cam in frame_cameras(frames):
-            if cam not in self.refs:
-                raise DckpError(f"no references for camera {cam!r} (have {sorted(self.refs)})", field="cameras")
+    def _extract(self, frames: Mapping[str, torch.Tensor]) -> dict[str, dict]:
+        out = {}
+        for cam in self.cameras:
             image = frames[f"{cam}_rgb"].permute(0, 3, 1, 2).float() / 255
-            self._last[cam] = extract_keypoints(self.model(image), self.refs[cam]["descriptors"], self.temperature,
-                                                self.mode)
-        return {cam: (k["uv"], k["peak"]) for cam, k in self._last.items()}
+            out[cam] = extract_keypoints(self.don[0](image), self.refs[cam]["descriptors"], self.opts.temperature,
+                                         self.opts.mode)
+        return out
+
+    def image_keypoints(self, frames):
+        return {cam: (k["uv"], k["peak"]) for cam, k in self._extract(frames).items()}
 
     @torch.no_grad()
-    def encode(self, frames: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        self.keypoints(frames)
-        out = [_form_features(k["uv"], frames[f"{cam}_depth"].float(), frames[f"{cam}_K"].float(),
-                              frames[f"{cam}_pose"].float(), self.form).flatten(1) for cam, k in self._last.items()]
+    def forward(self, frames: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        out = []
+        for cam, k in self._extract(frames).items():
+            depth = frames[f"{cam}_depth"].float()
+            if self.form == "2d":
+                f = normalise_uv(k["uv"], *depth.shape[-2:])
+            else:
+                f = keypoints_3d(k["uv"], depth, frames[f"{cam}_K"].float(), frames[f"{cam}_pose"].float(),
+                                 frame=self.form)
+            out.append(f.flatten(1))
         return torch.cat(out, 1)
 
 
-class GroundTruthKeypoints:
-    needs_images = False  # K, pose and object_pose; the depth image is read for its size only
+class DonKeypoints3d(DonKeypoints):
+    name = "dckp-3d"
+    options = DonOptions3d
 
-    def __init__(self, references: str, form: str = "depth"):
-        if form not in FORMS:
-            raise DckpError(f"unknown keypoint form {form!r}; choose from {list(FORMS)}", field="form")
-        self.refs, self.meta = load_references(references)
-        self.form = form
 
-    def feature_dim(self, cameras: Sequence[str]) -> int:
-        return sum(len(self.refs[c]["uv"]) * (2 if self.form == "2d" else 3) for c in cameras)
+class GroundTruthKeypoints(_Keypoints):
+    name = "gt-kp"
+    options = GroundTruthOptions
+    inputs = ("object_pose",)  # privileged: the objects' true poses
+    artefacts = ("references",)
 
     def points(self, frames, cam) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """`uv (B,K,2)` pixels, camera-frame `(B,K,3)` and world `(B,K,3)` points of `cam`'s keypoints."""
@@ -91,28 +140,20 @@ class GroundTruthKeypoints:
         uv, _ = project(p, frames[f"{cam}_K"].float())
         return uv, p, world
 
-    def keypoints(self, frames) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    def image_keypoints(self, frames):
         out = {}
-        for cam in frame_cameras(frames):
+        for cam in self.cameras:
             uv, _, _ = self.points(frames, cam)
             out[cam] = (uv, torch.ones(uv.shape[:2]))
         return out
 
-    def encode(self, frames: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    def forward(self, frames: Mapping[str, torch.Tensor]) -> torch.Tensor:
         feats = []
-        for cam in frame_cameras(frames):
+        for cam in self.cameras:
             uv, p, world = self.points(frames, cam)
-            H, W = frames[f"{cam}_depth"].shape[-2:]
-            if self.form == "2d":
-                f = normalise_uv(uv, H, W)
-            elif self.form == "depth":
-                f = torch.cat([normalise_uv(uv, H, W), p[..., 2:]], -1)
+            if self.form == "depth":
+                f = torch.cat([normalise_uv(uv, self.image_size, self.image_size), p[..., 2:]], -1)
             else:
                 f = p if self.form == "camera" else world
             feats.append(f.flatten(1))
         return torch.cat(feats, 1)
-
-
-register_encoder("dckp-2d")(lambda run, references, **kw: DonKeypoints(run, references, form="2d", **kw))
-register_encoder("dckp-3d")(lambda run, references, form="depth", **kw: DonKeypoints(run, references, form, **kw))
-register_encoder("gt-kp")(lambda references, form="depth": GroundTruthKeypoints(references, form))

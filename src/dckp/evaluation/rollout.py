@@ -1,17 +1,12 @@
 """Closed-loop evaluation of a trained policy folder: seeded rollouts in parallel worker processes, success rate
 with a Wilson 95 % interval, per-part timings and videos with the encoder's keypoints drawn on each camera.
 
-A policy folder (written by `dckp train-policy`) holds `policy.safetensors` + `policy.json` (`load_policy`) and
-`run.json`: `{"task", "image_size", "cameras", "encoder": {"name", "kwargs"}}`, everything needed to rebuild the
-observation. Paths in it (the encoder's `run` and `references`, and `demos`) are relative to the policy folder, so
-a moved run folder still works; `load_run` resolves them. At each control step the observation is
-`encoder.encode(frames)` for the run's cameras with the policy's proprioception appended; the LSTM state is kept
-across the episode.
+A policy folder (written by `dckp train-policy`) is loaded whole, encoder included, by
+`dckp.policy.load_visuomotor_policy`; an episode calls its `reset()` and then `act(observation)` at each step.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import multiprocessing
 import os
@@ -24,15 +19,12 @@ from tqdm import tqdm
 
 from dckp.config import save_json
 from dckp.errors import DckpError
-from dckp.policy import load_policy, proprioception
-from dckp.policy.demos import PATH_KWARGS
+from dckp.policy.folder import load_run, load_visuomotor_policy
+from dckp.policy.model import observation_frames
 from dckp.sim.env import SimEnv
-from dckp.sim.tasks import TASKS, get_task
+from dckp.sim.tasks import get_task
 from dckp.viz.images import grid, save_video
 
-RUN = "run.json"
-FRAME_KEYS = ("rgb", "depth", "K", "pose")
-PROPRIO_KEYS = ("joint_pos", "eef_pos", "eef_quat", "gripper_qpos")
 VIDEO_SIZE = 256  # camera images are upscaled (nearest) by an integer factor to about this height in videos
 HOLD_FRAMES = 10  # frames of the final image with a green (success) / red (failure) border at a video's end
 EVAL_SEED_START = 1_000_000  # demonstrations use seeds from 0, pretraining views 100000 and 200000
@@ -52,70 +44,7 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-# --- policy folder ---------------------------------------------------------------------------------------------
-
-def load_run(policy_dir: str | os.PathLike) -> dict:
-    """`run.json` of a policy folder, checked; DckpError naming the file and field on bad input."""
-    path = Path(policy_dir) / RUN
-    if not Path(policy_dir).is_dir():
-        raise DckpError("policy folder not found", path=str(policy_dir))
-    try:
-        run = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DckpError("file not found", path=str(path)) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DckpError(f"invalid JSON ({e})".replace("\n", " "), path=str(path)) from None
-    if not isinstance(run, dict):
-        raise DckpError("expected a JSON object", path=str(path))
-    for name, kind in (("task", str), ("image_size", int), ("cameras", list), ("encoder", dict)):
-        if name not in run:
-            raise DckpError("missing field", path=str(path), field=name)
-        if not isinstance(run[name], kind) or isinstance(run[name], bool):
-            raise DckpError(f"expected {kind.__name__}, got {run[name]!r}", path=str(path), field=name)
-    if run["image_size"] < 1:
-        raise DckpError(f"must be >= 1, got {run['image_size']}", path=str(path), field="image_size")
-    if not run["cameras"] or not all(isinstance(c, str) for c in run["cameras"]):
-        raise DckpError(f"expected a non-empty list of camera names, got {run['cameras']!r}", path=str(path),
-                        field="cameras")
-    enc = run["encoder"]
-    if not isinstance(enc.get("name"), str):
-        raise DckpError("missing or non-string encoder name", path=str(path), field="encoder.name")
-    if not isinstance(enc.get("kwargs", {}), dict):
-        raise DckpError(f"expected an object, got {enc['kwargs']!r}", path=str(path), field="encoder.kwargs")
-    if run["task"] not in TASKS:
-        raise DckpError(f"unknown task {run['task']!r}; choose from {sorted(TASKS)}", path=str(path), field="task")
-    kwargs = enc.setdefault("kwargs", {})
-    for key in PATH_KWARGS:
-        if key in kwargs:
-            kwargs[key] = str(Path(policy_dir, kwargs[key]).resolve())  # an absolute path stays as it is
-            if not Path(kwargs[key]).exists():
-                raise DckpError(f"{kwargs[key]} not found (paths are relative to the policy folder)",
-                                path=str(path), field=f"encoder.kwargs.{key}")
-    if isinstance(run.get("demos"), str):
-        run["demos"] = str(Path(policy_dir, run["demos"]).resolve())
-    return run
-
-
-def _build(spec: dict):
-    """The encoder of an encoder spec, through `dckp.encoders.build_encoder` when it exists."""
-    import dckp.encoders as encoders
-
-    build = getattr(encoders, "build_encoder", None)
-    if build is not None:
-        return build(spec)
-    return encoders.get_encoder(spec["name"])(**spec.get("kwargs", {}))
-
-
-# --- one episode -----------------------------------------------------------------------------------------------
-
-def observation_frames(obs: dict, cameras) -> dict[str, torch.Tensor]:
-    """Encoder input (batch of 1) from one `SimEnv.observe()`: per camera rgb, depth, K, pose, and object_pose."""
-    frames = {f"{cam}_{key}": torch.from_numpy(np.ascontiguousarray(obs[f"{cam}_{key}"])[None])
-              for cam in cameras for key in FRAME_KEYS}
-    if "object_pose" in obs:
-        frames["object_pose"] = torch.from_numpy(np.ascontiguousarray(obs["object_pose"])[None])
-    return frames
-
+# --- drawing ----------------------------------------------------------------------------------------------------
 
 def colour_scale(peak, pixels: int) -> np.ndarray:
     """Keypoint confidence for colouring: the heatmap's peak probability as a ratio to a flat heatmap's (1 / pixels),
@@ -157,7 +86,7 @@ def draw_keypoints(image: np.ndarray, uv: np.ndarray, confidence: np.ndarray, sc
 
 def composite(obs: dict, cameras, keypoints: dict | None = None, size: int = VIDEO_SIZE) -> np.ndarray:
     """All cameras' RGB side by side (upscaled to about `size` px high), with keypoints drawn where given:
-    `keypoints = {cam: (uv (1, K, 2), peak probability (1, K))}` as from an encoder's `keypoints(frames)`,
+    `keypoints = {cam: (uv (1, K, 2), peak probability (1, K))}` as from an encoder's `image_keypoints(frames)`,
     coloured by `colour_scale`."""
     images = []
     for cam in cameras:
@@ -185,67 +114,56 @@ def with_border(image: np.ndarray, success: bool, width: int | None = None) -> n
     return out
 
 
-def rollout(env, encoder, policy, seed: int, record: bool = False, max_steps: int | None = None,
+def rollout(env, policy, seed: int, record: bool = False, max_steps: int | None = None,
             views: tuple[str, ...] = ()) -> dict:
-    """One closed-loop episode from `env.reset(seed)`, up to the task's horizon (or `max_steps` instead).
+    """One closed-loop episode of a `VisuomotorPolicy` from `env.reset(seed)`, up to the task's horizon (or
+    `max_steps` instead).
 
     Stops at the first step after which `env.success()` holds (a success). Returns `success`, `steps` (actions
-    taken), `time_encoder_s` (encode), `time_policy_s` (proprioception + act), `time_sim_s` (observe, i.e.
-    rendering, + step + success test), `time_reset_s` and, if `record`, `frames`: one composite image (all
-    cameras side by side, keypoints drawn if the encoder has `keypoints(frames)`, then the named cameras `views`
-    rendered for the video alone, e.g. a third-person view) per observation, i.e. before each action and once
-    after the last (steps + 1 images). Drawing is not timed.
+    taken), `time_encoder_s` (the encoder), `time_policy_s` (proprioception and the head), `time_sim_s`
+    (observe, i.e. rendering, + step + success test), `time_reset_s` and, if `record`, `frames`: one composite
+    image (all cameras side by side, keypoints drawn if the encoder produces them, then the named cameras
+    `views` rendered for the video alone, e.g. a third-person view) per observation, i.e. before each action and
+    once after the last (steps + 1 images). Drawing is not timed.
     """
     horizon = env.task.horizon if max_steps is None else int(max_steps)
     if horizon < 1:
         raise DckpError(f"max_steps must be >= 1, got {horizon}", field="max_steps")
     cameras = list(env.cameras)
-    proprio_kind = policy.cfg.proprio
-    draw_kp = record and callable(getattr(encoder, "keypoints", None))
-    t_enc = t_pol = t_sim = 0.0
+    encoder = policy.encoder
+    draw_kp = record and encoder.keypoints
+    t_sim = 0.0
     frames_out: list[np.ndarray] = []
 
     def record_frame(obs):
         if record:
             with torch.no_grad():
-                kps = encoder.keypoints(observation_frames(obs, cameras)) if draw_kp else None
+                kps = encoder.image_keypoints(observation_frames(obs, cameras)) if draw_kp else None
             extra = {f"{v}_rgb": env.render(v)["rgb"] for v in views}
             frames_out.append(composite({**obs, **extra}, [*cameras, *views], kps))
 
     t0 = time.perf_counter()
     env.reset(seed)
+    policy.reset()
     t_reset = time.perf_counter() - t0
-    state, steps, success = None, 0, False
-    with torch.no_grad():
-        while steps < horizon:
-            t0 = time.perf_counter()
-            obs = env.observe(images=record or getattr(encoder, "needs_images", True))
-            t1 = time.perf_counter()
-            features = encoder.encode(observation_frames(obs, cameras))
-            t2 = time.perf_counter()
-            proprio = proprioception({k: np.asarray(obs[k])[None] for k in PROPRIO_KEYS}, proprio_kind)
-            obs_t = torch.cat([features.float().reshape(1, -1), torch.from_numpy(proprio)], 1)
-            if obs_t.shape[1] != policy.obs_dim:
-                raise DckpError(f"encoder features ({features.shape[-1]}) + proprioception ({proprio.shape[1]}) = "
-                                f"{obs_t.shape[1]} values, but the policy expects {policy.obs_dim}", field="obs_dim")
-            action, state = policy.act(obs_t, state)
-            action = action[0].double().numpy()
-            t3 = time.perf_counter()
-            record_frame(obs)
-            t4 = time.perf_counter()
-            env.step(action)
-            steps += 1
-            success = bool(env.success())
-            t5 = time.perf_counter()
-            t_sim += (t1 - t0) + (t5 - t4)
-            t_enc += t2 - t1
-            t_pol += t3 - t2
-            if success:
-                break
+    steps, success = 0, False
+    while steps < horizon:
+        t0 = time.perf_counter()
+        obs = env.observe(images=record or encoder.needs_images())
+        t1 = time.perf_counter()
+        action = policy.act(obs)
+        record_frame(obs)
+        t2 = time.perf_counter()
+        env.step(action)
+        steps += 1
+        success = bool(env.success())
+        t_sim += (t1 - t0) + (time.perf_counter() - t2)
+        if success:
+            break
     if record:
         record_frame(env.observe())
-    out = {"success": success, "steps": steps, "time_encoder_s": t_enc, "time_policy_s": t_pol,
-           "time_sim_s": t_sim, "time_reset_s": t_reset}
+    out = {"success": success, "steps": steps, "time_encoder_s": policy.timing["encoder_s"],
+           "time_policy_s": policy.timing["policy_s"], "time_sim_s": t_sim, "time_reset_s": t_reset}
     if record:
         out["frames"] = frames_out
     return out
@@ -258,14 +176,13 @@ class _Evaluator:
 
     def __init__(self, policy_dir: str, out_dir: str | None, max_steps: int | None):
         run = load_run(policy_dir)
-        self.policy = load_policy(policy_dir)
-        self.encoder = _build(run["encoder"])
+        self.policy = load_visuomotor_policy(policy_dir)
         self.env = SimEnv(get_task(run["task"]), image_size=run["image_size"], cameras=tuple(run["cameras"]))
         self.out_dir, self.max_steps = out_dir, max_steps
 
     def episode(self, job: tuple[int, bool]) -> dict:
         seed, record = job
-        result = rollout(self.env, self.encoder, self.policy, seed, record=record, max_steps=self.max_steps,
+        result = rollout(self.env, self.policy, seed, record=record, max_steps=self.max_steps,
                          views=(THIRD_PERSON,))
         frames = result.pop("frames", None)
         if frames:
@@ -315,7 +232,7 @@ def evaluate_policy(policy_dir: str | os.PathLike, episodes: int = 50, seed_star
     if max_steps is not None and (not isinstance(max_steps, int) or max_steps < 1):
         raise DckpError(f"max_steps must be an integer >= 1, got {max_steps!r}", field="max_steps")
     run = load_run(policy_dir)
-    load_policy(policy_dir)  # fail here, with the file's name, before starting any worker
+    load_visuomotor_policy(policy_dir)  # fail here, with the file's name, before starting any worker
     task = get_task(run["task"])
     out = Path(out_dir) if out_dir is not None else policy_dir / "eval"
     out.mkdir(parents=True, exist_ok=True)

@@ -48,6 +48,7 @@ class PolicyConfig:
     proprio: str = option("eef_pose", "proprioception appended to the encoder's features", choices=PROPRIO)
     checkpoint_every: int = option(100, "steps between resumable checkpoints (policy_last.safetensors)")
     seed: int = option(0, "seed of the network's initialisation and of the batches")
+    device: str = option("cpu", "torch device of policy training: cpu or cuda (features are cached on the CPU)")
 
     def __post_init__(self):
         for name in ("hidden", "layers", "steps", "batch_size", "checkpoint_every"):
@@ -62,6 +63,8 @@ class PolicyConfig:
             raise DckpError(f"weight_decay must be >= 0, got {self.weight_decay}", field="weight_decay")
         if self.seq_len < 0:
             raise DckpError(f"seq_len must be >= 0 (0 = whole demonstrations), got {self.seq_len}", field="seq_len")
+        if self.device.split(":")[0] not in ("cpu", "cuda"):
+            raise DckpError(f"device must be cpu or cuda (or cuda:N), got {self.device!r}", field="device")
         if self.proprio not in PROPRIO:
             raise DckpError(f"proprio must be one of {list(PROPRIO)}, got {self.proprio!r}", field="proprio")
 

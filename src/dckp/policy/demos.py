@@ -1,9 +1,10 @@
-"""Train a policy on demonstrations through a frozen encoder: encode once, cache, then train on the cache.
+"""Train a policy on demonstrations, through its encoder: frozen encoders are run once over every demonstration
+and their features cached; trainable ones train with the policy on frames read lazily from the HDF5 file.
 
-The policy folder gets `run.json` (task, image size, cameras, encoder spec: everything `dckp evaluate` needs to
-rebuild the observation; its paths are relative to the policy folder, so the folder can move with its run),
-`features.h5` (the encoder's output for every demonstration step, reused while the
-encoder spec and the demonstrations are unchanged) and the policy files of `train_policy`.
+The policy folder gets `run.json` (`dckp.policy.folder`: task, image size, cameras and the encoder spec,
+everything that rebuilds the observation), for a frozen encoder `features.h5` (its output for every
+demonstration step, reused while the encoder spec and the demonstrations are unchanged), and the policy files of
+`train_policy`.
 """
 
 from __future__ import annotations
@@ -17,35 +18,64 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dckp.config import save_json
 from dckp.data import Dataset
 from dckp.encoders import build_encoder
 from dckp.policy.config import PolicyConfig
+from dckp.policy.folder import write_run
 from dckp.policy.model import proprioception
 from dckp.policy.train import train_policy
 
-PATH_KWARGS = ("run", "references")  # encoder kwargs that are paths: run.json stores them relative to its folder
 
-
-def frames_of(ds: Dataset, episode: str, cameras: list[str], start: int, stop: int) -> dict[str, torch.Tensor]:
-    """Encoder input for steps start..stop-1 of a demonstration."""
+def frames_of(ds: Dataset, episode: str, cameras: list[str], start: int, stop: int,
+              inputs=("rgb", "depth", "object_pose")) -> dict[str, torch.Tensor]:
+    """Encoder input for steps start..stop-1 of a demonstration: each camera's K and pose, and of `rgb`, `depth`
+    and `object_pose` those in `inputs`."""
     frames = {}
     for cam in cameras:
-        fr = [ds.frame(episode, cam, t) for t in range(start, stop)]
-        for key in ("rgb", "depth", "K", "pose"):
-            frames[f"{cam}_{key}"] = torch.from_numpy(np.stack([f[key] for f in fr]))
-    frames["object_pose"] = torch.from_numpy(ds.array(episode, "object_pose")[start:stop])
+        for key in ("K", "pose", *(k for k in ("rgb", "depth") if k in inputs)):
+            frames[f"{cam}_{key}"] = torch.from_numpy(ds.frames(episode, cam, key, start, stop))
+    if "object_pose" in inputs:
+        frames["object_pose"] = torch.from_numpy(ds.array(episode, "object_pose")[start:stop])
     return frames
 
 
+class FrameWindows:
+    """Batches of frame windows read from a demonstrations file on demand (whole demonstrations would not fit in
+    memory at paper size), for an encoder trained with the policy."""
+
+    def __init__(self, demos: str | os.PathLike, cameras: list[str], inputs):
+        self.ds = Dataset(demos)
+        self.episodes, self.cameras, self.inputs = self.ds.episodes, cameras, tuple(inputs)
+
+    def batch(self, index: np.ndarray, first: np.ndarray, n: np.ndarray, length: int) -> dict[str, torch.Tensor]:
+        """Frames of windows `first[b] .. first[b] + n[b] - 1` of demonstrations `index[b]`, each padded to `length`
+        with its last frame, flattened to a batch of `B * length` frames (window-major)."""
+        parts = []
+        for i, f, k in zip(index, first, n, strict=True):
+            w = frames_of(self.ds, self.episodes[i], self.cameras, int(f), int(f + k), self.inputs)
+            pad = torch.full((length - int(k),), int(k) - 1, dtype=torch.long)
+            parts.append({key: torch.cat([v, v[pad]]) for key, v in w.items()})
+        return {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
+
+    def close(self) -> None:
+        self.ds.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
 def encode_demos(encoder, demos: str, cameras: list[str], batch: int = 32, progress: bool = True) -> list[np.ndarray]:
-    """(T_i, F) encoder features of every demonstration."""
+    """(T_i, F) features of every demonstration by a frozen encoder."""
     out = []
-    with Dataset(demos) as ds:
+    encoder.eval()
+    with Dataset(demos) as ds, torch.no_grad():
         for ep in tqdm(ds.episodes, desc="encode demos", disable=not progress):
             T = len(ds.actions(ep))
-            out.append(np.concatenate([encoder.encode(frames_of(ds, ep, cameras, s, min(s + batch, T))).numpy()
-                                       for s in range(0, T, batch)]).astype(np.float32))
+            out.append(np.concatenate([encoder(frames_of(ds, ep, cameras, s, min(s + batch, T), encoder.inputs))
+                                       .cpu().numpy() for s in range(0, T, batch)]).astype(np.float32))
     return out
 
 
@@ -58,39 +88,36 @@ def _cached(path: Path, key: str) -> list[np.ndarray] | None:
         return [f[f"demo_{i}"][()] for i in range(len(f))]
 
 
-def _relative(path: str | os.PathLike, folder: Path) -> str:
-    return os.path.relpath(Path(path).resolve(), folder.resolve())
-
-
 def train_on_demos(demos: str | os.PathLike, encoder_spec: dict, cfg: PolicyConfig, out_dir: str | os.PathLike,
                    progress: bool = True) -> dict:
+    """Train the policy of encoder `encoder_spec` (`EncoderConfig.spec()`) on a demonstrations file."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with Dataset(demos) as ds:
         task, cameras = ds.task, ds.streams(ds.episodes[0])
-        image_size = int(ds.frame(ds.episodes[0], cameras[0], 0)["rgb"].shape[0])
+        image_size = int(ds.frames(ds.episodes[0], cameras[0], "rgb", 0, 1).shape[1])
         actions = [ds.actions(ep) for ep in ds.episodes]
         proprio = [proprioception({k: ds.array(ep, k) for k in ("joint_pos", "eef_pos", "eef_quat", "gripper_qpos")},
                                   cfg.proprio) for ep in ds.episodes]
-    kwargs = encoder_spec.get("kwargs", {})
-    paths = {k: kwargs[k] for k in PATH_KWARGS if k in kwargs}
-    absolute = {**encoder_spec, "kwargs": {**kwargs, **{k: str(Path(v).resolve()) for k, v in paths.items()}}}
+    with torch.random.fork_rng(devices=[]):  # a trainable encoder's initial weights depend on the seed alone
+        torch.manual_seed(cfg.seed)
+        encoder = build_encoder(encoder_spec, cameras, image_size)
+    write_run(out, task, image_size, cameras, encoder_spec, demos)
+    if encoder.trainable:
+        with FrameWindows(demos, cameras, encoder.inputs) as frames:
+            return train_policy(proprio, actions, cfg, out, progress=progress, encoder=encoder, frames=frames)
+    absolute = {**encoder_spec, "artefacts": {k: str(Path(v).resolve()) for k, v in encoder_spec["artefacts"].items()}}
     key = json.dumps({"demos": str(Path(demos).resolve()), "mtime": os.path.getmtime(demos), "encoder": absolute},
                      sort_keys=True)
     cache = out / "features.h5"
     features = _cached(cache, key)
     if features is None:
-        torch.set_grad_enabled(False)
-        features = encode_demos(build_encoder(encoder_spec), str(demos), cameras, progress=progress)
-        torch.set_grad_enabled(True)
+        features = encode_demos(encoder, str(demos), cameras, progress=progress)
         tmp = cache.with_name(".features.h5.tmp")
         with h5py.File(tmp, "w") as f:
             f.attrs["key"] = key
             for i, x in enumerate(features):
                 f[f"demo_{i}"] = x
         os.replace(tmp, cache)
-    stored = {**encoder_spec, "kwargs": {**kwargs, **{k: _relative(v, out) for k, v in paths.items()}}}
-    save_json({"task": task, "image_size": image_size, "cameras": cameras, "encoder": stored,
-               "demos": _relative(demos, out)}, out / "run.json")
     obs = [np.concatenate([f, p], 1) for f, p in zip(features, proprio, strict=True)]
     return train_policy(obs, actions, cfg, out, progress=progress)

@@ -1,14 +1,19 @@
-"""LSTM behaviour-cloning policy: observation features -> mean of a fixed-variance Gaussian over actions.
+"""The behaviour-cloning policy: an encoder, the proprioception and an LSTM head predicting the mean of a
+fixed-variance Gaussian over actions.
 
-An observation is the encoder's feature vector with the proprioception appended (`proprioception`). The network
-normalises it with per-feature mean and std buffers fitted on the training frames (saved with the weights), then
-applies Linear(obs_dim, hidden) + ReLU, an LSTM (`layers` x `hidden`) and a Linear(hidden, action_dim) head.
+`LSTMPolicy` (the head) takes an observation vector, the encoder's features with the proprioception appended
+(`proprioception`). It normalises it with per-feature mean and std buffers fitted on the training frames (saved
+with the weights; features of an encoder trained with the policy are left as they are), then applies
+Linear(obs_dim, hidden) + ReLU, an LSTM (`layers` x `hidden`) and a Linear(hidden, action_dim) head.
+`VisuomotorPolicy` owns its encoder and the head: `reset()` at an episode's start, then `act(observation)` with
+each `SimEnv.observe()` (or a real robot's observation of the same keys), which is all that evaluation calls.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+import time
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -18,6 +23,8 @@ from dckp.errors import DckpError
 from dckp.policy.config import PolicyConfig
 
 State = tuple[torch.Tensor, torch.Tensor]
+FRAME_KEYS = ("rgb", "depth", "K", "pose")
+PROPRIO_KEYS = ("joint_pos", "eef_pos", "eef_quat", "gripper_qpos")
 
 
 def proprioception(obs: Mapping[str, np.ndarray], kind: str) -> np.ndarray:
@@ -78,3 +85,59 @@ def nll(mean: torch.Tensor, actions: torch.Tensor, mask: torch.Tensor, std: torc
     per_step = ((actions - mean) ** 2 / (2 * std**2) + std.log() + 0.5 * math.log(2 * math.pi)).sum(-1)
     mask = mask.to(mean)
     return (per_step * mask).sum() / mask.sum()
+
+
+def observation_frames(obs: Mapping[str, np.ndarray], cameras: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Encoder input (a batch of 1) from one observation: per camera rgb, depth, K, pose, and object_pose."""
+    frames = {f"{cam}_{key}": torch.from_numpy(np.ascontiguousarray(obs[f"{cam}_{key}"])[None])
+              for cam in cameras for key in FRAME_KEYS}
+    if "object_pose" in obs:
+        frames["object_pose"] = torch.from_numpy(np.ascontiguousarray(obs["object_pose"])[None])
+    return frames
+
+
+class VisuomotorPolicy(nn.Module):
+    """Encoder + proprioception + LSTM Gaussian head, for closed-loop control.
+
+    A head trained on windows of `seq_len` steps (each from a zero LSTM state) restarts from a zero state every
+    `seq_len` steps, as robomimic's BC-RNN does, so that it meets the states it was trained on. `timing` holds
+    the seconds spent in the encoder and in the rest of `act` since the last `reset()`.
+    """
+
+    def __init__(self, encoder: nn.Module, head: LSTMPolicy):
+        super().__init__()
+        self.encoder, self.head = encoder, head
+        self.reset()
+
+    def check(self) -> None:
+        """DckpError unless the encoder's features and the proprioception make the head's input."""
+        proprio = 7 if self.head.cfg.proprio == "joint_pos" else 9
+        if self.encoder.output_dim() + proprio != self.head.obs_dim:
+            raise DckpError(f"encoder features ({self.encoder.output_dim()}) + proprioception ({proprio}) = "
+                            f"{self.encoder.output_dim() + proprio} values, but the policy expects "
+                            f"{self.head.obs_dim}", field="obs_dim")
+
+    def reset(self) -> None:
+        self.state: State | None = None
+        self.steps = 0
+        self.timing = {"encoder_s": 0.0, "policy_s": 0.0}
+        self.encoder.reset()
+
+    @torch.no_grad()
+    def act(self, observation: Mapping[str, np.ndarray]) -> np.ndarray:
+        """The action `(7,)` float64 for one observation (camera images, K, poses and proprioception)."""
+        t0 = time.perf_counter()
+        features = self.encoder(observation_frames(observation, self.encoder.cameras))
+        t1 = time.perf_counter()
+        proprio = proprioception({k: np.asarray(observation[k])[None] for k in PROPRIO_KEYS}, self.head.cfg.proprio)
+        obs = torch.cat([features.float().cpu().reshape(1, -1), torch.from_numpy(proprio)], 1)
+        if obs.shape[1] != self.head.obs_dim:
+            raise DckpError(f"encoder features ({features.shape[-1]}) + proprioception ({proprio.shape[1]}) = "
+                            f"{obs.shape[1]} values, but the policy expects {self.head.obs_dim}", field="obs_dim")
+        if self.head.cfg.seq_len and self.steps % self.head.cfg.seq_len == 0:
+            self.state = None
+        action, self.state = self.head.act(obs.to(self.head.obs_mean.device), self.state)
+        self.steps += 1
+        self.timing["encoder_s"] += t1 - t0
+        self.timing["policy_s"] += time.perf_counter() - t1
+        return action[0].double().cpu().numpy()

@@ -32,32 +32,50 @@ from dckp.policy.model import LSTMPolicy, nll
 
 WEIGHTS, META, LAST = "policy.safetensors", "policy.json", "policy_last.safetensors"
 LOG, PLOT = "train_log.jsonl", "policy_loss.png"
-_RESUMABLE = ("steps", "checkpoint_every")  # config fields that may change when resuming
+_RESUMABLE = ("steps", "checkpoint_every", "device")  # config fields that may change when resuming
 
 
 def train_policy(features: list[np.ndarray], actions: list[np.ndarray], cfg: PolicyConfig, out_dir,
-                 progress: bool = True) -> dict:
+                 progress: bool = True, encoder=None, frames=None) -> dict:
     """Fit `LSTMPolicy` to demonstrations `features[i] (T_i, F)` -> `actions[i] (T_i, 7)` by minimising `nll`
-    with Adam (`cfg.lr`, L2 `cfg.weight_decay`) for `cfg.steps` steps on the CPU.
+    with Adam (`cfg.lr`, L2 `cfg.weight_decay`) for `cfg.steps` steps on `cfg.device`.
+
+    With a trainable `encoder` (`dckp.encoders.Encoder`), `features` are the proprioception alone and the
+    encoder is trained with the policy: each step encodes the batch's frames, read by `frames.batch(index,
+    first, n, length)` (a `dckp.policy.demos.FrameWindows`), and puts its features before the proprioception.
+    Torch's generator is seeded per step, so augmentations repeat on resume.
 
     Returns `{"steps", "resumed_from", "obs_dim", "loss_start", "loss_end"}` (first and last logged loss).
     """
     out = Path(out_dir)
     obs, act, lengths = _pad_demos(features, actions)
+    feature_dim = encoder.output_dim() if encoder is not None else 0
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        model = LSTMPolicy(obs.shape[2], 7, cfg)
-    model.fit_normalisation(torch.cat([o[:n] for o, n in zip(obs, lengths, strict=True)]))
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    start = _load_last(out / LAST, model, opt, cfg) if (out / LAST).exists() else 0
+        model = LSTMPolicy(feature_dim + obs.shape[2], 7, cfg)
+    valid = torch.cat([o[:n] for o, n in zip(obs, lengths, strict=True)])
+    model.fit_normalisation(torch.cat([valid.new_zeros(len(valid), feature_dim), valid], 1))  # features: as is
+    device = torch.device(cfg.device)
+    model.to(device)
+    params = list(model.parameters())
+    if encoder is not None:
+        encoder.to(device).train()
+        params += list(encoder.parameters())
+    opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    start = _load_last(out / LAST, model, opt, cfg, encoder) if (out / LAST).exists() else 0
     history = [r for r in _read_log(out / LOG) if r["step"] < start]
     atomic_write_bytes(out / LOG, "".join(json.dumps(r) + "\n" for r in history).encode())
-    std = action_std(cfg)
+    std = action_std(cfg).to(device)
     with open(out / LOG, "a") as log, tqdm(total=cfg.steps, initial=start, disable=not progress,
                                            desc="policy", unit="step") as bar:
         for step in range(start, cfg.steps):
-            o, a, mask = _batch(obs, act, lengths, cfg, step)
-            loss = nll(model(o)[0], a, mask, std)
+            index, first, n = _windows(lengths, cfg, step)
+            o, a, mask = _gather(obs, act, index, first, n)
+            if encoder is not None:
+                torch.manual_seed(_step_seed(cfg.seed, step))
+                f = encoder(frames.batch(index, first, n, o.shape[1]))
+                o = torch.cat([f.view(*o.shape[:2], -1), o.to(device)], -1)
+            loss = nll(model(o.to(device))[0], a.to(device), mask.to(device), std)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -67,26 +85,38 @@ def train_policy(features: list[np.ndarray], actions: list[np.ndarray], cfg: Pol
             bar.set_postfix(loss=f"{history[-1]['loss']:.3g}")
             if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
                 log.flush()
-                _save_last(out / LAST, model, opt, cfg, step + 1)
-    save_policy(model, out)
+                _save_last(out / LAST, model, opt, cfg, step + 1, encoder)
+    save_policy(model, out, encoder)
     _plot(history, out / PLOT)
     return {"steps": cfg.steps, "resumed_from": start, "obs_dim": model.obs_dim,
             "loss_start": history[0]["loss"] if history else None,
             "loss_end": history[-1]["loss"] if history else None}
 
 
-def save_policy(model: LSTMPolicy, out_dir) -> None:
-    """Write `policy.safetensors` (weights and normalisation buffers) and `policy.json`."""
-    out = Path(out_dir)
+def _step_seed(seed: int, step: int) -> int:
+    return int(np.random.default_rng([seed, step, 1]).integers(2**62))
+
+
+def _state(model: LSTMPolicy, encoder=None) -> dict[str, torch.Tensor]:
+    """The policy's tensors: the head's under their own names, a trainable encoder's under `encoder.`."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic_write_bytes(out / WEIGHTS, safetensors.torch.save(tensors))
+    if encoder is not None and encoder.trainable:
+        tensors.update({f"encoder.{k}": v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()})
+    return tensors
+
+
+def save_policy(model: LSTMPolicy, out_dir, encoder=None) -> None:
+    """Write `policy.safetensors` (weights and normalisation buffers; a trainable encoder's weights under
+    `encoder.`) and `policy.json`."""
+    out = Path(out_dir)
+    atomic_write_bytes(out / WEIGHTS, safetensors.torch.save(_state(model, encoder)))
     save_json({"config": dataclasses.asdict(model.cfg), "obs_dim": model.obs_dim, "action_dim": model.action_dim},
               out / META)
 
 
 def load_policy(out_dir) -> LSTMPolicy:
-    """The policy saved in `out_dir` by `save_policy`/`train_policy`, in eval mode; DckpError naming the file when
-    a file is missing, corrupt or does not match its config."""
+    """The policy head saved in `out_dir` by `save_policy`/`train_policy`, in eval mode on the CPU; DckpError
+    naming the file when a file is missing, corrupt or does not match its config."""
     out = Path(out_dir)
     try:
         meta = json.loads((out / META).read_text())
@@ -97,8 +127,15 @@ def load_policy(out_dir) -> LSTMPolicy:
         raise DckpError(f"not a policy description ({type(e).__name__}: {e})", path=str(out / META)) from None
     model = LSTMPolicy(obs_dim, action_dim, from_dict(PolicyConfig, config, source=str(out / META)))
     tensors, _ = _read_safetensors(out / WEIGHTS)
-    _load_state(model, tensors, out / WEIGHTS)
+    _load_state(model, {k: v for k, v in tensors.items() if not k.startswith("encoder.")}, out / WEIGHTS)
     return model.eval()
+
+
+def load_encoder_weights(encoder, out_dir) -> None:
+    """Load a trainable encoder's weights from the policy folder's `policy.safetensors`."""
+    path = Path(out_dir) / WEIGHTS
+    tensors, _ = _read_safetensors(path)
+    _load_state(encoder, {k[len("encoder."):]: v for k, v in tensors.items() if k.startswith("encoder.")}, path)
 
 
 def _pad_demos(features, actions) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
@@ -121,30 +158,35 @@ def _pad_demos(features, actions) -> tuple[torch.Tensor, torch.Tensor, np.ndarra
     return obs, act, lengths
 
 
-def _batch(obs, act, lengths, cfg: PolicyConfig, step: int):
-    """`cfg.batch_size` demos drawn with replacement; of each, the whole demo (`seq_len=0`) or a random window of
-    `seq_len` steps. Returns obs `(B, L, F)`, actions `(B, L, 7)` and the mask `(B, L)` of valid steps."""
+def _windows(lengths: np.ndarray, cfg: PolicyConfig, step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Step `step`'s batch: `cfg.batch_size` demos drawn with replacement (`index`), and of each the whole demo
+    (`seq_len=0`) or a random window of `seq_len` steps (`first`, `n` steps)."""
     rng = np.random.default_rng([cfg.seed, step])
     index = rng.integers(0, len(lengths), cfg.batch_size)
     T = lengths[index]
     n = np.minimum(T, cfg.seq_len) if cfg.seq_len else T
-    first = rng.integers(0, T - n + 1)
+    return index, rng.integers(0, T - n + 1), n
+
+
+def _gather(obs, act, index, first, n):
+    """obs `(B, L, F)`, actions `(B, L, 7)` and the mask `(B, L)` of valid steps of the windows."""
     steps = np.arange(n.max())
     t = torch.from_numpy(np.minimum(first[:, None] + steps, obs.shape[1] - 1))
     i = torch.from_numpy(index)[:, None]
     return obs[i, t], act[i, t], torch.from_numpy(steps < n[:, None])
 
 
-def _save_last(path: Path, model: LSTMPolicy, opt: torch.optim.Optimizer, cfg: PolicyConfig, step: int) -> None:
-    tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
+def _save_last(path: Path, model: LSTMPolicy, opt: torch.optim.Optimizer, cfg: PolicyConfig, step: int,
+               encoder=None) -> None:
+    tensors = {f"model.{k}": v for k, v in _state(model, encoder).items()}
     for i, state in opt.state_dict()["state"].items():
-        tensors.update({f"optimizer.{i}.{k}": torch.as_tensor(v).contiguous() for k, v in state.items()})
+        tensors.update({f"optimizer.{i}.{k}": torch.as_tensor(v).detach().cpu().contiguous() for k, v in state.items()})
     # one metadata key: safetensors writes several in a random order, and the file would differ run to run
     meta = {"step": step, "config": dataclasses.asdict(cfg), "obs_dim": model.obs_dim}
     atomic_write_bytes(path, safetensors.torch.save(tensors, metadata={"dckp": json.dumps(meta)}))
 
 
-def _load_last(path: Path, model: LSTMPolicy, opt: torch.optim.Optimizer, cfg: PolicyConfig) -> int:
+def _load_last(path: Path, model: LSTMPolicy, opt: torch.optim.Optimizer, cfg: PolicyConfig, encoder=None) -> int:
     """Restore model and optimizer from `policy_last.safetensors`; the number of steps already done."""
     tensors, meta = _read_safetensors(path)
     try:
@@ -159,7 +201,10 @@ def _load_last(path: Path, model: LSTMPolicy, opt: torch.optim.Optimizer, cfg: P
                         "out_dir", path=str(path))
     if step > cfg.steps:
         raise DckpError(f"checkpoint is at step {step}, beyond steps={cfg.steps}", path=str(path))
-    _load_state(model, {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}, path)
+    saved = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    _load_state(model, {k: v for k, v in saved.items() if not k.startswith("encoder.")}, path)
+    if encoder is not None and encoder.trainable:
+        _load_state(encoder, {k[len("encoder."):]: v for k, v in saved.items() if k.startswith("encoder.")}, path)
     state: dict[int, dict] = {}
     for key, v in tensors.items():
         if key.startswith("optimizer."):
@@ -182,7 +227,7 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
         raise DckpError(f"not a readable safetensors file ({e})".replace("\n", " "), path=str(path)) from None
 
 
-def _load_state(model: LSTMPolicy, tensors: dict[str, torch.Tensor], path: Path) -> None:
+def _load_state(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as e:
