@@ -25,6 +25,7 @@ from dckp.config import atomic_write_bytes, save_json
 from dckp.data import Dataset
 from dckp.encoders.keypoints import DonKeypoints, GroundTruthKeypoints
 from dckp.keypoints.extract import depth_at
+from dckp.keypoints.select import load_references
 from dckp.policy.demos import frames_of
 
 
@@ -40,14 +41,16 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    don, gt = DonKeypoints(args.don, args.references), GroundTruthKeypoints(args.references)
-    cameras = sorted(gt.refs)
+    cameras = sorted(load_references(args.references)[0])
     err, inside, depth, seen = ({c: [] for c in cameras} for _ in range(4))
     with Dataset(args.demos) as ds:
         task = ds.task
+        size = ds.frames(ds.episodes[0], cameras[0], "rgb", 0, 1).shape[1]
+        don = DonKeypoints(cameras, size, don=args.don, references=args.references)
+        gt = GroundTruthKeypoints(cameras, size, references=args.references)
         for ep in ds.episodes[: args.episodes]:
             frames = frames_of(ds, ep, cameras, 0, len(ds.actions(ep)))
-            found = don.keypoints(frames)
+            found = don.image_keypoints(frames)
             for cam in cameras:
                 uv, p, _ = gt.points(frames, cam)
                 H, W = frames[f"{cam}_depth"].shape[-2:]
