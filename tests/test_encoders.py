@@ -252,3 +252,23 @@ def test_trainable_encoder_round_trip_gives_the_same_actions(setup):
     b = np.stack([loaded.act(o) for o in observations])
     assert np.array_equal(a, b) and a.shape == (5, 7)
     assert main(["evaluate", str(out), "--episodes", "1", "--workers", "1", "--videos", "0", "--max-steps", "3"]) == 0
+
+
+def test_frame_windows_read_the_same_frames_cached_or_not(setup):
+    import numpy as np
+
+    from dckp.policy.demos import FrameWindows
+
+    _, demos, _, _ = setup
+    cam = "robot0_eye_in_hand"
+    index, first, n = np.array([1, 0, 1]), np.array([3, 0, 1]), np.array([4, 2, 4])
+    with FrameWindows(demos, [cam], ("rgb", "depth"), cache_bytes=0) as plain, \
+            FrameWindows(demos, [cam], ("rgb", "depth")) as cached:
+        a = plain.batch(index, first, n, 4)
+        cached.batch(index, first, n, 4)  # fills the cache
+        b = cached.batch(index, first, n, 4)
+        assert not plain.cache and len(cached.cache) == 2
+    assert a.keys() == b.keys() == {f"{cam}_{k}" for k in ("rgb", "depth", "K", "pose")}
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with Dataset(demos) as ds:  # window 2 (demo 0, steps 0..1) padded with its last frame
+        assert torch.equal(a[f"{cam}_rgb"][4 + 3], torch.from_numpy(ds.frame("demo_0", cam, 1)["rgb"]))

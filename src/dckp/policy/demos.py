@@ -40,19 +40,34 @@ def frames_of(ds: Dataset, episode: str, cameras: list[str], start: int, stop: i
 
 
 class FrameWindows:
-    """Batches of frame windows read from a demonstrations file on demand (whole demonstrations would not fit in
-    memory at paper size), for an encoder trained with the policy."""
+    """Batches of frame windows read from a demonstrations file on demand, for an encoder trained with the policy.
 
-    def __init__(self, demos: str | os.PathLike, cameras: list[str], inputs):
+    Decoding the file's compressed images dominates a step, so each demonstration's decoded frames are kept in
+    memory once read, up to `cache_bytes` in all (1 GiB: every demonstration of the `cpu` presets); beyond that
+    they are read from the file at every step (whole demonstrations would not fit in memory at paper size)."""
+
+    def __init__(self, demos: str | os.PathLike, cameras: list[str], inputs, cache_bytes: int = 2**30):
         self.ds = Dataset(demos)
         self.episodes, self.cameras, self.inputs = self.ds.episodes, cameras, tuple(inputs)
+        self.cache: dict[int, dict[str, torch.Tensor]] = {}
+        self.cache_bytes, self.cached_bytes = cache_bytes, 0
+
+    def _window(self, i: int, start: int, stop: int) -> dict[str, torch.Tensor]:
+        if i in self.cache:
+            return {key: v[start:stop] for key, v in self.cache[i].items()}
+        ep = self.episodes[i]
+        whole = frames_of(self.ds, ep, self.cameras, 0, len(self.ds.actions(ep)), self.inputs)
+        size = sum(v.numel() * v.element_size() for v in whole.values())
+        if self.cached_bytes + size <= self.cache_bytes:
+            self.cache[i], self.cached_bytes = whole, self.cached_bytes + size
+        return {key: v[start:stop] for key, v in whole.items()}
 
     def batch(self, index: np.ndarray, first: np.ndarray, n: np.ndarray, length: int) -> dict[str, torch.Tensor]:
         """Frames of windows `first[b] .. first[b] + n[b] - 1` of demonstrations `index[b]`, each padded to `length`
         with its last frame, flattened to a batch of `B * length` frames (window-major)."""
         parts = []
         for i, f, k in zip(index, first, n, strict=True):
-            w = frames_of(self.ds, self.episodes[i], self.cameras, int(f), int(f + k), self.inputs)
+            w = self._window(int(i), int(f), int(f + k))
             pad = torch.full((length - int(k),), int(k) - 1, dtype=torch.long)
             parts.append({key: torch.cat([v, v[pad]]) for key, v in w.items()})
         return {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
