@@ -9,7 +9,8 @@ For each encoder (default: every registered one): the references are chosen once
 (cpu preset: 1000 steps single-object, 1500 multi-object; `resnet-ssm` on windows of 10 steps, as robomimic's
 BC-RNN, with the steps in `OVERRIDES`) and evaluated closed-loop on `--episodes` seeds from 1,000,000 (disjoint
 from the demonstrations' seeds). A trained policy and a finished evaluation are reused, so an interrupted run
-continues; `details.<task>.<encoder>.train_s` is the wall time of the policy's training.
+continues; `details.<task>.<encoder>.train_s` is the wall time of the policy's training with `train_threads` torch
+threads.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import dataclasses
 import json
 import time
 from pathlib import Path
+
+import torch
 
 from dckp.config import atomic_write_bytes, save_json
 from dckp.data import Dataset
@@ -64,9 +67,11 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=50)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--encoders", nargs="+", default=None, help="default: every registered encoder")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads of policy training (default: 2)")
     parser.add_argument("--runs", default="runs/policies")
     parser.add_argument("--out", default="results")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
 
     runs = Path(args.runs) / args.task
     refs = runs / "references.safetensors"
@@ -87,7 +92,7 @@ def main() -> None:
         if not (policy / "policy.safetensors").exists() or "train_s" not in details.get(name, {}):
             start = time.time()
             train_on_demos(args.demos, enc.spec(), cfg, policy)
-            details.setdefault(name, {})["train_s"] = round(time.time() - start, 1)
+            details[name] = {"train_s": round(time.time() - start, 1), "train_threads": args.threads}
             save_json(results, path)
         ev = policy / "eval" / "eval.json"
         r = json.loads(ev.read_text()) if ev.exists() else {}
