@@ -60,10 +60,10 @@ class FakeEnv:
     def success(self):
         return self.succeed_after is not None and self.steps >= self.succeed_after
 
-    def render(self, camera):
+    def render(self, camera, segmentation=True):
         return {"rgb": np.full((self.size, self.size, 3), 200, np.uint8)}
 
-    def observe(self, images=True):
+    def observe(self, images=True, segmentation=True):
         s = self.size
         return {"joint_pos": np.zeros(7, np.float32), "eef_pos": np.zeros(3, np.float32),
                 "eef_quat": np.array([1, 0, 0, 0], np.float32), "gripper_qpos": np.zeros(2, np.float32),

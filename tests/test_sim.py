@@ -186,3 +186,21 @@ def test_torchvision_imports_after_rendering():
             "e = SimEnv(get_task('lift'), 32); e.reset(0); e.observe(); import torchvision")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-500:]
+
+
+def test_single_pass_rendering_gives_the_same_colour_and_depth():
+    """Acting needs no segmentation: one colour pass then gives RGB and depth, identical to the two-pass render."""
+    env = SimEnv(get_task("stack"), image_size=64)
+    try:
+        env.reset(3)
+        for _ in range(5):
+            env.step(np.r_[0.3, 0.2, -0.2, 0, 0, 0, 1.0])
+        for cam in env.cameras:
+            two, one = env.render(cam), env.render(cam, segmentation=False)
+            assert "seg" in two and "seg" not in one
+            assert np.array_equal(two["rgb"], one["rgb"]) and np.array_equal(two["depth"], one["depth"])
+            assert (one["depth"] > 0).mean() > 0.5
+        obs = env.observe(segmentation=False)
+        assert not any(k.endswith("_seg") for k in obs) and all(f"{c}_depth" in obs for c in env.cameras)
+    finally:
+        env.close()

@@ -139,7 +139,7 @@ def rollout(env, policy, seed: int, record: bool = False, max_steps: int | None 
         if record:
             with torch.no_grad():
                 kps = encoder.image_keypoints(observation_frames(obs, cameras)) if draw_kp else None
-            extra = {f"{v}_rgb": env.render(v)["rgb"] for v in views}
+            extra = {f"{v}_rgb": env.render(v, segmentation=False)["rgb"] for v in views}
             frames_out.append(composite({**obs, **extra}, [*cameras, *views], kps))
 
     t0 = time.perf_counter()
@@ -149,7 +149,7 @@ def rollout(env, policy, seed: int, record: bool = False, max_steps: int | None 
     steps, success = 0, False
     while steps < horizon:
         t0 = time.perf_counter()
-        obs = env.observe(images=record or encoder.needs_images())
+        obs = env.observe(images=record or encoder.needs_images(), segmentation=False)
         t1 = time.perf_counter()
         action = policy.act(obs)
         record_frame(obs)
@@ -161,7 +161,7 @@ def rollout(env, policy, seed: int, record: bool = False, max_steps: int | None 
         if success:
             break
     if record:
-        record_frame(env.observe())
+        record_frame(env.observe(segmentation=False))
     out = {"success": success, "steps": steps, "time_encoder_s": policy.timing["encoder_s"],
            "time_policy_s": policy.timing["policy_s"], "time_sim_s": t_sim, "time_reset_s": t_reset}
     if record:

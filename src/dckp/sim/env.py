@@ -110,22 +110,23 @@ class SimEnv:
         """(N, 4, 4) world poses of the task's objects (ground truth, for baselines and measuring)."""
         return np.stack([self.body_pose(pose_body) for _, pose_body in self.object_bodies])
 
-    def render(self, camera) -> dict[str, np.ndarray]:
+    def render(self, camera, segmentation: bool = True) -> dict[str, np.ndarray]:
         if self.renderer is None:
             raise RuntimeError("rendering is off (image_size=0)")
-        return self.renderer.render(self.data, camera)
+        return self.renderer.render(self.data, camera, segmentation)
 
-    def observe(self, images: bool = True) -> dict[str, np.ndarray]:
+    def observe(self, images: bool = True, segmentation: bool = True) -> dict[str, np.ndarray]:
         """Proprioception, object poses and, per camera, `<cam>_rgb|_depth|_seg|_K|_pose`.
 
         `images=False` skips rendering: K and pose are exact, rgb, depth and seg are blank (zeros) of the right
-        size, for encoders that read only the camera geometry (`needs_images = False`)."""
+        size, for encoders that read only the camera geometry (`needs_images()` false). `segmentation=False` leaves
+        out `_seg` and renders each camera in one pass instead of two (acting needs no segmentation)."""
         obs = self.proprio()
         obs["object_pose"] = self.object_poses().astype(np.float32)
         if self.renderer is not None:
             for cam in self.cameras:
                 if images:
-                    view = self.render(cam)
+                    view = self.render(cam, segmentation)
                 else:
                     K, pose = self.renderer.geometry(self.data, cam)
                     size = (self.image_size, self.image_size)

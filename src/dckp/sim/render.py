@@ -1,7 +1,8 @@
 """RGB-D and ground-truth segmentation from MuJoCo cameras, with per-frame K and camera-to-world pose.
 
-Images come out top-row-first with OpenCV camera poses (docs/conventions.md). Each camera costs two
-render passes: a segmentation pass whose depth buffer also gives metric depth, and a colour pass.
+Images come out top-row-first with OpenCV camera poses (docs/conventions.md). With segmentation, a camera costs
+two render passes: a segmentation pass whose depth buffer also gives metric depth, and a colour pass. Without it
+(acting needs no segmentation: closed-loop evaluation), colour and depth come from the one colour pass.
 Reflections, shadows, the skybox and multisampling are turned off, which was measured ~2.5x faster.
 """
 
@@ -57,27 +58,32 @@ class Cameras:
     def close(self) -> None:
         self.renderer.close()
 
-    def render(self, data: mujoco.MjData, camera: str | mujoco.MjvCamera) -> dict[str, np.ndarray]:
-        """rgb (H,W,3) uint8, depth (H,W) float32 metres (0 invalid), seg (H,W) uint8, K (3,3), pose (4,4)."""
+    def render(self, data: mujoco.MjData, camera: str | mujoco.MjvCamera,
+               segmentation: bool = True) -> dict[str, np.ndarray]:
+        """rgb (H,W,3) uint8, depth (H,W) float32 metres (0 invalid), seg (H,W) uint8 (with `segmentation`),
+        K (3,3), pose (4,4)."""
         r = self.renderer
         r.update_scene(data, camera=camera, scene_option=self.option)
         scene, ctx, rect = r.scene, r._mjr_context, r._rect
         if r._gl_context:
             r._gl_context.make_current()
-        flags = scene.flags.copy()
-        scene.flags[mujoco.mjtRndFlag.mjRND_SEGMENT] = True
-        scene.flags[mujoco.mjtRndFlag.mjRND_IDCOLOR] = True
-        mujoco.mjr_render(rect, scene, ctx)
-        mujoco.mjr_readPixels(self._seg_buf, self._depth_buf, rect, ctx)
-        np.copyto(scene.flags, flags)
-        seg = self._segmentation(scene)
-        depth = self._metric_depth()
+        out = {}
+        if segmentation:
+            flags = scene.flags.copy()
+            scene.flags[mujoco.mjtRndFlag.mjRND_SEGMENT] = True
+            scene.flags[mujoco.mjtRndFlag.mjRND_IDCOLOR] = True
+            mujoco.mjr_render(rect, scene, ctx)
+            mujoco.mjr_readPixels(self._seg_buf, self._depth_buf, rect, ctx)
+            np.copyto(scene.flags, flags)
+            out["seg"] = np.flipud(self._segmentation(scene)).copy()
+            out["depth"] = np.flipud(self._metric_depth()).copy()
         rgb = np.empty((self.height, self.width, 3), np.uint8)
         mujoco.mjr_render(rect, scene, ctx)
-        mujoco.mjr_readPixels(rgb, None, rect, ctx)
+        mujoco.mjr_readPixels(rgb, None if segmentation else self._depth_buf, rect, ctx)
+        if not segmentation:
+            out["depth"] = np.flipud(self._metric_depth()).copy()
         K, pose = self.geometry(data, camera)
-        return {"rgb": np.flipud(rgb).copy(), "depth": np.flipud(depth).copy(),
-                "seg": np.flipud(seg).copy(), "K": K, "pose": pose}
+        return {"rgb": np.flipud(rgb).copy(), **out, "K": K, "pose": pose}
 
     def _segmentation(self, scene: mujoco.MjvScene) -> np.ndarray:
         ids = self._seg_buf.astype(np.int64)
