@@ -107,6 +107,24 @@ def cmd_pretrain(args) -> None:
     print(json.dumps(summary, indent=1))
 
 
+def cmd_pretrain_representation(args) -> None:
+    import torch
+
+    from dckp.representations.config import config_from_args
+    from dckp.representations.train import pretrain_representation
+
+    _at_least(args, "--threads", 0)
+    _at_least(args, "--checkpoint-every", 1)
+    if not args.views and not args.demos:
+        raise DckpError("give --views and/or --demos files", field="--views")
+    cfg = config_from_args(args.method, args.preset, args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    summary = pretrain_representation(args.method, [*args.views, *args.demos], cfg, args.out,
+                                      checkpoint_every=args.checkpoint_every)
+    print(json.dumps(summary, indent=1))
+
+
 def cmd_eval_correspondence(args) -> None:
     from dckp.don.evaluate import evaluate_model, sample_eval_pairs
     from dckp.don.train import load_don
@@ -243,6 +261,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="steps between resumable checkpoints; Ctrl-C also saves one (default: 100)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: 0, torch's default)")
     p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("pretrain-representation", help="pretrain a baseline representation (bvae, transporter, "
+                       "monet) on views and demos files (resumes if interrupted)",
+                       configs=[("dckp.representations.config", "add_representation_args", None)])
+    p.add_argument("--method", required=True, choices=["bvae", "transporter", "monet"],
+                   help="beta-VAE, Transporter keypoints or MONet slots (docs/representations.md)")
+    p.add_argument("--views", nargs="+", default=[], help="view files from `dckp collect-views` (bvae, monet)")
+    p.add_argument("--demos", nargs="+", default=[], help="demonstration files from `dckp collect` (all methods; "
+                   "transporter learns from pairs of their frames)")
+    p.add_argument("--out", required=True, help="the run folder: checkpoints, log, curves, pictures, the model")
+    p.add_argument("--preset", default="cpu", **presets)
+    p.add_argument("--checkpoint-every", type=int, default=100,
+                   help="steps between resumable checkpoints; Ctrl-C also saves one (default: 100)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: 0, torch's default)")
+    p.set_defaults(func=cmd_pretrain_representation)
 
     p = sub.add_parser("eval-correspondence", help="correspondence accuracy of a pretrained DON on held-out views")
     p.add_argument("don", help="a DON run folder (`dckp pretrain --out`)")

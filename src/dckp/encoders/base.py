@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from dckp.errors import DckpError
 
 INPUTS = ("rgb", "depth", "object_pose")
-ARTEFACTS = ("don", "references")
+ARTEFACTS = ("don", "references", "representation")
 _SUPPORT = {"augment", "base", "config"}  # modules of this package that define no encoder
 
 

@@ -14,7 +14,8 @@ from dckp.config import add_config_args, apply_args, option
 from dckp.errors import DckpError
 
 ARTEFACT_MADE_BY = {"don": "a DON run folder (from `dckp pretrain`)",
-                    "references": "a references file (from `dckp keypoints`)"}
+                    "references": "a references file (from `dckp keypoints`)",
+                    "representation": "a representation run folder (from `dckp pretrain-representation`)"}
 
 
 def encoder_names() -> list[str]:
@@ -31,6 +32,7 @@ class EncoderConfig:
     encoder: str = option("dckp-3d", "observation encoder", choices=encoder_names)
     don: str = option("", "the `dckp pretrain` run folder (encoders built on a DON: dckp-3d, dckp-2d)")
     references: str = option("", "the reference keypoints file from `dckp keypoints` (keypoint encoders)")
+    representation: str = option("", "the `dckp pretrain-representation` run folder (bvae, transporter, monet)")
 
     def __post_init__(self):
         from dckp.encoders.base import encoder_class

@@ -1,0 +1,105 @@
+"""beta-VAE (Higgins et al., ICLR 2017) as the BASK authors configure it (robot-learning-freiburg/bask,
+`models/bvae/beta_vae.py`): four convolutions of 32 channels, kernel 4, stride 2, each with BatchNorm and ReLU, a
+fully connected layer of 128, then the mean and log-variance of a 32-d latent; the decoder mirrors it (fully
+connected 128 and back to the last feature map, four transposed convolutions with BatchNorm and ReLU, a 3 x 3
+convolution to RGB and a sigmoid). The policy reads the latent mean: 32 features per camera.
+
+Loss: reconstruction + beta * KL, beta = 1.5. The reconstruction is the squared error summed over pixels and
+channels (a Gaussian likelihood of fixed variance, up to constants), the KL is summed over the latent; both are
+averaged over the batch. The authors multiply the KL by `kld_weight = batch / dataset size` (their
+`kld_correction`, inherited from a VAE library where it rescales a per-dataset ELBO) and average the squared
+error over pixels: their effective beta is about 1e-3 of the stated 1.5, an almost plain autoencoder. We do not
+use that factor: the stated beta weighs a per-image KL against a per-image likelihood.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from dckp.representations.config import BVAE_PRESETS as PRESETS
+from dckp.representations.config import BvaeConfig as Config
+
+__all__ = ["PRESETS", "BetaVae", "Config", "build", "feature_dim", "features", "loss", "picture"]
+PAIRS = False  # trained on single frames
+
+
+class BetaVae(nn.Module):
+    """The beta-VAE: `encode` gives (mu, logvar), `decode` an image in [0, 1]."""
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        c, s = cfg.conv_channels, cfg.image_size // 16
+        self.shape = (c, s, s)
+        down, cin = [], 3
+        for _ in range(4):
+            down += [nn.Conv2d(cin, c, 4, 2, 1), nn.BatchNorm2d(c), nn.ReLU()]
+            cin = c
+        self.encoder = nn.Sequential(*down, nn.Flatten(), nn.Linear(c * s * s, cfg.hidden), nn.ReLU())
+        self.mu, self.logvar = nn.Linear(cfg.hidden, cfg.latent_dim), nn.Linear(cfg.hidden, cfg.latent_dim)
+        self.decoder_input = nn.Sequential(nn.Linear(cfg.latent_dim, cfg.hidden), nn.ReLU(),
+                                           nn.Linear(cfg.hidden, c * s * s), nn.ReLU())
+        up = []
+        for _ in range(4):
+            up += [nn.ConvTranspose2d(c, c, 4, 2, 1), nn.BatchNorm2d(c), nn.ReLU()]
+        self.decoder = nn.Sequential(*up, nn.Conv2d(c, 3, 3, 1, 1), nn.Sigmoid())
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.encoder(x)
+        return self.mu(h), self.logvar(h)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.decoder_input(z).view(len(z), *self.shape))
+
+    def forward(self, x: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(reconstruction, mu, logvar) of images `x (B, 3, S, S)`, with `noise (B, latent)` ~ N(0, 1)."""
+        mu, logvar = self.encode(x)
+        return self.decode(mu + noise * torch.exp(0.5 * logvar)), mu, logvar
+
+
+def build(cfg: Config) -> BetaVae:
+    return BetaVae(cfg)
+
+
+def feature_dim(cfg: Config) -> int:
+    """Features per camera: the latent mean."""
+    return cfg.latent_dim
+
+
+def kl_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, exp(logvar)) || N(0, 1)) per element."""
+    return -0.5 * (1 + logvar - mu**2 - logvar.exp())
+
+
+def loss(model: BetaVae, images: torch.Tensor, cfg: Config, generator: torch.Generator
+         ) -> tuple[torch.Tensor, dict[str, float]]:
+    """reconstruction + beta * KL of a batch `(B, 3, S, S)`; the noise is drawn from `generator` (on the CPU)."""
+    noise = torch.randn(len(images), cfg.latent_dim, generator=generator).to(images.device)
+    recon, mu, logvar = model(images, noise)
+    reconstruction = ((recon - images) ** 2).sum((1, 2, 3)).mean()
+    kl = kl_normal(mu, logvar).sum(1).mean()
+    total = reconstruction + cfg.beta * kl
+    return total, {"loss": total.item(), "reconstruction": reconstruction.item(), "kl": kl.item()}
+
+
+@torch.no_grad()
+def features(model: BetaVae, images: torch.Tensor) -> torch.Tensor:
+    """`(B, latent_dim)`: the latent mean."""
+    return model.encode(images)[0]
+
+
+@torch.no_grad()
+def picture(model: BetaVae, images: torch.Tensor) -> tuple[str, bytes]:
+    """`reconstructions.png`: inputs (top row) and the reconstructions of their latent means (bottom row)."""
+    from dckp.representations.plots import image_grid
+
+    recon = model.decode(model.encode(images)[0])
+    rows = [[_hwc(x) for x in images], [_hwc(x) for x in recon]]
+    return "reconstructions.png", image_grid(rows, ["input", "reconstruction"], "beta-VAE: inputs and "
+                                             "reconstructions of the latent mean")
+
+
+def _hwc(x: torch.Tensor) -> np.ndarray:
+    return x.detach().cpu().clamp(0, 1).permute(1, 2, 0).numpy()
+

@@ -1,0 +1,253 @@
+"""Pretraining of a representation baseline (beta-VAE, Transporter or MONet) on views and demos files, resumable
+exactly, and loading the result.
+
+The run folder gets `last.safetensors` (model, optimiser and torch RNG state: an interrupted run resumes where it
+stopped and, batches and noise being drawn from generators seeded by (seed, step), repeats the same losses),
+`train_log.jsonl` (one line of losses per step), `train_curves.png`, `pretrain_config.json`, and at the end
+`representation.safetensors` + `representation.json` (the trained model, the method and its config) and the
+method's picture (`reconstructions.png`, `keypoints.png` or `slots.png`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import signal
+import threading
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save
+from tqdm import tqdm
+
+from dckp.config import atomic_write_bytes, from_dict, save_json
+from dckp.errors import DckpError, Interrupted
+from dckp.representations import bvae, monet, transporter
+from dckp.representations.config import RepresentationConfig
+from dckp.representations.data import FrameSource
+from dckp.representations.plots import curves
+
+log = logging.getLogger(__name__)
+
+METHODS: dict[str, ModuleType] = {"bvae": bvae, "transporter": transporter, "monet": monet}
+FORMAT = "dckp-representation-v1"
+RESUME_MAY_CHANGE = ("steps", "device")  # config fields a resumed run may set differently
+LAST, MODEL = "last.safetensors", "representation.safetensors"
+PICTURE_INPUTS = 8
+
+
+def method_module(method: str) -> ModuleType:
+    """The module of a method (`bvae`, `transporter`, `monet`); DckpError for another name."""
+    if method not in METHODS:
+        raise DckpError(f"unknown method {method!r}; choose from {list(METHODS)}", field="method")
+    return METHODS[method]
+
+
+def save_state(path: str | os.PathLike, method: str, model: torch.nn.Module, cfg: RepresentationConfig, step: int,
+               optimizer: torch.optim.Optimizer | None = None) -> None:
+    """Write a safetensors file of the model (`model/<name>`), where given the optimiser (`optimizer/<param>/<name>`,
+    its param_groups and scalars in the metadata) and torch's RNG state; the metadata entry `dckp` holds the
+    format, method, step and config as JSON."""
+    tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
+    meta = {"format": FORMAT, "method": method, "step": step, "config": dataclasses.asdict(cfg)}
+    if optimizer is not None:
+        state = optimizer.state_dict()
+        meta["optimizer"] = {"param_groups": state["param_groups"], "scalars": {}}
+        for i, entries in state["state"].items():
+            for k, v in entries.items():
+                if isinstance(v, torch.Tensor):
+                    tensors[f"optimizer/{i}/{k}"] = v
+                else:
+                    meta["optimizer"]["scalars"].setdefault(str(i), {})[k] = v
+        tensors["rng/torch"] = torch.get_rng_state()
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    atomic_write_bytes(path, save(tensors, metadata={"dckp": json.dumps(meta)}))
+
+
+def read_state(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(metadata, tensors) of a file of `save_state`; DckpError naming the file when it is missing or unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise DckpError("file not found; make it with `dckp pretrain-representation`", path=str(path))
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {})["dckp"])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:
+        reason = (str(e).splitlines() or [""])[0]
+        raise DckpError(f"not a readable representation file ({type(e).__name__}: {reason}); delete it and run "
+                        "`dckp pretrain-representation` again", path=str(path)) from None
+    if meta.get("format") != FORMAT:
+        raise DckpError(f"unknown format {meta.get('format')!r}, expected {FORMAT!r}", path=str(path))
+    if meta.get("method") not in METHODS:
+        raise DckpError(f"unknown method {meta.get('method')!r}", path=str(path), field="method")
+    return meta, tensors
+
+
+def _prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def load_state(path: str | os.PathLike, method: str, model: torch.nn.Module, cfg: RepresentationConfig,
+               optimizer: torch.optim.Optimizer) -> int:
+    """Restore a run's `last.safetensors` into model and optimiser, and torch's RNG state; return the step. The
+    method and every config field but RESUME_MAY_CHANGE must be the checkpoint's."""
+    meta, tensors = read_state(path)
+    saved, now = meta["config"], dataclasses.asdict(cfg)
+    differ = sorted(k for k in set(saved) | set(now) if k not in RESUME_MAY_CHANGE and saved.get(k) != now.get(k))
+    if meta["method"] != method or differ:
+        what = f"method {meta['method']}" if meta["method"] != method else \
+            f"config in {differ} (checkpoint: {[saved.get(k) for k in differ]})"
+        raise DckpError(f"this run folder was started with another {what}; use another --out or the same "
+                        "settings", path=str(path))
+    _load_model(model, tensors, path)
+    state: dict[int, dict] = {}
+    for key, v in _prefixed(tensors, "optimizer/").items():
+        i, name = key.split("/", 1)
+        state.setdefault(int(i), {})[name] = v
+    for i, entries in meta["optimizer"]["scalars"].items():
+        state.setdefault(int(i), {}).update(entries)
+    groups = [{k: tuple(v) if isinstance(v, list) and k != "params" else v for k, v in g.items()}
+              for g in meta["optimizer"]["param_groups"]]  # JSON turned tuples (Adam's betas) into lists
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+    torch.set_rng_state(tensors["rng/torch"])
+    return meta["step"]
+
+
+def _load_model(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path) -> None:
+    try:
+        model.load_state_dict(_prefixed(tensors, "model/"))
+    except RuntimeError as e:
+        raise DckpError(f"model does not fit the file: {' '.join(str(e).split())[:300]}", path=str(path)) from None
+
+
+def load_representation(run: str | os.PathLike) -> tuple[str, RepresentationConfig, torch.nn.Module]:
+    """(method, config, model in eval mode on the CPU) of a finished run folder (its `representation.safetensors`)."""
+    path = Path(run) / MODEL
+    meta, tensors = read_state(path)
+    module = METHODS[meta["method"]]
+    cfg = from_dict(module.Config, meta["config"], source=str(path))
+    model = module.build(cfg)
+    _load_model(model, tensors, path)
+    return meta["method"], cfg, model.eval()
+
+
+def step_generators(seed: int, step: int) -> tuple[np.random.Generator, torch.Generator]:
+    """The batch sampler and the (CPU) torch noise generator of one step, both seeded by (seed, step)."""
+    rng = np.random.default_rng([seed, step])
+    return rng, torch.Generator().manual_seed(int(rng.integers(2**62)))
+
+
+def pretrain_representation(method: str, files: list[str | os.PathLike], cfg: RepresentationConfig,
+                            out: str | os.PathLike, checkpoint_every: int = 100, progress: bool = True) -> dict:
+    """Train (or resume training) a representation of `method` on views and demos files (Transporter: the demos
+    files' pairs) into the run folder `out`; returns a summary.
+
+    The files are checked before anything is written. Ctrl-C finishes the current step, saves `last.safetensors`
+    and raises `Interrupted`; a second Ctrl-C stops at once."""
+    module = method_module(method)
+    if type(cfg) is not module.Config:
+        raise DckpError(f"a {type(cfg).__name__} for method {method}, expected a {module.Config.__name__}",
+                        field="config")
+    if checkpoint_every < 1:
+        raise DckpError(f"must be >= 1, got {checkpoint_every}", field="checkpoint_every")
+    with FrameSource(files, cfg.image_size, pairs=module.PAIRS, max_gap=getattr(cfg, "max_gap", 1)) as source:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        last, log_path = out / LAST, out / "train_log.jsonl"
+        torch.manual_seed(cfg.seed)
+        model = module.build(cfg).to(cfg.device)
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        start = 0
+        if last.exists():
+            start = load_state(last, method, model, cfg, optimizer)
+            log.info("resuming from %s at step %d", last, start)
+        lines = [ln for ln in log_path.read_text().splitlines() if ln.strip()] if log_path.exists() else []
+        lines = [ln for ln in lines if _complete(ln) and json.loads(ln)["step"] < start]
+        save_json({"method": method, "files": [str(f) for f in files], **dataclasses.asdict(cfg)},
+                  out / "pretrain_config.json")
+        model.train()
+        with tqdm(total=cfg.steps, initial=start, desc=f"pretrain {method}", disable=not progress) as bar, \
+                _stop_after_step() as stop:
+            for step in range(start, cfg.steps):
+                rng, generator = step_generators(cfg.seed, step)
+                if module.PAIRS:
+                    batch = tuple(x.to(cfg.device) for x in source.sample_pairs(rng, cfg.batch))
+                else:
+                    batch = source.sample(rng, cfg.batch).to(cfg.device)
+                optimizer.zero_grad()
+                total, stats = module.loss(model, batch, cfg, generator)
+                if not np.isfinite(stats["loss"]):
+                    raise DckpError(f"the loss became {stats['loss']} at step {step}; try a lower --lr",
+                                    path=str(out), field="lr")
+                total.backward()
+                optimizer.step()
+                lines.append(json.dumps({"step": step, **stats}))
+                bar.set_postfix(loss=f"{stats['loss']:.4g}")
+                bar.update(1)
+                if (step + 1) % checkpoint_every == 0 or step + 1 == cfg.steps or stop:
+                    atomic_write_bytes(log_path, ("\n".join(lines) + "\n").encode())
+                    save_state(last, method, model, cfg, step + 1, optimizer)
+                if stop:
+                    raise Interrupted(f"saved {last} at step {step + 1} of {cfg.steps}")
+        model.eval()
+        picture_name, picture = module.picture(model, _picture_batch(source, module, cfg))
+    atomic_write_bytes(out / picture_name, picture)
+    save_state(out / MODEL, method, model, cfg, cfg.steps)
+    save_json({"method": method, "config": dataclasses.asdict(cfg), "steps": cfg.steps,
+               "features_per_camera": module.feature_dim(cfg)}, out / "representation.json")
+    png = curves(log_path, f"{method} pretraining losses (moving average)") if log_path.exists() else None
+    if png is not None:
+        atomic_write_bytes(out / "train_curves.png", png)
+    losses = [json.loads(ln)["loss"] for ln in lines]
+    k = max(1, len(losses) // 10)  # loss averaged over the first and the last tenth of the steps
+    return {"method": method, "steps": cfg.steps, "resumed_from": start,
+            "loss_first": float(np.mean(losses[:k])) if losses else None,
+            "loss_last": float(np.mean(losses[-k:])) if losses else None,
+            "features_per_camera": module.feature_dim(cfg), "picture": str(out / picture_name), "out": str(out)}
+
+
+def _picture_batch(source: FrameSource, module: ModuleType, cfg: RepresentationConfig):
+    """The picture's inputs, on the model's device: frames spread evenly over the data (Transporter: each with a
+    partner frame drawn as in training)."""
+    positions = source.spread(PICTURE_INPUTS)
+    images = source.stack([source.frame(s, t) for s, t in positions]).to(cfg.device)
+    if not module.PAIRS:
+        return images
+    rng = np.random.default_rng([cfg.seed, cfg.steps, 1])
+    targets = source.stack([source.frame(s, source.partner(rng, s, t)) for s, t in positions])
+    return images, targets.to(cfg.device)
+
+
+@contextlib.contextmanager
+def _stop_after_step():
+    """Yields a list that a first Ctrl-C appends to (so the loop can finish its step and save); the second Ctrl-C
+    raises KeyboardInterrupt as usual. Outside the main thread, signals stay as they are."""
+    stop: list[bool] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def first(signum, frame):
+        stop.append(True)
+        signal.signal(signal.SIGINT, previous)
+
+    previous = signal.signal(signal.SIGINT, first)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _complete(line: str) -> bool:
+    try:
+        json.loads(line)
+    except json.JSONDecodeError:
+        return False
+    return True
