@@ -267,9 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
                        configs=[("dckp.representations.config", "add_representation_args", None)])
     p.add_argument("--method", required=True, choices=["bvae", "transporter", "monet"],
                    help="beta-VAE, Transporter keypoints or MONet slots (docs/representations.md)")
-    p.add_argument("--views", nargs="+", default=[], help="view files from `dckp collect-views` (bvae, monet)")
-    p.add_argument("--demos", nargs="+", default=[], help="demonstration files from `dckp collect` (all methods; "
-                   "transporter learns from pairs of their frames)")
+    p.add_argument("--views", nargs="+", default=[], help="view files from `dckp collect-views`, for bvae and monet "
+                   "(default: none; give --views, --demos or both)")
+    p.add_argument("--demos", nargs="+", default=[], help="demonstration files from `dckp collect`, for every method "
+                   "(transporter learns from pairs of their frames) (default: none)")
     p.add_argument("--out", required=True, help="the run folder: checkpoints, log, curves, pictures, the model")
     p.add_argument("--preset", default="cpu", **presets)
     p.add_argument("--checkpoint-every", type=int, default=100,

@@ -4,12 +4,13 @@ fully connected layer of 128, then the mean and log-variance of a 32-d latent; t
 connected 128 and back to the last feature map, four transposed convolutions with BatchNorm and ReLU, a 3 x 3
 convolution to RGB and a sigmoid). The policy reads the latent mean: 32 features per camera.
 
-Loss: reconstruction + beta * KL, beta = 1.5. The reconstruction is the squared error summed over pixels and
-channels (a Gaussian likelihood of fixed variance, up to constants), the KL is summed over the latent; both are
-averaged over the batch. The authors multiply the KL by `kld_weight = batch / dataset size` (their
-`kld_correction`, inherited from a VAE library where it rescales a per-dataset ELBO) and average the squared
-error over pixels: their effective beta is about 1e-3 of the stated 1.5, an almost plain autoencoder. We do not
-use that factor: the stated beta weighs a per-image KL against a per-image likelihood.
+Loss: reconstruction + beta * KL, beta = 1.5: the squared error summed over the image's pixels and channels (the
+negative log-likelihood of a Gaussian of variance 1/2, up to a constant) and the KL summed over the latent, both
+averaged over the batch. The authors (`encoder/bvae.py`) average the squared error over pixels instead and
+multiply the KL by `kld_weight = batch / dataset size` (their `kld_correction`, PyTorch-VAE's `M_N`): against
+their per-pixel error the KL weighs 1.5 x 16 / N, 0.005 for N = 5000 frames, a weight that shrinks as the data
+grows. We do not use that factor. (Without it, their per-pixel mean error + 1.5 KL would price one nat of latent
+information above the whole image's error, and the posterior would fall onto the prior.)
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ class BetaVae(nn.Module):
         self.encoder = nn.Sequential(*down, nn.Flatten(), nn.Linear(c * s * s, cfg.hidden), nn.ReLU())
         self.mu, self.logvar = nn.Linear(cfg.hidden, cfg.latent_dim), nn.Linear(cfg.hidden, cfg.latent_dim)
         self.decoder_input = nn.Sequential(nn.Linear(cfg.latent_dim, cfg.hidden), nn.ReLU(),
-                                           nn.Linear(cfg.hidden, c * s * s), nn.ReLU())
+                                           nn.Linear(cfg.hidden, c * s * s))
         up = []
         for _ in range(4):
             up += [nn.ConvTranspose2d(c, c, 4, 2, 1), nn.BatchNorm2d(c), nn.ReLU()]

@@ -105,12 +105,15 @@ class MonetConfig(RepresentationConfig):
 
 # The authors train every representation on 128 px images (their 256 px frames halved), 16 images per step, for
 # 1e5 steps (pretrain.py's default), with Adam at 1e-4 (beta-VAE, MONet) or 5e-4 (Transporter): the `paper`
-# presets. The `cpu` presets halve the images (64 px: our 128 px frames halved, as the authors halve theirs) and
-# fit each method's pretraining on lift/stack data into about half an hour on 2 CPU cores: per-step times on one
-# busy core of the test machine were 0.06 s (beta-VAE, batch 16), 0.21 s (Transporter, batch 8) and 0.31 s
-# (MONet, batch 8, narrowed), so 10000, 5000 and 3000 steps take about 10, 18 and 16 min there. The beta-VAE and
-# MONet learn at 1e-3 (1e-4 barely starts in a few thousand steps); MONet's networks are narrowed 4x (attention)
-# and 2x (component VAEs), a full-width step being 5x slower; Transporter keeps the authors' widths.
+# presets. On an H200 a paper step took 6, 13 and 67 ms (beta-VAE, Transporter, MONet; random images, no data
+# reading): about 10, 22 and 112 min for 1e5 steps. The `cpu` presets halve the images too (64 px: our 128 px
+# frames halved) and are sized for about half an hour per method on lift/stack data on 2 CPU cores: a step took
+# 0.06-0.08 s (beta-VAE, batch 16), 0.21-0.26 s (Transporter, batch 8) and 0.31-0.46 s (MONet, batch 8, narrowed)
+# on one core of the test machine while another job loaded both, so 10000, 5000 and 3000 steps take about 10-13,
+# 18-22 and 16-23 min there. The beta-VAE and MONet learn at 1e-3, 10x the authors' rate, to get somewhere in so
+# few steps (a choice, not compared on lift/stack data); MONet's networks are narrowed 4x (attention U-Net) and
+# 2x (component VAEs), a full-width step being about 5x slower; Transporter keeps the authors' widths at half
+# their batch.
 BVAE_PRESETS = {
     "paper": BvaeConfig(image_size=128, steps=100_000),
     "cpu": BvaeConfig(image_size=64, steps=10_000, lr=1e-3),
