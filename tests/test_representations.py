@@ -292,6 +292,9 @@ def test_bad_input_is_one_line_naming_file_or_flag(data, capsys):
     assert cli("bvae", data["grey"], tmp / "f", 4, "--lr", "0.5") == 2
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert "last.safetensors" in line and "lr" in line, line
+    assert cli("bvae", data["grey"], tmp / "f", 1) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "last.safetensors" in line and "past --steps 1" in line, line
 
 
 # --- the frozen encoders -------------------------------------------------------------------------------------

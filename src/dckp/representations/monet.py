@@ -35,7 +35,7 @@ from dckp.representations.config import MONET_PRESETS as PRESETS
 from dckp.representations.config import MonetConfig as Config
 
 __all__ = ["PRESETS", "AttentionNet", "ComponentVae", "Config", "Monet", "build", "feature_dim", "features",
-           "loss", "picture"]
+           "loss", "masks", "picture"]
 PAIRS = False  # trained on single frames
 
 

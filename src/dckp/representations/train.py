@@ -168,6 +168,9 @@ def pretrain_representation(method: str, files: list[str | os.PathLike], cfg: Re
         start = 0
         if last.exists():
             start = load_state(last, method, model, cfg, optimizer)
+            if start > cfg.steps:
+                raise DckpError(f"this run is at step {start}, past --steps {cfg.steps}; give --steps {start} or "
+                                "more, or another --out", path=str(last))
             log.info("resuming from %s at step %d", last, start)
         lines = [ln for ln in log_path.read_text().splitlines() if ln.strip()] if log_path.exists() else []
         lines = [ln for ln in lines if _complete(ln) and json.loads(ln)["step"] < start]
