@@ -66,7 +66,10 @@ def main() -> None:
     parser.add_argument("--don", required=True, help="the `dckp pretrain` run")
     parser.add_argument("--episodes", type=int, default=50)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--encoders", nargs="+", default=None, help="default: every registered encoder")
+    parser.add_argument("--encoders", nargs="+", default=None,
+                        help="default: every registered encoder whose artefacts are given")
+    parser.add_argument("--representations", default="",
+                        help="folder of `dckp pretrain-representation` runs named after their method (bvae/, ...)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of policy training (default: 2)")
     parser.add_argument("--runs", default="runs/policies")
     parser.add_argument("--out", default="results")
@@ -82,10 +85,14 @@ def main() -> None:
     out = Path(args.out)
     path = out / "policy.json"
     results = json.loads(path.read_text()) if path.exists() else {"success": {}, "details": {}}
-    for name in args.encoders or sorted(registry()):
+    names = args.encoders or [n for n, c in sorted(registry().items())
+                              if args.representations or "representation" not in c.artefacts]
+    for name in names:
         artefacts = encoder_class(name).artefacts
         enc = EncoderConfig(encoder=name, don=args.don if "don" in artefacts else "",
-                            references=str(refs) if "references" in artefacts else "")
+                            references=str(refs) if "references" in artefacts else "",
+                            representation=str(Path(args.representations, name)) if "representation" in artefacts
+                            else "")
         cfg = dataclasses.replace(POLICY_PRESETS["cpu"], steps=default_steps(cameras), **OVERRIDES.get(name, {}))
         policy = runs / name
         details = results["details"].setdefault(args.task, {})

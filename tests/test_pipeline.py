@@ -100,3 +100,22 @@ def test_run_with_an_end_to_end_encoder_trains_no_don(tmp_path):
     assert set(timings) == {"demonstrations", "policy cnn", "evaluate cnn", "policy blind", "evaluate blind"}
     report = (out / "report.html").read_text()
     assert "cnn" in report and "DON curves missing" not in report and "PCK@5 %" not in report
+
+
+def test_run_with_pretrained_representations(tmp_path):
+    out = tmp_path / "run"
+    assert main(["run", "--out", str(out), *FLAGS, "--representation-steps", "2", "--encoder", "bvae",
+                 "--baselines", "transporter", "monet"]) == 0
+    for method in ("bvae", "transporter", "monet"):
+        assert (out / f"representation_{method}" / "representation.safetensors").exists()
+        ev = json.loads((out / f"policy_{method}" / "eval" / "eval.json").read_text())
+        assert ev["episodes"] == 1 and ev["encoder"]["artefacts"]["representation"]
+    assert (out / "views.h5").exists() and not (out / "don").exists()  # views for the representations, no DON
+    config = json.loads((out / "representation_bvae" / "representation.json").read_text())
+    assert config["config"]["image_size"] == 32 and config["config"]["steps"] == 2  # half the 64 px cameras
+    report = (out / "report.html").read_text()
+    assert "bvae picture missing" not in report and "monet picture missing" not in report
+    stamp = (out / "representation_monet" / "representation.safetensors").stat().st_mtime_ns
+    assert main(["run", "--out", str(out), *FLAGS, "--representation-steps", "2", "--encoder", "bvae",
+                 "--baselines", "transporter", "monet"]) == 0
+    assert (out / "representation_monet" / "representation.safetensors").stat().st_mtime_ns == stamp  # skipped

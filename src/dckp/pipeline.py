@@ -52,6 +52,8 @@ class RunConfig:
     heldout_scenes: int = option(2, "held-out view scenes for the DON's correspondence accuracy")
     image_size: int = option(128, "camera image height and width in pixels, in every stage")
     don_steps: int = option(0, "DON optimiser steps (0: the DON preset's, see `dckp pretrain --help`)")
+    representation_steps: int = option(0, "optimiser steps of each pretrained representation (bvae, transporter, "
+                                       "monet; 0: the method preset's, see `dckp pretrain-representation --help`)")
     encoder: str = option("dckp-3d", "the policy's observation encoder", choices=encoder_names)
     baselines: list[str] = option(["gt-kp"], "more encoders trained and evaluated the same way, as reference rows",
                                   choices=encoder_names)
@@ -275,11 +277,39 @@ def plan(cfg: RunConfig, out: Path, sp: str) -> list[Stage]:
     classes = {name: encoder_class(name) for name in cfg.encoders()}
     need_don = any("don" in c.artefacts for c in classes.values())
     need_refs = any("references" in c.artefacts for c in classes.values())
+    representations = [n for n, c in classes.items() if "representation" in c.artefacts]
+    need_views = need_don or bool(representations)
 
     def needs(name: str) -> tuple[str, ...]:
         """The stages that make an encoder's inputs: the demonstrations and its artefacts."""
-        return ("demonstrations", *({"don": "pretrain", "references": "references"}[a]
-                                    for a in classes[name].artefacts))
+        return ("demonstrations", *({"don": "pretrain", "references": "references",
+                                     "representation": f"representation {name}"}[a] for a in classes[name].artefacts))
+
+    def representation_cfg(method: str):
+        from dckp.representations.config import method_presets
+
+        size = max(16, cfg.image_size // 2 // 16 * 16)  # half the camera resolution, as the authors
+        return dataclasses.replace(preset(method_presets(method), sp), image_size=size, seed=cfg.seed,
+                                   **({"steps": cfg.representation_steps} if cfg.representation_steps else {}))
+
+    def representation_files(method: str) -> list[str]:
+        from dckp.representations.train import method_module
+
+        return [str(demos if method_module(method).PAIRS else views)]
+
+    def pretrain_representation(method: str):
+        from dckp.representations.train import pretrain_representation
+
+        pretrain_representation(method, representation_files(method), representation_cfg(method),
+                                out / f"representation_{method}")
+
+    def representation_done(method: str):
+        from dckp.representations.train import load_representation
+
+        folder = out / f"representation_{method}"
+        saved_method, saved, _ = load_representation(folder)
+        if saved_method != method or saved != representation_cfg(method):
+            raise DckpError("made with other settings", path=str(folder))
 
     def references():
         from dckp.don.train import load_don
@@ -297,7 +327,9 @@ def plan(cfg: RunConfig, out: Path, sp: str) -> list[Stage]:
     def encoder_cfg(name: str) -> EncoderConfig:
         artefacts = classes[name].artefacts
         return EncoderConfig(encoder=name, don=str(don) if "don" in artefacts else "",
-                             references=str(refs) if "references" in artefacts else "")
+                             references=str(refs) if "references" in artefacts else "",
+                             representation=str(out / f"representation_{name}") if "representation" in artefacts
+                             else "")
 
     def train(name: str):
         from dckp.policy.demos import train_on_demos
@@ -315,7 +347,7 @@ def plan(cfg: RunConfig, out: Path, sp: str) -> list[Stage]:
         load_run(folder)
         check_config(folder / "train_policy.config.json",
                      {"encoder": dataclasses.asdict(encoder_cfg(name)), "policy": dataclasses.asdict(policy_cfg)},
-                     ignore=("encoder.don", "encoder.references"))  # paths: fixed by the folder layout
+                     ignore=("encoder.don", "encoder.references", "encoder.representation"))  # the folder layout
 
     def evaluate(name: str):
         from dckp.evaluation import evaluate_policy
@@ -342,10 +374,11 @@ def plan(cfg: RunConfig, out: Path, sp: str) -> list[Stage]:
 
     stages = [Stage("demonstrations", demos, lambda: collect(collect_cfg, demos, "demos"),
                     lambda: collected(collect_cfg, demos, "demos"))]
+    if need_views:
+        stages.append(Stage("views", views, lambda: collect(views_cfg, views, "views"),
+                            lambda: collected(views_cfg, views, "views")))
     if need_don:
         stages += [
-            Stage("views", views, lambda: collect(views_cfg, views, "views"),
-                  lambda: collected(views_cfg, views, "views")),
             Stage("masks", out / "views.fuse.config.json", fuse, fused, needs=("views",)),
             Stage("held-out views", heldout, lambda: collect(heldout_cfg, heldout, "views"),
                   lambda: collected(heldout_cfg, heldout, "views")),
@@ -354,6 +387,12 @@ def plan(cfg: RunConfig, out: Path, sp: str) -> list[Stage]:
             Stage("held-out correspondence", out / "heldout_correspondence.json", correspondence,
                   correspondence_done, needs=("pretrain", "held-out views")),
         ]
+    for method in representations:
+        folder = out / f"representation_{method}"
+        stages.append(Stage(f"representation {method}", folder / "representation.safetensors",
+                            lambda m=method: pretrain_representation(m), lambda m=method: representation_done(m),
+                            needs=("demonstrations" if str(demos) in representation_files(method) else "views",),
+                            partial=folder / "last.safetensors"))
     if need_refs:
         stages.append(Stage("references", refs, references, references_done,
                             needs=("demonstrations", *(("pretrain",) if need_don else ()))))
@@ -412,7 +451,11 @@ ENCODER_NOTES = {
     "cnn": "the paper's end-to-end CNN on RGB, trained with the policy",
     "cnnd": "the paper's end-to-end CNN on RGB-D, trained with the policy",
     "resnet-ssm": "robomimic's visual core (ResNet-18, spatial softmax), trained with the policy",
+    "bvae": "a beta-VAE pretrained on the task's views, frozen: its latent means",
+    "transporter": "a Transporter pretrained on the demonstrations, frozen: its 10 keypoints",
+    "monet": "MONet pretrained on the task's views, frozen: its 6 slots' latent means",
 }
+REPRESENTATION_PICTURES = {"bvae": "reconstructions.png", "transporter": "keypoints.png", "monet": "slots.png"}
 PAIR_NOTES = {
     "same_camera": "two views from the same kind of camera, few points hidden",
     "cross_scale": "a close view against a far one",
@@ -472,6 +515,9 @@ def report_context(out: Path) -> dict:
         "cameras": list(task.cameras), "third_person": THIRD_PERSON, "heldout": corr, "heldout_rows": corr_rows,
         "timings": timings, "total_seconds": sum(v for _, v in timings),
         "has_don": any("don" in encoder_class(n).artefacts for n in cfg.encoders()),
+        "representation_pictures": [
+            {"method": n, "uri": data_uri(out / f"representation_{n}" / REPRESENTATION_PICTURES[n])}
+            for n in cfg.encoders() if n in REPRESENTATION_PICTURES],
         "keypoint_video": data_uri(pictures / "keypoints_demo_0.mp4"),
         "descriptors": data_uri(pictures / "demo_0_descriptors.png"),
         "heatmaps": data_uri(pictures / "demo_0_heatmaps.png"),
