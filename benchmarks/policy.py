@@ -98,8 +98,9 @@ def main() -> None:
         details = results["details"].setdefault(args.task, {})
         if not (policy / "policy.safetensors").exists() or "train_s" not in details.get(name, {}):
             start = time.time()
-            train_on_demos(args.demos, enc.spec(), cfg, policy)
-            details[name] = {"train_s": round(time.time() - start, 1), "train_threads": args.threads}
+            summary = train_on_demos(args.demos, enc.spec(), cfg, policy)
+            details[name] = {"train_s": round(time.time() - start, 1), "train_threads": args.threads,
+                             "train_resumed_from": summary["resumed_from"]}  # > 0: train_s is the rest only
             save_json(results, path)
         ev = policy / "eval" / "eval.json"
         r = json.loads(ev.read_text()) if ev.exists() else {}
