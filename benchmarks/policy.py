@@ -81,7 +81,7 @@ def main() -> None:
     if not refs.exists():
         select_references(load_don(args.don), args.demos, refs)
     with Dataset(args.demos) as ds:
-        cameras = len(ds.streams(ds.episodes[0]))
+        cameras, task = len(ds.streams(ds.episodes[0])), ds.task
     out = Path(args.out)
     path = out / "policy.json"
     results = json.loads(path.read_text()) if path.exists() else {"success": {}, "details": {}}
@@ -93,7 +93,7 @@ def main() -> None:
                             references=str(refs) if "references" in artefacts else "",
                             representation=str(Path(args.representations, name)) if "representation" in artefacts
                             else "")
-        cfg = dataclasses.replace(POLICY_PRESETS["cpu"], steps=default_steps(cameras), **OVERRIDES.get(name, {}))
+        cfg = dataclasses.replace(POLICY_PRESETS["cpu"], steps=default_steps(cameras, task), **OVERRIDES.get(name, {}))
         policy = runs / name
         details = results["details"].setdefault(args.task, {})
         if not (policy / "policy.safetensors").exists() or "train_s" not in details.get(name, {}):

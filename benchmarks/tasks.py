@@ -7,7 +7,7 @@ Per task: the scripted expert's success over seeds 0..49 (physics only) and how 
 of the task's cameras at the start (>= 20 pixels of it in at least one camera, 128 px); the task's `cpu`
 demonstrations (`dckp collect`, seeds from 0); references chosen on the first demonstration's first frame as
 `dckp keypoints` chooses them (the pixels depend on the object masks only, so no DON is needed for gt-kp); then
-`blind` and `gt-kp` policies trained alike (cpu preset, 1000 steps single-camera, 1500 two-camera) and evaluated
+`blind` and `gt-kp` policies trained alike (cpu preset: `dckp.policy.config.default_steps`) and evaluated
 closed loop on the same seeds from 1,000,000. Every artefact under `--runs` is reused when it exists, and the
 results file is rewritten after each cell, so an interrupted run continues where it stopped.
 
@@ -90,7 +90,7 @@ def run_task(name: str, runs: Path, episodes: int, workers: int) -> tuple[dict, 
         select_references(None, demos, refs)  # no DON: the pixels depend on the object masks only
     for encoder in ENCODERS:
         policy = folder / encoder
-        cfg = dataclasses.replace(POLICY_PRESETS["cpu"], steps=default_steps(len(task.cameras)))
+        cfg = dataclasses.replace(POLICY_PRESETS["cpu"], steps=default_steps(len(task.cameras), name))
         spec = EncoderConfig(encoder=encoder, references=str(refs) if encoder == "gt-kp" else "").spec()
         if not (policy / "policy.safetensors").exists():
             train_on_demos(demos, spec, cfg, policy)

@@ -221,7 +221,7 @@ def plan(cfg: RunConfig, out: Path, sp: str) -> list[Stage]:
     don_cfg = dataclasses.replace(preset(DON_PRESETS, sp), image_size=cfg.image_size, seed=cfg.seed,
                                   **({"steps": cfg.don_steps} if cfg.don_steps else {}))
     policy_cfg = dataclasses.replace(preset(POLICY_PRESETS, sp), seed=cfg.seed,
-                                     steps=cfg.policy_steps or default_steps(len(task.cameras)))
+                                     steps=cfg.policy_steps or default_steps(len(task.cameras), cfg.task, sp))
 
     def collect(stage_cfg, path: Path, kind: str):
         from dckp.sim.collect import collect_demos, collect_views

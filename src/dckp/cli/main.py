@@ -191,7 +191,7 @@ def cmd_train_policy(args) -> None:
         from dckp.data import Dataset
 
         with Dataset(args.demos) as ds:
-            cfg = dataclasses.replace(cfg, steps=default_steps(len(ds.streams(ds.episodes[0]))))
+            cfg = dataclasses.replace(cfg, steps=default_steps(len(ds.streams(ds.episodes[0])), ds.task, args.preset))
     torch.set_num_threads(args.threads or torch.get_num_threads())
     save_json({"encoder": dataclasses.asdict(enc), "options": dataclasses.asdict(options),
                "policy": dataclasses.asdict(cfg)}, Path(args.out) / "train_policy.config.json")
