@@ -7,13 +7,10 @@ exactly where it stopped), `don.safetensors` + `don.json` (the trained model and
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import io
 import json
 import logging
-import signal
-import threading
 from pathlib import Path
 
 import matplotlib
@@ -32,6 +29,7 @@ from dckp.don.loss import collate_pairs, make_optimizer, train_step  # noqa: E40
 from dckp.don.model import DenseObjectNet, load_backbone_weights  # noqa: E402
 from dckp.don.pairs import PairSampler, check_views  # noqa: E402
 from dckp.errors import Interrupted  # noqa: E402
+from dckp.training import log_lines_before, stop_after_step  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +65,11 @@ def pretrain(views: list[str], cfg: DonConfig, don: str | Path, checkpoint_every
     if last.exists():
         start = load_checkpoint(last, model, optimizer, scheduler, cfg, generators)
         log.info("resuming from %s at step %d", last, start)
-    lines = [ln for ln in log_path.read_text().splitlines() if ln.strip()] if log_path.exists() else []
-    lines = [ln for ln in lines if _complete(ln) and json.loads(ln)["step"] < start]
+    lines = log_lines_before(log_path, start)
     save_json({"views": [str(v) for v in views], **dataclasses.asdict(cfg)}, out / "pretrain_config.json")
     model.train()
     with tqdm(total=cfg.steps, initial=start, desc="pretrain", disable=not progress) as bar, \
-            _stop_after_step() as stop:
+            stop_after_step() as stop:
         for step in range(start, cfg.steps):
             pairs = [augment_pair(sampler.sample(), aug_rng, cfg.crop_min, cfg.rotate, cfg.jitter,
                                   cfg.random_background) for _ in range(cfg.batch_pairs)]
@@ -93,26 +90,6 @@ def pretrain(views: list[str], cfg: DonConfig, don: str | Path, checkpoint_every
     k = max(1, len(losses) // 10)  # loss averaged over the first and the last tenth of the steps
     return {"steps": cfg.steps, "resumed_from": start, "loss_first": float(np.mean(losses[:k])),
             "loss_last": float(np.mean(losses[-k:])), "out": str(out)}
-
-
-@contextlib.contextmanager
-def _stop_after_step():
-    """Yields a list that a first Ctrl-C appends to (so the loop can finish its step and save); the second
-    Ctrl-C raises KeyboardInterrupt as usual. Outside the main thread, signals stay as they are."""
-    stop: list[bool] = []
-    if threading.current_thread() is not threading.main_thread():
-        yield stop
-        return
-
-    def first(signum, frame):
-        stop.append(True)
-        signal.signal(signal.SIGINT, previous)
-
-    previous = signal.signal(signal.SIGINT, first)
-    try:
-        yield stop
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def load_don(don: str | Path) -> DenseObjectNet:
@@ -147,9 +124,3 @@ def plot_curves(log_path: Path, out: Path) -> None:
     atomic_write_bytes(out, buf.getvalue())
 
 
-def _complete(line: str) -> bool:
-    try:
-        json.loads(line)
-    except json.JSONDecodeError:
-        return False
-    return True

@@ -29,6 +29,7 @@ from dckp.config import atomic_write_bytes, from_dict, save_json
 from dckp.errors import DckpError
 from dckp.policy.config import PolicyConfig, action_std
 from dckp.policy.model import LSTMPolicy, nll
+from dckp.training import log_lines_before
 
 WEIGHTS, META, LAST = "policy.safetensors", "policy.json", "policy_last.safetensors"
 LOG, PLOT = "train_log.jsonl", "policy_loss.png"
@@ -63,7 +64,7 @@ def train_policy(features: list[np.ndarray], actions: list[np.ndarray], cfg: Pol
         params += list(encoder.parameters())
     opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     start = _load_last(out / LAST, model, opt, cfg, encoder) if (out / LAST).exists() else 0
-    history = [r for r in _read_log(out / LOG) if r["step"] < start]
+    history = [json.loads(line) for line in log_lines_before(out / LOG, start)]
     atomic_write_bytes(out / LOG, "".join(json.dumps(r) + "\n" for r in history).encode())
     std = action_std(cfg).to(device)
     with open(out / LOG, "a") as log, tqdm(total=cfg.steps, initial=start, disable=not progress,
@@ -232,19 +233,6 @@ def _load_state(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path: 
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as e:
         raise DckpError(f"weights do not match the config ({e})".replace("\n", " "), path=str(path)) from None
-
-
-def _read_log(path: Path) -> list[dict]:
-    """The log's records; a line cut short by an interrupted run is skipped."""
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return records
 
 
 def _plot(history: list[dict], path: Path) -> None:

@@ -16,8 +16,6 @@ import dataclasses
 import json
 import logging
 import os
-import signal
-import threading
 from pathlib import Path
 from types import ModuleType
 
@@ -33,6 +31,7 @@ from dckp.representations import bvae, monet, transporter
 from dckp.representations.config import RepresentationConfig
 from dckp.representations.data import FrameSource
 from dckp.representations.plots import curves
+from dckp.training import log_lines_before, stop_after_step
 
 log = logging.getLogger(__name__)
 
@@ -172,13 +171,12 @@ def pretrain_representation(method: str, files: list[str | os.PathLike], cfg: Re
                 raise DckpError(f"this run is at step {start}, past --steps {cfg.steps}; give --steps {start} or "
                                 "more, or another --out", path=str(last))
             log.info("resuming from %s at step %d", last, start)
-        lines = [ln for ln in log_path.read_text().splitlines() if ln.strip()] if log_path.exists() else []
-        lines = [ln for ln in lines if _complete(ln) and json.loads(ln)["step"] < start]
+        lines = log_lines_before(log_path, start)
         save_json({"method": method, "files": [str(f) for f in files], **dataclasses.asdict(cfg)},
                   out / "pretrain_config.json")
         model.train()
         with tqdm(total=cfg.steps, initial=start, desc=f"pretrain {method}", disable=not progress) as bar, \
-                _stop_after_step() as stop, _deterministic_cudnn():
+                stop_after_step() as stop, _deterministic_cudnn():
             for step in range(start, cfg.steps):
                 rng, generator = step_generators(cfg.seed, step)
                 if module.PAIRS:
@@ -242,29 +240,3 @@ def _deterministic_cudnn():
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = previous
 
 
-@contextlib.contextmanager
-def _stop_after_step():
-    """Yields a list that a first Ctrl-C appends to (so the loop can finish its step and save); the second Ctrl-C
-    raises KeyboardInterrupt as usual. Outside the main thread, signals stay as they are."""
-    stop: list[bool] = []
-    if threading.current_thread() is not threading.main_thread():
-        yield stop
-        return
-
-    def first(signum, frame):
-        stop.append(True)
-        signal.signal(signal.SIGINT, previous)
-
-    previous = signal.signal(signal.SIGINT, first)
-    try:
-        yield stop
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-def _complete(line: str) -> bool:
-    try:
-        json.loads(line)
-    except json.JSONDecodeError:
-        return False
-    return True
