@@ -1,5 +1,5 @@
 """What the resumable training loops share (DON, representations, policy): stopping after the current step on a
-first Ctrl-C, and reading back a log whose last line an interrupt may have cut short."""
+first Ctrl-C, reading back a log whose last line an interrupt may have cut short, and reading a checkpoint."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import json
 import signal
 import threading
 from pathlib import Path
+
+from dckp.errors import DckpError
 
 
 @contextlib.contextmanager
@@ -44,3 +46,21 @@ def log_lines_before(path: Path, step: int) -> list[str]:
         if record["step"] < step:
             lines.append(line)
     return lines
+
+
+def read_checkpoint(path: str | Path, what: str, remedy: str, missing: str = "file not found") -> tuple[dict, dict]:
+    """(the JSON of the metadata entry `dckp`, the tensors) of a safetensors checkpoint; DckpError naming the file
+    when it is missing (`missing`) or unreadable (as "not a readable `what` (...); `remedy`")."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise DckpError(missing, path=str(path))
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {})["dckp"])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:
+        reason = (str(e).splitlines() or [""])[0]
+        raise DckpError(f"not a readable {what} ({type(e).__name__}: {reason}); {remedy}", path=str(path)) from None
+    return meta, tensors

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import safe_open
 from safetensors.torch import save
 
 from dckp.config import atomic_write_bytes, from_dict, save_json
 from dckp.don.config import DonConfig
 from dckp.errors import DckpError
+from dckp.training import read_checkpoint
 
 FORMAT = "dckp-don-checkpoint-v1"
 RESUME_MAY_CHANGE = ("steps", "backbone_weights", "device")  # config fields a resumed run may set differently
@@ -61,16 +61,7 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, cfg: DonCon
 
 
 def _read(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
-    if not path.is_file():
-        raise DckpError("file not found", path=str(path))
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = json.loads((f.metadata() or {})["dckp"])
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:
-        reason = (str(e).splitlines() or [""])[0]
-        raise DckpError(f"not a readable checkpoint ({type(e).__name__}: {reason}); delete it and run `dckp pretrain` "
-                        "again", path=str(path)) from None
+    meta, tensors = read_checkpoint(path, "checkpoint", "delete it and run `dckp pretrain` again")
     if meta.get("format") != FORMAT:
         raise DckpError(f"unknown checkpoint format {meta.get('format')!r}, expected {FORMAT!r}", path=str(path))
     return meta, tensors

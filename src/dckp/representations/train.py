@@ -21,7 +21,6 @@ from types import ModuleType
 
 import numpy as np
 import torch
-from safetensors import safe_open
 from safetensors.torch import save
 from tqdm import tqdm
 
@@ -31,7 +30,7 @@ from dckp.representations import bvae, monet, transporter
 from dckp.representations.config import RepresentationConfig
 from dckp.representations.data import FrameSource
 from dckp.representations.plots import curves
-from dckp.training import log_lines_before, stop_after_step
+from dckp.training import log_lines_before, read_checkpoint, stop_after_step
 
 log = logging.getLogger(__name__)
 
@@ -72,17 +71,9 @@ def save_state(path: str | os.PathLike, method: str, model: torch.nn.Module, cfg
 
 def read_state(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
     """(metadata, tensors) of a file of `save_state`; DckpError naming the file when it is missing or unreadable."""
-    path = Path(path)
-    if not path.is_file():
-        raise DckpError("file not found; make it with `dckp pretrain-representation`", path=str(path))
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = json.loads((f.metadata() or {})["dckp"])
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:
-        reason = (str(e).splitlines() or [""])[0]
-        raise DckpError(f"not a readable representation file ({type(e).__name__}: {reason}); delete it and run "
-                        "`dckp pretrain-representation` again", path=str(path)) from None
+    meta, tensors = read_checkpoint(path, "representation file",
+                                    "delete it and run `dckp pretrain-representation` again",
+                                    missing="file not found; make it with `dckp pretrain-representation`")
     if meta.get("format") != FORMAT:
         raise DckpError(f"unknown format {meta.get('format')!r}, expected {FORMAT!r}", path=str(path))
     if meta.get("method") not in METHODS:
