@@ -8,8 +8,9 @@ measured on held-out frames. Writes results/representations.{json,md} (merging w
     python benchmarks/representations.py ... --steps 3 --runs /tmp/rep_check --out /tmp/rep_check_results  # check
 
 Per method (default: all three), `pretrain_representation` trains into `<runs>/<task>/<method>` with the `--preset`
-(`cpu` by default; `--steps` overrides its steps): the beta-VAE and MONet on the frames of the views and demos
-files, Transporter on pairs of frames of the demonstrations (it ignores views files: their scenes are static).
+(`cpu` by default; `--steps` overrides its steps): the beta-VAE and MONet on the frames of the views file (the
+DON's pretraining data, as `dckp run` trains them), Transporter on pairs of frames of the demonstrations (static
+views scenes would give it nothing that moves).
 `pretrain_s` is the wall time with `pretrain_threads` torch threads. A finished run
 (`representation.safetensors`) whose `pretrain_s` and `steps` are already in the results file is not trained
 again; an interrupted one (or one given more `--steps`) resumes from its `last.safetensors`, and
@@ -240,7 +241,7 @@ def main() -> None:
         if args.steps is not None:
             cfg = dataclasses.replace(cfg, steps=args.steps)
         run = Path(args.runs) / args.task / method
-        files = [args.demos] if method == "transporter" else [args.views, args.demos]
+        files = [args.demos] if method == "transporter" else [args.views]  # as `dckp run`: the DON's data
         entry = results.setdefault(method, {}).setdefault(args.task, {})
         if not (run / MODEL).exists() or "pretrain_s" not in entry or entry.get("steps") != cfg.steps:
             start = time.time()
