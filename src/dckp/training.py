@@ -64,3 +64,37 @@ def read_checkpoint(path: str | Path, what: str, remedy: str, missing: str = "fi
         reason = (str(e).splitlines() or [""])[0]
         raise DckpError(f"not a readable {what} ({type(e).__name__}: {reason}); {remedy}", path=str(path)) from None
     return meta, tensors
+
+
+def prefixed(tensors: dict, prefix: str) -> dict:
+    """The entries of `tensors` whose names start with `prefix`, without it."""
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def optimizer_tensors(optimizer) -> tuple[dict, dict]:
+    """An optimiser's state for a safetensors checkpoint: its tensors as `optimizer/<param index>/<name>`, and
+    for the JSON metadata its param_groups and its non-tensor entries (`scalars`)."""
+    import torch
+
+    state = optimizer.state_dict()
+    tensors, meta = {}, {"param_groups": state["param_groups"], "scalars": {}}
+    for i, entries in state["state"].items():
+        for k, v in entries.items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"optimizer/{i}/{k}"] = v
+            else:
+                meta["scalars"].setdefault(str(i), {})[k] = v
+    return tensors, meta
+
+
+def load_optimizer_tensors(optimizer, tensors: dict, meta: dict) -> None:
+    """Restore an optimiser from what `optimizer_tensors` gave (the metadata read back from JSON)."""
+    state: dict[int, dict] = {}
+    for key, v in prefixed(tensors, "optimizer/").items():
+        i, name = key.split("/", 1)
+        state.setdefault(int(i), {})[name] = v
+    for i, entries in meta["scalars"].items():
+        state.setdefault(int(i), {}).update(entries)
+    groups = [{k: tuple(v) if isinstance(v, list) and k != "params" else v for k, v in g.items()}
+              for g in meta["param_groups"]]  # JSON turned tuples (Adam's betas) into lists
+    optimizer.load_state_dict({"state": state, "param_groups": groups})

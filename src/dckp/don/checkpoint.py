@@ -21,7 +21,7 @@ from safetensors.torch import save
 from dckp.config import atomic_write_bytes, from_dict, save_json
 from dckp.don.config import DonConfig
 from dckp.errors import DckpError
-from dckp.training import read_checkpoint
+from dckp.training import load_optimizer_tensors, optimizer_tensors, prefixed, read_checkpoint
 
 FORMAT = "dckp-don-checkpoint-v1"
 RESUME_MAY_CHANGE = ("steps", "backbone_weights", "device")  # config fields a resumed run may set differently
@@ -37,14 +37,8 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, cfg: DonCon
     tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
     meta = {"format": FORMAT, "step": step, "config": dataclasses.asdict(cfg), "numpy_generators": {}}
     if optimizer is not None:
-        state = optimizer.state_dict()
-        meta["optimizer"] = {"param_groups": state["param_groups"], "scalars": {}}
-        for i, entries in state["state"].items():
-            for k, v in entries.items():
-                if isinstance(v, torch.Tensor):
-                    tensors[f"optimizer/{i}/{k}"] = v
-                else:
-                    meta["optimizer"]["scalars"].setdefault(str(i), {})[k] = v
+        optimizer_part, meta["optimizer"] = optimizer_tensors(optimizer)
+        tensors.update(optimizer_part)
     if scheduler is not None:
         meta["scheduler"] = scheduler.state_dict()
     tensors["rng/torch"] = torch.get_rng_state()
@@ -72,10 +66,6 @@ def load_checkpoint_config(path: str | os.PathLike) -> DonConfig:
     return from_dict(DonConfig, _read(Path(path))[0]["config"], source=str(path))
 
 
-def _prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-
-
 def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
                     scheduler=None, cfg: DonConfig | None = None, generators: Generators | None = None) -> int:
     """Restore model, and where given optimiser, scheduler and generators, plus torch's RNG state; return
@@ -89,28 +79,20 @@ def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module, optimizer: 
             raise DckpError(f"config differs from the checkpoint's in {differ} "
                             f"(checkpoint: {[saved.get(k) for k in differ]})", path=str(path))
     try:
-        model.load_state_dict(_prefixed(tensors, "model/"))
+        model.load_state_dict(prefixed(tensors, "model/"))
     except RuntimeError as e:
         raise DckpError(f"model does not fit the checkpoint: {' '.join(str(e).split())[:300]}",
                         path=str(path)) from None
     if optimizer is not None:
         if "optimizer" not in meta:
             raise DckpError("checkpoint has no optimizer state", path=str(path))
-        state: dict[int, dict] = {}
-        for key, v in _prefixed(tensors, "optimizer/").items():
-            i, name = key.split("/", 1)
-            state.setdefault(int(i), {})[name] = v
-        for i, entries in meta["optimizer"]["scalars"].items():
-            state.setdefault(int(i), {}).update(entries)
-        groups = [{k: tuple(v) if isinstance(v, list) and k != "params" else v for k, v in g.items()}
-                  for g in meta["optimizer"]["param_groups"]]  # JSON turned tuples (Adam's betas) into lists
-        optimizer.load_state_dict({"state": state, "param_groups": groups})
+        load_optimizer_tensors(optimizer, tensors, meta["optimizer"])
     if scheduler is not None:
         if "scheduler" not in meta:
             raise DckpError("checkpoint has no scheduler state", path=str(path))
         scheduler.load_state_dict(meta["scheduler"])
     torch.set_rng_state(tensors["rng/torch"])
-    cuda = _prefixed(tensors, "rng/cuda/")
+    cuda = prefixed(tensors, "rng/cuda/")
     if cuda and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([cuda[str(i)] for i in range(len(cuda))])
     for name, g in (generators or {}).items():

@@ -30,7 +30,14 @@ from dckp.representations import bvae, monet, transporter
 from dckp.representations.config import RepresentationConfig
 from dckp.representations.data import FrameSource
 from dckp.representations.plots import curves
-from dckp.training import log_lines_before, read_checkpoint, stop_after_step
+from dckp.training import (
+    load_optimizer_tensors,
+    log_lines_before,
+    optimizer_tensors,
+    prefixed,
+    read_checkpoint,
+    stop_after_step,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,14 +63,8 @@ def save_state(path: str | os.PathLike, method: str, model: torch.nn.Module, cfg
     tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
     meta = {"format": FORMAT, "method": method, "step": step, "config": dataclasses.asdict(cfg)}
     if optimizer is not None:
-        state = optimizer.state_dict()
-        meta["optimizer"] = {"param_groups": state["param_groups"], "scalars": {}}
-        for i, entries in state["state"].items():
-            for k, v in entries.items():
-                if isinstance(v, torch.Tensor):
-                    tensors[f"optimizer/{i}/{k}"] = v
-                else:
-                    meta["optimizer"]["scalars"].setdefault(str(i), {})[k] = v
+        optimizer_part, meta["optimizer"] = optimizer_tensors(optimizer)
+        tensors.update(optimizer_part)
         tensors["rng/torch"] = torch.get_rng_state()
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     atomic_write_bytes(path, save(tensors, metadata={"dckp": json.dumps(meta)}))
@@ -81,10 +82,6 @@ def read_state(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
     return meta, tensors
 
 
-def _prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-
-
 def load_state(path: str | os.PathLike, method: str, model: torch.nn.Module, cfg: RepresentationConfig,
                optimizer: torch.optim.Optimizer) -> int:
     """Restore a run's `last.safetensors` into model and optimiser, and torch's RNG state; return the step. The
@@ -98,22 +95,14 @@ def load_state(path: str | os.PathLike, method: str, model: torch.nn.Module, cfg
         raise DckpError(f"this run folder was started with another {what}; use another --out or the same "
                         "settings", path=str(path))
     _load_model(model, tensors, path)
-    state: dict[int, dict] = {}
-    for key, v in _prefixed(tensors, "optimizer/").items():
-        i, name = key.split("/", 1)
-        state.setdefault(int(i), {})[name] = v
-    for i, entries in meta["optimizer"]["scalars"].items():
-        state.setdefault(int(i), {}).update(entries)
-    groups = [{k: tuple(v) if isinstance(v, list) and k != "params" else v for k, v in g.items()}
-              for g in meta["optimizer"]["param_groups"]]  # JSON turned tuples (Adam's betas) into lists
-    optimizer.load_state_dict({"state": state, "param_groups": groups})
+    load_optimizer_tensors(optimizer, tensors, meta["optimizer"])
     torch.set_rng_state(tensors["rng/torch"])
     return meta["step"]
 
 
 def _load_model(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path) -> None:
     try:
-        model.load_state_dict(_prefixed(tensors, "model/"))
+        model.load_state_dict(prefixed(tensors, "model/"))
     except RuntimeError as e:
         raise DckpError(f"model does not fit the file: {' '.join(str(e).split())[:300]}", path=str(path)) from None
 
