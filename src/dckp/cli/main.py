@@ -216,6 +216,13 @@ def cmd_show(args) -> None:
         print(line)
 
 
+def cmd_view(args) -> None:
+    from dckp.viz.view import ViewConfig, has_display, open_hint, view
+
+    out = view(args.file, apply_args(ViewConfig(), args), args.out)
+    print(f"wrote {out}" + ("; opening the rerun viewer" if has_display() else f"; {open_hint(out)}"))
+
+
 def cmd_run(args) -> None:
     from dckp.pipeline import RUN_PRESETS, run
 
@@ -325,6 +332,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episode", default=None, help="episode name (default: the first)")
     p.add_argument("--out", default=None, help="folder for the pictures (default: FILE_show beside the file)")
     p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("view", help="a 3D rerun recording (.rrd) of a views or demos file, or of a policy's rollout",
+                       configs=[("dckp.viz.view", "ViewConfig", None)])
+    p.add_argument("file", help="a views or demos file, or a policy folder (one rollout, re-run in the simulator)")
+    p.add_argument("--out", default=None, help="the .rrd file (default: FILE.rrd, or POLICY/rollout_SEED.rrd)")
+    p.set_defaults(func=cmd_view, out_is_file=True)
 
     p = sub.add_parser("run", help="the whole pipeline for one task, skipping finished stages; ends in report.html",
                        configs=[("dckp.pipeline", "RunConfig", "RUN_PRESETS")])
