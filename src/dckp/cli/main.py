@@ -223,6 +223,12 @@ def cmd_view(args) -> None:
     print(f"wrote {out}" + ("; opening the rerun viewer" if has_display() else f"; {open_hint(out)}"))
 
 
+def cmd_export(args) -> None:
+    from dckp.io.robomimic import RobomimicExportConfig, export_robomimic
+
+    print(json.dumps(export_robomimic(args.demos, args.out, apply_args(RobomimicExportConfig(), args)), indent=1))
+
+
 def cmd_run(args) -> None:
     from dckp.pipeline import RUN_PRESETS, run
 
@@ -338,6 +344,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="a views or demos file, or a policy folder (one rollout, re-run in the simulator)")
     p.add_argument("--out", default=None, help="the .rrd file (default: FILE.rrd, or POLICY/rollout_SEED.rrd)")
     p.set_defaults(func=cmd_view, out_is_file=True)
+
+    p = sub.add_parser("export", help="demonstrations in another library's layout (robomimic's HDF5)",
+                       configs=[("dckp.io.robomimic", "RobomimicExportConfig", None)])
+    p.add_argument("demos", help="a demonstrations file from `dckp collect`")
+    p.add_argument("--out", required=True, help="the file to write (.hdf5)")
+    p.set_defaults(func=cmd_export, out_is_file=True)
 
     p = sub.add_parser("run", help="the whole pipeline for one task, skipping finished stages; ends in report.html",
                        configs=[("dckp.pipeline", "RunConfig", "RUN_PRESETS")])
