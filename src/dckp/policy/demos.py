@@ -83,12 +83,14 @@ class FrameWindows:
 
 
 def encode_demos(encoder, demos: str, cameras: list[str], batch: int = 32, progress: bool = True) -> list[np.ndarray]:
-    """(T_i, F) features of every demonstration by a frozen encoder."""
+    """(T_i, F) features of every demonstration by a frozen encoder: each demonstration from a `reset()`, its
+    frames in order, in batches of consecutive steps."""
     out = []
     encoder.eval()
     with Dataset(demos) as ds, torch.no_grad():
         for ep in tqdm(ds.episodes, desc="encode demos", disable=not progress):
             T = len(ds.actions(ep))
+            encoder.reset()  # a stateful encoder runs each demonstration from its start, as in closed loop
             out.append(np.concatenate([encoder(frames_of(ds, ep, cameras, s, min(s + batch, T), encoder.inputs))
                                        .cpu().numpy() for s in range(0, T, batch)]).astype(np.float32))
     return out
