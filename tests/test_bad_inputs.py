@@ -175,8 +175,10 @@ CASES = [
     Case("eval-correspondence-truncated-don", ["eval-correspondence", "{don_truncated}", "--views", "{views}"],
          "{don_truncated}/don.safetensors"),
     # demonstrations
-    *_each((*H5, "views", "no_actions", "wrong_shape", "nan_depth"), "keypoints",
+    *_each((*H5, "no_actions", "wrong_shape", "nan_depth"), "keypoints",  # a views file is read too
            ["keypoints", "--don", "{don}", "--demos", "{BAD}", "--out", "{tmp}/new/r.safetensors"]),
+    Case("keypoints-no-such-frame", ["keypoints", "--don", "{don}", "--demos", "{demos}", "--frame", "99",
+                                     "--out", "{tmp}/new/r.safetensors"], "{demos}"),
     Case("keypoints-truncated-don", ["keypoints", "--don", "{don_truncated}", "--demos", "{demos}", "--out",
                                      "{tmp}/new/r.safetensors"], "{don_truncated}/don.safetensors"),
     *_each((*H5, "views", "no_actions", "wrong_shape", "nan_depth"), "train-policy",

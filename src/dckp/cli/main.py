@@ -75,21 +75,41 @@ def cmd_fuse(args) -> None:
     from dckp.data import Dataset
     from dckp.geometry.config import MASK_PRESETS
     from dckp.geometry.fuse import fuse_file
-    from dckp.sim.tasks import TASKS
     from dckp.viz.fuse import fuse_picture
 
     with Dataset(args.file) as ds:
-        task = ds.task
+        workspace, expected = ds.workspace, ds.num_objects
     cfg = preset(MASK_PRESETS, args.preset)
-    if task in TASKS:  # the task's workspace box, unless given on the command line
-        lo, hi = TASKS[task].workspace
-        cfg = dataclasses.replace(cfg, workspace_min=list(lo), workspace_max=list(hi))
+    if workspace is not None:  # the file's workspace box, unless given on the command line
+        cfg = dataclasses.replace(cfg, workspace_min=workspace[0], workspace_max=workspace[1])
     cfg = apply_args(cfg, args)
     summary = fuse_file(args.file, cfg)
+    for ep, s in summary.items():
+        if expected and not ep.startswith("arm_") and s["objects"] != expected:
+            print(f"warning: {ep}: {s['objects']} objects found, the file says {expected} (see --dbscan-eps, "
+                  "--min-cluster-points, --workspace-min/--workspace-max)", file=sys.stderr)
     stem = Path(args.file).with_name(Path(args.file).stem)
     save_json({"preset": args.preset, **dataclasses.asdict(cfg)}, f"{stem}.fuse.config.json")
     picture = fuse_picture(args.file, Path(args.file).with_name(Path(args.file).stem + "_masks.png"))
     print(json.dumps({"file": args.file, "episodes": summary, "picture": picture}, indent=1))
+
+
+def cmd_import(args) -> None:
+    from dckp.io.config import IMPORT_PRESETS
+    from dckp.io.recordings import import_recordings
+
+    cfg = apply_args(preset(IMPORT_PRESETS, args.preset), args)
+    summary = import_recordings(args.sequences, args.arm_only, cfg, args.out)
+    save_json({"preset": args.preset, **dataclasses.asdict(cfg)}, _config_path(args.out))
+    print(json.dumps(summary, indent=1))
+
+
+def cmd_export_recording(args) -> None:
+    from dckp.io.config import ExportConfig
+    from dckp.io.export import export_recordings
+
+    frames = export_recordings(args.file, apply_args(ExportConfig(), args), args.out)
+    print(json.dumps({"out": args.out, "episodes": frames}, indent=1))
 
 
 def cmd_pretrain(args) -> None:
@@ -152,16 +172,24 @@ def cmd_viz_descriptors(args) -> None:
 
 
 def cmd_keypoints(args) -> None:
+    from dckp.data import Dataset
     from dckp.don.train import load_don
     from dckp.keypoints.references import load_pixels
     from dckp.keypoints.select import select_references
 
     _at_least(args, "--per-camera", 1)
-    _check_dataset(args.demos, "demos")
+    _at_least(args, "--frame", 0)
+    with Dataset(args.demos) as ds:  # demonstrations, or the views of a recording (`dckp import`)
+        ds.validate()
+    if bool(args.workspace_min) != bool(args.workspace_max):
+        raise DckpError("give both --workspace-min and --workspace-max, or neither (the file's box)",
+                        field="--workspace-max")
     pixels = None
     if args.pixels:
         pixels = {cam: load_pixels(path).numpy() for cam, path in (p.split("=", 1) for p in args.pixels)}
-    summary = select_references(load_don(args.don), args.demos, args.out, args.per_camera, pixels, seed=args.seed)
+    summary = select_references(load_don(args.don), args.demos, args.out, args.per_camera, pixels,
+                                episode=args.episode, seed=args.seed, frame=args.frame,
+                                workspace=(args.workspace_min, args.workspace_max) if args.workspace_min else None)
     print(json.dumps({"out": args.out, "cameras": summary}, indent=1))
 
 
@@ -265,6 +293,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="cpu", **presets)
     p.set_defaults(func=cmd_fuse)
 
+    p = sub.add_parser("import", help="RGB-D recordings (TUM RGB-D or a plain folder) into a views file "
+                       "(docs/own-data.md)", configs=[("dckp.io.config", "ImportConfig", "IMPORT_PRESETS")])
+    p.add_argument("sequences", nargs="+", help="sequence folders, one static scene each")
+    p.add_argument("--arm-only", nargs="+", default=[], metavar="SEQUENCE",
+                   help="sequence folders filming the arm alone, no objects (default: none)")
+    p.add_argument("--out", required=True, help="output views .h5 file (its config goes beside it)")
+    p.add_argument("--preset", default="cpu", **presets)
+    p.set_defaults(func=cmd_import, out_is_file=True)
+
+    p = sub.add_parser("export-recording", help="a dckp file's frames as RGB-D recordings (TUM or plain folder), "
+                       "one sequence folder per episode", configs=[("dckp.io.config", "ExportConfig", None)])
+    p.add_argument("file", help="a views or demos file")
+    p.add_argument("--out", required=True, help="folder for the sequence folders")
+    p.set_defaults(func=cmd_export_recording)
+
     p = sub.add_parser("pretrain", help="train a Dense Object Net on fused view files (resumes if interrupted)",
                        configs=[("dckp.don.config", "DonConfig", "DON_PRESETS")])
     p.add_argument("--views", nargs="+", required=True, help="view files that `dckp fuse` has given masks")
@@ -308,8 +351,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("keypoints", help="choose reference keypoints on the first frame of the demonstrations")
     p.add_argument("--don", required=True, help="a DON run folder (`dckp pretrain --out`)")
-    p.add_argument("--demos", required=True, help="a demonstrations file from `dckp collect`")
+    p.add_argument("--demos", required=True, help="a demonstrations file from `dckp collect`, or a views file "
+                   "(`dckp import`)")
     p.add_argument("--out", required=True, help="references file (.safetensors)")
+    p.add_argument("--episode", default=None, help="episode of the reference frame (default: the first)")
+    p.add_argument("--frame", type=int, default=0, help="the reference frame's index in it (default: 0)")
+    p.add_argument("--workspace-min", type=float, nargs=3, default=None, metavar=("X", "Y", "Z"),
+                   help="world box for the reference masks, low corner (metres) (default: the file's box)")
+    p.add_argument("--workspace-max", type=float, nargs=3, default=None, metavar=("X", "Y", "Z"),
+                   help="world box, high corner (metres) (default: the file's box)")
     p.add_argument("--per-camera", type=int, default=16, help="references per camera, equal per object (default: 16)")
     p.add_argument("--pixels", nargs="+", default=None, metavar="CAMERA=FILE.json",
                    help='hand-picked pixels per camera instead: JSON {"uv": [[u, v], ...]} (default: none)')

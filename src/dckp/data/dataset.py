@@ -41,18 +41,38 @@ def encode_depth(depth: np.ndarray, where: str = "depth") -> np.ndarray:
     return units.astype(np.uint16)
 
 
+def check_workspace(workspace, path: str | None = None, field: str = "workspace") -> list[list[float]]:
+    """`[[x, y, z], [x, y, z]]` (low and high corner, metres) from any pair of 3-vectors, low < high on every axis;
+    DckpError otherwise."""
+    try:
+        lo, hi = ([float(x) for x in corner] for corner in workspace)
+        ok = len(lo) == len(hi) == 3 and all(np.isfinite(lo + hi)) and all(a < b for a, b in zip(lo, hi, strict=True))
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise DckpError(f"expected [[x, y, z], [x, y, z]] with low < high on every axis, got {workspace!r}",
+                        path=path, field=field)
+    return [lo, hi]
+
+
 class DatasetWriter:
     """Writes a collection to a temp file beside `path` and renames it into place on `close()`.
 
     An interrupted collection leaves no file at `path` (or the previous one, untouched).
     """
 
-    def __init__(self, path: str | os.PathLike, kind: str, task: str, objects: list[str], config: dict):
+    def __init__(self, path: str | os.PathLike, kind: str, task: str, objects: list[str], config: dict,
+                 workspace=None, num_objects: int | None = None):
+        """`workspace`: the world box `(lo, hi)` (metres) holding the table top and the objects, stored for the
+        stages after it (`dckp fuse`, `dckp keypoints`); `num_objects` defaults to `len(objects)` (0: unknown)."""
         self.path = Path(path)
         self._tmp = temp_beside(self.path)
         self._f = h5py.File(self._tmp, "w")
         self._f.attrs.update(schema_version=SCHEMA_VERSION, kind=kind, task=task, depth_scale=DEPTH_SCALE,
-                             objects=json.dumps(objects), config=json.dumps(config, sort_keys=True))
+                             objects=json.dumps(objects), config=json.dumps(config, sort_keys=True),
+                             num_objects=len(objects) if num_objects is None else int(num_objects))
+        if workspace is not None:
+            self._f.attrs["workspace"] = json.dumps(check_workspace(workspace))
         self._data = self._f.create_group("data")
         self.bytes_images = 0
         self.frames = 0
@@ -134,6 +154,26 @@ class Dataset:
         self.objects = json.loads(self.attrs["objects"])
         self.config = json.loads(self.attrs["config"])
         self.depth_scale = float(self.attrs.get("depth_scale", DEPTH_SCALE))
+
+    @property
+    def workspace(self) -> list[list[float]] | None:
+        """The world box `[[x, y, z], [x, y, z]]` (metres) holding the table top and the objects: the file's
+        `workspace` attribute; for files written before it existed, the simulator task's box; else None."""
+        if "workspace" in self.attrs:
+            try:
+                box = json.loads(self.attrs["workspace"])
+            except (TypeError, ValueError):
+                box = self.attrs["workspace"]
+            return check_workspace(box, path=self.path)
+        from dckp.sim.tasks import TASKS  # the task registry only: no simulator is imported
+
+        return check_workspace(TASKS[self.task].workspace) if self.task in TASKS else None
+
+    @property
+    def num_objects(self) -> int:
+        """How many objects the scenes hold: the file's `num_objects` attribute (older files: the number of
+        names in `objects`); 0 = not known."""
+        return int(self.attrs.get("num_objects", len(self.objects)))
 
     def expect(self, kind: str) -> None:
         """Reject a file of another kind ("demos" or "views") with a line saying which file is needed."""

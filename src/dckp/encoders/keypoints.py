@@ -105,17 +105,21 @@ class DonKeypoints(_Keypoints):
         return {cam: (k["uv"], k["peak"]) for cam, k in self._extract(frames).items()}
 
     @torch.no_grad()
-    def forward(self, frames: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        out = []
-        for cam, k in self._extract(frames).items():
+    def camera_keypoints(self, frames: Mapping[str, torch.Tensor]) -> dict[str, dict]:
+        """Per camera, `extract_keypoints`' outputs plus `features (B, K, 2 or 3)` in the configured form (what
+        `forward` concatenates; `dckp.KeypointTracker` returns them)."""
+        out = self._extract(frames)
+        for cam, k in out.items():
             depth = frames[f"{cam}_depth"].float()
             if self.form == "2d":
-                f = normalise_uv(k["uv"], *depth.shape[-2:])
+                k["features"] = normalise_uv(k["uv"], *depth.shape[-2:])
             else:
-                f = keypoints_3d(k["uv"], depth, frames[f"{cam}_K"].float(), frames[f"{cam}_pose"].float(),
-                                 frame=self.form)
-            out.append(f.flatten(1))
-        return torch.cat(out, 1)
+                k["features"] = keypoints_3d(k["uv"], depth, frames[f"{cam}_K"].float(),
+                                             frames[f"{cam}_pose"].float(), frame=self.form)
+        return out
+
+    def forward(self, frames: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return torch.cat([k["features"].flatten(1) for k in self.camera_keypoints(frames).values()], 1)
 
 
 class DonKeypoints3d(DonKeypoints):

@@ -1,13 +1,15 @@
 """Choose reference keypoints on one frame of the training demonstrations and save them.
 
 Per camera, the reference frame is the first frame of a demonstration (a static scene before the robot touches
-anything). Its object masks come without labels from depth alone: the frame's points in the task's workspace
-box, minus the table, clustered (`segment_objects`, as in `dckp fuse` but from a single view). References are
-sampled with an equal number per object, or taken at hand-picked pixels.
+anything), or a chosen frame of a views file (an imported recording: `dckp import`). Its object masks come
+without labels from depth alone: the frame's points in the file's workspace box (its `workspace` attribute, or
+the user's), minus the table, clustered (`segment_objects`, as in `dckp fuse` but from a single view).
+References are sampled with an equal number per object, or taken at hand-picked pixels.
 
 For the ground-truth-keypoint baseline each reference pixel is also lifted to the object it lies on (using the
 simulator's segmentation and object poses: ground truth, for that baseline only) and stored in that object's
-frame, so it can be moved with the object's true pose later.
+frame, so it can be moved with the object's true pose later. Files without that ground truth (recordings) store
+object -1 and a zero local point.
 
 The file `references.safetensors` holds, per camera `<cam>`: `<cam>.descriptors (K,D)`, `<cam>.uv (K,2)`,
 `<cam>.object (K,)` (index into the file's objects, -1 if none) and `<cam>.local (K,3)` (metres, in that
@@ -27,6 +29,7 @@ from safetensors.torch import load, save
 
 from dckp.config import atomic_write_bytes
 from dckp.data import Dataset
+from dckp.data.dataset import check_workspace
 from dckp.errors import DckpError
 from dckp.geometry.camera import backproject, transform
 from dckp.geometry.masks import MASK_PRESETS, segment_objects
@@ -47,22 +50,30 @@ def single_view_masks(depth: np.ndarray, K: np.ndarray, pose: np.ndarray, worksp
 
 @torch.no_grad()
 def select_references(model, demos: str | os.PathLike, out: str | os.PathLike, per_camera: int = 16,
-                      pixels: dict[str, np.ndarray] | None = None, episode: str | None = None, seed: int = 0) -> dict:
-    """Choose and save references on the first frame of demonstration `episode` (default: the first); for a
-    camera that sees no object there (no table in view, say), on the first frame of the next demonstration that
-    shows one. `pixels` maps cameras to hand-picked (n,2) pixel coordinates instead.
+                      pixels: dict[str, np.ndarray] | None = None, episode: str | None = None, seed: int = 0,
+                      frame: int = 0, workspace=None) -> dict:
+    """Choose and save references on frame `frame` of episode `episode` (default: the first frame of the first
+    episode) of a demos or views file; for a camera that sees no object there (no table in view, say), on that
+    frame of the next episode that shows one (arm-only episodes are skipped). `pixels` maps cameras to
+    hand-picked (n,2) pixel coordinates instead. `workspace` `(lo, hi)` overrides the file's box.
     `model` is the DON; None stores no descriptors, for ground-truth keypoints without a DON (the pixels depend
     on the object masks only)."""
-    from dckp.sim.tasks import get_task
-
     generator = torch.Generator().manual_seed(seed)
     tensors, summary = {}, {}
     with Dataset(demos) as ds:
-        workspace = get_task(ds.task).workspace
         first = ds.pick_episode(episode)
+        if pixels is None:
+            workspace = check_workspace(workspace, field="workspace") if workspace is not None else ds.workspace
+            if workspace is None:
+                raise DckpError("no workspace box in the file (not a simulator task, no `workspace` attribute); give "
+                                "--workspace-min and --workspace-max", path=str(demos))
+        scenes = [e for e in ds.episodes[ds.episodes.index(first):] if e == first or not e.startswith("arm_")]
         for cam in ds.streams(first):
-            for ep in ds.episodes[ds.episodes.index(first):] if pixels is None else [first]:
-                fr = ds.frame(ep, cam, 0)
+            for ep in scenes if pixels is None else [first]:
+                if not 0 <= frame < ds.num_frames(ep, cam):
+                    raise DckpError(f"no frame {frame} in {ep} (it has {ds.num_frames(ep, cam)})", path=str(demos),
+                                    field=f"data/{ep}/obs/{cam}_rgb")
+                fr = ds.frame(ep, cam, frame)
                 image = torch.from_numpy(fr["rgb"]).permute(2, 0, 1)[None].float() / 255
                 desc = model(image)[0] if model is not None else image.new_zeros((0, *image.shape[-2:]))
                 if pixels is not None:
@@ -79,14 +90,18 @@ def select_references(model, demos: str | os.PathLike, out: str | os.PathLike, p
                     refs, uv, _ = sample_references(desc, masks, per_camera, generator)
                     break
             else:
-                raise DckpError(f"no object found by the {cam} camera in the first frame of any demonstration from "
-                                f"{first}", path=str(demos))
-            obj, local = _lift(uv.numpy(), fr, ds.array(ep, "object_pose")[0])
+                raise DckpError(f"no object found by the {cam} camera in frame {frame} of any episode from {first}",
+                                path=str(demos))
+            if "seg" in fr and "object_pose" in ds.keys(ep):
+                poses = ds.array(ep, "object_pose")  # per frame; a views file's static scene has its sweep's
+                obj, local = _lift(uv.numpy(), fr, poses[min(frame, len(poses) - 1)])
+            else:  # a recording: no ground truth to lift the references with
+                obj, local = np.full(len(uv), -1, np.int64), np.zeros((len(uv), 3), np.float32)
             tensors.update({f"{cam}.descriptors": refs.contiguous(), f"{cam}.uv": uv.float().contiguous(),
                             f"{cam}.object": torch.from_numpy(obj), f"{cam}.local": torch.from_numpy(local)})
             summary[cam] = {"references": len(uv), "episode": ep, "objects_hit": sorted(set(obj.tolist()))}
         meta = {"demos": str(demos), "episodes": {cam: v["episode"] for cam, v in summary.items()}, "task": ds.task,
-                "objects": ds.objects, "cameras": ds.streams(first)}
+                "objects": ds.objects, "cameras": ds.streams(first), "frame": frame}
     atomic_write_bytes(out, save(tensors, metadata={"dckp": json.dumps(meta)}))
     return summary
 

@@ -36,7 +36,8 @@ def collect_demos(cfg: CollectConfig, out: str, preset: str = "cpu", progress: b
     env = SimEnv(task, cfg.image_size)
     seed, kept, lengths = cfg.seed, 0, []
     try:
-        with DatasetWriter(out, "demos", task.name, task.objects, _file_config(task, cfg)) as writer:
+        with DatasetWriter(out, "demos", task.name, task.objects, _file_config(task, cfg),
+                           workspace=task.workspace) as writer:
             with tqdm(total=n, desc=f"demos {task.name}", disable=not progress) as bar:
                 while kept < n:
                     if seed - cfg.seed >= max(n * cfg.max_attempts_factor, n + 5):
@@ -122,7 +123,8 @@ def collect_views(cfg: ViewsConfig, out: str, progress: bool = True) -> dict:
     env = SimEnv(task, cfg.image_size, cameras=VIEW_CAMERAS)
     rng = np.random.default_rng(cfg.seed)
     try:
-        with DatasetWriter(out, "views", task.name, task.objects, _file_config(task, cfg)) as writer:
+        with DatasetWriter(out, "views", task.name, task.objects, _file_config(task, cfg),
+                           workspace=task.workspace) as writer:
             total = cfg.scenes + cfg.arm_only
             with tqdm(total=total, desc=f"views {task.name}", disable=not progress) as bar:
                 for i in range(total):
