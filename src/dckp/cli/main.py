@@ -257,6 +257,13 @@ def cmd_export(args) -> None:
     print(json.dumps(export_robomimic(args.demos, args.out, apply_args(RobomimicExportConfig(), args)), indent=1))
 
 
+def cmd_pick_references(args) -> None:
+    from dckp.keypoints.picker import PickConfig, pick_references
+
+    for line in pick_references(args.file, apply_args(PickConfig(), args), args.out):
+        print(line)
+
+
 def cmd_run(args) -> None:
     from dckp.pipeline import RUN_PRESETS, run
 
@@ -400,6 +407,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("demos", help="a demonstrations file from `dckp collect`")
     p.add_argument("--out", required=True, help="the file to write (.hdf5)")
     p.set_defaults(func=cmd_export, out_is_file=True)
+
+    p = sub.add_parser("pick-references", help="choose reference keypoints by hand on a frame: a matplotlib "
+                       "window, or an HTML page without a display; writes the files `dckp keypoints --pixels` reads",
+                       configs=[("dckp.keypoints.picker", "PickConfig", None)])
+    p.add_argument("file", help="a demos file, or a views file (`dckp import`)")
+    p.add_argument("--out", required=True, help="folder for CAMERA.json per camera (and pick.html without a display)")
+    p.set_defaults(func=cmd_pick_references)
 
     p = sub.add_parser("run", help="the whole pipeline for one task, skipping finished stages; ends in report.html",
                        configs=[("dckp.pipeline", "RunConfig", "RUN_PRESETS")])

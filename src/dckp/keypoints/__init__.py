@@ -1,16 +1,12 @@
-"""Keypoints from Dense Object Net descriptors: reference descriptors, 2D keypoints and their 3D variants."""
+"""Keypoints from Dense Object Net descriptors: reference descriptors, 2D keypoints and their 3D variants.
 
-from dckp.keypoints.extract import (
-    depth_at,
-    descriptor_distance,
-    extract_keypoints,
-    heatmap,
-    keypoints_3d,
-    normalise_uv,
-)
-from dckp.keypoints.references import load_pixels, references_at, sample_references
+Names are imported on first use, so `dckp.keypoints.picker`'s config loads without torch (the CLI builds its flags
+from it)."""
 
-__all__ = [
-    "depth_at", "descriptor_distance", "extract_keypoints", "heatmap", "keypoints_3d", "load_pixels",
-    "normalise_uv", "references_at", "sample_references",
-]
+from dckp.lazy import lazy_exports
+
+__getattr__, __all__ = lazy_exports(__name__, {
+    "dckp.keypoints.extract": ("depth_at", "descriptor_distance", "extract_keypoints", "heatmap", "keypoints_3d",
+                               "normalise_uv"),
+    "dckp.keypoints.references": ("load_pixels", "references_at", "sample_references"),
+})
