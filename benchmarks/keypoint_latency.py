@@ -4,7 +4,9 @@ results/keypoint_latency.{json,md}.
     python benchmarks/keypoint_latency.py --threads 2
 
 One step = the encoder (for dckp-3d: both camera images through the DON, descriptor distances, softmax mode,
-depth lookup; for the end-to-end encoders their network in eval mode) plus the policy head (`LSTMPolicy.act`),
+depth lookup; dckp-gate adds the hold, dckp-filter its particle filter with the default particle count
+over all 2 x 16 keypoints in both cameras, stepped frame after frame; for the end-to-end encoders their network
+in eval mode) plus the policy head (`LSTMPolicy.act`),
 on one frame, after warm-up; median and p95 over `--steps` steps. The weights do not change the cost, so the
 networks are randomly initialised with the `cpu` presets. Also the throughput of batched encoding (frames/s), as
 when encoding demonstrations. The top-level keys are dckp-3d's; `encoders` holds every encoder's.
@@ -29,7 +31,7 @@ from dckp.encoders import build_encoder
 from dckp.policy.config import POLICY_PRESETS
 from dckp.policy.model import LSTMPolicy
 
-ENCODERS = ("dckp-3d", "gt-kp", "blind", "cnn", "cnnd", "resnet-ssm")
+ENCODERS = ("dckp-3d", "dckp-gate", "dckp-filter", "gt-kp", "blind", "cnn", "cnnd", "resnet-ssm")
 
 CAMERAS = ("agentview", "robot0_eye_in_hand")
 

@@ -42,7 +42,7 @@ from dckp.geometry.camera import project, transform, unproject
 class FilterConfig:
     """The particle filter's settings (`dckp-filter` options)."""
 
-    particles: int = option(128, "particles per keypoint of the dckp-filter particle filter")
+    particles: int = option(256, "particles per keypoint of the dckp-filter particle filter")
     filter_step: float = option(0.01, "std (m) of the particle filter's random walk per control step")
     filter_temperature: float = option(0.15, "T of the particle filter's likelihood exp(-descriptor distance / T)")
     unseen_distance: float = option(1.0, "descriptor distance given to a particle a camera cannot see (outside "
