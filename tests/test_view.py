@@ -95,11 +95,29 @@ def test_demos_with_don_keypoints_on_the_depth_surface(don_and_references, tmp_p
     assert {f"{root}/keypoints/tracks", f"{root}/{WRIST}/points"} <= entities(out)
 
 
+def test_tracked_and_ground_truth_keypoints(don_and_references, tmp_path):
+    from dckp.keypoints.select import load_references
+
+    demos, don, refs = don_and_references
+    out = tmp_path / "f.rrd"
+    assert main(["view", str(demos), "--don", str(don), "--references", str(refs), "--encoder", "dckp-filter",
+                 "--out", str(out)]) == 0
+    cols = columns(out, {"/world/demo_0/keypoints": ["Position3D"]})
+    assert cols["frame"] == list(range(FRAMES))
+    tracked = np.array(cols["/world/demo_0/keypoints:Position3D"])
+    assert tracked.shape == (FRAMES, 3, 3) and np.isfinite(tracked).all()
+    assert main(["view", str(demos), "--references", str(refs), "--out", str(out)]) == 0  # no DON: ground truth
+    truth = np.array(columns(out, {"/world/demo_0/keypoints": ["Position3D"]})["/world/demo_0/keypoints:Position3D"])
+    local = load_references(refs)[0][WRIST]["local"].numpy()  # the object stands at the origin, unturned
+    np.testing.assert_allclose(truth, np.broadcast_to(local, truth.shape), atol=1e-6)
+
+
 def test_bad_view_inputs_are_one_line(don_and_references, tmp_path, capsys):
     demos, don, refs = don_and_references
     cases = [(["--don", str(don)], "--don needs --references"),
              (["--episodes", "demo_9"], "no episode 'demo_9'"),
-             (["--point-stride", "0"], "must be >= 1")]
+             (["--point-stride", "0"], "must be >= 1"),
+             (["--don", str(don), "--references", str(refs), "--encoder", "cnn"], "must be dckp-3d")]
     for flags, message in cases:
         assert main(["view", str(demos), *flags]) == 2
         err = capsys.readouterr().err.strip().splitlines()

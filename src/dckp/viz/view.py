@@ -13,10 +13,11 @@ Entities (one subtree per episode, the timeline `frame` = frame index within the
     world/<episode>/gripper             the end effector's position, and its path (`gripper/track`)
 
 Which keypoints: a policy folder's encoder (`--policy`, or FILE is a policy folder) when it makes keypoints; else
-the DON's 3D keypoints of `--references` (`--don` and `--references`); else ground-truth keypoints of
-`--references` (the reference points moved with the objects' true poses); else, in a simulator file, the objects'
-true positions (`object_pose`); in a recording without object poses, none. DON keypoints are coloured by
-confidence (red 0 to green 1, as in the rollout videos), ground truth by keypoint or object.
+the DON's 3D keypoints of `--references` (`--don` and `--references`; found per frame, or with `--encoder
+dckp-filter` or `dckp-gate` tracked over the episode); else ground-truth keypoints of `--references` (the reference
+points moved with the objects' true poses); else, in a simulator file, the objects' true positions
+(`object_pose`); in a recording without object poses, none. DON keypoints are coloured by confidence (red 0 to
+green 1, as in the rollout videos), ground truth by camera or object.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ class ViewConfig:
     don: str = option("", "a DON run folder: with --references, its 3D keypoints")
     references: str = option("", "a references file (`dckp keypoints`): DON keypoints with --don, ground-truth "
                                  "keypoints without")
+    encoder: str = option("dckp-3d", "the DON keypoints that --don and --references give: per frame, or tracked "
+                                     "over the episode", choices=("dckp-3d", "dckp-filter", "dckp-gate"))
     policy: str = option("", "a policy folder whose encoder makes the keypoints")
     seed: int = option(EVAL_SEED_START, "the rollout's seed, when FILE is a policy folder")
     max_steps: int = option(0, "most control steps of that rollout (0: the task's horizon)")
@@ -58,6 +61,8 @@ class ViewConfig:
                 raise DckpError(f"must be >= 1, got {getattr(self, name)}", field=name)
         if self.max_steps < 0:
             raise DckpError(f"must be >= 0, got {self.max_steps}", field="max_steps")
+        if self.encoder not in ("dckp-3d", "dckp-filter", "dckp-gate"):
+            raise DckpError(f"must be dckp-3d, dckp-filter or dckp-gate, got {self.encoder!r}", field="encoder")
         if self.don and not self.references:
             raise DckpError("--don needs --references (the keypoints to find)", field="references")
 
@@ -190,7 +195,7 @@ def _keypointer(cfg: ViewConfig, policy_dir: Path | None):
     from dckp.keypoints.select import load_references
 
     refs, _ = load_references(cfg.references)
-    spec = ({"name": "dckp-3d", "artefacts": {"don": cfg.don, "references": cfg.references}} if cfg.don else
+    spec = ({"name": cfg.encoder, "artefacts": {"don": cfg.don, "references": cfg.references}} if cfg.don else
             {"name": "gt-kp", "artefacts": {"references": cfg.references}})
     return lambda cameras, size: build_encoder(spec, [c for c in cameras if c in refs], size)
 
@@ -222,6 +227,8 @@ def episode_keypoints(ep: dict, keypointer, chunk: int = 32) -> tuple[np.ndarray
                         f"{sorted(cams)})", field="episodes")
     if not encoder.cameras:
         return None
+    tracked = callable(getattr(encoder, "track", None))  # keeps state over the episode's consecutive frames
+    encoder.reset()
     points, colours = {c: [] for c in encoder.cameras}, {c: [] for c in encoder.cameras}
     for s in range(0, T, chunk):
         frames = {f"{c}_{k}": torch.from_numpy(np.ascontiguousarray(cams[c][k][s:s + chunk]))
@@ -229,17 +236,22 @@ def episode_keypoints(ep: dict, keypointer, chunk: int = 32) -> tuple[np.ndarray
         if "object_pose" in ep:
             frames["object_pose"] = torch.from_numpy(np.ascontiguousarray(ep["object_pose"][s:s + chunk]))
         with torch.no_grad():
-            found = None if isinstance(encoder, GroundTruthKeypoints) else encoder.image_keypoints(frames)
+            found = (None if isinstance(encoder, GroundTruthKeypoints) else
+                     encoder.track(frames) if tracked else encoder.image_keypoints(frames))
             for i, cam in enumerate(encoder.cameras):
-                if found is None:  # ground truth: the true point, seen or hidden; one colour per camera
+                depth = frames[f"{cam}_depth"].float()
+                if isinstance(encoder, GroundTruthKeypoints):  # the true point, seen or hidden; a colour per camera
                     world = encoder.points(frames, cam)[2].float()
                     colour = np.tile(_palette(i), (*world.shape[:2], 1))
+                    peak = None
+                elif tracked:  # dckp-filter, dckp-gate: the tracked world points
+                    world, peak = found[cam]["world"].float(), found[cam]["confidence"].float()
                 else:
                     uv, peak = (x.float() for x in found[cam])
-                    depth = frames[f"{cam}_depth"].float()
                     world = keypoints_3d(uv, depth, frames[f"{cam}_K"].float(), frames[f"{cam}_pose"].float(),
                                          frame="world")
                     world[depth_at(uv, depth) <= 0] = float("nan")  # no depth near the keypoint: not drawn
+                if peak is not None:
                     conf = colour_scale(peak.numpy(), depth.shape[-1] * depth.shape[-2])
                     colour = np.stack([[confidence_colour(x) for x in row] for row in conf])
                 points[cam].append(world.numpy())
