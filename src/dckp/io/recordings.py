@@ -5,7 +5,8 @@ Each sequence (a moving camera filming a static scene) becomes one episode whose
 the stream `dckp fuse` fuses: `scene_N`, or `arm_N` for arm-only sequences. Poses are camera-to-world with OpenCV
 axes (docs/conventions.md); poses given with OpenGL axes are turned. The file stores the workspace box (given, or
 estimated: the table plane by RANSAC and the extent of the points above it) and the number of objects, so no
-stage after it needs the simulator. Bad input stops with one line naming the file and the frame.
+stage after it needs the simulator. Bad input stops with one line naming the file and the frame, before any image
+is loaded where it can be found earlier (in the listings, the poses and the image headers).
 """
 
 from __future__ import annotations
@@ -231,7 +232,8 @@ def _intrinsics(root: Path, cfg: ImportConfig) -> tuple[np.ndarray, tuple[int, i
 
 
 def read_sequence(root: str | Path, cfg: ImportConfig) -> Sequence:
-    """A recording's frames and camera, checked, with `every`-th frames kept and OpenCV pose axes."""
+    """A recording's frames and camera, checked (listings, poses, image sizes, depth scale), with every
+    `every`-th frame kept and OpenCV pose axes."""
     root = Path(root)
     if not root.is_dir():
         raise _err("not a folder (a sequence is a folder: docs/own-data.md)", root)
@@ -244,7 +246,9 @@ def read_sequence(root: str | Path, cfg: ImportConfig) -> Sequence:
     if cfg.pose_axes == "opengl":
         seq.poses = seq.poses @ FLIP_YZ
     keep = slice(None, None, cfg.every)
-    return dataclasses.replace(seq, rgb=seq.rgb[keep], depth=seq.depth[keep], poses=seq.poses[keep])
+    seq = dataclasses.replace(seq, rgb=seq.rgb[keep], depth=seq.depth[keep], poses=seq.poses[keep])
+    check_frames(seq)
+    return seq
 
 
 # --- frames ---
@@ -273,37 +277,64 @@ def scale_intrinsics(K: np.ndarray, size: tuple[int, int], new: tuple[int, int])
     return K
 
 
+def _image_size(path: Path, frame: int) -> tuple[int, int]:
+    """(W, H) of an image from its header (a .npy array's shape)."""
+    if not path.is_file():
+        raise _err("file not found", path, frame)
+    try:
+        if path.suffix == ".npy":
+            shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
+            return (shape[1], shape[0]) if len(shape) == 2 else shape
+        with Image.open(path) as image:
+            return image.size
+    except Exception as e:  # noqa: BLE001 - the image readers raise many kinds on bad files
+        raise _err(f"unreadable image ({type(e).__name__})", path, frame) from None
+
+
+def check_frames(seq: Sequence) -> None:
+    """Every frame's colour and depth size against frame 0's and the intrinsics' (from the file headers), and
+    frame 0's depth scale: the usual mistakes, found before any image is loaded."""
+    size = _image_size(seq.rgb[0], 0)
+    if seq.size is not None and tuple(seq.size) != size:
+        raise _err(f"the intrinsics are for {seq.size[0]}x{seq.size[1]} images, but frame 0 is {size[0]}x{size[1]}",
+                   seq.rgb[0], 0)
+    for i, (c, d) in enumerate(zip(seq.rgb, seq.depth, strict=True)):
+        shape = _image_size(c, i)
+        if shape != size:
+            raise _err(f"image is {shape[0]}x{shape[1]}, frame 0 is {size[0]}x{size[1]}: mixed image sizes", c, i)
+        shape = _image_size(d, i)
+        if shape != size:
+            raise _err(f"depth is {shape[0]}x{shape[1]}, its colour image {size[0]}x{size[1]}", d, i)
+    read_depth(seq, 0)
+
+
+def read_depth(seq: Sequence, i: int) -> np.ndarray:
+    """Frame `i`'s depth in metres (0 invalid), its scale checked: a median outside DEPTH_RANGE is an error."""
+    d = seq.depth[i]
+    z = _read_image(d, i)
+    if z.ndim != 2 or (d.suffix == ".png" and z.dtype != np.uint16):
+        raise _err(f"expected a 16-bit depth PNG or a 2D .npy, got {z.dtype} {z.shape}", d, i)
+    z = z.astype(np.float32) / np.float32(seq.depth_scale)
+    z[~np.isfinite(z) | (z < 0)] = 0
+    if not (z > 0).any():
+        raise _err("depth is 0 (invalid) everywhere", d, i)
+    median = float(np.median(z[z > 0]))
+    if not DEPTH_RANGE[0] <= median <= DEPTH_RANGE[1]:
+        raise _err(f"median depth {median:.3g} m is outside {DEPTH_RANGE[0]}-{DEPTH_RANGE[1]} m at depth scale "
+                   f"{seq.depth_scale:g} units per metre: is the depth in millimetres? try --depth-scale", d, i)
+    return z
+
+
 def load_frames(seq: Sequence, height: int, progress: bool = True) -> dict[str, np.ndarray]:
-    """The `free_*` arrays of one episode: rgb (T,H,W,3) uint8, depth (T,H,W) float32 metres, K, pose; each frame
-    checked (sizes, depth scale) and resized to `height`."""
-    rgb, depth, size = [], [], None
-    for i, (c, d) in enumerate(tqdm(list(zip(seq.rgb, seq.depth, strict=True)), desc=f"import {seq.path.name}",
-                                    disable=not progress, leave=False)):
+    """The `free_*` arrays of one episode (checked by `check_frames`): rgb (T,H,W,3) uint8, depth (T,H,W) float32
+    metres, K, pose; resized to `height` (colour bilinear, depth nearest, K scaled)."""
+    rgb, depth = [], []
+    for i, c in enumerate(tqdm(seq.rgb, desc=f"import {seq.path.name}", disable=not progress, leave=False)):
         image = _read_image(c, i)
         if image.ndim != 3 or image.shape[2] not in (3, 4) or image.dtype != np.uint8:
             raise _err(f"expected an 8-bit colour image, got {image.dtype} {image.shape}", c, i)
-        image = image[..., :3]
-        shape = image.shape[1::-1]
-        if size is None:
-            size = shape
-            if seq.size is not None and tuple(seq.size) != size:
-                raise _err(f"the intrinsics are for {seq.size[0]}x{seq.size[1]} images, but frame 0 is "
-                           f"{size[0]}x{size[1]}", c, i)
-        elif shape != size:
-            raise _err(f"image is {shape[0]}x{shape[1]}, frame 0 is {size[0]}x{size[1]}: mixed image sizes", c, i)
-        z = _read_image(d, i)
-        if z.ndim != 2 or z.shape[::-1] != size:
-            raise _err(f"depth is {z.shape[::-1]} ({z.dtype}), its colour image {size[0]}x{size[1]}", d, i)
-        if d.suffix == ".png" and z.dtype != np.uint16:
-            raise _err(f"expected a 16-bit depth PNG, got {z.dtype}", d, i)
-        z = z.astype(np.float32) / np.float32(seq.depth_scale)
-        z[~np.isfinite(z) | (z < 0)] = 0
-        if not (z > 0).any():
-            raise _err("depth is 0 (invalid) everywhere", d, i)
-        median = float(np.median(z[z > 0]))
-        if not DEPTH_RANGE[0] <= median <= DEPTH_RANGE[1]:
-            raise _err(f"median depth {median:.3g} m is outside {DEPTH_RANGE[0]}-{DEPTH_RANGE[1]} m at depth scale "
-                       f"{seq.depth_scale:g} units per metre: is the depth in millimetres? try --depth-scale", d, i)
+        image, z = image[..., :3], read_depth(seq, i)
+        size = image.shape[1::-1]
         new = resized_size(size, height)
         if new != size:
             image = np.asarray(Image.fromarray(image).resize(new, Image.Resampling.BILINEAR))
@@ -329,18 +360,19 @@ def look_centre(poses: np.ndarray) -> np.ndarray | None:
 
 
 def estimate_workspace(episodes: list[dict[str, np.ndarray]], cfg: ImportConfig, path: str,
-                       frames: int = 20, stride: int = 4) -> list[list[float]]:
-    """The world box holding the table top and the objects: the points of up to `frames` frames per scene (every
-    `stride`-th pixel) within `scene_radius` of where the cameras look, the table plane found by RANSAC among
-    near-horizontal planes (world z up), and the extent of the points at most `max_object_height` above it in
-    clusters that touch the table (objects resting on it, not an arm above it), plus `workspace_margin`; down to
-    the margin below the table."""
+                       frames: int = 20) -> list[list[float]]:
+    """The world box holding the table top and the objects. The points of up to `frames` frames per scene (rows
+    and columns thinned to about 160 per image width) within `scene_radius` of where the cameras look; the table
+    plane found by RANSAC among near-horizontal planes (world z up); the extent of the points at most
+    `max_object_height` above it in clusters that touch the table (objects resting on it, not an arm above it),
+    plus `workspace_margin`, and down to the margin below the table."""
     from dckp.geometry.config import MASK_PRESETS
     from dckp.geometry.masks import fit_table
 
     points = []
     for obs in episodes:
         poses = obs["free_pose"].astype(np.float64)
+        stride = max(1, obs["free_depth"].shape[2] // 160)
         for t in np.linspace(0, len(poses) - 1, min(frames, len(poses))).round().astype(int):
             z = obs["free_depth"][t, ::stride, ::stride].astype(np.float64)
             v, u = np.nonzero(z > 0)
