@@ -85,11 +85,7 @@ def view(path: str | os.PathLike, cfg: ViewConfig, out: str | os.PathLike | None
     if out is None:
         out = path / f"rollout_{cfg.seed}.rrd" if rollout else path.with_suffix(".rrd")
     out = Path(out)
-    if rollout:
-        episodes = [_rollout_episode(path, cfg)]
-        objects = episodes[0]["objects"]
-    else:
-        episodes, objects = _file_episodes(path, cfg)
+    episodes = [_rollout_episode(path, cfg)] if rollout else _file_episodes(path, cfg)
     keypointer = _keypointer(cfg, path if rollout else None)
 
     rec = rr.new_recording("dckp", recording_id=f"dckp view {path.name}")
@@ -97,8 +93,6 @@ def view(path: str | os.PathLike, cfg: ViewConfig, out: str | os.PathLike | None
     try:
         rec.save(tmp)
         rec.log("world", rr.ViewCoordinates.RIGHT_HAND_Z_UP, static=True)
-        rec.log("world", rr.AnnotationContext([(0, "background", (0, 0, 0, 0))] + [
-            (i + 1, name, tuple(int(c) for c in _palette(i))) for i, name in enumerate(objects)]), static=True)
         for ep in episodes:
             _log_episode(rec, f"world/{ep['name']}", ep, keypointer, cfg, progress)
         rec.disconnect()
@@ -113,9 +107,9 @@ def view(path: str | os.PathLike, cfg: ViewConfig, out: str | os.PathLike | None
 
 # --- reading -----------------------------------------------------------------------------------------------------
 
-def _file_episodes(path: Path, cfg: ViewConfig) -> tuple[list[dict], list[str]]:
+def _file_episodes(path: Path, cfg: ViewConfig) -> list[dict]:
     """Every requested episode of a dckp file, whole, as `{name, cameras: {cam: {rgb, depth, K, pose[, mask]}},
-    object_pose?, eef_pos?}`; object names for the masks (an arm-only episode's mask 1 is the arm)."""
+    objects (names), object_pose?, eef_pos?}`."""
     from dckp.data import Dataset
 
     with Dataset(path) as ds:
@@ -128,13 +122,12 @@ def _file_episodes(path: Path, cfg: ViewConfig) -> tuple[list[dict], list[str]]:
                 cameras[cam] = {k: ds.frames(name, cam, k, 0, n) for k in ("rgb", "depth", "K", "pose")}
                 if f"{cam}_mask" in keys:
                     cameras[cam]["mask"] = ds.frames(name, cam, "mask", 0, n)
-            ep = {"name": name, "cameras": cameras}
+            ep = {"name": name, "cameras": cameras, "objects": list(ds.objects)}
             for key in ("object_pose", "eef_pos"):
                 if key in keys:
                     ep[key] = ds.array(name, key)
             episodes.append(ep)
-        objects = ["arm"] if all(n.startswith("arm_") for n in names) else list(ds.objects)
-    return episodes, objects
+    return episodes
 
 
 class _Recorder:
@@ -217,7 +210,9 @@ def episode_keypoints(ep: dict, keypointer, chunk: int = 32) -> tuple[np.ndarray
             return None
         points = ep["object_pose"][:, :, :3, 3].astype(np.float32)
         colours = np.broadcast_to(np.stack([_palette(i) for i in range(points.shape[1])]), points.shape)
-        return points, colours.astype(np.uint8), np.array([f"object {i + 1}" for i in range(points.shape[1])])
+        names = ep.get("objects") or []
+        labels = [names[i] if i < len(names) else f"object {i + 1}" for i in range(points.shape[1])]
+        return points, colours.astype(np.uint8), np.array(labels)
     same = [c for c in cams if len(cams[c]["rgb"]) == T]
     encoder = keypointer if isinstance(keypointer, torch.nn.Module) else keypointer(
         same, next(iter(cams.values()))["rgb"].shape[1])
@@ -278,6 +273,11 @@ def _log_episode(rec, root: str, ep: dict, keypointer, cfg: ViewConfig, progress
     from dckp.geometry.camera import backproject
 
     s = cfg.point_stride
+    ids = max([int(c["mask"].max()) for c in ep["cameras"].values() if "mask" in c], default=0)
+    if ids:  # fused masks number the objects they found (unlabelled); an arm-only episode's 1 is the arm
+        name = "arm" if ep["name"].startswith("arm_") else "object {}"
+        rec.log(root, rr.AnnotationContext([(0, "background", (0, 0, 0, 0))] + [
+            (i, name.format(i), tuple(int(c) for c in _palette(i - 1))) for i in range(1, ids + 1)]), static=True)
     total = sum(len(c["rgb"]) for c in ep["cameras"].values())
     bar = tqdm(total=total, desc=f"view {ep['name']}", unit="frame", disable=not progress)
     for cam, d in ep["cameras"].items():
