@@ -194,3 +194,16 @@ def test_filter_policy_trains_and_round_trips(setup):
     assert np.array_equal(np.stack([b.act(o) for o in observations]), first)  # the saved folder: the same
     assert main(["evaluate", str(out), "--episodes", "1", "--workers", "1", "--videos", "1", "--max-steps", "3"]) == 0
     assert list((out / "eval").glob("rollout_*.mp4"))  # the filtered keypoints drawn in the video
+
+
+def test_keypoint_video_frame_shows_raw_above_filtered_with_the_spread(setup):
+    from dckp.pipeline import tracking_frame
+
+    episodes = setup[3]
+    enc = _encoder(setup, "dckp-filter", particles=16)
+    frames = {k: v[:1] for k, v in episodes[0].items()}
+    image = tracking_frame({f"{CAM}_rgb": frames[f"{CAM}_rgb"][0].numpy()}, [CAM], enc.step(frames))
+    scale = round(256 / SIZE)
+    assert image.shape == (2 * SIZE * scale + 6, SIZE * scale + 4, 3)  # two rows: raw DON keypoints, filtered
+    white = (image == 255).all(-1)
+    assert white[SIZE * scale + 4:-2, 2:-2].any()  # the spread rings, drawn on the filtered row only

@@ -421,7 +421,9 @@ def _config_path(path: Path) -> Path:
 
 
 def keypoint_video(spec: dict, demos: Path, path: Path, episode: str = "demo_0") -> Path:
-    """Keypoints of the encoder `spec` tracked over a demonstration, every camera, coloured by confidence."""
+    """Keypoints of the encoder `spec` tracked over a demonstration, every camera, coloured by confidence. For an
+    encoder that tracks its keypoints over the episode (dckp-gate, dckp-filter: it has `step`), the DON's raw
+    keypoints in the top row and the tracked ones below, run from the episode's start as in closed loop."""
     import torch
 
     from dckp.data import Dataset
@@ -433,12 +435,35 @@ def keypoint_video(spec: dict, demos: Path, path: Path, episode: str = "demo_0")
     with Dataset(demos) as ds, torch.no_grad():
         cams = ds.streams(episode)
         encoder = build_encoder(spec, cams, ds.frames(episode, cams[0], "rgb", 0, 1).shape[1]).eval()
+        encoder.reset()
         images = []
         for t in range(len(ds.actions(episode))):
             frames = frames_of(ds, episode, cams, t, t + 1)
             obs = {f"{c}_rgb": frames[f"{c}_rgb"][0].numpy() for c in cams}
-            images.append(composite(obs, cams, encoder.image_keypoints(frames)))
+            if hasattr(encoder, "step"):
+                images.append(tracking_frame(obs, cams, encoder.step(frames)))
+            else:
+                images.append(composite(obs, cams, encoder.image_keypoints(frames)))
     return save_video(images, path, fps=10)
+
+
+def tracking_frame(obs: dict, cams, tracks: dict):
+    """Every camera's raw DON keypoints (top row) above its tracked ones (bottom row), from a tracking encoder's
+    `step` on one frame; where the tracker has a spread (dckp-filter's particles), a white ring of that radius."""
+    from dckp.evaluation.rollout import VIDEO_SIZE, colour_scale, draw_keypoints
+    from dckp.viz.images import draw_rings, grid
+
+    rows = [[], []]
+    for cam in cams:
+        rgb = obs[f"{cam}_rgb"]
+        pixels, scale = rgb.shape[0] * rgb.shape[1], max(1, round(VIDEO_SIZE / rgb.shape[0]))
+        t = {k: v[0].detach().cpu().float().numpy() for k, v in tracks[cam].items()}
+        rows[0].append(draw_keypoints(rgb, t["raw_uv"], colour_scale(t["raw_peak"], pixels), scale))
+        panel = draw_keypoints(rgb, t["uv"], colour_scale(t["confidence"], pixels), scale)
+        if "spread_px" in t:
+            draw_rings(panel, t["uv"] * scale + (scale - 1) / 2, t["spread_px"] * scale)
+        rows[1].append(panel)
+    return grid(rows, pad=2)
 
 
 # --- the report ---------------------------------------------------------------------------------------------------

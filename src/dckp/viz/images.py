@@ -48,6 +48,24 @@ def grid(rows: list[list[np.ndarray]], pad: int = 2) -> np.ndarray:
     return out
 
 
+def draw_rings(image: np.ndarray, centres: np.ndarray, radii: np.ndarray, colour=(255, 255, 255)) -> np.ndarray:
+    """Draw in place a 1.5 px wide circle of radius `radii[i]` (pixels, at least 2) around each `centres[i] = (x, y)`
+    inside `image (H, W, 3)`; non-finite ones are skipped. Returns `image`."""
+    H, W = image.shape[:2]
+    for (x, y), r in zip(np.asarray(centres, np.float64), np.asarray(radii, np.float64), strict=True):
+        if not (np.isfinite(x) and np.isfinite(y) and np.isfinite(r)):
+            continue
+        r = max(r, 2.0)
+        x0, x1 = max(0, int(x - r - 2)), min(W, int(x + r + 3))
+        y0, y1 = max(0, int(y - r - 2)), min(H, int(y + r + 3))
+        if x0 >= x1 or y0 >= y1:
+            continue
+        yy, xx = np.mgrid[y0:y1, x0:x1]
+        ring = np.abs(np.hypot(xx - x, yy - y) - r) <= 0.75
+        image[y0:y1, x0:x1][ring] = colour
+    return image
+
+
 def save_png(image: np.ndarray, path: str | os.PathLike) -> Path:
     atomic_write_bytes(path, iio.imwrite("<bytes>", image, extension=".png"))
     return Path(path)
