@@ -10,6 +10,10 @@ in eval mode) plus the policy head (`LSTMPolicy.act`),
 on one frame, after warm-up; median and p95 over `--steps` steps. The weights do not change the cost, so the
 networks are randomly initialised with the `cpu` presets. Also the throughput of batched encoding (frames/s), as
 when encoding demonstrations. The top-level keys are dckp-3d's; `encoders` holds every encoder's.
+
+`tracker.<device>_<cameras>cam_<px>`: one `dckp.KeypointTracker.track` call on numpy frames (as from a camera) of 1
+or 2 cameras at `--tracker-sizes` px, DON keypoints in the depth form back on the CPU: median and p95 ms per call,
+on the CPU and on a GPU when there is one.
 """
 
 from __future__ import annotations
@@ -52,7 +56,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--keypoints", type=int, default=16, help="per camera")
-    parser.add_argument("--encoders", nargs="+", default=list(ENCODERS), help="default: %(default)s")
+    parser.add_argument("--encoders", nargs="*", default=list(ENCODERS), help="default: %(default)s")
+    parser.add_argument("--tracker-sizes", nargs="*", type=int, default=[128, 256],
+                        help="image sizes (px) at which KeypointTracker is timed; none: skip it (default: %(default)s)")
     parser.add_argument("--out", default="results")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -78,11 +84,20 @@ def main() -> None:
             spec = {"name": name, "artefacts": {a: artefacts[a] for a in cls.artefacts}}
             per[name] = step_latency(build_encoder(spec, CAMERAS, cfg.image_size).eval(), cfg.image_size, args.steps)
             print(name, per[name], flush=True)
+        tracker = {}
+        for device in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
+            for size in args.tracker_sizes:
+                for n in (1, 2):
+                    key = f"{device}_{n}cam_{size}"
+                    tracker[key] = tracker_latency(artefacts, device, CAMERAS[:n], size, args.steps)
+                    print("tracker", key, tracker[key], flush=True)
 
-    main_row = per.get("dckp-3d", next(iter(per.values())))
+    main_row = per.get("dckp-3d", next(iter(per.values()), {}))
     results = {"machine": f"{platform.machine()}, CPU, {args.threads} torch threads", "cameras": list(CAMERAS),
                "image_size": cfg.image_size, "backbone": cfg.backbone, "keypoints_per_camera": args.keypoints,
-               **main_row, "encoders": per}
+               **main_row, "encoders": per, "tracker": tracker}
+    if torch.cuda.is_available():
+        results["gpu"] = torch.cuda.get_device_name()
     out = Path(args.out)
     save_json(results, out / "keypoint_latency.json")
     backbone = cfg.backbone + (" without layer4" if cfg.layers == 3 else "")
@@ -98,6 +113,14 @@ def main() -> None:
                      f"{r['batched_encoding_frames_per_s']:.0f} |")
     lines += ["", "Batched encoding: 32 frames of 2 cameras in one call. Real time at 20 Hz needs at most 50 ms per "
               "control step."]
+    if tracker:
+        lines += ["", "## KeypointTracker", "", f"One `track` call on numpy frames of every camera, {args.keypoints} "
+                  "keypoints per camera in the depth form, back on the CPU" + (f"; GPU: {results['gpu']}" if
+                                                                               "gpu" in results else "") + ".", "",
+                  "| device | cameras | px | median ms | p95 ms |", "|---|---|---|---|---|"]
+        for key, r in tracker.items():
+            device, cams, size = key.split("_")
+            lines.append(f"| {device} | {cams[:-3]} | {size} | {r['median']:.1f} | {r['p95']:.1f} |")
     atomic_write_bytes(out / "keypoint_latency.md", ("\n".join(lines) + "\n").encode())
     print("\n".join(lines))
 
@@ -134,6 +157,23 @@ def step_latency(encoder, size: int, steps: int) -> dict:
 
     return {"control_step_ms": stats(total), "encoder_ms": stats(enc_ms), "policy_ms": stats(pol_ms),
             "batched_encoding_frames_per_s": frames_per_s}
+
+
+def tracker_latency(artefacts: dict, device: str, cameras, size: int, steps: int) -> dict:
+    """Median and p95 ms of one `KeypointTracker.track` call for `cameras` at `size` px, results copied to the CPU."""
+    from dckp.tracker import KeypointTracker
+
+    tracker = KeypointTracker.load(artefacts["don"], artefacts["references"], device=device, cameras=list(cameras))
+    one = fake_frames(1, size, np.random.default_rng(0))
+    inputs = [{cam: one[f"{cam}_{key}"][0].numpy() for cam in cameras} for key in ("rgb", "depth", "K", "pose")]
+    ms = []
+    for i in range(steps + 5):
+        t0 = time.perf_counter()
+        kps = tracker.track(*inputs)
+        [(k.points.cpu(), k.confidence.cpu()) for k in kps.values()]
+        if i >= 5:
+            ms.append(1000 * (time.perf_counter() - t0))
+    return {"median": float(np.median(ms)), "p95": float(np.percentile(ms, 95))}
 
 
 if __name__ == "__main__":
