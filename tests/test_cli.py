@@ -20,8 +20,8 @@ from dckp.data import Dataset, DatasetWriter
 HEAVY = ("torch", "torchvision", "mujoco", "robosuite")
 
 
-TASK_LIST = ("collect", "collect-views", "run")  # flags with the task names: `dckp.sim.tasks` imports mujoco
-ENCODER_LIST = ("train-policy", "run")  # flags from the encoder registry, whose entries are torch modules
+TASK_LIST = ("collect", "collect-views", "run", "table")  # flags with the task names: `dckp.sim.tasks` imports mujoco
+ENCODER_LIST = ("train-policy", "run", "table")  # flags from the encoder registry, whose entries are torch modules
 
 
 def test_help_and_tasks_do_not_import_torch():

@@ -103,6 +103,7 @@ class Stage:
     check: Callable[[], object]  # raises DckpError when the artefact is unusable or made with other settings
     needs: tuple[str, ...] = ()
     partial: Path | None = None  # resumable state: kept on interrupt, removed when the stage's inputs changed
+    evaluation: dict | None = None  # an evaluate stage's `evaluate_policy` arguments, so a runner can split its seeds
 
 
 def run(cfg: RunConfig, out: str | Path, preset: str = "cpu") -> Path:
@@ -142,6 +143,25 @@ def run(cfg: RunConfig, out: str | Path, preset: str = "cpu") -> Path:
         timings[stage.name] = round(time.time() - start, 1)
         save_json(timings, timings_path)
     return write_report(out)
+
+
+def decide(stages: list[Stage]) -> dict[str, str]:
+    """The stages that must run, each with why (`""` when its artefact is missing): decided before any work, and
+    their artefacts removed now, so an interrupt leaves no stage that looks finished but was made from inputs that
+    have since changed."""
+    todo: dict[str, str] = {}
+    for stage in stages:
+        changed = [n for n in stage.needs if n in todo]
+        reason = f"it needs {', '.join(changed)}, which run again" if changed else _problem(stage)
+        if reason is None:
+            continue
+        todo[stage.name] = reason
+        if stage.artefact.exists():  # removed now: a later run must not take it for finished
+            log.warning("%s: %s; running the stage again", stage.name, reason)
+            stage.artefact.unlink()
+        if changed and stage.partial is not None:
+            stage.partial.unlink(missing_ok=True)
+    return todo
 
 
 def _problem(stage: Stage) -> str | None:
@@ -349,11 +369,14 @@ def plan(cfg: RunConfig, out: Path, sp: str) -> list[Stage]:
                      {"encoder": dataclasses.asdict(encoder_cfg(name)), "policy": dataclasses.asdict(policy_cfg)},
                      ignore=("encoder.don", "encoder.references", "encoder.representation"))  # the folder layout
 
+    def evaluation(name: str) -> dict:
+        return {"policy_dir": out / f"policy_{name}", "episodes": cfg.episodes, "seed_start": EVAL_SEED_START,
+                "videos": REPORT_VIDEOS if name == cfg.encoder else 0, "max_steps": cfg.max_steps or None}
+
     def evaluate(name: str):
         from dckp.evaluation import evaluate_policy
 
-        evaluate_policy(out / f"policy_{name}", cfg.episodes, EVAL_SEED_START, cfg.workers,
-                        videos=REPORT_VIDEOS if name == cfg.encoder else 0, max_steps=cfg.max_steps or None)
+        evaluate_policy(workers=cfg.workers, **evaluation(name))
 
     def evaluated(name: str):
         folder = out / f"policy_{name}" / "eval"
@@ -402,7 +425,7 @@ def plan(cfg: RunConfig, out: Path, sp: str) -> list[Stage]:
             Stage(f"policy {name}", folder / "policy.safetensors", lambda n=name: train(n), lambda n=name: trained(n),
                   needs=needs(name), partial=folder / "policy_last.safetensors"),
             Stage(f"evaluate {name}", folder / "eval" / "eval.json", lambda n=name: evaluate(n),
-                  lambda n=name: evaluated(n), needs=(f"policy {name}",)),
+                  lambda n=name: evaluated(n), needs=(f"policy {name}",), evaluation=evaluation(name)),
         ]
     if need_don:
         pics = [pictures / f"demo_0_{n}.png" for n in ("heatmaps", "descriptors")]

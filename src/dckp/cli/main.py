@@ -274,6 +274,25 @@ def cmd_run(args) -> None:
     print(f"report: {report} ({time.time() - start:.0f} s)")
 
 
+def cmd_table(args) -> None:
+    from dckp.pipeline import RUN_PRESETS
+    from dckp.table import run_table, write_outputs
+    from dckp.table.config import TableConfig
+
+    start = time.time()
+    table = apply_args(TableConfig(), args)
+    run = apply_args(preset(RUN_PRESETS, args.preset), args)
+    status = run_table(table, run, args.out, preset=args.preset)
+    done = [cell for cell, s in status["cells"].items() if s == "done"]
+    write_outputs(args.out, table, run, args.preset, done)
+    print(f"{len(done)} of {len(status['cells'])} cells in {Path(table.results) / 'table1.md'} "
+          f"({time.time() - start:.0f} s)")
+    failed = {f"{t}/{m}": s for (t, m), s in status["cells"].items() if s != "done"}
+    if failed:
+        raise DckpError(f"{len(failed)} cell(s) failed: " + "; ".join(f"{c} ({s})" for c, s in failed.items())
+                        + "; the same command retries them", field="table")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="dckp", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
@@ -421,6 +440,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the settings every flag below starts from (default: cpu)")
     p.add_argument("--out", default=None, help="run folder (default: runs/TASK)")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("table", help="Table I: every (task, method) cell trained and evaluated on Ray, skipping "
+                       "finished stages; writes results/table1.{json,md,png,html}",
+                       configs=[("dckp.table.config", "add_table_args", None)])
+    p.add_argument("--preset", default="cpu", choices=["cpu", "paper", "demo"],
+                   help="the stage settings every RunConfig flag below starts from (default: cpu)")
+    p.add_argument("--out", default="runs/table", help="run folder: one `dckp run` folder per task (default: "
+                   "runs/table)")
+    p.set_defaults(func=cmd_table)
     return parser
 
 

@@ -6,6 +6,6 @@ it)."""
 from dckp.lazy import lazy_exports
 
 __getattr__, __all__ = lazy_exports(__name__, {
-    "dckp.evaluation.rollout": ("EVAL_SEED_START", "composite", "draw_keypoints", "evaluate_policy", "summarise",
-                                "wilson_interval"),
+    "dckp.evaluation.rollout": ("EVAL_SEED_START", "composite", "draw_keypoints", "evaluate_policy", "run_episodes",
+                                "summarise", "wilson_interval", "write_evaluation"),
 })

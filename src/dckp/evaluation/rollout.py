@@ -7,6 +7,7 @@ A policy folder (written by `dckp train-policy`) is loaded whole, encoder includ
 
 from __future__ import annotations
 
+import hashlib
 import math
 import multiprocessing
 import os
@@ -121,8 +122,9 @@ def rollout(env, policy, seed: int, record: bool = False, max_steps: int | None 
 
     Stops at the first step after which `env.success()` holds (a success). Returns `success`, `steps` (actions
     taken), `time_encoder_s` (the encoder), `time_policy_s` (proprioception and the head), `time_sim_s`
-    (observe, i.e. rendering, + step + success test), `time_reset_s` and, if `record`, `frames`: one composite
-    image (all cameras side by side, keypoints drawn if the encoder produces them, then the named cameras
+    (observe, i.e. rendering, + step + success test), `time_reset_s`, `actions_sha256` (the first 16 hex digits of
+    the hash of every action taken, as float64, to compare episodes bit for bit) and, if `record`, `frames`: one
+    composite image (all cameras side by side, keypoints drawn if the encoder produces them, then the named cameras
     `views` rendered for the video alone, e.g. a third-person view) per observation, i.e. before each action and
     once after the last (steps + 1 images). Drawing is not timed.
     """
@@ -146,12 +148,13 @@ def rollout(env, policy, seed: int, record: bool = False, max_steps: int | None 
     env.reset(seed)
     policy.reset()
     t_reset = time.perf_counter() - t0
-    steps, success = 0, False
+    steps, success, digest = 0, False, hashlib.sha256()
     while steps < horizon:
         t0 = time.perf_counter()
         obs = env.observe(images=record or encoder.needs_images(), segmentation=False)
         t1 = time.perf_counter()
         action = policy.act(obs)
+        digest.update(np.ascontiguousarray(action, np.float64).tobytes())
         record_frame(obs)
         t2 = time.perf_counter()
         env.step(action)
@@ -162,7 +165,8 @@ def rollout(env, policy, seed: int, record: bool = False, max_steps: int | None 
             break
     if record:
         record_frame(env.observe(segmentation=False))
-    out = {"success": success, "steps": steps, "time_encoder_s": policy.timing["encoder_s"],
+    out = {"success": success, "steps": steps, "actions_sha256": digest.hexdigest()[:16],
+           "time_encoder_s": policy.timing["encoder_s"],
            "time_policy_s": policy.timing["policy_s"], "time_sim_s": t_sim, "time_reset_s": t_reset}
     if record:
         out["frames"] = frames_out
@@ -245,19 +249,7 @@ def evaluate_policy(policy_dir: str | os.PathLike, episodes: int = 50, seed_star
     bar = tqdm(total=episodes, desc=f"evaluate {task.name}", unit="episode", disable=not progress)
     try:
         if workers == 1:
-            threads = torch.get_num_threads()
-            torch.set_num_threads(1)
-            evaluator = None
-            try:
-                evaluator = _Evaluator(*args)
-                for job in jobs:
-                    results.append(evaluator.episode(job))
-                    bar.set_postfix(success=sum(r["success"] for r in results), refresh=False)
-                    bar.update(1)
-            finally:
-                if evaluator is not None:
-                    evaluator.close()
-                torch.set_num_threads(threads)
+            results = run_episodes(policy_dir, jobs, out, max_steps, bar)
         else:
             ctx = multiprocessing.get_context("spawn")
             with ctx.Pool(workers, initializer=_init_worker, initargs=args) as pool:
@@ -267,13 +259,43 @@ def evaluate_policy(policy_dir: str | os.PathLike, episodes: int = 50, seed_star
                     bar.update(1)
     finally:
         bar.close()
+    return write_evaluation(results, policy_dir, out, max_steps)
 
-    results.sort(key=lambda r: r["seed"])
+
+def run_episodes(policy_dir: str | os.PathLike, jobs: list[tuple[int, bool]], out_dir: str | os.PathLike,
+                 max_steps: int | None = None, bar: tqdm | None = None) -> list[dict]:
+    """The episodes `jobs` (`(seed, record a video)` pairs) of the policy in `policy_dir`, in this process with one
+    torch thread (restored afterwards); videos go to `out_dir`. An episode's result depends on its seed alone, not
+    on which episodes ran before it in the same process, so any split of the seeds gives the same results."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    evaluator, results = None, []
+    try:
+        evaluator = _Evaluator(str(policy_dir), str(out_dir), max_steps)
+        for job in jobs:
+            results.append(evaluator.episode(job))
+            if bar is not None:
+                bar.set_postfix(success=sum(r["success"] for r in results), refresh=False)
+                bar.update(1)
+    finally:
+        if evaluator is not None:
+            evaluator.close()
+        torch.set_num_threads(threads)
+    return results
+
+
+def write_evaluation(results: list[dict], policy_dir: str | os.PathLike, out_dir: str | os.PathLike,
+                     max_steps: int | None = None, **extra) -> dict:
+    """`out_dir/eval.json` from the per-episode results of `run_episodes` (any order), with `extra` fields
+    (e.g. which node ran which seeds); returns it."""
+    run = load_run(policy_dir)
+    task = get_task(run["task"])
+    results = sorted(results, key=lambda r: r["seed"])
     report = summarise(results, task.name)
     report.update(policy=str(policy_dir), encoder=run["encoder"], cameras=run["cameras"],
                   image_size=run["image_size"], horizon=task.horizon if max_steps is None else max_steps,
-                  videos=[r["video"] for r in results if "video" in r])
-    save_json(report, out / "eval.json")
+                  videos=[r["video"] for r in results if "video" in r], **extra)
+    save_json(report, Path(out_dir) / "eval.json")
     return report
 
 
@@ -299,5 +321,6 @@ def summarise(results: list[dict], task: str) -> dict:
         "ms_per_step": {"encoder": ms("time_encoder_s"), "policy": ms("time_policy_s"), "sim": ms("time_sim_s")},
         "ms_reset": 1000 * sum(r.get("time_reset_s", 0.0) for r in results) / max(n, 1),
         "seeds": [r["seed"] for r in results],
-        "per_episode": [{"seed": r["seed"], "success": bool(r["success"]), "steps": r["steps"]} for r in results],
+        "per_episode": [{"seed": r["seed"], "success": bool(r["success"]), "steps": r["steps"],
+                         "actions_sha256": r.get("actions_sha256")} for r in results],
     }

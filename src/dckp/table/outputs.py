@@ -1,0 +1,224 @@
+"""The table's outputs, from the run folder: `table1.json`, `table1.md` (the paper's numbers beside each stand-in
+task, the methods ranked per task), `table1.png` (grouped bars with 95 % Wilson intervals) and `table1.html` (each
+cell linked to its task's report.html and eval.json).
+
+`table1.json`: `cells.<task>.<method>` = `{rate, ci95, episodes, mean_steps, train_s, eval_s}` (`train_s` the
+policy's training and `eval_s` the evaluation chunks' summed wall time, in seconds, null where the stage ran
+elsewhere), `paper.<paper task>.<method>` = the paper's success rate (null: not reported), `stand_in.<task>` = the
+paper's task it stands in for (null: none), `config` = the settings the cells were made with, `don.<task>.<pair
+type>` = `{pck@5%, wrong_object_rate}` of the task's own DON on its held-out scenes (tasks with a DON method). A
+later run with the same `config` adds its cells to the file's; with another config it replaces the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import io
+import json
+import os
+from pathlib import Path
+
+from dckp.config import atomic_write_bytes, save_json
+from dckp.pipeline import HELDOUT_PAIRS, RunConfig
+from dckp.table.config import TableConfig
+
+STAND_IN = {"close_door": "Microwave", "lift": "Lid", "stack": "Phone", "pick_place_clutter": "Rubbish",
+            "nut_assembly": None}
+PAPER_METHODS = ["cnn", "cnnd", "bvae", "transporter", "monet", "dckp-2d", "dckp-3d", "gt-kp"]
+# Table I of von Hartz et al. 2022 (200 episodes per cell), in PAPER_METHODS order; None: not reported
+PAPER = {task: dict(zip(PAPER_METHODS, rates, strict=True)) for task, rates in {
+    "Microwave": [0.615, 0.560, 0.110, 0.035, 0.785, 0.805, 0.935, 0.875],
+    "Lid": [0.315, 0.180, 0.000, 0.075, 0.875, 0.280, 0.800, 0.990],
+    "Phone": [0.420, None, 0.005, 0.000, 0.385, None, 0.640, 0.720],
+    "Rubbish": [0.245, None, 0.000, 0.005, 0.760, None, 0.590, 0.885],
+}.items()}
+PAPER_READING = (
+    "The paper's Table I merges cells in its multi-object columns; read here as: Phone and Rubbish report no CNND "
+    "and no DC-KP-2D (the authors dropped both after the single-object tasks), so their single values belong to "
+    "CNN, and DC-KP-3D, GT-KP in that order. The paper bolds DC-KP-3D on Microwave and GT-KP on Lid and Rubbish "
+    "as the best.")
+RUN_ONLY = ("task", "encoder", "baselines", "workers")  # set per task by the table, or not affecting results
+
+
+def table_config(run: RunConfig, preset: str) -> dict:
+    """`config` of table1.json: what the cells' numbers depend on (not which cells, nor how they were spread)."""
+    from dckp.evaluation.rollout import EVAL_SEED_START
+
+    return {"preset": preset, "stage_presets": "paper" if preset == "paper" else "cpu",
+            "run": {k: v for k, v in dataclasses.asdict(run).items() if k not in RUN_ONLY},
+            "eval_seed_start": EVAL_SEED_START}
+
+
+def read_cell(folder: Path, method: str) -> dict:
+    """A cell's numbers from a task folder: its eval.json and stage_seconds.json."""
+    ev = json.loads((folder / f"policy_{method}" / "eval" / "eval.json").read_text())
+    path = folder / "stage_seconds.json"
+    timings = json.loads(path.read_text()) if path.exists() else {}
+    return {"rate": ev["success_rate"], "ci95": ev["ci95"], "episodes": ev["episodes"],
+            "mean_steps": ev["mean_steps"], "train_s": timings.get(f"policy {method}"),
+            "eval_s": timings.get(f"evaluate {method}")}
+
+
+def read_don(folder: Path) -> dict | None:
+    """The task's DON on its held-out scenes, per pair type: PCK@5 % and the wrong-object rate."""
+    path = folder / "heldout_correspondence.json"
+    if not path.exists():
+        return None
+    results = json.loads(path.read_text())["results"]
+    return {kind: {"pck@5%": r["pck@5%"], "wrong_object_rate": r["wrong_object_rate"]} for kind, r in results.items()}
+
+
+def write_outputs(out: str | Path, table: TableConfig, run: RunConfig, preset: str, done: list[tuple[str, str]]
+                  ) -> dict:
+    """table1.{json,md,png,html} in `table.results` from the cells `done` ((task, method) pairs) of the run
+    folder `out`, merged with the file's earlier cells when they were made with the same config."""
+    out, results = Path(out).resolve(), Path(table.results)
+    results.mkdir(parents=True, exist_ok=True)
+    config = table_config(run, preset)
+    path = results / "table1.json"
+    old = json.loads(path.read_text()) if path.exists() else {}
+    same = old.get("config") == json.loads(json.dumps(config))
+    cells = old.get("cells", {}) if same else {}
+    don = old.get("don", {}) if same else {}
+    for task, method in done:
+        cells.setdefault(task, {})[method] = read_cell(out / task, method)
+        if (scores := read_don(out / task)) is not None:
+            don[task] = scores
+    data = {"cells": cells, "paper": PAPER, "stand_in": STAND_IN, "config": config, "don": don}
+    save_json(data, path)
+    atomic_write_bytes(results / "table1.md", markdown(data).encode())
+    figure(data, results / "table1.png")
+    atomic_write_bytes(results / "table1.html", page(data, out, results).encode())
+    return data
+
+
+def _order(data: dict) -> tuple[list[str], list[str]]:
+    """Tasks in the paper's order then ours, methods in the table's order then any others."""
+    from dckp.table.config import METHODS
+
+    tasks = [t for t in STAND_IN if t in data["cells"]] + [t for t in data["cells"] if t not in STAND_IN]
+    seen = {m for per in data["cells"].values() for m in per}
+    return tasks, [m for m in METHODS if m in seen] + sorted(seen - set(METHODS))
+
+
+def _rate(cell: dict | None) -> str:
+    if cell is None:
+        return "-"
+    return f"{cell['rate']:.2f} [{cell['ci95'][0]:.2f}, {cell['ci95'][1]:.2f}]"
+
+
+def _minutes(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds / 60:.1f}"
+
+
+def _paper(value: float | None) -> str:
+    return "n/r" if value is None else f"{value:.3f}"
+
+
+def caption(data: dict) -> str:
+    run = data["config"]["run"]
+    return (f"Closed-loop success rate per task and policy encoder ({data['config']['preset']} preset, "
+            f"{run['episodes']} episodes per cell on seeds from {data['config']['eval_seed_start']:,}, the same for "
+            "every method); bars show the 95 % Wilson interval.")
+
+
+def markdown(data: dict) -> str:
+    tasks, methods = _order(data)
+    head = ["method"]
+    for t in tasks:
+        head += [t] + ([f"{STAND_IN[t]} (paper)"] if STAND_IN.get(t) else [])
+    lines = ["# Table I: closed-loop success by task and method", "",
+             caption(data) + " Made with `dckp table`; cells are success rate [95 % Wilson interval]. The paper "
+             "columns are von Hartz et al. 2022, Table I (RLBench, 200 episodes); our task stands in for it (n/r: not "
+             "reported).", "", PAPER_READING, "", "![Table I](table1.png)", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for m in methods:
+        row = [m]
+        for t in tasks:
+            row.append(_rate(data["cells"][t].get(m)))
+            if STAND_IN.get(t):
+                row.append(_paper(data["paper"][STAND_IN[t]].get(m)) if m in PAPER_METHODS else "")
+        lines.append("| " + " | ".join(row) + " |")
+    lines += ["", "## Methods ranked per task", ""]
+    for t in tasks:
+        ranked = sorted(data["cells"][t].items(), key=lambda kv: (-kv[1]["rate"], kv[0]))
+        lines.append(f"- **{t}**: " + " > ".join(f"{m} {c['rate']:.2f}" for m, c in ranked))
+        if STAND_IN.get(t):
+            paper = sorted(((m, v) for m, v in data["paper"][STAND_IN[t]].items() if v is not None),
+                           key=lambda kv: (-kv[1], kv[0]))
+            lines.append(f"  - paper, {STAND_IN[t]}: " + " > ".join(f"{m} {v:.3f}" for m, v in paper))
+    lines += ["", "## Cost per cell", "", "| task | method | episodes | mean steps | training min | evaluation min |",
+              "|---|---|---|---|---|---|"]
+    for t in tasks:
+        for m, c in data["cells"][t].items():
+            lines.append(f"| {t} | {m} | {c['episodes']} | {c['mean_steps']:.0f} | {_minutes(c['train_s'])} | "
+                         f"{_minutes(c['eval_s'])} |")
+    if data["don"]:
+        kinds = sorted({k for per in data["don"].values() for k in per})
+        lines += ["", f"## Each task's DON on its held-out scenes ({HELDOUT_PAIRS} pairs per type)", "",
+                  "PCK@5 % / wrong-object rate per pair type (as `dckp eval-correspondence` gives them).", "",
+                  "| task | " + " | ".join(kinds) + " |", "|---|" + "---|" * len(kinds)]
+        for t, per in data["don"].items():
+            lines.append(f"| {t} | " + " | ".join(
+                f"{per[k]['pck@5%']:.2f} / {per[k]['wrong_object_rate']:.3f}" if k in per else "-" for k in kinds)
+                + " |")
+    return "\n".join(lines) + "\n"
+
+
+def figure(data: dict, path: Path) -> Path:
+    """Grouped bars: one group per task, one bar per method, 95 % Wilson intervals, captioned."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    tasks, methods = _order(data)
+    width = 0.8 / max(len(methods), 1)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(tasks) + 0.25 * len(tasks) * len(methods)), 4.2))
+    colours = plt.get_cmap("tab10" if len(methods) <= 10 else "tab20")
+    for i, m in enumerate(methods):
+        xs = [j + (i - (len(methods) - 1) / 2) * width for j, t in enumerate(tasks) if m in data["cells"][t]]
+        cells = [data["cells"][t][m] for t in tasks if m in data["cells"][t]]
+        rates = np.array([c["rate"] for c in cells])
+        err = np.array([[r - c["ci95"][0], c["ci95"][1] - r] for r, c in zip(rates, cells, strict=True)]).T
+        ax.bar(xs, rates, width, yerr=err.reshape(2, -1), capsize=2, label=m, color=colours(i))
+    ax.set_xticks(range(len(tasks)), [f"{t}\n({STAND_IN[t]})" if STAND_IN.get(t) else t for t in tasks])
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("success rate")
+    ax.legend(ncol=min(5, len(methods)), fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18))
+    fig.text(0.5, 0.01, caption(data), ha="center", va="bottom", fontsize=8, wrap=True)
+    fig.subplots_adjust(bottom=0.38)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def page(data: dict, out: Path, results: Path) -> str:
+    """table1.html: the table, each cell linked to its task's report.html and its eval.json."""
+    tasks, methods = _order(data)
+
+    def link(target: Path, text: str) -> str:
+        return f'<a href="{html.escape(os.path.relpath(target, results.resolve()))}">{html.escape(text)}</a>'
+
+    rows = []
+    for m in methods:
+        cells = []
+        for t in tasks:
+            c = data["cells"][t].get(m)
+            cells.append("<td>-</td>" if c is None else
+                         f"<td>{link(out / t / 'report.html', _rate(c))} "
+                         f"({link(out / t / f'policy_{m}' / 'eval' / 'eval.json', 'eval.json')})</td>")
+        rows.append(f"<tr><th>{html.escape(m)}</th>{''.join(cells)}</tr>")
+    head = "".join(f"<th>{html.escape(t)}{f' ({STAND_IN[t]})' if STAND_IN.get(t) else ''}</th>" for t in tasks)
+    return ("<!doctype html><html><head><meta charset='utf-8'><title>Table I</title><style>"
+            "body{font-family:sans-serif;margin:2em}td,th{padding:4px 10px;border-bottom:1px solid #ddd}"
+            "</style></head><body><h1>Table I: closed-loop success by task and method</h1>"
+            f"<p>{html.escape(caption(data))} Each cell links to its task's report (videos, keypoints, the DON) "
+            "and its evaluation record.</p>"
+            f"<table><tr><th>method</th>{head}</tr>{''.join(rows)}</table>"
+            f"<p><img src='table1.png' alt='Table I bars' style='max-width:100%'></p>"
+            "<p>See table1.md for the paper's numbers beside each task.</p></body></html>\n")

@@ -1,0 +1,244 @@
+"""`dckp table` on Ray: the stages of `dckp.pipeline.plan` for every task, as Ray tasks with their resource needs.
+
+Each task's folder `out/<task>` is a `dckp run` folder (the same stages, files and checks; its report.html covers the
+task's cells). Which stages run is decided on the driver first (`dckp.pipeline.decide`: a stage whose artefact
+exists, reads back and was made with the settings asked for now is skipped); each stage that runs is one Ray task,
+started once the Ray tasks of the stages it needs have finished, and running the stage's own `work` on whichever
+node Ray picks (so the run folder must be on a file system every node sees). An evaluation is split into chunks of
+seeds, one Ray task each (`evaluation.run_episodes`); a last task writes `eval.json` from them, with the node that
+ran each chunk (`chunks`). Evaluation seeds are the pipeline's: the same for every method, from 1,000,000.
+
+A stage that fails fails the cells that need it, and only those: the others finish, and the failures are reported
+at the end (one line each, naming the task, the stage and the error).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from dckp.config import save_json
+from dckp.errors import DckpError
+from dckp.pipeline import RunConfig, Stage, decide, plan, write_report
+from dckp.table.config import TableConfig
+
+log = logging.getLogger(__name__)
+
+OBJECT_STORE_BYTES = 100 * 1024**2  # the stages pass only small results through Ray; their data go through files
+WORKER_ENV = {"MUJOCO_GL": "egl", "PYOPENGL_PLATFORM": "egl", "OMP_NUM_THREADS": "1"}
+TRAINING = ("pretrain", "representation", "policy")  # stages that train a network (a GPU where they run on cuda)
+
+
+class StageFailed(Exception):
+    """A stage's work raised: the message names the task, the stage and the error, on one line."""
+
+
+def start_ray(address: str = "", cpus: int = 0) -> bool:
+    """Connect to the Ray cluster at `address`, or start Ray on this machine (`cpus` CPUs, 0: all; no dashboard, a
+    small object store). Workers get `WORKER_ENV` (this process's values where set). False when Ray was already
+    running in this process (it is then used, and left running)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    env = {k: os.environ.get(k, v) for k, v in WORKER_ENV.items()}
+    local = {} if address else {"num_cpus": cpus or os.cpu_count(), "object_store_memory": OBJECT_STORE_BYTES,
+                                "include_dashboard": False}
+    try:
+        ray.init(address=address or None, runtime_env={"env_vars": env}, log_to_driver=False,
+                 configure_logging=False, **local)
+    except ConnectionError as e:
+        raise DckpError(f"cannot reach the Ray cluster ({e})".replace("\n", " "), field="--address") from None
+    return True
+
+
+def task_config(run: RunConfig, task: str, methods: list[str]) -> RunConfig:
+    """The `dckp run` settings of one task's cells: the first method is the run's encoder, the others its
+    baselines."""
+    return dataclasses.replace(run, task=task, encoder=methods[0], baselines=list(methods[1:]))
+
+
+def _stage_resources(stage: Stage, run: RunConfig, table: TableConfig) -> dict:
+    training = stage.name.split(" ")[0] in TRAINING
+    gpu = training and getattr(run, "device", "cpu").startswith("cuda")  # RunConfig.device, where it has one
+    return {"num_cpus": table.train_cpus if training else 1, "num_gpus": 1 if gpu else 0}
+
+
+def _node() -> str:
+    import ray
+
+    return ray.get_runtime_context().get_node_id()
+
+
+def _run_stage(config: dict, folder: str, sp: str, name: str, threads: int, *needs) -> dict:
+    """Ray task: stage `name` of the plan of `config` in `folder` (rebuilt here, on the worker). `needs` are the
+    results of the stages it needs, passed only so that Ray starts it after them."""
+    import torch
+
+    torch.set_num_threads(threads)
+    stage = {s.name: s for s in plan(RunConfig(**config), Path(folder), sp)}[name]
+    start = time.time()
+    try:
+        stage.work()
+    except Exception as e:
+        raise StageFailed(f"{config['task']}: stage {name!r}: {type(e).__name__}: {e}".replace("\n", " ")) from None
+    return {"seconds": round(time.time() - start, 1), "node": _node()}
+
+
+def _run_chunk(task: str, name: str, evaluation: dict, jobs: list, *needs) -> dict:
+    """Ray task: the episodes `jobs` ((seed, record) pairs) of an evaluate stage's policy."""
+    from dckp.evaluation import run_episodes
+
+    out = Path(evaluation["policy_dir"]) / "eval"
+    start = time.time()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        results = run_episodes(evaluation["policy_dir"], jobs, out, evaluation["max_steps"])
+    except Exception as e:
+        raise StageFailed(f"{task}: stage {name!r}, seeds {jobs[0][0]}..{jobs[-1][0]}: {type(e).__name__}: "
+                          f"{e}".replace("\n", " ")) from None
+    return {"results": results, "seeds": [jobs[0][0], jobs[-1][0]], "node": _node(),
+            "seconds": round(time.time() - start, 1)}
+
+
+def _finish_evaluation(evaluation: dict, *chunks) -> dict:
+    """Ray task: eval.json from the chunks of one evaluation; its seconds are the chunks' summed."""
+    from dckp.evaluation import write_evaluation
+
+    write_evaluation([r for c in chunks for r in c["results"]], evaluation["policy_dir"],
+                     Path(evaluation["policy_dir"]) / "eval", evaluation["max_steps"],
+                     chunks=[{k: c[k] for k in ("seeds", "node", "seconds")} for c in chunks])
+    return {"seconds": round(sum(c["seconds"] for c in chunks), 1), "node": _node()}
+
+
+def _chunks(evaluation: dict, size: int) -> list[list[tuple[int, bool]]]:
+    seeds = range(evaluation["seed_start"], evaluation["seed_start"] + evaluation["episodes"])
+    jobs = [(seed, i < evaluation["videos"]) for i, seed in enumerate(seeds)]
+    return [jobs[i:i + size] for i in range(0, len(jobs), size)]
+
+
+def _closure(stages: list[Stage], name: str) -> set[str]:
+    """`name` and every stage it needs, directly or not."""
+    needs = {s.name: s.needs for s in stages}
+    seen, todo = set(), [name]
+    while todo:
+        n = todo.pop()
+        if n not in seen and n in needs:
+            seen.add(n)
+            todo.extend(needs[n])
+    return seen
+
+
+def _cause(error: Exception) -> str:
+    """One line for a Ray task's error: the stage's own message where there is one."""
+    cause = getattr(error, "cause", None) or error
+    text = str(cause) if isinstance(cause, StageFailed) else f"{type(cause).__name__}: {cause}"
+    return text.strip().splitlines()[0] if text.strip() else type(cause).__name__
+
+
+def run_table(table: TableConfig, run: RunConfig, out: str | Path, preset: str = "cpu") -> dict:
+    """Make every cell of `table` that is not done, in `out/<task>/`, with the stage settings of `run` (and the
+    `paper` stage presets for `preset="paper"`, else `cpu`). Returns `{"cells": {(task, method): "done" | error},
+    "stages": {(task, stage): "skipped" | "ran" | error}}`."""
+    import ray
+
+    out = Path(out).resolve()
+    sp = "paper" if preset == "paper" else "cpu"
+    started = start_ray(table.address, table.cpus)
+    try:
+        stage_task = ray.remote(_run_stage)
+        chunk_task, finish_task = ray.remote(_run_chunk), ray.remote(_finish_evaluation)
+        pending: dict = {}  # ObjectRef -> (task, stage name)
+        status: dict[tuple[str, str], str] = {}
+        cells: dict[tuple[str, str], set[str]] = {}  # (task, method) -> the stages it needs
+        plans = {}
+        for task in table.tasks:
+            cfg = task_config(run, task, table.methods)
+            folder = out / task
+            folder.mkdir(parents=True, exist_ok=True)
+            save_json({"preset": preset, **dataclasses.asdict(cfg)}, folder / "run.config.json")
+            stages = plans[task] = plan(cfg, folder, sp)
+            todo = decide(stages)
+            refs: dict[str, object] = {}
+            for stage in stages:
+                if stage.name not in todo:
+                    status[task, stage.name] = "skipped"
+                    continue
+                deps = [refs[n] for n in stage.needs if n in refs]
+                if stage.evaluation is not None:
+                    ev = stage.evaluation
+                    parts = [chunk_task.options(num_cpus=1).remote(task, stage.name, ev, jobs, *deps)
+                             for jobs in _chunks(ev, table.chunk)]
+                    refs[stage.name] = finish_task.options(num_cpus=0).remote(ev, *parts)
+                else:
+                    res = _stage_resources(stage, cfg, table)
+                    refs[stage.name] = stage_task.options(**res).remote(
+                        dataclasses.asdict(cfg), str(folder), sp, stage.name, res["num_cpus"], *deps)
+                pending[refs[stage.name]] = (task, stage.name)
+            for method in cfg.encoders():
+                cells[task, method] = _closure(stages, f"evaluate {method}")
+        _wait(pending, status, cells, out)
+    finally:
+        if started:
+            ray.shutdown()
+    for task in table.tasks:
+        try:
+            write_report(out / task)
+        except DckpError as e:  # a failed stage can leave the report without its inputs
+            log.warning("%s: no report.html (%s)", task, e)
+    cell_status = {}
+    for (task, method), needs in cells.items():
+        errors = [status[task, n] for n in sorted(needs) if status.get((task, n)) not in ("skipped", "ran")]
+        cell_status[task, method] = errors[0] if errors else "done"
+    return {"cells": cell_status, "stages": status}
+
+
+def _wait(pending: dict, status: dict, cells: dict, out: Path) -> None:
+    """Collect the Ray tasks as they finish: timings into each task's stage_seconds.json, failures logged, and the
+    progress of the cells (done, running: every shared stage it needs is done, waiting, failed)."""
+    import ray
+    from ray.exceptions import RayError
+
+    def settled(cell) -> str | None:
+        states = [status.get((cell[0], n)) for n in cells[cell]]
+        if any(s not in (None, "skipped", "ran") for s in states):
+            return "failed"
+        return "done" if all(s is not None for s in states) else None
+
+    def shared_done(cell) -> bool:
+        return all(status.get((cell[0], n)) is not None for n in cells[cell]
+                   if not n.startswith(("policy ", "evaluate ")))
+
+    bar, logged = tqdm(total=len(cells), desc="table cells", unit="cell"), set()
+    try:
+        while True:
+            states = {c: settled(c) for c in cells}
+            bar.n = sum(s is not None for s in states.values())
+            running = sum(s is None and shared_done(c) for c, s in states.items())
+            bar.set_postfix(done=sum(s == "done" for s in states.values()), running=running,
+                            waiting=sum(s is None for s in states.values()) - running,
+                            failed=sum(s == "failed" for s in states.values()))
+            if not pending:
+                break
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            task, name = pending.pop(ready[0])
+            try:
+                result = ray.get(ready[0])
+            except RayError as e:
+                status[task, name] = _cause(e)
+                if status[task, name] not in logged:  # the stages after a failed one fail with its error
+                    logged.add(status[task, name])
+                    log.error("failed: %s", status[task, name])
+                continue
+            status[task, name] = "ran"
+            path = out / task / "stage_seconds.json"
+            timings = json.loads(path.read_text()) if path.exists() else {}
+            save_json({**timings, name: result["seconds"]}, path)
+    finally:
+        bar.close()

@@ -1,0 +1,107 @@
+"""`dckp table` at tiny sizes on one local Ray instance (shared by the module): 2 tasks x 2 methods write
+table1.json and its markdown, figure and page; a deliberately broken cell is reported while the others finish; the
+next invocation runs only that cell's evaluation, and the one after skips every stage. Evaluation seeds are the same
+for every method, apart from the demonstrations', and an episode's actions do not depend on how the seeds were split
+across Ray workers."""
+
+import json
+
+import pytest
+
+from dckp.cli.main import main
+from dckp.data import Dataset
+from dckp.pipeline import RUN_PRESETS, RunConfig
+from dckp.table.config import TableConfig
+
+TASKS, METHODS = ["lift", "stack"], ["blind", "cnn"]  # cheap, and no references (none found at 64 px on stack)
+RUN = {"demos": 1, "image_size": 64, "policy_steps": 2, "episodes": 2, "max_steps": 5}
+FLAGS = ["--tasks", *TASKS, "--methods", *METHODS, "--chunk", "2",
+         *(x for k, v in RUN.items() for x in (f"--{k.replace('_', '-')}", str(v)))]
+SEEDS = [1_000_000, 1_000_001]
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local Ray instance for the module's tests: the runner uses it and leaves it running."""
+    import ray
+
+    from dckp.table import start_ray
+
+    assert start_ray(cpus=2)
+    yield
+    ray.shutdown()
+
+
+def _stamps(folder):
+    return {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
+
+
+def test_table_broken_cell_resume_and_skip(tmp_path, local_ray, capsys):
+    out, results = tmp_path / "run", tmp_path / "results"
+    argv = ["table", *FLAGS, "--out", str(out), "--results", str(results)]
+    broken = out / "stack" / "policy_blind" / "eval"  # a file where the evaluation writes its folder
+    broken.parent.mkdir(parents=True)
+    broken.write_text("in the way")
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: table: 1 cell(s) failed: stack/blind (stack: stage 'evaluate blind', "
+                          "seeds 1000000..1000001: FileExistsError")
+    data = json.loads((results / "table1.json").read_text())
+    assert set(data) == {"cells", "paper", "stand_in", "config", "don"}
+    assert {t: sorted(c) for t, c in data["cells"].items()} == {"lift": ["blind", "cnn"], "stack": ["cnn"]}
+    for cells in data["cells"].values():
+        for cell in cells.values():
+            assert set(cell) == {"rate", "ci95", "episodes", "mean_steps", "train_s", "eval_s"}
+            assert cell["episodes"] == 2 and 0 <= cell["ci95"][0] <= cell["rate"] <= cell["ci95"][1] <= 1
+            assert cell["train_s"] >= 0 and cell["eval_s"] > 0
+    assert data["stand_in"]["lift"] == "Lid" and data["stand_in"]["nut_assembly"] is None
+    assert data["paper"]["Lid"]["gt-kp"] == 0.990 and data["paper"]["Phone"]["cnnd"] is None
+    assert data["config"]["run"]["episodes"] == 2 and data["config"]["preset"] == "cpu"
+    assert data["don"] == {}  # no DON method in this table
+
+    # the same seeds for every method, apart from the demonstrations'; an episode's actions are the same when its
+    # seed runs alone as after another seed in the same worker
+    evals = {(t, m): json.loads((out / t / f"policy_{m}" / "eval" / "eval.json").read_text())
+             for t in TASKS for m in METHODS if (t, m) != ("stack", "blind")}
+    for ev in evals.values():
+        assert ev["seeds"] == SEEDS
+        assert [c["seeds"] for c in ev["chunks"]] == [[1_000_000, 1_000_001]]
+    for task in TASKS:
+        with Dataset(out / task / "demos.h5") as ds:
+            assert all(ds.episode_attrs(e)["seed"] < SEEDS[0] for e in ds.episodes)
+    from dckp.evaluation import run_episodes
+
+    alone = run_episodes(out / "lift" / "policy_cnn", [(SEEDS[1], False)], tmp_path / "alone", max_steps=5)
+    second = evals["lift", "cnn"]["per_episode"][1]  # ran after seed 1000000 in the same worker
+    assert (alone[0]["steps"], alone[0]["actions_sha256"]) == (second["steps"], second["actions_sha256"])
+
+    md = (results / "table1.md").read_text()
+    assert "| lift | Lid (paper) | stack | Phone (paper) |" in md and "- **lift**: " in md
+    assert "| 0.315 |" in md  # the paper's CNN on Lid beside lift
+    page = (results / "table1.html").read_text()
+    assert 'href="../run/lift/report.html"' in page and "stack/policy_cnn/eval/eval.json" in page
+    assert (results / "table1.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "lift" / "report.html").exists()
+
+    # the obstacle removed: only the broken cell's evaluation runs; then every stage is skipped
+    broken.unlink()
+    stamps = _stamps(out / "lift")
+    assert main(argv) == 0
+    assert _stamps(out / "lift").keys() == stamps.keys()
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items() if p.name not in ("report.html", "run.config.json"))
+    data = json.loads((results / "table1.json").read_text())
+    assert sorted(data["cells"]["stack"]) == ["blind", "cnn"]
+
+    from dckp.table import run_table
+
+    run = RunConfig(**{**vars(RUN_PRESETS["cpu"]), **RUN})
+    status = run_table(TableConfig(tasks=TASKS, methods=METHODS, chunk=2), run, out)
+    assert set(status["cells"].values()) == {"done"} and len(status["cells"]) == 4
+    assert set(status["stages"].values()) == {"skipped"}
+
+
+def test_table_flags_are_checked(tmp_path):
+    assert main(["table", "--methods", "nope", "--out", str(tmp_path / "x")]) == 2
+    assert main(["table", "--chunk", "0", "--out", str(tmp_path / "x")]) == 2
+    assert main(["table", "--address", "127.0.0.1:1", "--cpus", "2", "--out", str(tmp_path / "x")]) == 2
+    assert not (tmp_path / "x").exists()
