@@ -1,10 +1,11 @@
 """`dckp export --format robomimic`: the documented robomimic layout, checked always; and, when robomimic is
 importable, robomimic 0.3.0's own `SequenceDataset` and dataset metadata reading the file.
 
-robomimic is not a dependency of dckp (its `egl_probe` dependency does not build everywhere, and its pins would
-move numpy and torch). To run the robomimic part: `pip install --no-deps --target /tmp/robomimic_pkg
-robomimic==0.3.0`, then `PYTHONPATH=/tmp/robomimic_pkg pytest tests/test_export.py` (its other imports, h5py,
-torch, tqdm and termcolor, are in dckp's environment)."""
+robomimic is not a dependency of dckp (it pulls `egl_probe`, a source package compiled at install, and unpinned
+numpy, torch and torchvision, which could move dckp's numpy 1.26.4). To run the robomimic part:
+`pip install --no-deps --target /tmp/robomimic_pkg robomimic==0.3.0`, then
+`PYTHONPATH=/tmp/robomimic_pkg pytest tests/test_export.py` (its other imports, h5py, torch, tqdm and termcolor,
+are in dckp's environment)."""
 
 import json
 
