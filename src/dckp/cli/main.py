@@ -112,19 +112,28 @@ def cmd_export_recording(args) -> None:
     print(json.dumps({"out": args.out, "episodes": frames}, indent=1))
 
 
-def cmd_pretrain(args) -> None:
+def cmd_pretrain(args) -> int:
     import torch
 
+    from dckp.distributed import launch, world
     from dckp.don.config import DON_PRESETS
+    from dckp.don.pairs import check_views
     from dckp.don.train import pretrain
 
     _at_least(args, "--threads", 0)
     _at_least(args, "--checkpoint-every", 1)
+    _at_least(args, "--nproc", 1)
     cfg = apply_args(preset(DON_PRESETS, args.preset), args)
+    if args.nproc > 1 and world().size == 1:  # bad input stops here, before the processes start
+        for path in args.views:
+            check_views(path)
+        return launch(args.nproc, args.argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     summary = pretrain(args.views, cfg, args.out, checkpoint_every=args.checkpoint_every)
-    print(json.dumps(summary, indent=1))
+    if world().main:
+        print(json.dumps(summary, indent=1))
+    return 0
 
 
 def cmd_pretrain_representation(args) -> None:
@@ -342,6 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=int, default=100,
                    help="steps between resumable checkpoints; Ctrl-C also saves one (default: 100)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: 0, torch's default)")
+    p.add_argument("--nproc", type=int, default=1, help="data-parallel processes on this machine, started with "
+                   "torchrun: one per GPU, or gloo on the CPU (default: 1)")
     p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("pretrain-representation", help="pretrain a baseline representation (bvae, transporter, "
@@ -492,8 +503,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
     logging.getLogger("OpenGL").setLevel(logging.WARNING)
     created = _new_folders(args)
+    args.argv = argv
     try:
-        args.func(args)
+        status = args.func(args)
     except BaseException as e:
         _remove_empty(created)
         if isinstance(e, DckpError):
@@ -505,7 +517,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"interrupted: {kept}; {again}: dckp {shlex.join(argv)}", file=sys.stderr)
             return 130
         raise
-    return 0
+    return status or 0
 
 
 def _new_folders(args) -> list[Path]:

@@ -24,7 +24,8 @@ from dckp.errors import DckpError
 from dckp.training import load_optimizer_tensors, optimizer_tensors, prefixed, read_checkpoint
 
 FORMAT = "dckp-don-checkpoint-v1"
-RESUME_MAY_CHANGE = ("steps", "backbone_weights", "device")  # config fields a resumed run may set differently
+# config fields a resumed run may set differently
+RESUME_MAY_CHANGE = ("steps", "backbone_weights", "device", "workers")
 
 Generators = dict[str, np.random.Generator | torch.Generator]
 
@@ -73,7 +74,7 @@ def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module, optimizer: 
     path = Path(path)
     meta, tensors = _read(path)
     if cfg is not None:
-        saved, now = meta["config"], dataclasses.asdict(cfg)
+        saved, now = dataclasses.asdict(from_dict(DonConfig, meta["config"], str(path))), dataclasses.asdict(cfg)
         differ = sorted(k for k in set(saved) | set(now) if k not in RESUME_MAY_CHANGE and saved.get(k) != now.get(k))
         if differ:
             raise DckpError(f"config differs from the checkpoint's in {differ} "

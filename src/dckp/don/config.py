@@ -50,6 +50,10 @@ class DonConfig:
     prior_work: bool = option(False, "the prior-work ablation: fixed-distance free cameras only, one foreground "
                               "mask for all objects, no arm-only data")
     device: str = option("cpu", "where training runs: cpu, cuda or cuda:N (pairs are always sampled on the CPU)")
+    workers: int = option(0, "data-loader processes drawing pairs beside training (0: in the training process; "
+                          "the same pairs either way)")
+    bf16: bool = option(False, "bf16 autocast for the network (mixed precision; its effect on correspondence "
+                        "accuracy: benchmarks/gpu.py)")
 
     def __post_init__(self):
         if self.backbone not in BACKBONES:
@@ -76,6 +80,8 @@ class DonConfig:
             raise DckpError(f"must be in [0, 1], got {self.arm_fraction}", field="arm_fraction")
         if self.device != "cpu" and not re.fullmatch(r"cuda(:\d+)?", self.device):
             raise DckpError(f"must be 'cpu', 'cuda' or 'cuda:N', got {self.device!r}", field="device")
+        if self.workers < 0:
+            raise DckpError(f"must be >= 0, got {self.workers}", field="workers")
         if not 0 <= self.jitter < 1:
             raise DckpError(f"must be in [0, 1), got {self.jitter}", field="jitter")
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from dckp.distributed import all_reduce_sum, world_size
 from dckp.don.config import DonConfig
 
 BATCH_KEYS = ("uv_a", "uv_b", "match_valid", "nm_object", "nm_object_valid", "nm_background", "nm_background_valid")
@@ -49,13 +50,11 @@ def sample_descriptors(desc: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
     return out.transpose(1, 2)
 
 
-def _non_match_term(f_a, desc_b, uv, valid, margin, D, hard_only):
+def _non_match_hinges(f_a, desc_b, uv, valid, margin, D):
     f_nm = sample_descriptors(desc_b, uv.flatten(1, 2)).unflatten(1, uv.shape[1:3])  # (B, m, n, D)
     d = torch.linalg.vector_norm(f_a[:, :, None] - f_nm, dim=-1) / D**0.5
     hinge = torch.where(valid, (margin - d).clamp(min=0) ** 2, 0)
-    hard = valid & (hinge > 0)
-    count = (hard if hard_only else valid).sum().clamp(min=1)
-    return hinge.sum() / count, hard.sum().item() / max(valid.sum().item(), 1)
+    return hinge, valid & (hinge > 0)
 
 
 def contrastive_loss(desc_a, desc_b, uv_a, uv_b, match_valid, nm_object, nm_object_valid, nm_background,
@@ -65,20 +64,29 @@ def contrastive_loss(desc_a, desc_b, uv_a, uv_b, match_valid, nm_object, nm_obje
     desc_a, desc_b: `(B, D, H, W)`; uv_a, uv_b: `(B, m, 2)` pixel coordinates (col, row); match_valid `(B, m)`;
     nm_object, nm_background: `(B, m, n, 2)` pixels of I_b, each the non-match of match i, with validity
     `(B, m, n)`. Returns the loss and floats `match`, `object`, `background` (the three terms) and
-    `hard_object`, `hard_background` (fraction of valid non-matches with a non-zero hinge)."""
+    `hard_object`, `hard_background` (fraction of valid non-matches with a non-zero hinge).
+
+    In a data-parallel run (`dckp.distributed`) each process holds part of the batch: the counts that divide the
+    sums are those of the whole batch, so the processes' losses add up to the whole batch's loss, and the floats
+    returned are the whole batch's."""
     D = desc_a.shape[1]
     f_a = sample_descriptors(desc_a, uv_a)
     f_b = sample_descriptors(desc_b, uv_b)
     d2 = torch.where(match_valid, ((f_a - f_b) ** 2).sum(-1) / D, 0)
-    l_match = d2.sum() / match_valid.sum().clamp(min=1)
+    valid_obj = nm_object_valid & match_valid[..., None]
+    valid_bg = nm_background_valid & match_valid[..., None]
+    h_obj, hard_obj = _non_match_hinges(f_a, desc_b, nm_object, valid_obj, cfg.margin_object, D)
+    h_bg, hard_bg = _non_match_hinges(f_a, desc_b, nm_background, valid_bg, cfg.margin_background, D)
     hard = cfg.normalise_hard_negatives
-    l_obj, hard_obj = _non_match_term(f_a, desc_b, nm_object, nm_object_valid & match_valid[..., None],
-                                      cfg.margin_object, D, hard)
-    l_bg, hard_bg = _non_match_term(f_a, desc_b, nm_background, nm_background_valid & match_valid[..., None],
-                                    cfg.margin_background, D, hard)
-    parts = {"match": l_match.item(), "object": l_obj.item(), "background": l_bg.item(),
-             "hard_object": hard_obj, "hard_background": hard_bg}
-    return l_match + l_obj + l_bg, parts
+    counts = all_reduce_sum(torch.stack([match_valid.sum(), (hard_obj if hard else valid_obj).sum(),
+                                         (hard_bg if hard else valid_bg).sum(), hard_obj.sum(), valid_obj.sum(),
+                                         hard_bg.sum(), valid_bg.sum()]))
+    terms = torch.stack([d2.sum(), h_obj.sum(), h_bg.sum()]) / counts[:3].clamp(min=1)
+    whole = all_reduce_sum(terms.detach()).tolist()
+    n = counts.tolist()
+    parts = {"match": whole[0], "object": whole[1], "background": whole[2],
+             "hard_object": n[3] / max(n[4], 1), "hard_background": n[5] / max(n[6], 1)}
+    return terms.sum(), parts
 
 
 def make_optimizer(model: nn.Module, cfg: DonConfig):
@@ -106,12 +114,15 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: dict[s
                cfg: DonConfig) -> dict[str, float]:
     """One optimiser step on a batch: `image_a`, `image_b` `(B, 3, H, W)` in [0, 1] and the `BATCH_KEYS`
     tensors of `contrastive_loss` (see `collate_pairs`), all on the model's device. Both images of every pair
-    go through the model in one forward pass (shared batch-norm statistics). Returns `loss` and its parts."""
+    go through the model in one forward pass (shared batch-norm statistics), under bf16 autocast with `cfg.bf16`.
+    Returns `loss` and its parts (of the whole batch in a data-parallel run, where `model` is DDP-wrapped)."""
     model.train()
     B = batch["image_a"].shape[0]
-    desc = model(torch.cat([batch["image_a"], batch["image_b"]]))
-    loss, parts = contrastive_loss(desc[:B], desc[B:], *(batch[k] for k in BATCH_KEYS), cfg)
+    images = torch.cat([batch["image_a"], batch["image_b"]])
+    with torch.autocast(images.device.type, torch.bfloat16, enabled=cfg.bf16):
+        desc = model(images)
+    loss, parts = contrastive_loss(desc[:B].float(), desc[B:].float(), *(batch[k] for k in BATCH_KEYS), cfg)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    (loss * world_size()).backward()  # DDP averages the processes' gradients: this makes it their sum
     optimizer.step()
-    return {"loss": loss.item(), **parts}
+    return {"loss": parts["match"] + parts["object"] + parts["background"], **parts}

@@ -105,30 +105,38 @@ class PairSampler:
         cos = np.clip((np.trace(a[:3, :3].T @ b[:3, :3]) - 1) / 2, -1, 1)
         return translation > self.min_translation or np.arccos(cos) > self.min_rotation
 
-    def sample(self) -> dict[str, torch.Tensor]:
+    def close(self) -> None:
+        for ds in self.datasets:
+            ds.close()
+
+    def sample(self, rng: np.random.Generator | None = None, generator: torch.Generator | None = None
+               ) -> dict[str, torch.Tensor]:
         """One pair: `rgb_a`, `rgb_b` (H,W,3) uint8, `uv_a`, `uv_b` (m,2), `nm_object` (m,n_o,2) with
-        `nm_object_valid` (m,n_o), `nm_background` (m,n_b,2) with `nm_background_valid`, and `object`."""
+        `nm_object_valid` (m,n_o), `nm_background` (m,n_b,2) with `nm_background_valid`, and `object`. It is
+        drawn with `rng` and `generator` where given, else with the sampler's own (seeded `seed`)."""
+        rng = self.rng if rng is None else rng
+        generator = self.generator if generator is None else generator
         for _ in range(self.max_tries):
-            pool = self.arm if self.arm and self.rng.random() < self.arm_fraction else self.scenes
-            frames = pool[self.rng.integers(len(pool))]
-            a = frames[self.rng.integers(len(frames))]
+            pool = self.arm if self.arm and rng.random() < self.arm_fraction else self.scenes
+            frames = pool[rng.integers(len(pool))]
+            a = frames[rng.integers(len(frames))]
             far = [f for f in frames if self.far_apart(a.pose, f.pose)]
             if not far:
                 continue
-            b = far[self.rng.integers(len(far))]
+            b = far[rng.integers(len(far))]
             fa, fb = self._load(a), self._load(b)
             common = sorted(set(fa["mask"].unique().tolist()) & set(fb["mask"].unique().tolist()) - {0})
             if not common:
                 continue
-            obj = common[self.rng.integers(len(common))]
+            obj = common[rng.integers(len(common))]
             uv_a, uv_b = sample_matches(fa["mask"] == obj, fa["depth"].double(), fa["K"], fa["pose"],
                                         fb["depth"].double(), fb["K"], fb["pose"], self.n_matches, self.tol,
-                                        self.generator)
+                                        generator)
             if len(uv_a) < min(10, self.n_matches):
                 continue
-            nm_obj, ok_obj = sample_non_matches(uv_b, fb["mask"] == obj, self.n_object, generator=self.generator)
+            nm_obj, ok_obj = sample_non_matches(uv_b, fb["mask"] == obj, self.n_object, generator=generator)
             nm_bg, ok_bg = sample_non_matches(uv_b, fb["mask"] != obj, self.n_background,
-                                              generator=self.generator)
+                                              generator=generator)
             return {"rgb_a": fa["rgb"], "rgb_b": fb["rgb"], "mask_a": fa["mask"], "mask_b": fb["mask"],
                     "uv_a": uv_a.float(), "uv_b": uv_b.float(),
                     "nm_object": nm_obj.float(), "nm_object_valid": ok_obj,

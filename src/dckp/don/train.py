@@ -2,7 +2,8 @@
 
 The DON run folder gets `last.safetensors` (model, optimiser, scheduler and every RNG: an interrupted run resumes
 exactly where it stopped), `don.safetensors` + `don.json` (the trained model and its config),
-`train_log.jsonl` (one line of losses per step) and `train_curves.png`.
+`train_log.jsonl` (one line of losses per step) and `train_curves.png`. The pairs of every step are a function of
+the seed and the step (`dckp.don.batches`), so the checkpoint needs no sampler state.
 """
 
 from __future__ import annotations
@@ -19,25 +20,21 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from dckp.config import atomic_write_bytes, save_json  # noqa: E402
-from dckp.don.augment import augment_pair  # noqa: E402
+from dckp.distributed import all_reduce_sum, barrier, device_of, process_group, sync_batch_norm  # noqa: E402
+from dckp.don.batches import batch_loader  # noqa: E402
 from dckp.don.checkpoint import load_checkpoint, load_checkpoint_config, save_checkpoint  # noqa: E402
 from dckp.don.config import DonConfig  # noqa: E402
-from dckp.don.loss import collate_pairs, make_optimizer, train_step  # noqa: E402
+from dckp.don.loss import make_optimizer, train_step  # noqa: E402
 from dckp.don.model import DenseObjectNet, load_backbone_weights  # noqa: E402
-from dckp.don.pairs import PairSampler, check_views  # noqa: E402
+from dckp.don.pairs import check_views  # noqa: E402
 from dckp.errors import Interrupted  # noqa: E402
 from dckp.training import log_lines_before, stop_after_step  # noqa: E402
 
 log = logging.getLogger(__name__)
-
-
-def make_sampler(views: list[str], cfg: DonConfig) -> PairSampler:
-    return PairSampler(views, cfg.n_matches, cfg.n_non_matches, cfg.n_non_matches, cfg.min_pose_translation,
-                       cfg.min_pose_rotation_deg, 0.0 if cfg.prior_work else cfg.arm_fraction, seed=cfg.seed,
-                       prior_work=cfg.prior_work)
 
 
 def pretrain(views: list[str], cfg: DonConfig, don: str | Path, checkpoint_every: int = 100,
@@ -46,50 +43,72 @@ def pretrain(views: list[str], cfg: DonConfig, don: str | Path, checkpoint_every
     summary.
 
     The view files are checked before anything is written. Ctrl-C finishes the current step, saves
-    `last.safetensors` there and raises `Interrupted`; a second Ctrl-C stops at once."""
+    `last.safetensors` there and raises `Interrupted`; a second Ctrl-C stops at once.
+
+    Started by torchrun (`dckp.distributed`), each process trains on its own `cfg.batch_pairs` pairs of every step
+    (`dckp.don.batches`) with DDP: gradients and batch-norm statistics span the processes, and rank 0 alone writes
+    files and shows progress. The run folder must be one that every process sees."""
     for path in views:
         check_views(str(path))
     out = Path(don)
-    out.mkdir(parents=True, exist_ok=True)
     last, log_path = out / "last.safetensors", out / "train_log.jsonl"
-    torch.manual_seed(cfg.seed)
-    model = DenseObjectNet(cfg)
-    if not last.exists():  # a resumed run's weights come from its checkpoint
-        load_backbone_weights(model, cfg.backbone_weights or None)
-    model.to(cfg.device)
-    optimizer, scheduler = make_optimizer(model, cfg)
-    sampler = make_sampler(views, cfg)
-    aug_rng = np.random.default_rng([cfg.seed, 1])
-    generators = {"pairs": sampler.rng, "pairs_torch": sampler.generator, "augment": aug_rng}
-    start = 0
-    if last.exists():
-        start = load_checkpoint(last, model, optimizer, scheduler, cfg, generators)
-        log.info("resuming from %s at step %d", last, start)
-    lines = log_lines_before(log_path, start)
-    save_json({"views": [str(v) for v in views], **dataclasses.asdict(cfg)}, out / "pretrain_config.json")
-    model.train()
-    with tqdm(total=cfg.steps, initial=start, desc="pretrain", disable=not progress) as bar, \
-            stop_after_step() as stop:
-        for step in range(start, cfg.steps):
-            pairs = [augment_pair(sampler.sample(), aug_rng, cfg.crop_min, cfg.rotate, cfg.jitter,
-                                  cfg.random_background) for _ in range(cfg.batch_pairs)]
-            batch = {k: v.to(cfg.device) for k, v in collate_pairs(pairs).items()}
-            stats = train_step(model, optimizer, batch, cfg)
-            scheduler.step()
-            lines.append(json.dumps({"step": step, "lr": scheduler.get_last_lr()[0], **stats}))
-            bar.set_postfix(loss=f"{stats['loss']:.4f}")
-            bar.update(1)
-            if (step + 1) % checkpoint_every == 0 or step + 1 == cfg.steps or stop:
-                atomic_write_bytes(log_path, ("\n".join(lines) + "\n").encode())
-                save_checkpoint(last, model, cfg, step + 1, optimizer, scheduler, generators)
-            if stop:
-                raise Interrupted(f"saved {last} at step {step + 1} of {cfg.steps}")
-    save_checkpoint(out / "don.safetensors", model, cfg, cfg.steps)
-    plot_curves(log_path, out / "train_curves.png")
+    with process_group(cfg.device) as w:
+        device = device_of(cfg.device, w)
+        torch.manual_seed(cfg.seed)
+        model = DenseObjectNet(cfg)
+        if not last.exists():  # a resumed run's weights come from its checkpoint
+            load_backbone_weights(model, cfg.backbone_weights or None)
+        if w.size > 1:
+            sync_batch_norm(model)
+        model.to(device)
+        optimizer, scheduler = make_optimizer(model, cfg)
+        start = 0
+        if last.exists():
+            start = load_checkpoint(last, model, optimizer, scheduler, cfg)
+            if w.main:
+                log.info("resuming from %s at step %d", last, start)
+                _check_world(out / "pretrain_config.json", w.size)
+        net = model
+        if w.size > 1:
+            net = DistributedDataParallel(model, device_ids=[device] if device.startswith("cuda") else None)
+        lines = log_lines_before(log_path, start)
+        if w.main:
+            out.mkdir(parents=True, exist_ok=True)
+            save_json({"views": [str(v) for v in views], "world_size": w.size, **dataclasses.asdict(cfg)},
+                      out / "pretrain_config.json")
+        model.train()
+        with tqdm(total=cfg.steps, initial=start, desc="pretrain", disable=not (progress and w.main)) as bar, \
+                stop_after_step() as stop:
+            for step, batch in zip(range(start, cfg.steps), batch_loader(views, cfg, start, w.rank), strict=True):
+                stats = train_step(net, optimizer, {k: v.to(device, non_blocking=True) for k, v in batch.items()},
+                                   cfg)
+                scheduler.step()
+                lines.append(json.dumps({"step": step, "lr": scheduler.get_last_lr()[0], **stats}))
+                bar.set_postfix(loss=f"{stats['loss']:.4f}")
+                bar.update(1)
+                # every process stops at the same step
+                stopping = bool(all_reduce_sum(torch.tensor(len(stop), device=device)))
+                if w.main and ((step + 1) % checkpoint_every == 0 or step + 1 == cfg.steps or stopping):
+                    atomic_write_bytes(log_path, ("\n".join(lines) + "\n").encode())
+                    save_checkpoint(last, model, cfg, step + 1, optimizer, scheduler)
+                if stopping:
+                    barrier()
+                    raise Interrupted(f"saved {last} at step {step + 1} of {cfg.steps}")
+        if w.main:
+            save_checkpoint(out / "don.safetensors", model, cfg, cfg.steps)
+            plot_curves(log_path, out / "train_curves.png")
+        barrier()
     losses = [json.loads(ln)["loss"] for ln in lines]
     k = max(1, len(losses) // 10)  # loss averaged over the first and the last tenth of the steps
     return {"steps": cfg.steps, "resumed_from": start, "loss_first": float(np.mean(losses[:k])),
-            "loss_last": float(np.mean(losses[-k:])), "out": str(out)}
+            "loss_last": float(np.mean(losses[-k:])), "out": str(out), "processes": w.size}
+
+
+def _check_world(config: Path, size: int) -> None:
+    """A resumed run with another number of processes goes on, with other pairs per step from here (logged)."""
+    before = json.loads(config.read_text()).get("world_size", 1) if config.exists() else 1
+    if before != size:
+        log.warning("resuming a run of %d process(es) with %d: the pairs per step change from here on", before, size)
 
 
 def load_don(don: str | Path) -> DenseObjectNet:

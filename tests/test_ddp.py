@@ -1,0 +1,131 @@
+"""Data-parallel DON pretraining (gloo, 2 processes on the CPU): the same losses as one process with the whole batch,
+rank 0 alone writes files, exact resume, `dckp pretrain --nproc 2`; DataLoader workers give the same batches.
+
+The processes are started with torch.multiprocessing and torchrun's environment variables (what `--nproc` runs,
+without torchrun's start-up cost)."""
+
+import dataclasses
+import json
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from safetensors.torch import load_file
+from test_pretrain import CFG, views_file
+
+from dckp.cli.main import main
+from dckp.don.batches import StepBatches
+from dckp.don.model import DenseObjectNet
+from dckp.don.train import pretrain
+
+# lr 3e-5: at 1e-4 and above, Adam's first steps on this tiny problem grow float rounding differences ~50x a step
+# (relative loss differences of 2e-3 by step 5); at 3e-5 they stay below 1e-5
+TINY = dataclasses.replace(CFG, layers=3, steps=5, batch_pairs=2, lr=3e-5)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank(rank: int, size: int, ports: list[int], views: str, folder: str) -> None:
+    """One process of a job of `size`: a 5-step run, then 3 steps resumed to 5; records what it wrote."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(size), MASTER_ADDR="127.0.0.1")
+    torch.set_num_threads(1)
+    written = set()
+    write = os.O_WRONLY | os.O_RDWR | os.O_CREAT
+
+    def audit(event, args):
+        if event == "open" and isinstance(args[0], str) and (args[2] or 0) & write:
+            written.add(args[0])
+        elif event in ("os.rename", "os.mkdir"):
+            written.add(str(args[-3 if event == "os.rename" else 0]))
+
+    import sys
+
+    sys.addaudithook(audit)
+    for port, (name, steps) in zip(ports, [("straight", 5), ("resumed", 3), ("resumed", 5)], strict=True):
+        os.environ["MASTER_PORT"] = str(port)
+        pretrain([views], dataclasses.replace(TINY, steps=steps), f"{folder}/{name}", checkpoint_every=2,
+                 progress=False)
+    mine = sorted(p for p in written if p.startswith(folder))
+    with open(f"{folder}/../written_{rank}.json", "w") as f:
+        json.dump(mine, f)
+
+
+def _losses(folder) -> list[float]:
+    return [json.loads(line)["loss"] for line in (folder / "train_log.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory):
+    """A 2-process gloo job on a views file; its run folders and what each rank wrote."""
+    tmp = tmp_path_factory.mktemp("ddp")
+    views_file(tmp / "views.h5")
+    (tmp / "runs").mkdir()
+    mp.spawn(_rank, args=(2, [_free_port() for _ in range(3)], str(tmp / "views.h5"), str(tmp / "runs")), nprocs=2)
+    written = [json.loads((tmp / f"written_{r}.json").read_text()) for r in range(2)]
+    return tmp, written
+
+
+def test_two_processes_give_the_losses_of_one_with_both_batches(job):
+    tmp, _ = job
+    one = dataclasses.replace(TINY, batch_pairs=4)
+    pretrain([str(tmp / "views.h5")], one, tmp / "one", progress=False)
+    two = _losses(tmp / "runs" / "straight")
+    assert len(two) == 5 and two[-1] != two[0]
+    assert two == pytest.approx(_losses(tmp / "one"), rel=1e-4)
+    torch.manual_seed(TINY.seed)
+    start = DenseObjectNet(TINY).state_dict()
+    w1, w2 = (load_file(tmp / d / "don.safetensors") for d in ("one", "runs/straight"))
+    for name, init in start.items():  # weights and batch-norm statistics took the same steps (Adam turns float
+        if init.is_floating_point():  # rounding into steps of +-lr in a few coordinates: 2 % of the way at most)
+            moved = torch.linalg.vector_norm(w1[f"model/{name}"] - init)
+            assert torch.linalg.vector_norm(w2[f"model/{name}"] - w1[f"model/{name}"]) <= 0.05 * moved, name
+
+
+def test_rank_0_alone_writes_files(job):
+    tmp, (rank0, rank1) = job
+    assert rank1 == []
+    runs = str(tmp / "runs")
+    assert any(p.endswith("straight/don.safetensors") for p in rank0)
+    assert {os.path.relpath(p, runs).split(os.sep)[0] for p in rank0} == {"straight", "resumed"}
+
+
+def test_two_processes_resume_exactly(job):
+    tmp, _ = job
+    assert _losses(tmp / "runs" / "resumed") == _losses(tmp / "runs" / "straight")
+    config = json.loads((tmp / "runs" / "resumed" / "pretrain_config.json").read_text())
+    assert config["world_size"] == 2
+
+
+def test_cli_nproc_starts_torchrun(tmp_path, monkeypatch):
+    """`dckp pretrain --nproc 2` checks the views, then runs itself under torchrun (without --nproc: the processes
+    know their number from torchrun)."""
+    import subprocess
+
+    views_file(tmp_path / "views.h5")
+    calls = []
+    monkeypatch.setattr(subprocess, "call", lambda cmd: calls.append(cmd) or 0)
+    argv = ["pretrain", "--views", str(tmp_path / "views.h5"), "--nproc", "2", "--out", str(tmp_path / "don")]
+    assert main(argv) == 0
+    assert calls[0][1:] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m",
+                            "dckp.cli.main", "pretrain", "--views", str(tmp_path / "views.h5"), "--out",
+                            str(tmp_path / "don")]
+    assert main([*argv[:2], str(tmp_path / "missing.h5"), *argv[3:]]) == 2 and len(calls) == 1
+
+
+def test_loader_workers_give_the_same_batches(tmp_path):
+    views_file(tmp_path / "views.h5")
+    cfg = dataclasses.replace(TINY, steps=3, crop_min=0.7, rotate=True, jitter=0.2, random_background=True)
+    batches = StepBatches([str(tmp_path / "views.h5")], cfg)
+    pretrain([str(tmp_path / "views.h5")], cfg, tmp_path / "inline", progress=False)
+    pretrain([str(tmp_path / "views.h5")], dataclasses.replace(cfg, workers=2), tmp_path / "workers", progress=False)
+    assert _losses(tmp_path / "inline") == _losses(tmp_path / "workers")
+    again = StepBatches([str(tmp_path / "views.h5")], cfg, rank=1)  # rank 1's pairs are pairs 2, 3 of the step
+    whole = StepBatches([str(tmp_path / "views.h5")], dataclasses.replace(cfg, batch_pairs=4))
+    assert torch.equal(again[2]["image_a"], whole[2]["image_a"][2:])
+    assert not torch.equal(batches[1]["image_a"], batches[2]["image_a"])
