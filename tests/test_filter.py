@@ -18,7 +18,7 @@ from dckp.keypoints.filter import FilterConfig, ParticleFilter, log_likelihood, 
 from dckp.keypoints.select import select_references
 from dckp.policy.demos import frames_of
 
-S, F, HEIGHT, CENTRE = 32, 100.0, 0.5, 16  # image size, focal length (px), camera height (m), principal point
+S, F, HEIGHT, CENTRE = 48, 100.0, 0.5, 16  # image size, focal length (px), camera height (m), principal point
 K = torch.tensor([[F, 0, CENTRE], [0, F, CENTRE], [0, 0, 1]])  # a pixel is 5 mm on the table
 POSE = torch.tensor([[1.0, 0, 0, 0], [0, -1, 0, 0], [0, 0, -1, HEIGHT], [0, 0, 0, 1]])  # looking down at the table
 
@@ -59,6 +59,33 @@ def test_filter_holds_an_occluded_point_while_the_raw_mode_jumps():
     assert max(raw[:5] + raw[15:]) < 1
     assert max(filtered[occluded]) < 5, filtered  # the filter holds the point within a few millimetres
     assert max(filtered[15:]) < 5
+
+
+def carried(t: int):
+    """The point is picked up at step 4: from then on it slides 1 cm per step along x with the gripper (whose pose
+    moves the same), seen until step 9, then under a plate covering its whole path (steps 9 to 15)."""
+    x = 0.01 * max(0, t - 4)
+    v, u = torch.meshgrid(torch.arange(S, dtype=torch.float32), torch.arange(S, dtype=torch.float32), indexing="ij")
+    dist = (0.1 + 0.5 * ((u - CENTRE - x * F / HEIGHT).square() + (v - CENTRE).square()).sqrt()).clamp(max=2.0)
+    depth = torch.full((S, S), HEIGHT)
+    if 9 <= t < 16:
+        plate = (u >= CENTRE - 6) & ((v - CENTRE).abs() <= 6)
+        dist, depth = dist.masked_fill(plate, 2.0), depth.masked_fill(plate, 0.3)
+    gripper = torch.eye(4)
+    gripper[:3, 3] = torch.tensor([x, 0.0, 0.1])
+    return (dist[None, None], depth[None], K[None], POSE[None]), gripper, torch.tensor([x, 0.0, 0.0])
+
+
+def test_a_keypoint_seen_moving_with_the_gripper_follows_it_while_hidden():
+    errors = {}
+    for follow in (True, False):
+        pf = ParticleFilter(FilterConfig(particles=256, filter_step=0.004))
+        for t in range(16):
+            frame, gripper, truth = carried(t)
+            mean, _ = pf.step(*frame, gripper if follow else None)
+        errors[follow] = float((mean[0] - truth).norm()) * 1000
+    assert errors[True] < 8 and errors[False] > 40, errors  # without following, it stays where it was hidden
+    assert pf.held is not None
 
 
 def test_a_particle_behind_the_observed_surface_gets_the_uninformative_likelihood():

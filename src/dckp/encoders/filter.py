@@ -43,6 +43,8 @@ class GateOptions(DonOptions3d):
 @dataclass
 class FilterOptions(DonOptions3d, FilterConfig):
     spread: bool = option(False, "dckp-filter: append each keypoint's particle spread (m) to its features")
+    follow: str = option("robot0_eye_in_hand", "dckp-filter: the camera on the gripper, whose motion held "
+                                                "keypoints follow ('' or a camera the policy does not use: none)")
 
     def __post_init__(self):
         DonOptions3d.__post_init__(self)
@@ -162,7 +164,8 @@ class FilteredKeypoints(_Tracked):
         world, spread = [], []
         for t in range(len(desc)):
             dist = descriptor_distance(desc[t], self.references)  # (C, K total, H, W)
-            mean, s = self.filter.step(dist, depth[t], K[t], pose[t])
+            gripper = pose[t, self.cameras.index(self.opts.follow)] if self.opts.follow in self.cameras else None
+            mean, s = self.filter.step(dist, depth[t], K[t], pose[t], gripper)
             world.append(mean)
             spread.append(s)
         world, spread = torch.stack(world), torch.stack(spread)

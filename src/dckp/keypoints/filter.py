@@ -9,7 +9,14 @@ per camera `c`, the descriptor distance image `d_ck(u, v)` of every pixel to eve
   `softmax(-d_ck / T)` over the pixels with a valid depth, back-projected with their depth, plus the random-walk
   noise. Every camera proposes its hypotheses (a single camera's mode may be a symmetric twin or an occluder);
   the first update, with all cameras, weighs them.
-- **Prediction:** a Gaussian random walk, `x += N(0, step^2 I)`.
+- **Prediction:** with a gripper pose given (the wrist camera's), each particle first moves rigidly with the
+  gripper's motion since the last step with probability `held_k`, the keypoint's probability of moving with the
+  gripper; then a Gaussian random walk, `x += N(0, step^2 I)`. `held_k` starts at 0.05 (nothing is held at an
+  episode's start); after each update it becomes the posterior of "held" against "not held", the followers' mean
+  likelihood against the others' (while the gripper moved the keypoint's particles by more than a step), kept in
+  [0.05, 0.95]. When the views tell (the keypoint was seen to move with the gripper, or to stay) it moves
+  towards 1 or 0; while they do not (occluded) the likelihood is flat and it stays, so a cube carried out of
+  sight is carried by its particles too.
 - **Update:** each particle is projected into each camera, rounded to its pixel. Its log-likelihood in camera c
   is `-d_ck(pixel) / T - ((z - z_obs) / margin)^2 / 2` (descriptor match, and lying on the observed surface),
   unless the camera cannot see it: outside the image, behind the camera, or behind the observed surface
@@ -91,6 +98,9 @@ def log_likelihood(points: torch.Tensor, dist: torch.Tensor, depth: torch.Tensor
     return torch.where(inside & ~occluded, visible, torch.full_like(z, -unseen / temperature)).sum(0)
 
 
+HELD_MIN = 0.05  # a keypoint's probability of moving with the gripper stays in [HELD_MIN, 1 - HELD_MIN]
+
+
 class ParticleFilter:
     """The particle filters of `K` keypoints, one `step` per frame; `reset` starts a new episode."""
 
@@ -101,6 +111,8 @@ class ParticleFilter:
     def reset(self) -> None:
         self.particles: torch.Tensor | None = None  # (K, P, 3) world, equally weighted (resampled)
         self.generator: torch.Generator | None = None
+        self.gripper: torch.Tensor | None = None  # (4, 4) the last step's pose of something moving with the gripper
+        self.held: torch.Tensor | None = None  # (K,) each keypoint's probability of moving with the gripper
 
     def _initialise(self, dist, depth, K, pose) -> torch.Tensor:
         """`(K, P, 3)` particles sampled from every camera's tempered heatmap, back-projected with depth."""
@@ -125,11 +137,12 @@ class ParticleFilter:
         return points
 
     @torch.no_grad()
-    def step(self, dist: torch.Tensor, depth: torch.Tensor, K: torch.Tensor, pose: torch.Tensor
-             ) -> tuple[torch.Tensor, torch.Tensor]:
+    def step(self, dist: torch.Tensor, depth: torch.Tensor, K: torch.Tensor, pose: torch.Tensor,
+             gripper: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """One frame: `dist (C, K, H, W)` descriptor distances of each camera's pixels to every reference, `depth
-        (C, H, W)` metres (0 invalid), `K (C, 3, 3)`, camera-to-world `pose (C, 4, 4)`. Returns the filtered
-        world points `(K, 3)` and their spread `(K,)` (metres)."""
+        (C, H, W)` metres (0 invalid), `K (C, 3, 3)`, camera-to-world `pose (C, 4, 4)` and, to let held keypoints
+        follow the gripper, `gripper (4, 4)` the world pose of something rigid with it (the wrist camera's).
+        Returns the filtered world points `(K, 3)` and their spread `(K,)` (metres)."""
         if dist.ndim != 4 or depth.shape != (dist.shape[0], *dist.shape[2:]):
             raise DckpError(f"expected dist (C, K, H, W) and depth (C, H, W), got {tuple(dist.shape)} and "
                             f"{tuple(depth.shape)}", field="dist")
@@ -137,14 +150,30 @@ class ParticleFilter:
         depth, K, pose = depth.to(dist), K.to(dist), pose.to(dist)
         if self.generator is None:
             self.generator = torch.Generator(device=dist.device).manual_seed(cfg.filter_seed)
+        follows = None
         if self.particles is None:
             points = self._initialise(dist, depth, K, pose)
+            self.held = torch.full(points.shape[:1], HELD_MIN, device=dist.device, dtype=dist.dtype)
         else:
             points = self.particles
+            if gripper is not None and self.gripper is not None:  # each particle follows it with p = held
+                follows = torch.rand(points.shape[:2], generator=self.generator, device=dist.device,
+                                     dtype=dist.dtype) < self.held[:, None]
+                moved = transform(gripper.to(dist) @ torch.linalg.inv(self.gripper), points)
+                shift = (moved - points).norm(dim=-1).mean(-1)  # (K,) how far following would move it
+                points = torch.where(follows[..., None], moved, points)
+        self.gripper = None if gripper is None else gripper.to(dist)
         points = points + cfg.filter_step * torch.randn(points.shape, generator=self.generator,
                                                         device=dist.device, dtype=dist.dtype)
         weights = torch.softmax(log_likelihood(points, dist, depth, K, pose, cfg.filter_temperature,
                                                cfg.unseen_distance, cfg.occlusion_margin), -1)
+        if follows is not None:  # Bayes between "held" and "not": the mean weight of followers against stayers
+            n = follows.sum(-1)
+            follow = (weights * follows).sum(-1) / n.clamp(min=1)
+            stay = (weights * ~follows).sum(-1) / (follows.shape[1] - n).clamp(min=1)
+            posterior = self.held * follow / (self.held * follow + (1 - self.held) * stay).clamp(min=1e-30)
+            tells = (shift > cfg.filter_step) & (n > 0) & (n < follows.shape[1])  # the two hypotheses differ
+            self.held = torch.where(tells, posterior, self.held).clamp(HELD_MIN, 1 - HELD_MIN)
         mean = (weights[..., None] * points).sum(1)
         spread = (weights * (points - mean[:, None]).square().sum(-1)).sum(1).sqrt()
         index = systematic_resample(weights, self.generator)
