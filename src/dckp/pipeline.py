@@ -20,6 +20,7 @@ import base64
 import dataclasses
 import json
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -63,6 +64,8 @@ class RunConfig:
     workers: int = option(2, "evaluation worker processes")
     max_steps: int = option(0, "most control steps per evaluation episode (0: the task's horizon)")
     seed: int = option(0, "seed of the demonstrations, DON, references and policies")
+    device: str = option("cpu", "torch device of the training stages (DON, representations, policies): cpu, cuda or "
+                         "cuda:N; the simulator stays on the CPU")
 
     def __post_init__(self):
         from dckp.sim.tasks import get_task
@@ -78,6 +81,8 @@ class RunConfig:
                 raise DckpError(f"must be >= 1, got {getattr(self, name)}", field=name)
         if self.max_steps < 0:
             raise DckpError(f"must be >= 0, got {self.max_steps}", field="max_steps")
+        if self.device != "cpu" and not re.fullmatch(r"cuda(:\d+)?", self.device):
+            raise DckpError(f"must be 'cpu', 'cuda' or 'cuda:N', got {self.device!r}", field="device")
 
     def encoders(self) -> list[str]:
         """The run's encoder, then its baselines."""
@@ -238,9 +243,9 @@ def plan(cfg: RunConfig, out: Path, sp: str) -> list[Stage]:
     heldout_cfg = dataclasses.replace(views_cfg, scenes=cfg.heldout_scenes, arm_only=0, seed=HELDOUT_SEED)
     lo, hi = task.workspace
     mask_cfg = dataclasses.replace(preset(MASK_PRESETS, sp), workspace_min=list(lo), workspace_max=list(hi))
-    don_cfg = dataclasses.replace(preset(DON_PRESETS, sp), image_size=cfg.image_size, seed=cfg.seed,
+    don_cfg = dataclasses.replace(preset(DON_PRESETS, sp), image_size=cfg.image_size, seed=cfg.seed, device=cfg.device,
                                   **({"steps": cfg.don_steps} if cfg.don_steps else {}))
-    policy_cfg = dataclasses.replace(preset(POLICY_PRESETS, sp), seed=cfg.seed,
+    policy_cfg = dataclasses.replace(preset(POLICY_PRESETS, sp), seed=cfg.seed, device=cfg.device,
                                      steps=cfg.policy_steps or default_steps(len(task.cameras), cfg.task, sp))
 
     def collect(stage_cfg, path: Path, kind: str):
@@ -277,7 +282,8 @@ def plan(cfg: RunConfig, out: Path, sp: str) -> list[Stage]:
         from dckp.don.checkpoint import load_checkpoint_config
 
         saved = dataclasses.asdict(load_checkpoint_config(don / "don.safetensors"))
-        differ = sorted(k for k, v in dataclasses.asdict(don_cfg).items() if saved[k] != v)
+        differ = sorted(k for k, v in dataclasses.asdict(don_cfg).items()
+                        if saved[k] != v and k not in ("device", "workers"))  # where it ran does not matter
         if differ:
             raise DckpError(f"made with other settings: {', '.join(f'{k} {saved[k]!r}' for k in differ)}",
                             path=str(don / "don.safetensors"))
@@ -310,6 +316,7 @@ def plan(cfg: RunConfig, out: Path, sp: str) -> list[Stage]:
 
         size = max(16, cfg.image_size // 2 // 16 * 16)  # half the camera resolution, as the authors
         return dataclasses.replace(preset(method_presets(method), sp), image_size=size, seed=cfg.seed,
+                                   device=cfg.device,
                                    **({"steps": cfg.representation_steps} if cfg.representation_steps else {}))
 
     def representation_files(method: str) -> list[str]:
@@ -328,7 +335,7 @@ def plan(cfg: RunConfig, out: Path, sp: str) -> list[Stage]:
 
         folder = out / f"representation_{method}"
         saved_method, saved, _ = load_representation(folder)
-        if saved_method != method or saved != representation_cfg(method):
+        if saved_method != method or dataclasses.replace(saved, device=cfg.device) != representation_cfg(method):
             raise DckpError("made with other settings", path=str(folder))
 
     def references():
@@ -367,7 +374,8 @@ def plan(cfg: RunConfig, out: Path, sp: str) -> list[Stage]:
         load_run(folder)
         check_config(folder / "train_policy.config.json",
                      {"encoder": dataclasses.asdict(encoder_cfg(name)), "policy": dataclasses.asdict(policy_cfg)},
-                     ignore=("encoder.don", "encoder.references", "encoder.representation"))  # the folder layout
+                     ignore=("encoder.don", "encoder.references", "encoder.representation",  # the folder layout
+                             "policy.device"))
 
     def evaluation(name: str) -> dict:
         return {"policy_dir": out / f"policy_{name}", "episodes": cfg.episodes, "seed_start": EVAL_SEED_START,
