@@ -159,6 +159,15 @@ def test_headless_page(picked, demos, tmp_path, capsys):
         assert json.loads(files[cam]) == json.loads((folder / f"{cam}.json").read_text())
 
 
+def test_a_display_without_a_gui_toolkit_gets_the_page(demos, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("DISPLAY", ":0")  # matplotlib stays on Agg here
+    assert main(["pick-references", str(demos), "--out", str(tmp_path / "p")]) == 0
+    assert capsys.readouterr().out.startswith("matplotlib has no interactive backend here: writing the HTML page")
+    assert (tmp_path / "p" / "pick.html").is_file()
+    assert main(["pick-references", str(demos), "--out", str(tmp_path / "q"), "--mode", "window"]) == 2
+    assert "use --mode html" in capsys.readouterr().err
+
+
 def test_bad_picker_inputs_are_one_line(demos, tmp_path, capsys):
     for argv, message in ((["--frame", "5"], "no frame 5 in demo_0"), (["--episode", "demo_3"], "no episode"),
                           (["--tol", "0"], "must be > 0")):

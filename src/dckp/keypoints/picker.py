@@ -311,6 +311,13 @@ def has_display() -> bool:
     return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
+def interactive_backend() -> bool:
+    """Whether matplotlib's backend (resolved now: with a display, the first GUI toolkit it finds) opens windows."""
+    import matplotlib
+
+    return matplotlib.get_backend().lower() not in ("agg", "pdf", "ps", "svg", "cairo", "template")
+
+
 def pick_references(path: str | os.PathLike, cfg: PickConfig, out: str | os.PathLike) -> list[str]:
     """Ask for the clicks on frame `cfg.frame` of `cfg.episode` of `path` (a window, or an HTML page written to
     `out/pick.html`); pixels files go to `out/<camera>.json`. Returns lines for the user."""
@@ -318,13 +325,19 @@ def pick_references(path: str | os.PathLike, cfg: PickConfig, out: str | os.Path
     tables = projection_tables(frames, cfg.tol)
     out = Path(out)
     window = cfg.mode == "window" or (cfg.mode == "auto" and has_display())
+    notes = []
+    if window and not interactive_backend():
+        if cfg.mode == "window":
+            raise DckpError("matplotlib has no interactive backend here (install tkinter or PyQt, or set MPLBACKEND); "
+                            "or use --mode html", field="--mode")
+        window, notes = False, ["matplotlib has no interactive backend here: writing the HTML page instead"]
     command = keypoints_command(path, cfg.episode and ep, cfg.frame,
                                 {cam: out / f"{cam}.json" for cam in frames}, frames)
     if not window:
         page = write_html(frames, tables, out / "pick.html", f"{path} {ep} frame {cfg.frame}",
                           command.replace(str(out) + os.sep, "DOWNLOADS/"))
-        return [f"wrote {page}: open it in a browser, click the points, download each camera's file, then:",
-                command.replace(str(out) + os.sep, "DOWNLOADS/")]
+        return notes + [f"wrote {page}: open it in a browser, click the points, download each camera's file, then:",
+                        command.replace(str(out) + os.sep, "DOWNLOADS/")]
     import matplotlib.pyplot as plt
 
     out.mkdir(parents=True, exist_ok=True)
