@@ -364,8 +364,8 @@ def estimate_workspace(episodes: list[dict[str, np.ndarray]], cfg: ImportConfig,
     """The world box holding the table top and the objects. The points of up to `frames` frames per scene (rows
     and columns thinned to about 160 per image width) within `scene_radius` of where the cameras look; the table
     plane found by RANSAC among near-horizontal planes (world z up); the extent of the points at most
-    `max_object_height` above it in clusters that touch the table (objects resting on it, not an arm above it),
-    plus `workspace_margin`, and down to the margin below the table."""
+    `max_object_height` above it and over it, in clusters that touch the table (objects resting on it, not an
+    arm above it), plus `workspace_margin`, and down to the margin below the table."""
     from dckp.geometry.config import MASK_PRESETS
     from dckp.geometry.masks import fit_table
 
@@ -396,7 +396,9 @@ def estimate_workspace(episodes: list[dict[str, np.ndarray]], cfg: ImportConfig,
                         "docs/own-data.md): give --workspace-min and --workspace-max", path=path) from None
     height = p @ n - c
     low = 2 * mask_cfg.ransac_threshold
-    above = p[(height > low) & (height < cfg.max_object_height)]
+    table = p[np.abs(height) < mask_cfg.ransac_threshold]
+    t_lo, t_hi = np.percentile(table[:, :2], [1, 99], axis=0)  # over the table, not beside it (a robot's mount)
+    above = p[(height > low) & (height < cfg.max_object_height) & (p[:, :2] >= t_lo).all(1) & (p[:, :2] <= t_hi).all(1)]
     above = np.unique(np.round(above / VOXEL), axis=0) * VOXEL  # one point per 5 mm voxel
     clusters = DBSCAN(eps=3 * VOXEL, min_samples=4).fit_predict(above) if len(above) else above[:, 0]
     resting = [k for k in np.unique(clusters[clusters >= 0])  # clusters that touch the table: objects, not the arm
