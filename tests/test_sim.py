@@ -1,5 +1,6 @@
 """Simulated tasks: camera geometry of stored frames, expert success, collection."""
 
+import os
 import subprocess
 import sys
 
@@ -204,3 +205,47 @@ def test_single_pass_rendering_gives_the_same_colour_and_depth():
         assert not any(k.endswith("_seg") for k in obs) and all(f"{c}_depth" in obs for c in env.cameras)
     finally:
         env.close()
+
+
+def test_geoms_outside_the_view_are_left_out_without_changing_a_pixel(monkeypatch):
+    """Frustum culling: every camera (and a free one) renders the same RGB, depth and segmentation as with every
+    geom drawn, over several arm poses, while leaving out geoms."""
+    from dckp.sim.render import Cameras, free_camera
+
+    env = SimEnv(get_task("stack"), image_size=SIZE)
+    cull = Cameras._outside_frustum
+
+    def none(self, eyes, data):
+        return np.zeros(len(data.geom_xpos), bool)
+
+    rng = np.random.default_rng(0)
+    try:
+        env.reset(2)
+        for _ in range(3):
+            for _ in range(4):
+                env.step(np.r_[rng.uniform(-0.6, 0.6, 6), rng.choice([-1.0, 1.0])])
+            for cam in [*env.cameras, free_camera([0, 0, 0.85], 0.5, rng.uniform(0, 360), -40)]:
+                monkeypatch.setattr(Cameras, "_outside_frustum", cull)
+                culled = env.render(cam)
+                drawn_culled = env.renderer.renderer.scene.ngeom
+                monkeypatch.setattr(Cameras, "_outside_frustum", none)
+                full = env.render(cam)
+                assert env.renderer.renderer.scene.ngeom > drawn_culled  # something was left out
+                for key in ("rgb", "depth", "seg"):
+                    assert np.array_equal(culled[key], full[key]), (cam, key)
+    finally:
+        env.close()
+
+
+def test_rasterising_in_one_thread_gives_the_same_images(tmp_path):
+    """dckp.sim sets LP_NUM_THREADS=0 (Mesa draws in the calling thread): the same pixels as with its threads."""
+    code = ("import sys, numpy as np, dckp.sim; from dckp.sim.env import SimEnv; from dckp.sim.tasks import get_task\n"
+            "e = SimEnv(get_task('stack'), 64); e.reset(4); o = e.observe()\n"
+            "np.savez(sys.argv[1], **{k: v for k, v in o.items() if k.endswith(('_rgb', '_depth', '_seg'))})")
+    for threads in ("0", "2"):
+        env = {**os.environ, "LP_NUM_THREADS": threads}
+        subprocess.run([sys.executable, "-c", code, str(tmp_path / f"{threads}.npz")], env=env, check=True)
+    one, two = np.load(tmp_path / "0.npz"), np.load(tmp_path / "2.npz")
+    assert sorted(one.files) == sorted(two.files) and len(one.files) == 6
+    for key in one.files:
+        assert np.array_equal(one[key], two[key]), key

@@ -7,7 +7,7 @@ import logging
 import mujoco
 import numpy as np
 
-from dckp.sim.render import ROBOT_LABEL, Cameras
+from dckp.sim.render import HIDDEN_GROUP, ROBOT_LABEL, Cameras
 
 ROBOT_PREFIXES = ("robot0_", "gripper0_", "fixed_mount0_")
 PROPRIO_KEYS = ("joint_pos", "eef_pos", "eef_quat", "gripper_qpos")
@@ -158,7 +158,7 @@ def hide_markers(model: mujoco.MjModel) -> None:
     """Move robosuite's end-effector target markers (`*_eef_target`) to a geom group that is not drawn."""
     for g in range(model.ngeom):
         if model.body(model.geom_bodyid[g]).name.endswith("_eef_target"):
-            model.geom_group[g] = 5
+            model.geom_group[g] = HIDDEN_GROUP
 
 
 def _samplers(sampler):

@@ -3,7 +3,8 @@
 Images come out top-row-first with OpenCV camera poses (docs/conventions.md). With segmentation, a camera costs
 two render passes: a segmentation pass whose depth buffer also gives metric depth, and a colour pass. Without it
 (acting needs no segmentation: closed-loop evaluation), colour and depth come from the one colour pass.
-Reflections, shadows, the skybox and multisampling are turned off, which was measured ~2.5x faster.
+Reflections, shadows, the skybox and multisampling are turned off, which was measured ~2.5x faster, and geoms
+wholly outside a camera's view are left out of its scene (the same pixels, ~40 % less time on two cameras).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import mujoco
 import numpy as np
 
 ROBOT_LABEL = 255
+HIDDEN_GROUP = 5  # a geom group that is not drawn
 _GL_TO_CV = np.diag([1.0, -1.0, -1.0])
 
 
@@ -63,7 +65,7 @@ class Cameras:
         """rgb (H,W,3) uint8, depth (H,W) float32 metres (0 invalid), seg (H,W) uint8 (with `segmentation`),
         K (3,3), pose (4,4)."""
         r = self.renderer
-        r.update_scene(data, camera=camera, scene_option=self.option)
+        self._update_scene(data, camera)
         scene, ctx, rect = r.scene, r._mjr_context, r._rect
         if r._gl_context:
             r._gl_context.make_current()
@@ -84,6 +86,55 @@ class Cameras:
             out["depth"] = np.flipud(self._metric_depth()).copy()
         K, pose = self.geometry(data, camera)
         return {"rgb": np.flipud(rgb).copy(), **out, "K": K, "pose": pose}
+
+    def _update_scene(self, data: mujoco.MjData, camera: str | mujoco.MjvCamera) -> None:
+        """The renderer's scene for `camera`, without the geoms that lie wholly outside its view frustum.
+
+        At these sizes a render's cost is per triangle, and most of the arm's 180k mesh triangles lie outside the
+        wrist camera's view and much of them outside the overview's. A geom outside the frustum draws no pixel,
+        so the images are the same to the bit (tests/test_sim.py)."""
+        if isinstance(camera, str):
+            cam = mujoco.MjvCamera()
+            cam.type = mujoco.mjtCamera.mjCAMERA_FIXED
+            cam.fixedcamid = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_CAMERA, camera)
+            if cam.fixedcamid < 0:
+                raise ValueError(f'The camera "{camera}" does not exist.')
+        else:
+            cam = camera
+        scene = self.renderer.scene
+        mujoco.mjv_updateCamera(self.model, data, cam, scene)
+        groups = self.model.geom_group
+        outside = np.flatnonzero(self._outside_frustum(scene.camera, data))
+        saved = groups[outside]
+        groups[outside] = HIDDEN_GROUP
+        try:
+            mujoco.mjv_updateScene(self.model, data, self.option, None, cam, mujoco.mjtCatBit.mjCAT_ALL, scene)
+        finally:
+            groups[outside] = saved
+
+    def _outside_frustum(self, eyes, data: mujoco.MjData) -> np.ndarray:
+        """Per geom: its bounding box lies wholly outside the view frustum of the (mono) camera `eyes`."""
+        eye = eyes[0]
+        pos = (np.array(eyes[0].pos) + np.array(eyes[1].pos)) / 2  # a mono render uses the eyes' mean
+        forward, up = np.array(eye.forward), np.array(eye.up)
+        near, far = eye.frustum_near, eye.frustum_far
+        half = eye.frustum_width or 0.5 * (eye.frustum_top - eye.frustum_bottom) * self.width / self.height
+        right_edge, left_edge = eye.frustum_center + half, eye.frustum_center - half
+        # Outward plane normals in camera coordinates (x right, y up, z forward) and their offsets: near, far,
+        # then the four sides through the eye and an edge of the near rectangle.
+        normals = np.array([[0, 0, -1], [0, 0, 1], [near, 0, -right_edge], [-near, 0, left_edge],
+                            [0, near, -eye.frustum_top], [0, -near, eye.frustum_bottom]], np.float64)
+        offsets = np.array([near, -far, 0, 0, 0, 0])
+        lengths = np.linalg.norm(normals, axis=1)
+        normals = normals / lengths[:, None] @ np.stack([np.cross(forward, up), up, forward])  # to world
+        offsets = offsets / lengths - normals @ pos
+        box = self.model.geom_aabb  # (centre, half sizes) in each geom's frame
+        rot = data.geom_xmat.reshape(-1, 3, 3)
+        centres = data.geom_xpos + np.einsum("gij,gj->gi", rot, box[:, :3])
+        reach = np.abs(np.einsum("gji,pj->gpi", rot, normals)) @ box[:, 3:, None]  # (G, planes, 1)
+        gap = centres @ normals.T + offsets - reach[..., 0]
+        margin = 1e-4 + 0.01 * np.abs(box[:, 3:]).max(1, keepdims=True)  # cull only what is surely outside
+        return (gap > margin).any(1) & (self.model.geom_rbound > 0)  # rbound 0: a plane, unbounded
 
     def _segmentation(self, scene: mujoco.MjvScene) -> np.ndarray:
         ids = self._seg_buf.astype(np.int64)
