@@ -502,6 +502,8 @@ def tracking_frame(obs: dict, cams, tracks: dict):
 ENCODER_NOTES = {
     "dckp-3d": "DON keypoints with depth (u, v, z): the method",
     "dckp-2d": "DON keypoints in the image (u, v)",
+    "dckp-filter": "DON keypoints tracked by a particle filter per keypoint across cameras and time (docs/filter.md)",
+    "dckp-gate": "DON keypoints held at their last confident position (the filter's ablation)",
     "gt-kp": "ground-truth keypoints: the same reference pixels moved with the objects' true poses (upper reference)",
     "blind": "no vision: proprioception alone (lower reference)",
     "cnn": "the paper's end-to-end CNN on RGB, trained with the policy",
