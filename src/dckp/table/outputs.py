@@ -120,7 +120,8 @@ def caption(data: dict) -> str:
     run = data["config"]["run"]
     return (f"Closed-loop success rate per task and policy encoder ({data['config']['preset']} preset, "
             f"{run['episodes']} episodes per cell on seeds from {data['config']['eval_seed_start']:,}, the same for "
-            "every method); bars show the 95 % Wilson interval.")
+            "every method); bars show the 95 % Wilson interval, diamonds the paper's rate on the task ours stands in "
+            "for.")
 
 
 def markdown(data: dict) -> str:
@@ -172,24 +173,31 @@ def figure(data: dict, path: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
     tasks, methods = _order(data)
     width = 0.8 / max(len(methods), 1)
     fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(tasks) + 0.25 * len(tasks) * len(methods)), 4.2))
     colours = plt.get_cmap("tab10" if len(methods) <= 10 else "tab20")
+    labelled = False  # the paper's markers, in the legend once
     for i, m in enumerate(methods):
         xs = [j + (i - (len(methods) - 1) / 2) * width for j, t in enumerate(tasks) if m in data["cells"][t]]
         cells = [data["cells"][t][m] for t in tasks if m in data["cells"][t]]
-        rates = np.array([c["rate"] for c in cells])
-        err = np.array([[r - c["ci95"][0], c["ci95"][1] - r] for r, c in zip(rates, cells, strict=True)]).T
-        ax.bar(xs, rates, width, yerr=err.reshape(2, -1), capsize=2, label=m, color=colours(i))
+        rates = [c["rate"] for c in cells]
+        err = [[c["rate"] - c["ci95"][0] for c in cells], [c["ci95"][1] - c["rate"] for c in cells]]
+        ax.bar(xs, rates, width, yerr=err, capsize=2, label=m, color=colours(i))
+        paper = [(j + (i - (len(methods) - 1) / 2) * width, data["paper"][STAND_IN[t]].get(m))
+                 for j, t in enumerate(tasks) if STAND_IN.get(t) and m in data["cells"][t]]
+        paper = [(x, v) for x, v in paper if v is not None]
+        if paper:
+            ax.plot(*zip(*paper, strict=True), "kD", markersize=4, markerfacecolor="none",
+                    label=None if labelled else "paper, its task")
+            labelled = True
     ax.set_xticks(range(len(tasks)), [f"{t}\n({STAND_IN[t]})" if STAND_IN.get(t) else t for t in tasks])
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("success rate")
     ax.legend(ncol=min(5, len(methods)), fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18))
     fig.text(0.5, 0.01, caption(data), ha="center", va="bottom", fontsize=8, wrap=True)
-    fig.subplots_adjust(bottom=0.38)
+    fig.subplots_adjust(bottom=0.32)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120)
     plt.close(fig)
