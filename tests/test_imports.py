@@ -46,3 +46,40 @@ def test_no_import_cycle():
         if module not in state:
             visit(module)
     assert cycles == []
+
+
+def test_training_commands_import_neither_mujoco_nor_robosuite(tmp_path):
+    """A machine set up for training needs torch, h5py and safetensors: pretrain, pretrain-representation,
+    eval-correspondence, keypoints (at given pixels) and train-policy run on tiny files in a fresh interpreter
+    without loading the simulator."""
+    import subprocess
+    import sys
+
+    from test_bad_inputs import _demos
+    from test_pretrain import views_file
+
+    _demos(tmp_path / "demos.h5")
+    views_file(tmp_path / "views.h5", n=6)
+    (tmp_path / "pixels.json").write_text('{"uv": [[8, 8], [20, 16]]}')
+    tiny = ["--image-size", "32", "--steps", "2", "--batch-pairs", "1", "--n-matches", "20", "--n-non-matches", "2",
+            "--min-pose-translation", "0.05", "--arm-fraction", "0"]
+    commands = [["pretrain", "--views", "views.h5", "--out", "don", *tiny],
+                ["pretrain-representation", "--method", "bvae", "--views", "views.h5", "--out", "bvae", "--steps", "2",
+                 "--image-size", "32", "--batch", "2"],
+                # its modules import nothing inside functions: a missing file stops it (rc 2) after importing them all
+                ["eval-correspondence", "don", "--views", "missing.h5"],
+                ["keypoints", "--don", "don", "--demos", "demos.h5", "--out", "refs.safetensors", "--pixels",
+                 "robot0_eye_in_hand=pixels.json"],
+                ["train-policy", "--demos", "demos.h5", "--encoder", "dckp-3d", "--don", "don", "--references",
+                 "refs.safetensors", "--out", "policy", "--steps", "2"]]
+    script = f"""
+import sys, torch
+torch.set_num_threads(1)
+from dckp.cli.main import main
+for argv in {commands!r}:
+    assert main(argv) == (2 if "missing.h5" in argv else 0), argv
+    loaded = [m for m in ("mujoco", "robosuite") if m in sys.modules]
+    assert not loaded, (argv[0], loaded)
+"""
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
