@@ -120,18 +120,7 @@ def run(cfg: RunConfig, out: str | Path, preset: str = "cpu") -> Path:
     stages = plan(cfg, out, "paper" if preset == "paper" else "cpu")
     timings_path = out / "stage_seconds.json"
     timings = _read_json(timings_path) if timings_path.exists() else {}
-    todo: dict[str, str] = {}  # stage -> why it runs; decided before any work, so an interrupt leaves no stale stage
-    for stage in stages:
-        changed = [n for n in stage.needs if n in todo]
-        reason = f"it needs {', '.join(changed)}, which run again" if changed else _problem(stage)
-        if reason is None:
-            continue
-        todo[stage.name] = reason
-        if stage.artefact.exists():  # removed now: a later run must not take it for finished
-            log.warning("%s: %s; running the stage again", stage.name, reason)
-            stage.artefact.unlink()
-        if changed and stage.partial is not None:
-            stage.partial.unlink(missing_ok=True)
+    todo = decide(stages)
     for i, stage in enumerate(stages):
         if stage.name not in todo:
             log.info("%s: done, skipped", stage.name)
