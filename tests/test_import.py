@@ -220,3 +220,27 @@ def test_bad_recordings_give_one_line(case, folder_seq, tmp_path, capsys):
     assert rc == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
     assert where in err and says in err, err
     assert not (tmp_path / "new").exists()
+
+
+BOX = ["--workspace-min", "-1", "-1", "-1", "--workspace-max", "1", "1", "1"]
+
+
+def test_opengl_poses_are_turned_and_sequences_share_one_size(folder_seq, tmp_path, capsys):
+    gl = tmp_path / "gl"
+    shutil.copytree(folder_seq, gl)
+    _poses(gl, lambda p: p @ np.diag([1.0, -1.0, -1.0, 1.0]))  # the same cameras with OpenGL axes
+    assert main(["import", str(folder_seq), "--out", str(tmp_path / "cv.h5"), "--height", "0", *BOX]) == 0
+    assert main(["import", str(gl), "--out", str(tmp_path / "gl.h5"), "--height", "0", "--pose-axes", "opengl",
+                 *BOX]) == 0
+    with Dataset(tmp_path / "cv.h5") as a, Dataset(tmp_path / "gl.h5") as b:
+        assert np.allclose(a.array("scene_0", "free_pose"), b.array("scene_0", "free_pose"), atol=1e-6)
+    small = tmp_path / "small"
+    _write_folder(small, make_scene(0, n_objects=2), orbit_poses(3, 0.4, 0.3), intrinsics(18, 24, 60), (24, 18))
+    capsys.readouterr()
+    assert main(["import", str(folder_seq), str(small), "--out", str(tmp_path / "x.h5"), "--height", "0", *BOX]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(small) in err and "one image size" in err, err
+    assert main(["import", str(folder_seq), str(small), "--out", str(tmp_path / "x.h5"), "--height", "16", *BOX]) == 0
+    with Dataset(tmp_path / "x.h5") as ds:
+        assert [ds.num_frames(ep, "free") for ep in ds.episodes] == [4, 3]
+        assert ds.frames("scene_0", "free", "rgb", 0, 1).shape == (1, 16, 21, 3)  # both resized: 16x12, 24x18

@@ -35,8 +35,8 @@ VOXEL = 0.005  # metres: the grid the workspace estimate thins the points above 
 
 @dataclass
 class Sequence:
-    """One recording, checked: `rgb`, `depth` file paths per frame, `K (3, 3)` for `size` (W, H), camera-to-world
-    `poses (T, 4, 4)` with OpenCV axes, and `depth_scale` (units per metre)."""
+    """One recording, checked: `rgb`, `depth` file paths per frame, `K (3, 3)` for `size` (W, H; None when given
+    by flag), camera-to-world `poses (T, 4, 4)` (from `pose_file`) and `depth_scale` (units per metre)."""
 
     path: Path
     rgb: list[Path]
@@ -44,6 +44,7 @@ class Sequence:
     K: np.ndarray
     size: tuple[int, int] | None
     poses: np.ndarray
+    pose_file: Path
     depth_scale: float
 
 
@@ -184,7 +185,7 @@ def read_tum(root: Path, cfg: ImportConfig) -> Sequence:
         matrices.append(tum_pose(q))
     K, size = _intrinsics(root, cfg)
     return Sequence(root, [root / rgb[i][0] for i, _, _ in frames], [root / depth[j][0] for _, j, _ in frames],
-                    K, size, np.stack(matrices), cfg.depth_scale or 5000.0)
+                    K, size, np.stack(matrices), root / "groundtruth.txt", cfg.depth_scale or 5000.0)
 
 
 # --- plain folder ---
@@ -222,7 +223,7 @@ def read_folder(root: Path, cfg: ImportConfig) -> Sequence:
                    "camera-to-world per frame)", pose_file, len(rgb))
     K, size = _intrinsics(root, cfg)
     scale = cfg.depth_scale or (1.0 if depth[0].suffix == ".npy" else 1000.0)
-    return Sequence(root, rgb, depth, K, size, poses, scale)
+    return Sequence(root, rgb, depth, K, size, poses, pose_file, scale)
 
 
 def _intrinsics(root: Path, cfg: ImportConfig) -> tuple[np.ndarray, tuple[int, int] | None]:
@@ -239,10 +240,8 @@ def read_sequence(root: str | Path, cfg: ImportConfig) -> Sequence:
         raise _err("not a folder (a sequence is a folder: docs/own-data.md)", root)
     layout = cfg.layout if cfg.layout != "auto" else "tum" if (root / "rgb.txt").is_file() else "folder"
     seq = read_tum(root, cfg) if layout == "tum" else read_folder(root, cfg)
-    pose_file = root / ("groundtruth.txt" if layout == "tum" else next(
-        (n for n in ("poses.npy", "poses.txt") if (root / n).is_file()), "poses.txt"))
     for i, pose in enumerate(seq.poses):
-        check_rigid(pose, pose_file, i)
+        check_rigid(pose, seq.pose_file, i)
     if cfg.pose_axes == "opengl":
         seq.poses = seq.poses @ FLIP_YZ
     keep = slice(None, None, cfg.every)
@@ -424,15 +423,17 @@ def import_recordings(sequences: list[str], arm_only: list[str], cfg: ImportConf
     if not sequences:
         raise DckpError("give at least one sequence of a scene (arm-only sequences alone hold no objects)",
                         field="sequences")
-    seqs = [read_sequence(s, cfg) for s in [*sequences, *arm_only]]  # every listing checked before any image
+    seqs = [read_sequence(s, cfg) for s in [*sequences, *arm_only]]  # every sequence checked before any image
+    sizes = [resized_size(_image_size(seq.rgb[0], 0), cfg.height) for seq in seqs]
+    for seq, size in zip(seqs, sizes, strict=True):
+        if size != sizes[0]:
+            raise DckpError(f"{size[0]}x{size[1]} images, {seqs[0].path} has {sizes[0][0]}x{sizes[0][1]}: the "
+                            "sequences of one file need one image size (resize them alike with --height)",
+                            path=str(seq.path))
     names = [f"scene_{i}" for i in range(len(sequences))] + [f"arm_{i}" for i in range(len(arm_only))]
     episodes = {}
     for name, seq in tqdm(list(zip(names, seqs, strict=True)), desc="import", disable=not progress):
         episodes[name] = load_frames(seq, cfg.height, progress)
-    sizes = {ep["free_rgb"].shape[1:3] for ep in episodes.values()}
-    if len(sizes) > 1:
-        raise DckpError(f"sequences have different image sizes {sorted(sizes)}: give --height to resize them alike",
-                        field="sequences")
     if cfg.workspace_min:
         workspace, estimated = [list(cfg.workspace_min), list(cfg.workspace_max)], False
     else:
