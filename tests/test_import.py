@@ -12,6 +12,7 @@ from synthetic_scenes import intrinsics, make_scene, orbit_poses, render
 
 from dckp.cli.main import main
 from dckp.data import Dataset
+from dckp.errors import DckpError
 from dckp.geometry.masks import mask_iou_matched
 from dckp.io.recordings import associate, tum_pose
 from dckp.keypoints.select import select_references
@@ -80,6 +81,8 @@ def test_references_on_an_imported_recording_need_no_ground_truth(round_trip, tm
     _, _, imported = round_trip
     summary = select_references(None, imported["folder"], tmp_path / "refs.safetensors", per_camera=6, frame=2)
     assert summary["free"]["references"] == 6 and summary["free"]["objects_hit"] == [-1]
+    with pytest.raises(DckpError, match="no object found"):  # the user's box, here one beside the scene
+        select_references(None, imported["folder"], tmp_path / "r.safetensors", workspace=([2, 2, 0], [3, 3, 1]))
 
 
 def _write_tum(root, stamps_rgb, stamps_depth, gt_rows, size=(16, 12)):
