@@ -25,6 +25,7 @@ import numpy as np
 
 from dckp.config import atomic_write_bytes, option, save_json
 from dckp.errors import DckpError
+from dckp.viz.view import has_display
 
 MARKER = 14  # matplotlib marker size (points) of a picked point
 
@@ -306,10 +307,6 @@ file and run (with the files' paths):<br><code>{escape(command)}</code></p>
 
 
 # --- the command -------------------------------------------------------------------------------------------------
-
-def has_display() -> bool:
-    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
-
 
 def interactive_backend() -> bool:
     """Whether matplotlib's backend (resolved now: with a display, the first GUI toolkit it finds) opens windows."""

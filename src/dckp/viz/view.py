@@ -68,6 +68,7 @@ class ViewConfig:
 
 
 def has_display() -> bool:
+    """Whether a window can open here (an X11 or Wayland display)."""
     return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
