@@ -1,119 +1,79 @@
-"""Closed-loop success of policies with every encoder. Writes results/policy.{json,md} (merging with what is there).
+"""The hand-measured policy cells adopted into `dckp table`'s run folder, then the table made by its runner.
 
-    dckp pretrain --views data/stack_views.h5 --out runs/don_stack     # the task's own DON, as `dckp run` trains
-    python benchmarks/policy.py --task stack --don runs/don_stack --demos data/stack.h5 --episodes 50
-    python benchmarks/policy.py --task stack --don runs/don_stack --demos data/stack.h5 --encoders cnn cnnd
+results/policy.json (lift: blind, dckp-2d, dckp-3d, gt-kp, cnn, cnnd, resnet-ssm; stack: blind, dckp-3d, gt-kp,
+cnn; 50 episodes each on seeds from 1,000,000) and the blind rows of results/tasks.json were measured by hand, from
+artefacts under `runs/` that took hours to make. This one-off import copies them into the table's task folders
+(`dckp.table.adopt`; the originals are only read) wherever their stage's own check accepts them, i.e. they were
+made with the settings the table asks for now, and then runs `dckp table` for the given tasks and methods, which
+skips what was adopted and makes the rest:
 
-For each encoder (default: every registered one): the references are chosen once from the demonstrations
-(`dckp keypoints`, shared by all keypoint encoders, so gt-kp moves the very same pixels), the policy is trained
-(cpu preset: 1000 steps single-object, 1500 multi-object; `resnet-ssm` on windows of 10 steps, as robomimic's
-BC-RNN, with the steps in `OVERRIDES`) and evaluated closed-loop on `--episodes` seeds from 1,000,000 (disjoint
-from the demonstrations' seeds). A trained policy and a finished evaluation are reused, so an interrupted run
-continues; `details.<task>.<encoder>.train_s` is the wall time of the policy's training with `train_threads` torch
-threads.
+    python benchmarks/policy.py --verify 2                    # adopt, re-run 2 seeds of each adopted cell, table
+    python benchmarks/policy.py --adopt-only                  # adopt and say what the table would still run
+    dckp table --tasks lift stack --out runs/table            # later runs: the adopted stages are skipped
+
+Sources per task: demonstrations `runs/tasks/<task>/demos.h5` (what every measured policy was trained on), views
+`data/<task>_views.h5` (with their config, fuse config and mask picture beside), the DON `runs/don_<task>`,
+references `runs/policies/<task>/references.safetensors` (chosen with that DON, as `dckp table` chooses them), the
+policies `runs/policies/<task>/<method>` of results/policy.json and `runs/tasks/<task>/blind` of results/tasks.json
+(trained on the same demonstrations; their gt-kp policies are not taken: their references were chosen without a
+DON, unlike the table's). results/policy.json itself is left as it is; results/table1.json supersedes it.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-import time
 from pathlib import Path
 
-import torch
-
-from dckp.config import atomic_write_bytes, save_json
-from dckp.data import Dataset
-from dckp.don.train import load_don
-from dckp.encoders import encoder_class, registry
-from dckp.encoders.config import EncoderConfig
-from dckp.evaluation import evaluate_policy
-from dckp.keypoints.select import select_references
-from dckp.policy.config import POLICY_PRESETS, default_steps
-from dckp.policy.demos import train_on_demos
-
-# robomimic trains its ResNet visual core on windows of 10 steps; the steps keep one run on 2 CPU cores within an hour
-OVERRIDES = {"resnet-ssm": {"seq_len": 10}}
+from dckp.cli.main import main as dckp
+from dckp.pipeline import RUN_PRESETS
+from dckp.table import task_config
+from dckp.table.adopt import adopt
+from dckp.table.config import METHODS, TableConfig
 
 
-
-def write_markdown(results: dict, out: Path) -> None:
-    lines = ["# Closed-loop success of policies by encoder", "",
-             "cpu presets (DON resnet18 without layer4, D=8, 128 px; 16 keypoints per camera, LSTM 2x128; training "
-             "min: wall time of the policy's training), "
-             "evaluated on seeds from 1,000,000. `python benchmarks/policy.py --task TASK ...`. The ms/step columns "
-             "come from the evaluation itself and are slowed by whatever else ran then; "
-             "benchmarks/keypoint_latency.py measures speed.", "",
-             "| task | encoder | DON | success | 95 % Wilson CI | episodes | mean steps | ms/step enc / policy / sim | "
-             "training min |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for task, per in results["success"].items():
-        for name, s in per.items():
-            d = results["details"][task][name]
-            ms = d["ms_per_step"]
-            train = f"{d['train_s'] / 60:.1f}" if "train_s" in d else "-"
-            lines.append(f"| {task} | {name} | {d.get('don') or '-'} | {s['rate']:.2f} | "
-                         f"[{s['ci95'][0]:.2f}, {s['ci95'][1]:.2f}] | {s['episodes']} | {d['mean_steps']:.0f} | "
-                         f"{ms['encoder']:.0f} / {ms['policy']:.1f} / {ms['sim']:.0f} | {train} |")
-    atomic_write_bytes(out / "policy.md", ("\n".join(lines) + "\n").encode())
+def sources(task: str, methods: list[str], runs: Path, data: Path, measured: dict, tasks: dict) -> dict:
+    """What `adopt` gets for one task: the paths that exist, and the measured cells' policies and training times."""
+    policies = {m: runs / "policies" / task / m for m in measured.get("success", {}).get(task, {}) if m in methods}
+    if "blind" in methods and "blind" not in policies and "blind" in tasks.get(task, {}):
+        policies["blind"] = runs / "tasks" / task / "blind"
+    found = {"demos": runs / "tasks" / task / "demos.h5", "views": data / f"{task}_views.h5",
+             "don": runs / f"don_{task}", "references": runs / "policies" / task / "references.safetensors"}
+    details = measured.get("details", {}).get(task, {})
+    return {**{k: str(v) for k, v in found.items() if v.exists()},
+            "policies": {m: str(p) for m, p in policies.items() if p.exists()},
+            "train_s": {m: d["train_s"] for m, d in details.items() if "train_s" in d}}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", required=True)
-    parser.add_argument("--demos", required=True)
-    parser.add_argument("--don", required=True, help="the `dckp pretrain` run")
-    parser.add_argument("--episodes", type=int, default=50)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--encoders", nargs="+", default=None,
-                        help="default: every registered encoder whose artefacts are given")
-    parser.add_argument("--representations", default="",
-                        help="folder of `dckp pretrain-representation` runs named after their method (bvae/, ...)")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads of policy training (default: 2)")
-    parser.add_argument("--runs", default="runs/policies")
-    parser.add_argument("--out", default="results")
+    parser.add_argument("--tasks", nargs="+", default=list(TableConfig().tasks), help="tasks (default: all)")
+    parser.add_argument("--methods", nargs="+", default=METHODS, help=f"methods (default: {' '.join(METHODS)})")
+    parser.add_argument("--runs", default="runs", help="where the measured artefacts are (default: runs)")
+    parser.add_argument("--data", default="data", help="where the measured views files are (default: data)")
+    parser.add_argument("--measured", default="results", help="folder of policy.json and tasks.json (default: "
+                        "results)")
+    parser.add_argument("--out", default="runs/table", help="the table's run folder (default: runs/table)")
+    parser.add_argument("--results", default="results", help="where the table writes table1.* (default: results)")
+    parser.add_argument("--verify", type=int, default=0,
+                        help="re-run this many seeds of each adopted evaluation and compare (default: 0)")
+    parser.add_argument("--adopt-only", action="store_true", help="adopt, then stop before running the table")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
 
-    runs = Path(args.runs) / args.task
-    refs = runs / "references.safetensors"
-    if not refs.exists():
-        select_references(load_don(args.don), args.demos, refs)
-    with Dataset(args.demos) as ds:
-        cameras, task = len(ds.streams(ds.episodes[0])), ds.task
-    out = Path(args.out)
-    path = out / "policy.json"
-    results = json.loads(path.read_text()) if path.exists() else {"success": {}, "details": {}}
-    names = args.encoders or [n for n, c in sorted(registry().items())
-                              if args.representations or "representation" not in c.artefacts]
-    for name in names:
-        artefacts = encoder_class(name).artefacts
-        enc = EncoderConfig(encoder=name, don=args.don if "don" in artefacts else "",
-                            references=str(refs) if "references" in artefacts else "",
-                            representation=str(Path(args.representations, name)) if "representation" in artefacts
-                            else "")
-        cfg = dataclasses.replace(POLICY_PRESETS["cpu"], steps=default_steps(cameras, task), **OVERRIDES.get(name, {}))
-        policy = runs / name
-        details = results["details"].setdefault(args.task, {})
-        if not (policy / "policy.safetensors").exists() or "train_s" not in details.get(name, {}):
-            start = time.time()
-            summary = train_on_demos(args.demos, enc.spec(), cfg, policy)
-            details[name] = {"train_s": round(time.time() - start, 1), "train_threads": args.threads,
-                             "train_resumed_from": summary["resumed_from"]}  # > 0: train_s is the rest only
-            save_json(results, path)
-        ev = policy / "eval" / "eval.json"
-        r = json.loads(ev.read_text()) if ev.exists() else {}
-        if r.get("episodes") != args.episodes:
-            r = evaluate_policy(policy, episodes=args.episodes, workers=args.workers, videos=2)
-        results["success"].setdefault(args.task, {})[name] = {"rate": r["success_rate"], "ci95": r["ci95"],
-                                                              "episodes": r["episodes"]}
-        details[name] = {**details[name], "mean_steps": r["mean_steps"], "ms_per_step": r["ms_per_step"],
-                         "don": args.don if "don" in artefacts else None}
-        save_json(results, path)
-        print(args.task, name, results["success"][args.task][name], flush=True)
+    def read(name: str) -> dict:
+        path = Path(args.measured, name)
+        return json.loads(path.read_text()) if path.exists() else {}
 
-    write_markdown(results, out)
+    measured, tasks = read("policy.json"), read("tasks.json")
+    run = RUN_PRESETS["cpu"]
+    for task in args.tasks:
+        src = sources(task, args.methods, Path(args.runs), Path(args.data), measured, tasks)
+        result = adopt(Path(args.out) / task, task_config(run, task, args.methods), "cpu", verify=args.verify, **src)
+        for stage, what in result.items():
+            print(f"{task:20} {stage:28} {what}", flush=True)
+    if not args.adopt_only:
+        raise SystemExit(dckp(["table", "--preset", "cpu", "--tasks", *args.tasks, "--methods", *args.methods,
+                               "--out", args.out, "--results", args.results]))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ next invocation runs only that cell's evaluation, and the one after skips every 
 for every method, apart from the demonstrations', and an episode's actions do not depend on how the seeds were split
 across Ray workers."""
 
+import dataclasses
 import json
 
 import pytest
@@ -98,6 +99,23 @@ def test_table_broken_cell_resume_and_skip(tmp_path, local_ray, capsys):
     status = run_table(TableConfig(tasks=TASKS, methods=METHODS, chunk=2), run, out)
     assert set(status["cells"].values()) == {"done"} and len(status["cells"]) == 4
     assert set(status["stages"].values()) == {"skipped"}
+
+    # lift's finished cells adopted into another table's folder: nothing of them runs again there; a policy made
+    # with other settings than the table's is not adopted, and its cell runs
+    from dckp.table import task_config
+    from dckp.table.adopt import adopt
+
+    cfg = task_config(run, "lift", METHODS)
+    sources = {"demos": out / "lift" / "demos.h5", "policies": {m: out / "lift" / f"policy_{m}" for m in METHODS}}
+    result = adopt(tmp_path / "other" / "lift", cfg, **sources, train_s={"cnn": 12.5}, verify=1)
+    assert result == {"demonstrations": "adopted", "policy blind": "adopted", "policy cnn": "adopted",
+                      "evaluate blind": "adopted, 1 episodes re-run alike",
+                      "evaluate cnn": "adopted, 1 episodes re-run alike"}
+    assert json.loads((tmp_path / "other" / "lift" / "stage_seconds.json").read_text()) == {"policy cnn": 12.5}
+    result = adopt(tmp_path / "third" / "lift", dataclasses.replace(cfg, policy_steps=3), **sources)
+    assert result["policy cnn"].startswith("runs: not there (not adopted: ")
+    assert result["policy cnn"].endswith("train_policy.config.json: made with other settings: policy.steps 2 (now 3))")
+    assert result["demonstrations"] == "adopted" and not (tmp_path / "third" / "lift" / "policy_cnn").exists()
 
 
 def test_table_flags_are_checked(tmp_path):

@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 
 HELDOUT_SEED = 200_000  # held-out scene seeds (demonstrations from 0, pretraining views 100000, evaluation 1000000)
 HELDOUT_PAIRS = 20  # evaluation pairs per pair type
+# robomimic trains its ResNet visual core on windows of 10 steps (BC-RNN), which also keeps one run on 2 CPU cores
+# within an hour (results/policy.json's resnet-ssm row was measured so)
+POLICY_OVERRIDES = {"resnet-ssm": {"seq_len": 10}}
 REPORT_VIDEOS = 3
 
 
@@ -139,10 +142,10 @@ def run(cfg: RunConfig, out: str | Path, preset: str = "cpu") -> Path:
     return write_report(out)
 
 
-def decide(stages: list[Stage]) -> dict[str, str]:
+def decide(stages: list[Stage], remove: bool = True) -> dict[str, str]:
     """The stages that must run, each with why (`""` when its artefact is missing): decided before any work, and
-    their artefacts removed now, so an interrupt leaves no stage that looks finished but was made from inputs that
-    have since changed."""
+    (`remove`) their artefacts removed now, so an interrupt leaves no stage that looks finished but was made from
+    inputs that have since changed."""
     todo: dict[str, str] = {}
     for stage in stages:
         changed = [n for n in stage.needs if n in todo]
@@ -150,6 +153,8 @@ def decide(stages: list[Stage]) -> dict[str, str]:
         if reason is None:
             continue
         todo[stage.name] = reason
+        if not remove:
+            continue
         if stage.artefact.exists():  # removed now: a later run must not take it for finished
             log.warning("%s: %s; running the stage again", stage.name, reason)
             stage.artefact.unlink()
@@ -236,6 +241,9 @@ def plan(cfg: RunConfig, out: Path, sp: str) -> list[Stage]:
                                   **({"steps": cfg.don_steps} if cfg.don_steps else {}))
     policy_cfg = dataclasses.replace(preset(POLICY_PRESETS, sp), seed=cfg.seed, device=cfg.device,
                                      steps=cfg.policy_steps or default_steps(len(task.cameras), cfg.task, sp))
+
+    def policy_config(name: str):
+        return dataclasses.replace(policy_cfg, **POLICY_OVERRIDES.get(name, {}))
 
     def collect(stage_cfg, path: Path, kind: str):
         from dckp.sim.collect import collect_demos, collect_views
@@ -351,9 +359,9 @@ def plan(cfg: RunConfig, out: Path, sp: str) -> list[Stage]:
         from dckp.policy.demos import train_on_demos
 
         enc, folder = encoder_cfg(name), out / f"policy_{name}"
-        save_json({"encoder": dataclasses.asdict(enc), "policy": dataclasses.asdict(policy_cfg)},
+        save_json({"encoder": dataclasses.asdict(enc), "policy": dataclasses.asdict(policy_config(name))},
                   folder / "train_policy.config.json")
-        train_on_demos(demos, enc.spec(), policy_cfg, folder)
+        train_on_demos(demos, enc.spec(), policy_config(name), folder)
 
     def trained(name: str):
         from dckp.policy import load_policy, load_run
@@ -362,7 +370,8 @@ def plan(cfg: RunConfig, out: Path, sp: str) -> list[Stage]:
         load_policy(folder)
         load_run(folder)
         check_config(folder / "train_policy.config.json",
-                     {"encoder": dataclasses.asdict(encoder_cfg(name)), "policy": dataclasses.asdict(policy_cfg)},
+                     {"encoder": dataclasses.asdict(encoder_cfg(name)),
+                      "policy": dataclasses.asdict(policy_config(name))},
                      ignore=("encoder.don", "encoder.references", "encoder.representation",  # the folder layout
                              "policy.device"))
 

@@ -12,8 +12,9 @@ from dckp.encoders.config import encoder_names
 from dckp.errors import DckpError
 from dckp.sim.tasks import TASKS
 
-# the paper's eight methods, then ours: proprioception alone and robomimic's visual core
-METHODS = ["blind", "cnn", "cnnd", "resnet-ssm", "bvae", "transporter", "monet", "dckp-2d", "dckp-3d", "gt-kp"]
+# the method first (each task's report shows it in detail), the paper's other seven, then ours: proprioception alone
+# and robomimic's visual core
+METHODS = ["dckp-3d", "dckp-2d", "gt-kp", "cnn", "cnnd", "bvae", "transporter", "monet", "blind", "resnet-ssm"]
 
 
 @dataclass

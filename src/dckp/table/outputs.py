@@ -38,7 +38,7 @@ PAPER_READING = (
     "and no DC-KP-2D (the authors dropped both after the single-object tasks), so their single values belong to "
     "CNN, and DC-KP-3D, GT-KP in that order. The paper bolds DC-KP-3D on Microwave and GT-KP on Lid and Rubbish "
     "as the best.")
-RUN_ONLY = ("task", "encoder", "baselines", "workers")  # set per task by the table, or not affecting results
+RUN_ONLY = ("task", "encoder", "baselines", "workers", "device")  # set per task by the table, or not affecting results
 
 
 def table_config(run: RunConfig, preset: str) -> dict:
@@ -94,12 +94,11 @@ def write_outputs(out: str | Path, table: TableConfig, run: RunConfig, preset: s
 
 
 def _order(data: dict) -> tuple[list[str], list[str]]:
-    """Tasks in the paper's order then ours, methods in the table's order then any others."""
-    from dckp.table.config import METHODS
-
+    """Tasks in the paper's order then ours, methods in the paper's (blind first, as the floor) then any others."""
     tasks = [t for t in STAND_IN if t in data["cells"]] + [t for t in data["cells"] if t not in STAND_IN]
     seen = {m for per in data["cells"].values() for m in per}
-    return tasks, [m for m in METHODS if m in seen] + sorted(seen - set(METHODS))
+    rows = ["blind", *PAPER_METHODS, "resnet-ssm"]
+    return tasks, [m for m in rows if m in seen] + sorted(seen - set(rows))
 
 
 def _rate(cell: dict | None) -> str:

@@ -66,7 +66,7 @@ def task_config(run: RunConfig, task: str, methods: list[str]) -> RunConfig:
 
 def _stage_resources(stage: Stage, run: RunConfig, table: TableConfig) -> dict:
     training = stage.name.split(" ")[0] in TRAINING
-    gpu = training and getattr(run, "device", "cpu").startswith("cuda")  # RunConfig.device, where it has one
+    gpu = training and run.device.startswith("cuda")
     return {"num_cpus": table.train_cpus if training else 1, "num_gpus": 1 if gpu else 0}
 
 
