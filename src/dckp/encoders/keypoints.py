@@ -76,6 +76,11 @@ class _Keypoints(Encoder):
             raise DckpError(f"no references for camera(s) {missing} (have {sorted(self.refs)})", path=references)
         self.form = getattr(self.opts, "form", "2d")
 
+    def _apply(self, fn, recurse=True):
+        """`.to(device)` moves the references too (they are plain tensors, not buffers: not saved with a policy)."""
+        self.refs = {cam: {k: fn(v) for k, v in r.items()} for cam, r in self.refs.items()}
+        return super()._apply(fn, recurse)
+
     def output_dim(self) -> int:
         return sum(len(self.refs[c]["uv"]) * (2 if self.form == "2d" else 3) for c in self.cameras)
 
@@ -91,6 +96,10 @@ class DonKeypoints(_Keypoints):
 
         super().__init__(cameras, image_size, options, references)
         self.don = [load_don(don)]  # in a list: frozen, and not part of the policy's saved weights
+
+    def _apply(self, fn, recurse=True):
+        self.don[0]._apply(fn, recurse)  # `.to(device)` moves the frozen DON too
+        return super()._apply(fn, recurse)
 
     @torch.no_grad()
     def _extract(self, frames: Mapping[str, torch.Tensor]) -> dict[str, dict]:

@@ -39,6 +39,10 @@ class _Representation(Encoder):
         self.method = METHODS[method]
         self.net = [model]  # in a list: frozen, and not part of the policy's saved weights
 
+    def _apply(self, fn, recurse=True):
+        self.net[0]._apply(fn, recurse)  # `.to(device)` moves the frozen network too
+        return super()._apply(fn, recurse)
+
     def output_dim(self) -> int:
         return len(self.cameras) * self.method.feature_dim(self.cfg)
 

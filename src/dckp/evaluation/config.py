@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from dckp.config import option
@@ -17,10 +18,14 @@ class EvalConfig:
     workers: int = option(2, "worker processes running episodes in parallel")
     videos: int = option(3, "the first this many episodes are recorded (rollout_SEED.mp4)")
     max_steps: int = option(0, "most control steps per episode (0: the task's horizon)")
+    device: str = option("cpu", "torch device of the policy and its encoder: cpu, cuda or cuda:N (the simulator "
+                         "stays on the CPU)")
 
     def __post_init__(self):
         for name in ("episodes", "workers"):
             if getattr(self, name) < 1:
                 raise DckpError(f"must be >= 1, got {getattr(self, name)}", field=name)
+        if self.device != "cpu" and not re.fullmatch(r"cuda(:\d+)?", self.device):
+            raise DckpError(f"must be 'cpu', 'cuda' or 'cuda:N', got {self.device!r}", field="device")
         if self.videos < 0 or self.max_steps < 0:
             raise DckpError("videos and max_steps must be >= 0", field="videos" if self.videos < 0 else "max_steps")

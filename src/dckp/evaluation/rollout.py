@@ -178,9 +178,9 @@ def rollout(env, policy, seed: int, record: bool = False, max_steps: int | None 
 class _Evaluator:
     """One process's environment, encoder and policy, built once from a policy folder."""
 
-    def __init__(self, policy_dir: str, out_dir: str | None, max_steps: int | None):
+    def __init__(self, policy_dir: str, out_dir: str | None, max_steps: int | None, device: str = "cpu"):
         run = load_run(policy_dir)
-        self.policy = load_visuomotor_policy(policy_dir)
+        self.policy = load_visuomotor_policy(policy_dir, device)
         self.env = SimEnv(get_task(run["task"]), image_size=run["image_size"], cameras=tuple(run["cameras"]))
         self.out_dir, self.max_steps = out_dir, max_steps
 
@@ -203,11 +203,11 @@ class _Evaluator:
 _WORKER: _Evaluator | None = None
 
 
-def _init_worker(policy_dir: str, out_dir: str | None, max_steps: int | None) -> None:
+def _init_worker(policy_dir: str, out_dir: str | None, max_steps: int | None, device: str) -> None:
     global _WORKER
     torch.set_num_threads(1)
     torch.set_num_interop_threads(1)
-    _WORKER = _Evaluator(policy_dir, out_dir, max_steps)
+    _WORKER = _Evaluator(policy_dir, out_dir, max_steps, device)
 
 
 def _run_episode(job: tuple[int, bool]) -> dict:
@@ -218,15 +218,15 @@ def _run_episode(job: tuple[int, bool]) -> dict:
 
 def evaluate_policy(policy_dir: str | os.PathLike, episodes: int = 50, seed_start: int = EVAL_SEED_START,
                     workers: int = 2, videos: int = 3, out_dir: str | os.PathLike | None = None,
-                    progress: bool = True, max_steps: int | None = None) -> dict:
+                    progress: bool = True, max_steps: int | None = None, device: str = "cpu") -> dict:
     """Roll out the policy in `policy_dir` from seeds `seed_start .. seed_start + episodes - 1`.
 
     Episodes run in `workers` spawned processes (each builds its environment, encoder and policy once and uses
     one torch thread); `workers=1` runs in this process (also with one torch thread, restored afterwards). The
     first `videos` seeds are recorded to `out_dir/rollout_<seed>.mp4` (every camera, then the third-person view
     `THIRD_PERSON`; eval.json's `videos` names them relative to `out_dir`). `out_dir` defaults to
-    `policy_dir/eval`. `max_steps` replaces the task's horizon (for tests and quick looks). Writes and returns
-    `out_dir/eval.json`.
+    `policy_dir/eval`. `max_steps` replaces the task's horizon (for tests and quick looks). The policy (its encoder
+    too) runs on `device`, the simulator on the CPU. Writes and returns `out_dir/eval.json`.
     """
     policy_dir = Path(policy_dir)
     for name, value, low in (("episodes", episodes, 1), ("workers", workers, 1), ("videos", videos, 0),
@@ -243,13 +243,13 @@ def evaluate_policy(policy_dir: str | os.PathLike, episodes: int = 50, seed_star
     seeds = list(range(seed_start, seed_start + episodes))
     jobs = [(seed, i < videos) for i, seed in enumerate(seeds)]
     workers = min(workers, episodes)
-    args = (str(policy_dir), str(out), max_steps)
+    args = (str(policy_dir), str(out), max_steps, device)
 
     results: list[dict] = []
     bar = tqdm(total=episodes, desc=f"evaluate {task.name}", unit="episode", disable=not progress)
     try:
         if workers == 1:
-            results = run_episodes(policy_dir, jobs, out, max_steps, bar)
+            results = run_episodes(policy_dir, jobs, out, max_steps, bar, device)
         else:
             ctx = multiprocessing.get_context("spawn")
             with ctx.Pool(workers, initializer=_init_worker, initargs=args) as pool:
@@ -263,7 +263,7 @@ def evaluate_policy(policy_dir: str | os.PathLike, episodes: int = 50, seed_star
 
 
 def run_episodes(policy_dir: str | os.PathLike, jobs: list[tuple[int, bool]], out_dir: str | os.PathLike,
-                 max_steps: int | None = None, bar: tqdm | None = None) -> list[dict]:
+                 max_steps: int | None = None, bar: tqdm | None = None, device: str = "cpu") -> list[dict]:
     """The episodes `jobs` (`(seed, record a video)` pairs) of the policy in `policy_dir`, in this process with one
     torch thread (restored afterwards); videos go to `out_dir`. An episode's result depends on its seed alone, not
     on which episodes ran before it in the same process, so any split of the seeds gives the same results."""
@@ -271,7 +271,7 @@ def run_episodes(policy_dir: str | os.PathLike, jobs: list[tuple[int, bool]], ou
     torch.set_num_threads(1)
     evaluator, results = None, []
     try:
-        evaluator = _Evaluator(str(policy_dir), str(out_dir), max_steps)
+        evaluator = _Evaluator(str(policy_dir), str(out_dir), max_steps, device)
         for job in jobs:
             results.append(evaluator.episode(job))
             if bar is not None:

@@ -82,17 +82,20 @@ class FrameWindows:
         self.close()
 
 
-def encode_demos(encoder, demos: str, cameras: list[str], batch: int = 32, progress: bool = True) -> list[np.ndarray]:
+def encode_demos(encoder, demos: str, cameras: list[str], batch: int = 32, progress: bool = True,
+                 device: str = "cpu") -> list[np.ndarray]:
     """(T_i, F) features of every demonstration by a frozen encoder: each demonstration from a `reset()`, its
-    frames in order, in batches of consecutive steps."""
+    frames in order, in batches of consecutive steps, on `device` (the encoder is moved there)."""
     out = []
-    encoder.eval()
+    encoder.to(device).eval()
     with Dataset(demos) as ds, torch.no_grad():
         for ep in tqdm(ds.episodes, desc="encode demos", disable=not progress):
             T = len(ds.actions(ep))
             encoder.reset()  # a stateful encoder runs each demonstration from its start, as in closed loop
-            out.append(np.concatenate([encoder(frames_of(ds, ep, cameras, s, min(s + batch, T), encoder.inputs))
-                                       .cpu().numpy() for s in range(0, T, batch)]).astype(np.float32))
+            out.append(np.concatenate([
+                encoder({k: v.to(device) for k, v in frames_of(ds, ep, cameras, s, min(s + batch, T),
+                                                                encoder.inputs).items()}).cpu().numpy()
+                for s in range(0, T, batch)]).astype(np.float32))
     return out
 
 
@@ -129,7 +132,7 @@ def train_on_demos(demos: str | os.PathLike, encoder_spec: dict, cfg: PolicyConf
     cache = out / "features.h5"
     features = _cached(cache, key)
     if features is None:
-        features = encode_demos(encoder, str(demos), cameras, progress=progress)
+        features = encode_demos(encoder, str(demos), cameras, progress=progress, device=cfg.device)
         tmp = cache.with_name(".features.h5.tmp")
         with h5py.File(tmp, "w") as f:
             f.attrs["key"] = key

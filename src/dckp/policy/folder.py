@@ -73,9 +73,10 @@ def load_run(policy_dir: str | os.PathLike) -> dict:
     return run
 
 
-def load_visuomotor_policy(policy_dir: str | os.PathLike):
-    """The whole policy of a folder (`VisuomotorPolicy`: encoder, proprioception, LSTM head), in eval mode on the
-    CPU; DckpError naming the file on bad input."""
+def load_visuomotor_policy(policy_dir: str | os.PathLike, device: str = "cpu"):
+    """The whole policy of a folder (`VisuomotorPolicy`: encoder, proprioception, LSTM head), in eval mode on
+    `device` (its encoder's frozen networks and references too; observations are moved there); DckpError naming
+    the file on bad input."""
     from dckp.encoders import build_encoder
     from dckp.policy.model import VisuomotorPolicy
     from dckp.policy.train import load_encoder_weights, load_policy
@@ -92,4 +93,4 @@ def load_visuomotor_policy(policy_dir: str | os.PathLike):
         load_encoder_weights(encoder, policy_dir)
     policy = VisuomotorPolicy(encoder, head).eval()
     policy.check()
-    return policy
+    return policy.to(device)

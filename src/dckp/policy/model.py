@@ -127,7 +127,9 @@ class VisuomotorPolicy(nn.Module):
     def act(self, observation: Mapping[str, np.ndarray]) -> np.ndarray:
         """The action `(7,)` float64 for one observation (camera images, K, poses and proprioception)."""
         t0 = time.perf_counter()
-        features = self.encoder(observation_frames(observation, self.encoder.cameras))
+        device = self.head.obs_mean.device  # the whole policy's (`load_visuomotor_policy(device=...)`)
+        features = self.encoder({k: v.to(device) for k, v in observation_frames(observation, self.encoder.cameras)
+                                 .items()})
         t1 = time.perf_counter()
         proprio = proprioception({k: np.asarray(observation[k])[None] for k in PROPRIO_KEYS}, self.head.cfg.proprio)
         obs = torch.cat([features.float().cpu().reshape(1, -1), torch.from_numpy(proprio)], 1)
