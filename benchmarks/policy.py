@@ -14,9 +14,10 @@ skips what was adopted and makes the rest:
 Sources per task: demonstrations `runs/tasks/<task>/demos.h5` (what every measured policy was trained on), views
 `data/<task>_views.h5` (with their config, fuse config and mask picture beside), the DON `runs/don_<task>`,
 references `runs/policies/<task>/references.safetensors` (chosen with that DON, as `dckp table` chooses them), the
-policies `runs/policies/<task>/<method>` of results/policy.json and `runs/tasks/<task>/blind` of results/tasks.json
-(trained on the same demonstrations; their gt-kp policies are not taken: their references were chosen without a
-DON, unlike the table's). results/policy.json itself is left as it is; results/table1.json supersedes it.
+pretrained representations `runs/representations/<task>/<method>` (benchmarks/representations.py), the policies
+`runs/policies/<task>/<method>` of results/policy.json and `runs/tasks/<task>/blind` of results/tasks.json (trained
+on the same demonstrations; their gt-kp policies are not taken: their references were chosen without a DON, unlike
+the table's). results/policy.json itself is left as it is; results/table1.json supersedes it.
 """
 
 from __future__ import annotations
@@ -40,7 +41,9 @@ def sources(task: str, methods: list[str], runs: Path, data: Path, measured: dic
     found = {"demos": runs / "tasks" / task / "demos.h5", "views": data / f"{task}_views.h5",
              "don": runs / f"don_{task}", "references": runs / "policies" / task / "references.safetensors"}
     details = measured.get("details", {}).get(task, {})
+    representations = {m: runs / "representations" / task / m for m in methods}
     return {**{k: str(v) for k, v in found.items() if v.exists()},
+            "representations": {m: str(p) for m, p in representations.items() if p.exists()},
             "policies": {m: str(p) for m, p in policies.items() if p.exists()},
             "train_s": {m: d["train_s"] for m, d in details.items() if "train_s" in d}}
 

@@ -107,14 +107,15 @@ def _policy_files(src: Path, dst: Path, name: str, folder: Path) -> None:
 
 
 def adopt(folder: str | Path, cfg: RunConfig, sp: str = "cpu", demos: str | None = None, views: str | None = None,
-          don: str | None = None, references: str | None = None, policies: dict[str, str] | None = None,
-          train_s: dict[str, float] | None = None, verify: int = 0) -> dict[str, str]:
+          don: str | None = None, references: str | None = None, representations: dict[str, str] | None = None,
+          policies: dict[str, str] | None = None, train_s: dict[str, float] | None = None, verify: int = 0
+          ) -> dict[str, str]:
     """Adopt artefacts into the task folder `folder` of the table's run settings `cfg` (task, encoder and
     baselines set, as `dckp.table.task_config` gives them; `sp` the stage preset): a demonstrations file, a views
     file (with `<stem>.config.json`, `<stem>.fuse.config.json` and `<stem>_masks.png` beside it), a DON run
-    folder, a references file, and policy folders by method (each with its `eval/`); `train_s` gives the policies'
-    training seconds for table1.json. Returns `{stage: "adopted" | "already there" | why not}`, and
-    `"runs: why"` for each stage the table would still run."""
+    folder, a references file, pretrained representation run folders by method, and policy folders by method
+    (each with its `eval/`); `train_s` gives the policies' training seconds for table1.json. Returns
+    `{stage: "adopted" | "already there" | why not}`, and `"runs: why"` for each stage the table would still run."""
     folder = Path(folder).resolve()
     folder.mkdir(parents=True, exist_ok=True)
     stages = {s.name: s for s in plan(cfg, folder, sp)}
@@ -146,16 +147,18 @@ def adopt(folder: str | Path, cfg: RunConfig, sp: str = "cpu", demos: str | None
         src = Path(demos)
         take(["demonstrations"], [(src, folder / "demos.h5")],
              lambda: save_json(_demos_config(src, cfg, sp), folder / "demos.config.json"))
-    if views:
-        src = Path(views)
+    if views:  # with its masks where the table has a masks stage (for a DON)
+        src, masks = Path(views), "masks" in stages
         beside = [(src.with_name(src.stem + suffix), folder / name) for suffix, name in (
             (".config.json", "views.config.json"), (".fuse.config.json", "views.fuse.config.json"),
-            ("_masks.png", "views_masks.png"))]
-        take(["views", "masks"], [(src, folder / "views.h5"), *beside])
+            ("_masks.png", "views_masks.png"))][:3 if masks else 1]
+        take(["views", "masks"] if masks else ["views"], [(src, folder / "views.h5"), *beside])
     if don:
         take(["pretrain"], [(Path(don), folder / "don")])
     if references:
         take(["references"], [(Path(references), folder / "references.safetensors")])
+    for name, src in (representations or {}).items():
+        take([f"representation {name}"], [(Path(src), folder / f"representation_{name}")])
     seconds = {}
     for name, src in (policies or {}).items():
         dst = folder / f"policy_{name}"
