@@ -123,3 +123,39 @@ def test_table_flags_are_checked(tmp_path):
     assert main(["table", "--chunk", "0", "--out", str(tmp_path / "x")]) == 2
     assert main(["table", "--address", "127.0.0.1:1", "--cpus", "2", "--out", str(tmp_path / "x")]) == 2
     assert not (tmp_path / "x").exists()
+
+
+def test_outputs_merge_and_don_scores(tmp_path):
+    """table1.json from task folders: a cell's numbers, the task's DON scores; a later run with the same config adds
+    its cells, one with another config replaces the file."""
+    from dckp.table.outputs import write_outputs
+
+    out = tmp_path / "run"
+
+    def cell(task, method, successes, train_s):
+        folder = out / task / f"policy_{method}" / "eval"
+        folder.mkdir(parents=True)
+        (folder / "eval.json").write_text(json.dumps({"success_rate": successes / 4, "ci95": [0.1, 1.0],
+                                                      "episodes": 4, "mean_steps": 30.0}))
+        path = out / task / "stage_seconds.json"
+        timings = json.loads(path.read_text()) if path.exists() else {}
+        path.write_text(json.dumps({**timings, f"policy {method}": train_s, f"evaluate {method}": 60.0}))
+
+    cell("lift", "dckp-3d", 4, 100.0)
+    cell("lift", "gt-kp", 3, 50.0)
+    scores = {k: {"pck@5%": 0.9, "wrong_object_rate": 0.01, "pck@1%": 0.5} for k in ("same_camera", "occlusion")}
+    (out / "lift" / "heldout_correspondence.json").write_text(json.dumps({"results": scores}))
+    table = TableConfig(tasks=["lift"], methods=["dckp-3d", "gt-kp"], results=str(tmp_path / "results"))
+    run = RunConfig(**{**vars(RUN_PRESETS["cpu"]), **RUN})
+    data = write_outputs(out, table, run, "cpu", [("lift", "dckp-3d"), ("lift", "gt-kp")])
+    assert data["cells"]["lift"]["dckp-3d"] == {"rate": 1.0, "ci95": [0.1, 1.0], "episodes": 4, "mean_steps": 30.0,
+                                                "train_s": 100.0, "eval_s": 60.0}
+    assert data["don"] == {"lift": {k: {"pck@5%": 0.9, "wrong_object_rate": 0.01} for k in scores}}
+    md = (tmp_path / "results" / "table1.md").read_text()
+    assert "- **lift**: dckp-3d 1.00 > gt-kp 0.75" in md and "| lift | 0.90 / 0.010 | 0.90 / 0.010 |" in md
+
+    cell("stack", "gt-kp", 1, 70.0)
+    data = write_outputs(out, table, run, "cpu", [("stack", "gt-kp")])
+    assert sorted(data["cells"]) == ["lift", "stack"]  # the same config: added
+    data = write_outputs(out, table, dataclasses.replace(run, episodes=4), "cpu", [("stack", "gt-kp")])
+    assert sorted(data["cells"]) == ["stack"]  # another config: replaced

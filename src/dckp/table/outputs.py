@@ -182,7 +182,7 @@ def figure(data: dict, path: Path) -> Path:
         xs = [j + (i - (len(methods) - 1) / 2) * width for j, t in enumerate(tasks) if m in data["cells"][t]]
         cells = [data["cells"][t][m] for t in tasks if m in data["cells"][t]]
         rates = [c["rate"] for c in cells]
-        err = [[c["rate"] - c["ci95"][0] for c in cells], [c["ci95"][1] - c["rate"] for c in cells]]
+        err = [[max(0.0, c["rate"] - c["ci95"][0]) for c in cells], [max(0.0, c["ci95"][1] - c["rate"]) for c in cells]]
         ax.bar(xs, rates, width, yerr=err, capsize=2, label=m, color=colours(i))
         paper = [(j + (i - (len(methods) - 1) / 2) * width, data["paper"][STAND_IN[t]].get(m))
                  for j, t in enumerate(tasks) if STAND_IN.get(t) and m in data["cells"][t]]
