@@ -157,13 +157,12 @@ def run_table(table: TableConfig, run: RunConfig, out: str | Path, preset: str =
         pending: dict = {}  # ObjectRef -> (task, stage name)
         status: dict[tuple[str, str], str] = {}
         cells: dict[tuple[str, str], set[str]] = {}  # (task, method) -> the stages it needs
-        plans = {}
         for task in table.tasks:
             cfg = task_config(run, task, table.methods)
             folder = out / task
             folder.mkdir(parents=True, exist_ok=True)
             save_json({"preset": preset, **dataclasses.asdict(cfg)}, folder / "run.config.json")
-            stages = plans[task] = plan(cfg, folder, sp)
+            stages = plan(cfg, folder, sp)
             todo = decide(stages)
             refs: dict[str, object] = {}
             for stage in stages:
