@@ -1,7 +1,7 @@
 """Dense Object Net pretraining: pairs from fused view files, augmentation, Adam, resumable checkpoints.
 
-The DON run folder gets `last.safetensors` (model, optimiser, scheduler and every RNG: an interrupted run resumes
-exactly where it stopped), `don.safetensors` + `don.json` (the trained model and its config),
+The DON run folder gets `last.safetensors` (model, optimiser, scheduler and torch's RNG: an interrupted run
+resumes exactly where it stopped), `don.safetensors` + `don.json` (the trained model and its config),
 `train_log.jsonl` (one line of losses per step) and `train_curves.png`. The pairs of every step are a function of
 the seed and the step (`dckp.don.batches`), so the checkpoint needs no sampler state.
 """
@@ -86,8 +86,8 @@ def pretrain(views: list[str], cfg: DonConfig, don: str | Path, checkpoint_every
                 lines.append(json.dumps({"step": step, "lr": scheduler.get_last_lr()[0], **stats}))
                 bar.set_postfix(loss=f"{stats['loss']:.4f}")
                 bar.update(1)
-                # every process stops at the same step
-                stopping = bool(all_reduce_sum(torch.tensor(len(stop), device=device)))
+                stopping = bool(stop) if w.size == 1 else bool(  # every process stops at the same step
+                    all_reduce_sum(torch.tensor(len(stop), device=device)))
                 if w.main and ((step + 1) % checkpoint_every == 0 or step + 1 == cfg.steps or stopping):
                     atomic_write_bytes(log_path, ("\n".join(lines) + "\n").encode())
                     save_checkpoint(last, model, cfg, step + 1, optimizer, scheduler)
