@@ -67,8 +67,8 @@ class RunConfig:
     workers: int = option(2, "evaluation worker processes")
     max_steps: int = option(0, "most control steps per evaluation episode (0: the task's horizon)")
     seed: int = option(0, "seed of the demonstrations, DON, references and policies")
-    device: str = option("cpu", "torch device of the training stages (DON, representations, policies): cpu, cuda or "
-                         "cuda:N; the simulator stays on the CPU")
+    device: str = option("cpu", "torch device of the DON, representation and policy training, demonstration "
+                         "encoding and evaluation's policy: cpu, cuda or cuda:N (the simulator stays on the CPU)")
 
     def __post_init__(self):
         from dckp.sim.tasks import get_task
@@ -290,8 +290,9 @@ def plan(cfg: RunConfig, out: Path, sp: str) -> list[Stage]:
         from dckp.don.train import load_don
 
         pairs = sample_eval_pairs(str(heldout), per_type=HELDOUT_PAIRS, seed=0)
-        save_json({"views": heldout.name, "pairs_per_type": HELDOUT_PAIRS,
-                   "results": evaluate_model(load_don(don), str(heldout), pairs)}, out / "heldout_correspondence.json")
+        results = evaluate_model(load_don(don).to(cfg.device), str(heldout), pairs)
+        save_json({"views": heldout.name, "pairs_per_type": HELDOUT_PAIRS, "results": results},
+                  out / "heldout_correspondence.json")
 
     def correspondence_done():
         if "results" not in _read_json(out / "heldout_correspondence.json"):
@@ -377,7 +378,8 @@ def plan(cfg: RunConfig, out: Path, sp: str) -> list[Stage]:
 
     def evaluation(name: str) -> dict:
         return {"policy_dir": out / f"policy_{name}", "episodes": cfg.episodes, "seed_start": EVAL_SEED_START,
-                "videos": REPORT_VIDEOS if name == cfg.encoder else 0, "max_steps": cfg.max_steps or None}
+                "videos": REPORT_VIDEOS if name == cfg.encoder else 0, "max_steps": cfg.max_steps or None,
+                "device": cfg.device}
 
     def evaluate(name: str):
         from dckp.evaluation import evaluate_policy
