@@ -45,9 +45,9 @@ class KeypointTracker:
     """DON keypoints of the references' cameras; build it with `load`."""
 
     def __init__(self, encoder: DonKeypoints, device: str | torch.device = "cpu"):
-        self.encoder, self.device = encoder.eval(), torch.device(device)
+        self.device = torch.device(device)
+        self.encoder = encoder.to(self.device).eval()  # the DON and the references with it
         self._cameras = list(encoder.cameras)
-        encoder.don[0].to(self.device)
 
     @classmethod
     def load(cls, don_run, references, form: str = "depth", temperature: float = 0.05, mode: str = "mode",
