@@ -115,6 +115,8 @@ class Cameras:
     def _outside_frustum(self, eyes, data: mujoco.MjData) -> np.ndarray:
         """Per geom: its bounding box lies wholly outside the view frustum of the (mono) camera `eyes`."""
         eye = eyes[0]
+        if eye.orthographic:  # the side planes below are a perspective camera's
+            return np.zeros(self.model.ngeom, bool)
         pos = (np.array(eyes[0].pos) + np.array(eyes[1].pos)) / 2  # a mono render uses the eyes' mean
         forward, up = np.array(eye.forward), np.array(eye.up)
         near, far = eye.frustum_near, eye.frustum_far
