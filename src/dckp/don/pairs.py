@@ -50,13 +50,19 @@ class Frame:
 
 
 class PairSampler:
-    """Draws training pairs from one or more view files that `dckp fuse` has given masks."""
+    """Draws training pairs from one or more view files that `dckp fuse` has given masks.
+
+    Decoded frames are kept in memory once read, up to `cache_bytes` (decoding the file's compressed images took
+    half of a pair's time), and each frame's partners far enough apart are listed once."""
 
     def __init__(self, paths: list[str], n_matches: int, n_object: int, n_background: int,
                  min_translation: float = 0.2, min_rotation_deg: float = 20.0, arm_fraction: float = 0.1,
                  tol: float = 0.003, seed: int = 0, max_tries: int = 50, episodes: dict | None = None,
-                 prior_work: bool = False):
+                 prior_work: bool = False, cache_bytes: int = 2**28):
         self.datasets = [Dataset(p) for p in paths]
+        self.cache: dict[tuple, dict[str, torch.Tensor]] = {}
+        self.cache_bytes, self.cached_bytes = cache_bytes, 0
+        self.partners: dict[tuple, list[Frame]] = {}
         self.n_matches, self.n_object, self.n_background = n_matches, n_object, n_background
         self.min_translation, self.min_rotation = min_translation, np.deg2rad(min_rotation_deg)
         self.arm_fraction, self.tol, self.max_tries = arm_fraction, tol, max_tries
@@ -91,6 +97,16 @@ class PairSampler:
         return frames
 
     def _load(self, fr: Frame) -> dict[str, torch.Tensor]:
+        key = (fr.file, fr.episode, fr.stream, fr.t)
+        if key not in self.cache:
+            out = self._read(fr)
+            size = sum(v.numel() * v.element_size() for v in out.values())
+            if self.cached_bytes + size > self.cache_bytes:
+                return out
+            self.cache[key], self.cached_bytes = out, self.cached_bytes + size
+        return self.cache[key]
+
+    def _read(self, fr: Frame) -> dict[str, torch.Tensor]:
         ds = self.datasets[fr.file]
         data = ds.frame(fr.episode, fr.stream, fr.t)
         mask = ds.f[f"data/{fr.episode}/obs/{fr.stream}_mask"][fr.t]
@@ -99,6 +115,14 @@ class PairSampler:
         return {"rgb": torch.from_numpy(data["rgb"]), "depth": torch.from_numpy(data["depth"]),
                 "K": torch.from_numpy(data["K"]).double(), "pose": torch.from_numpy(data["pose"]).double(),
                 "mask": torch.from_numpy(mask)}
+
+    def _far(self, pool: list[list[Frame]], scene: int, index: int) -> list[Frame]:
+        """The frames of the scene whose camera poses are far enough from frame `index`'s (listed once)."""
+        key = (pool is self.arm, scene, index)
+        if key not in self.partners:
+            frames = pool[scene]
+            self.partners[key] = [f for f in frames if self.far_apart(frames[index].pose, f.pose)]
+        return self.partners[key]
 
     def far_apart(self, a: np.ndarray, b: np.ndarray) -> bool:
         translation = np.linalg.norm(a[:3, 3] - b[:3, 3])
@@ -118,9 +142,9 @@ class PairSampler:
         generator = self.generator if generator is None else generator
         for _ in range(self.max_tries):
             pool = self.arm if self.arm and rng.random() < self.arm_fraction else self.scenes
-            frames = pool[rng.integers(len(pool))]
-            a = frames[rng.integers(len(frames))]
-            far = [f for f in frames if self.far_apart(a.pose, f.pose)]
+            scene = rng.integers(len(pool))
+            index = rng.integers(len(pool[scene]))
+            a, far = pool[scene][index], self._far(pool, scene, index)
             if not far:
                 continue
             b = far[rng.integers(len(far))]
