@@ -66,7 +66,8 @@ def job(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ddp")
     views_file(tmp / "views.h5")
     (tmp / "runs").mkdir()
-    mp.spawn(_rank, args=(2, [_free_port() for _ in range(3)], str(tmp / "views.h5"), str(tmp / "runs")), nprocs=2)
+    mp.start_processes(_rank, args=(2, [_free_port() for _ in range(3)], str(tmp / "views.h5"), str(tmp / "runs")),
+                       nprocs=2, start_method="fork")  # forked: no second import of torch
     written = [json.loads((tmp / f"written_{r}.json").read_text()) for r in range(2)]
     return tmp, written
 
