@@ -27,16 +27,19 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    """End a `ray start --block` and everything it started (its process group): SIGTERM, and SIGKILL for what is
+def _stop(procs: list[subprocess.Popen]) -> None:
+    """End each `ray start --block` and everything it started (its process group): SIGTERM, and SIGKILL for what is
     left after 3 s (a throwaway cluster: nothing to save)."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:  # every process of the group has ended
-            break
-        time.sleep(3 if sig == signal.SIGTERM else 0)
-    proc.wait(10)
+        for proc in procs:
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:  # every process of the group has ended
+                pass
+        if sig == signal.SIGTERM:
+            time.sleep(3)
+    for proc in procs:
+        proc.wait(10)
 
 
 @pytest.fixture
@@ -76,8 +79,7 @@ def two_nodes(monkeypatch):
         yield address
     finally:
         ray.shutdown()
-        for proc in reversed(procs):
-            _stop(proc)
+        _stop(procs)
         subprocess.run(["rm", "-rf", temp], check=False)
 
 
