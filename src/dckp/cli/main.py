@@ -128,6 +128,8 @@ def cmd_pretrain(args) -> int:
         for path in args.views:
             check_views(path)
         return launch(args.nproc, args.argv)
+    if not world().main:
+        logging.getLogger().setLevel(logging.WARNING)  # rank 0 alone reports progress
     if args.threads:
         torch.set_num_threads(args.threads)
     summary = pretrain(args.views, cfg, args.out, checkpoint_every=args.checkpoint_every)
