@@ -69,6 +69,8 @@ class RunConfig:
     seed: int = option(0, "seed of the demonstrations, DON, references and policies")
     device: str = option("cpu", "torch device of the DON, representation and policy training, demonstration "
                          "encoding and evaluation's policy: cpu, cuda or cuda:N (the simulator stays on the CPU)")
+    don_workers: int = option(0, "DataLoader processes drawing the DON's pairs beside its training (0: in the "
+                              "training process; the same pairs either way; a GPU wants several)")
 
     def __post_init__(self):
         from dckp.sim.tasks import get_task
@@ -82,8 +84,9 @@ class RunConfig:
         for name in ("scenes", "heldout_scenes", "episodes", "workers"):
             if getattr(self, name) < 1:
                 raise DckpError(f"must be >= 1, got {getattr(self, name)}", field=name)
-        if self.max_steps < 0:
-            raise DckpError(f"must be >= 0, got {self.max_steps}", field="max_steps")
+        for name in ("max_steps", "don_workers"):
+            if getattr(self, name) < 0:
+                raise DckpError(f"must be >= 0, got {getattr(self, name)}", field=name)
         if self.device != "cpu" and not re.fullmatch(r"cuda(:\d+)?", self.device):
             raise DckpError(f"must be 'cpu', 'cuda' or 'cuda:N', got {self.device!r}", field="device")
 
@@ -238,6 +241,7 @@ def plan(cfg: RunConfig, out: Path, sp: str) -> list[Stage]:
     lo, hi = task.workspace
     mask_cfg = dataclasses.replace(preset(MASK_PRESETS, sp), workspace_min=list(lo), workspace_max=list(hi))
     don_cfg = dataclasses.replace(preset(DON_PRESETS, sp), image_size=cfg.image_size, seed=cfg.seed, device=cfg.device,
+                                  workers=cfg.don_workers,
                                   **({"steps": cfg.don_steps} if cfg.don_steps else {}))
     policy_cfg = dataclasses.replace(preset(POLICY_PRESETS, sp), seed=cfg.seed, device=cfg.device,
                                      steps=cfg.policy_steps or default_steps(len(task.cameras), cfg.task, sp))
