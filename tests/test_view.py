@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 from rerun.dataframe import load_recording
-from test_bad_inputs import FRAMES, WRIST, _demos, _views
+from test_bad_inputs import FRAMES, WRIST, _demos, _frames, _views
 
 from dckp.cli.main import main
-from dckp.data import Dataset
+from dckp.data import Dataset, DatasetWriter
 
 
 def columns(rrd, contents: dict) -> dict:
@@ -55,6 +55,17 @@ def test_views_file_poses_clouds_masks_and_object_positions(tmp_path, capsys):
             assert sorted(set(cols[f"{root}/free/objects:ClassId"][t])) == sorted(set(mask[on].tolist()))
             # no DON given: the objects' true positions (here at the origin)
             np.testing.assert_allclose(cols[f"{root}/keypoints:Position3D"][t], [[0, 0, 0]], atol=1e-6)
+
+
+def test_a_recording_without_ground_truth_has_no_keypoints(tmp_path):
+    path = tmp_path / "recording.h5"
+    frames = {k: v for k, v in _frames("camera", FRAMES).items() if not k.endswith("_seg")}
+    with DatasetWriter(path, "views", "recording", [], {}) as w:  # as `dckp import` writes: no object poses
+        w.add_episode("scene_0", frames, seed=0, arm_only=False)
+    assert main(["view", str(path)]) == 0
+    found = entities(tmp_path / "recording.rrd")
+    assert {"/world/scene_0/camera", "/world/scene_0/camera/image/rgb", "/world/scene_0/camera/points"} <= found
+    assert not {e for e in found if "keypoints" in e or "gripper" in e or "mask" in e or "objects" in e}
 
 
 @pytest.fixture
