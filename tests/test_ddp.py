@@ -130,3 +130,14 @@ def test_loader_workers_give_the_same_batches(tmp_path):
     whole = StepBatches([str(tmp_path / "views.h5")], dataclasses.replace(cfg, batch_pairs=4))
     assert torch.equal(again[2]["image_a"], whole[2]["image_a"][2:])
     assert not torch.equal(batches[1]["image_a"], batches[2]["image_a"])
+
+
+def test_bad_input_in_a_loader_worker_is_one_line(tmp_path, capsys):
+    """A DckpError in a DataLoader worker reaches the user as the one line it is, not with the worker's traceback."""
+    views_file(tmp_path / "views.h5", n=4)
+    argv = ["pretrain", "--views", tmp_path / "views.h5", "--out", tmp_path / "don", "--image-size", "32",
+            "--steps", "2", "--min-pose-translation", "10", "--min-pose-rotation-deg", "180", "--workers", "1"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1].startswith(f"error: {tmp_path / 'views.h5'}: no valid pair")
+    assert "Traceback" not in err

@@ -16,6 +16,7 @@ from dckp.don.augment import augment_pair
 from dckp.don.config import DonConfig
 from dckp.don.loss import collate_pairs
 from dckp.don.pairs import PairSampler
+from dckp.errors import DckpError
 
 
 def make_sampler(views: list[str], cfg: DonConfig) -> PairSampler:
@@ -46,9 +47,21 @@ class StepBatches(torch.utils.data.Dataset):
         return augment_pair(self.sampler.sample(rng, generator), np.random.default_rng(augment), c.crop_min, c.rotate,
                             c.jitter, c.random_background)
 
-    def __getitem__(self, step: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, step: int) -> dict:
+        """The batch; or, for bad input, `{"error": (message, path, field)}` of its DckpError, which `checked`
+        raises again (a DataLoader would raise it from a worker with the worker's traceback in its message)."""
         b = self.cfg.batch_pairs
-        return collate_pairs([self.pair(step, self.rank * b + i) for i in range(b)])
+        try:
+            return collate_pairs([self.pair(step, self.rank * b + i) for i in range(b)])
+        except DckpError as e:
+            return {"error": (e.message, e.path, e.field)}
+
+
+def checked(batch: dict) -> dict[str, torch.Tensor]:
+    """A batch of `StepBatches`, or its bad input's DckpError raised (one line, naming the file)."""
+    if "error" in batch:
+        raise DckpError(*batch["error"])
+    return batch
 
 
 def batch_loader(views: list[str], cfg: DonConfig, start: int = 0, rank: int = 0) -> torch.utils.data.DataLoader:

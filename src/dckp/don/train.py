@@ -25,7 +25,7 @@ from tqdm import tqdm  # noqa: E402
 
 from dckp.config import atomic_write_bytes, save_json  # noqa: E402
 from dckp.distributed import all_reduce_sum, barrier, device_of, process_group, sync_batch_norm  # noqa: E402
-from dckp.don.batches import batch_loader  # noqa: E402
+from dckp.don.batches import batch_loader, checked  # noqa: E402
 from dckp.don.checkpoint import load_checkpoint, load_checkpoint_config, save_checkpoint  # noqa: E402
 from dckp.don.config import DonConfig  # noqa: E402
 from dckp.don.loss import make_optimizer, train_step  # noqa: E402
@@ -80,8 +80,8 @@ def pretrain(views: list[str], cfg: DonConfig, don: str | Path, checkpoint_every
         with tqdm(total=cfg.steps, initial=start, desc="pretrain", disable=not (progress and w.main)) as bar, \
                 stop_after_step() as stop:
             for step, batch in zip(range(start, cfg.steps), batch_loader(views, cfg, start, w.rank), strict=True):
-                stats = train_step(net, optimizer, {k: v.to(device, non_blocking=True) for k, v in batch.items()},
-                                   cfg)
+                stats = train_step(net, optimizer, {k: v.to(device, non_blocking=True)
+                                                    for k, v in checked(batch).items()}, cfg)
                 scheduler.step()
                 lines.append(json.dumps({"step": step, "lr": scheduler.get_last_lr()[0], **stats}))
                 bar.set_postfix(loss=f"{stats['loss']:.4f}")
