@@ -122,6 +122,7 @@ def test_table_flags_are_checked(tmp_path):
     assert main(["table", "--methods", "nope", "--out", str(tmp_path / "x")]) == 2
     assert main(["table", "--chunk", "0", "--out", str(tmp_path / "x")]) == 2
     assert main(["table", "--address", "127.0.0.1:1", "--cpus", "2", "--out", str(tmp_path / "x")]) == 2
+    assert main(["table", "--address", "127.0.0.1:1", "--out", str(tmp_path / "x")]) == 2  # nothing listens there
     assert not (tmp_path / "x").exists()
 
 

@@ -18,6 +18,7 @@ import dataclasses
 import json
 import logging
 import os
+import socket
 import time
 from pathlib import Path
 
@@ -45,6 +46,8 @@ def start_ray(address: str = "", cpus: int = 0) -> bool:
     running in this process (it is then used, and left running)."""
     import ray
 
+    if address:
+        _reachable(address)
     if ray.is_initialized():
         return False
     env = {k: os.environ.get(k, v) for k, v in WORKER_ENV.items()}
@@ -56,6 +59,18 @@ def start_ray(address: str = "", cpus: int = 0) -> bool:
     except ConnectionError as e:
         raise DckpError(f"cannot reach the Ray cluster ({e})".replace("\n", " "), field="--address") from None
     return True
+
+
+def _reachable(address: str, timeout: float = 5.0) -> None:
+    """DckpError unless a `host:port` address accepts a connection (Ray itself retries for minutes)."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or "/" in host:  # ray://, auto: Ray's own forms
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise DckpError(f"cannot reach the Ray cluster at {address} ({e.strerror or e}); start it with `ray start "
+                        "--head` and give the address it prints", field="--address") from None
 
 
 def task_config(run: RunConfig, task: str, methods: list[str]) -> RunConfig:
