@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 OBJECT_STORE_BYTES = 100 * 1024**2  # the stages pass only small results through Ray; their data go through files
 WORKER_ENV = {"MUJOCO_GL": "egl", "PYOPENGL_PLATFORM": "egl", "OMP_NUM_THREADS": "1"}
 TRAINING = ("pretrain", "representation", "policy")  # stages that train a network (a GPU where they run on cuda)
+EVAL_GPU_SHARE = 0.25  # of a GPU per evaluation chunk on cuda: the simulator, on the CPU, is most of a chunk's time
 
 
 class StageFailed(Exception):
@@ -114,7 +115,8 @@ def _run_chunk(task: str, name: str, evaluation: dict, jobs: list, *needs) -> di
     start = time.time()
     try:
         out.mkdir(parents=True, exist_ok=True)
-        results = run_episodes(evaluation["policy_dir"], jobs, out, evaluation["max_steps"])
+        results = run_episodes(evaluation["policy_dir"], jobs, out, evaluation["max_steps"],
+                               device=evaluation["device"])
     except Exception as e:
         raise StageFailed(f"{task}: stage {name!r}, seeds {jobs[0][0]}..{jobs[-1][0]}: {type(e).__name__}: "
                           f"{e}".replace("\n", " ")) from None
@@ -187,7 +189,8 @@ def run_table(table: TableConfig, run: RunConfig, out: str | Path, preset: str =
                 deps = [refs[n] for n in stage.needs if n in refs]
                 if stage.evaluation is not None:
                     ev = stage.evaluation
-                    parts = [chunk_task.options(num_cpus=1).remote(task, stage.name, ev, jobs, *deps)
+                    gpus = EVAL_GPU_SHARE if ev["device"].startswith("cuda") else 0
+                    parts = [chunk_task.options(num_cpus=1, num_gpus=gpus).remote(task, stage.name, ev, jobs, *deps)
                              for jobs in _chunks(ev, table.chunk)]
                     refs[stage.name] = finish_task.options(num_cpus=0).remote(ev, *parts)
                 else:
