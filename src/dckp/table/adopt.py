@@ -72,6 +72,17 @@ def _demos_config(src: Path, cfg: RunConfig, sp: str) -> dict:
     return {"preset": sp, **collect}
 
 
+def _same(theirs: Path, ours: Path) -> bool:
+    """Whether an artefact a policy was made from is the one adopted here: the same size and modification time of
+    its file (for a folder, its model file), which the copy keeps."""
+    model = {"don": "don.safetensors"}.get(ours.name, "representation.safetensors")
+    theirs, ours = (p / model if p.is_dir() else p for p in (theirs, ours))
+    if not theirs.is_file() or not ours.is_file():
+        return False
+    a, b = theirs.stat(), ours.stat()
+    return (a.st_size, a.st_mtime_ns) == (b.st_size, b.st_mtime_ns)
+
+
 def _policy_files(src: Path, dst: Path, name: str, folder: Path) -> None:
     """run.json and train_policy.config.json of a copied policy folder in today's form: its artefacts are the task
     folder's (don/, references.safetensors), its demonstrations demos.h5, and its training settings policy.json's
@@ -99,7 +110,15 @@ def _policy_files(src: Path, dst: Path, name: str, folder: Path) -> None:
         raise DckpError(f"encoder options {enc.get('options')}, the table's are {dataclasses.asdict(cls.options())}",
                         path=str(src / RUN), field="encoder.options")
     local = {"don": folder / "don", "references": folder / "references.safetensors"}
-    spec = {**enc, "artefacts": {a: str(local.get(a, folder / f"representation_{name}")) for a in cls.artefacts}}
+    local = {a: local.get(a, folder / f"representation_{name}") for a in cls.artefacts}
+    made_from = {"demos": (Path(src, run.get("demos", "")), folder / "demos.h5"),
+                 **{a: (Path(src, artefacts[a] if "kwargs" in run["encoder"] else run["encoder"]["artefacts"][a]),
+                        local[a]) for a in cls.artefacts}}
+    for what, (theirs, ours) in made_from.items():
+        if not _same(theirs, ours):
+            raise DckpError(f"trained from {theirs.resolve()}, which is not the table's {ours}", path=str(src / RUN),
+                            field="demos" if what == "demos" else f"encoder.{what}")
+    spec = {**enc, "artefacts": {a: str(p) for a, p in local.items()}}
     write_run(dst, run["task"], run["image_size"], run["cameras"], spec, folder / "demos.h5")
     enc_cfg = EncoderConfig(encoder=name, **{a: spec["artefacts"][a] for a in cls.artefacts})
     policy = {**dataclasses.asdict(PolicyConfig()), **json.loads((src / "policy.json").read_text())["config"]}
