@@ -141,3 +141,16 @@ def test_bad_input_in_a_loader_worker_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.strip().splitlines()[-1].startswith(f"error: {tmp_path / 'views.h5'}: no valid pair")
     assert "Traceback" not in err
+
+
+def test_a_two_process_run_goes_on_in_one(job, caplog):
+    """Resuming with another number of processes is allowed: it goes on from the checkpoint, and says the pairs per
+    step change."""
+    import shutil
+
+    tmp, _ = job
+    shutil.copytree(tmp / "runs" / "straight", tmp / "regrown")
+    summary = pretrain([str(tmp / "views.h5")], dataclasses.replace(TINY, steps=6), tmp / "regrown", progress=False)
+    assert summary["resumed_from"] == 5 and summary["processes"] == 1
+    assert _losses(tmp / "regrown")[:5] == _losses(tmp / "runs" / "straight")
+    assert "resuming a run of 2 process(es) with 1" in caplog.text
