@@ -18,9 +18,10 @@ markdown is written from the whole JSON:
   beside fp32's.
 
 The views are trained on at their own resolution (the `paper` preset's speed at 256 px needs views rendered at
-256 px: `dckp collect-views --preset paper`). The defaults fit one 10-minute run on a GPU machine (`--ddp-seconds
-0` there) and read nothing from a network. A check of the script without a GPU: `--device cpu --ddp-seconds 3
---gpu-seconds 3 --out /tmp/gpu_check` (slow: the paper preset's ResNet-50 on the CPU).
+256 px: `dckp collect-views --preset paper`). The defaults fit one 10-minute run on a GPU machine (where the CPU
+part is skipped unless `--ddp-seconds` asks for it) and read nothing from a network. A check of the script without
+a GPU: `--device cpu --ddp-seconds 3 --gpu-seconds 3 --out /tmp/gpu_check` (slow: the paper preset's ResNet-50 on
+the CPU).
 """
 
 from __future__ import annotations
@@ -199,8 +200,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--views", nargs="+", required=True, help="fused views file(s) to train on")
     parser.add_argument("--heldout", required=True, help="held-out views file for PCK@5 %% (GPU part)")
-    parser.add_argument("--ddp-seconds", type=float, default=60, help="about how long each CPU timing runs; 0 "
-                        "skips the CPU part (default: 60)")
+    parser.add_argument("--ddp-seconds", type=float, default=None, help="about how long each CPU timing runs; 0 "
+                        "skips the CPU part (default: 60 without a GPU, 0 with one)")
     parser.add_argument("--gpu-seconds", type=float, default=90, help="training time per preset on the GPU; 0 "
                         "skips the GPU part (default: 90)")
     parser.add_argument("--workers", type=int, default=min(8, max(1, (os.cpu_count() or 2) - 2)),
@@ -209,6 +210,8 @@ def main() -> None:
                         "checks the script, with --out elsewhere (default: cuda)")
     parser.add_argument("--out", default="results/gpu", help="results stem (default: results/gpu)")
     args = parser.parse_args()
+    if args.ddp_seconds is None:  # a GPU machine's 10 minutes go to the GPU part
+        args.ddp_seconds = 0 if torch.cuda.is_available() else 60
     path = Path(args.out + ".json")
     r = {"ddp_cpu_speedup": None, "gpu": None} | (json.loads(path.read_text()) if path.exists() else {})
     with tempfile.TemporaryDirectory() as tmp:
