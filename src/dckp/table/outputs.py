@@ -5,7 +5,8 @@ cell linked to its task's report.html and eval.json).
 `table1.json`: `cells.<task>.<method>` = `{rate, ci95, episodes, mean_steps, train_s, eval_s}` (`train_s` the
 policy's training and `eval_s` the evaluation chunks' summed wall time, in seconds, null where the stage ran
 elsewhere), `paper.<paper task>.<method>` = the paper's success rate (null: not reported), `stand_in.<task>` = the
-paper's task it stands in for (null: none), `config` = the settings the cells were made with, `don.<task>.<pair
+paper's task it stands in for (null: none), `config` = the settings the cells were made with (the run preset and
+its settings, the stage presets, the per-encoder policy overrides, the first evaluation seed), `don.<task>.<pair
 type>` = `{pck@5%, wrong_object_rate}` of the task's own DON on its held-out scenes (tasks with a DON method). A
 later run with the same `config` adds its cells to the file's; with another config it replaces the file.
 """
@@ -20,7 +21,7 @@ import os
 from pathlib import Path
 
 from dckp.config import atomic_write_bytes, save_json
-from dckp.pipeline import HELDOUT_PAIRS, RunConfig
+from dckp.pipeline import HELDOUT_PAIRS, POLICY_OVERRIDES, RunConfig
 from dckp.table.config import TableConfig
 
 STAND_IN = {"close_door": "Microwave", "lift": "Lid", "stack": "Phone", "pick_place_clutter": "Rubbish",
@@ -38,16 +39,25 @@ PAPER_READING = (
     "and no DC-KP-2D (the authors dropped both after the single-object tasks), so their single values belong to "
     "CNN, and DC-KP-3D, GT-KP in that order. The paper bolds DC-KP-3D on Microwave and GT-KP on Lid and Rubbish "
     "as the best.")
-RUN_ONLY = ("task", "encoder", "baselines", "workers", "device")  # set per task by the table, or not affecting results
+# set per task by the table, or where and how parallel the work ran, which does not change the cells
+RUN_ONLY = ("task", "encoder", "baselines", "workers", "device", "don_workers")
 
 
 def table_config(run: RunConfig, preset: str) -> dict:
-    """`config` of table1.json: what the cells' numbers depend on (not which cells, nor how they were spread)."""
+    """`config` of table1.json: what the cells' numbers depend on (not which cells, nor how they were spread): the
+    run preset and its settings, and the stage presets they start from (`run` replaces some of their fields)."""
+    from dckp.don.config import DON_PRESETS
     from dckp.evaluation.rollout import EVAL_SEED_START
+    from dckp.geometry.config import MASK_PRESETS
+    from dckp.policy.config import POLICY_PRESETS
+    from dckp.sim.config import COLLECT_PRESETS, VIEWS_PRESETS
 
-    return {"preset": preset, "stage_presets": "paper" if preset == "paper" else "cpu",
-            "run": {k: v for k, v in dataclasses.asdict(run).items() if k not in RUN_ONLY},
-            "eval_seed_start": EVAL_SEED_START}
+    sp = "paper" if preset == "paper" else "cpu"
+    stages = {"collect": COLLECT_PRESETS, "views": VIEWS_PRESETS, "masks": MASK_PRESETS, "don": DON_PRESETS,
+              "policy": POLICY_PRESETS}
+    return {"preset": preset, "run": {k: v for k, v in dataclasses.asdict(run).items() if k not in RUN_ONLY},
+            "stage_preset": sp, "stages": {k: dataclasses.asdict(v[sp]) for k, v in stages.items()},
+            "policy_overrides": POLICY_OVERRIDES, "eval_seed_start": EVAL_SEED_START}
 
 
 def read_cell(folder: Path, method: str) -> dict:
