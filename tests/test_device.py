@@ -112,3 +112,22 @@ def test_device_flags_are_checked():
         assert make("cuda:1").device == "cuda:1"
         with pytest.raises(DckpError, match="device"):
             make("gpu")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_keypoints_on_device_give_the_references_of_the_cpu(artefacts, tmp_path, device, capsys):
+    """`dckp keypoints --device`: the DON runs there, the references file holds what the CPU gives."""
+    from dckp.don.train import load_don
+
+    pixels = np.array([[8.0, 8.0], [20.0, 16.0]])
+    (tmp_path / "pixels.json").write_text(f'{{"uv": {pixels.tolist()}}}')
+    argv = ["keypoints", "--don", str(artefacts / "don"), "--demos", str(artefacts / "demos.h5"), "--pixels",
+            f"{WRIST}={tmp_path / 'pixels.json'}", "--out", str(tmp_path / "refs.safetensors")]
+    assert main([*argv, "--device", device]) == 0
+    select_references(load_don(artefacts / "don"), artefacts / "demos.h5", tmp_path / "cpu.safetensors",
+                      pixels={WRIST: pixels})
+    refs, cpu = load_file(tmp_path / "refs.safetensors"), load_file(tmp_path / "cpu.safetensors")
+    assert refs[f"{WRIST}.descriptors"].shape == (2, 4) and refs[f"{WRIST}.descriptors"].device.type == "cpu"
+    torch.testing.assert_close(refs[f"{WRIST}.descriptors"], cpu[f"{WRIST}.descriptors"], rtol=1e-4, atol=1e-5)
+    assert main([*argv, "--device", "gpu"]) == 2
+    assert "--device" in capsys.readouterr().err

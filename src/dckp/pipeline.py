@@ -344,7 +344,7 @@ def plan(cfg: RunConfig, out: Path, sp: str) -> list[Stage]:
         from dckp.don.train import load_don
         from dckp.keypoints.select import select_references
 
-        select_references(load_don(don) if need_don else None, demos, refs, seed=cfg.seed)
+        select_references(load_don(don).to(cfg.device) if need_don else None, demos, refs, seed=cfg.seed)
 
     def references_done():
         from dckp.keypoints.select import load_references

@@ -7,6 +7,7 @@ import dataclasses
 import importlib
 import json
 import logging
+import re
 import shlex
 import sys
 import time
@@ -190,6 +191,8 @@ def cmd_keypoints(args) -> None:
 
     _at_least(args, "--per-camera", 1)
     _at_least(args, "--frame", 0)
+    if args.device != "cpu" and not re.fullmatch(r"cuda(:\d+)?", args.device):
+        raise DckpError(f"must be 'cpu', 'cuda' or 'cuda:N', got {args.device!r}", field="--device")
     with Dataset(args.demos) as ds:  # demonstrations, or the views of a recording (`dckp import`)
         ds.validate()
     if bool(args.workspace_min) != bool(args.workspace_max):
@@ -198,7 +201,7 @@ def cmd_keypoints(args) -> None:
     pixels = None
     if args.pixels:
         pixels = {cam: load_pixels(path).numpy() for cam, path in (p.split("=", 1) for p in args.pixels)}
-    summary = select_references(load_don(args.don), args.demos, args.out, args.per_camera, pixels,
+    summary = select_references(load_don(args.don).to(args.device), args.demos, args.out, args.per_camera, pixels,
                                 episode=args.episode, seed=args.seed, frame=args.frame,
                                 workspace=(args.workspace_min, args.workspace_max) if args.workspace_min else None)
     print(json.dumps({"out": args.out, "cameras": summary}, indent=1))
@@ -403,6 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pixels", nargs="+", default=None, metavar="CAMERA=FILE.json",
                    help='hand-picked pixels per camera instead: JSON {"uv": [[u, v], ...]} (default: none)')
     p.add_argument("--seed", type=int, default=0, help="seed of the reference sampling (default: 0)")
+    p.add_argument("--device", default="cpu", help="where the DON runs: cpu, cuda or cuda:N (default: cpu)")
     p.set_defaults(func=cmd_keypoints, out_is_file=True)
 
     p = sub.add_parser("train-policy", help="train the LSTM policy and its encoder (frozen or end to end) on "

@@ -56,9 +56,10 @@ def select_references(model, demos: str | os.PathLike, out: str | os.PathLike, p
     episode) of a demos or views file; for a camera that sees no object there (no table in view, say), on that
     frame of the next episode that shows one (arm-only episodes are skipped). `pixels` maps cameras to
     hand-picked (n,2) pixel coordinates instead. `workspace` `(lo, hi)` overrides the file's box.
-    `model` is the DON; None stores no descriptors, for ground-truth keypoints without a DON (the pixels depend
-    on the object masks only)."""
+    `model` is the DON, run on the device it is on (the descriptors come back to the CPU); None stores no
+    descriptors, for ground-truth keypoints without a DON (the pixels depend on the object masks only)."""
     generator = torch.Generator().manual_seed(seed)
+    device = next(model.parameters()).device if model is not None else None
     tensors, summary = {}, {}
     with Dataset(demos) as ds:
         first = ds.pick_episode(episode)
@@ -75,7 +76,8 @@ def select_references(model, demos: str | os.PathLike, out: str | os.PathLike, p
                                     field=f"data/{ep}/obs/{cam}_rgb")
                 fr = ds.frame(ep, cam, frame)
                 image = torch.from_numpy(fr["rgb"]).permute(2, 0, 1)[None].float() / 255
-                desc = model(image)[0] if model is not None else image.new_zeros((0, *image.shape[-2:]))
+                desc = model(image.to(device))[0].cpu() if model is not None else \
+                    image.new_zeros((0, *image.shape[-2:]))
                 if pixels is not None:
                     if cam not in pixels:
                         raise DckpError(f"no hand-picked pixels for camera {cam!r}", field="pixels")
