@@ -1,18 +1,24 @@
 """Data-parallel training with PyTorch's DDP: the process's place in a `torchrun` job, the process group, sums over
-processes, batch norm whose statistics span every process, and `dckp ... --nproc N`, which starts torchrun.
+processes, batch norm whose statistics span every process, and `dckp ... --nproc N`, which starts torchrun. DON
+pretraining (`dckp.don.train`) and representation pretraining (`dckp.representations.train`) use it.
 
-`torchrun` (or `dckp pretrain --nproc N`) starts N processes and tells each its RANK, LOCAL_RANK and WORLD_SIZE
-(environment variables); without them a process is rank 0 of 1 and nothing here communicates. The backend is
-gloo on the CPU and nccl on GPUs (each process takes GPU LOCAL_RANK).
+`torchrun` (or `dckp pretrain --nproc N`, `dckp pretrain-representation --nproc N`) starts N processes and tells
+each its RANK, LOCAL_RANK and WORLD_SIZE (environment variables); without them a process is rank 0 of 1 and nothing
+here communicates. The backend is gloo on the CPU and nccl on GPUs (each process takes GPU LOCAL_RANK).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import os
 import subprocess
 import sys
 from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -146,6 +152,15 @@ def sync_batch_norm(module):
                 sync.load_state_dict(child.state_dict())
                 setattr(parent, name, sync)
     return module
+
+
+def check_resumed_world(config: Path, size: int, batch: str) -> None:
+    """A run resumed with another number of processes than its `config` file (`world_size`, 1 if absent) records
+    goes on, with another `batch` ("pairs", "images") per step from here on: logged."""
+    before = json.loads(config.read_text()).get("world_size", 1) if config.exists() else 1
+    if before != size:
+        log.warning("resuming a run of %d process(es) with %d: the %s per step change from here on", before, size,
+                    batch)
 
 
 def launch(nproc: int, argv: list[str]) -> int:

@@ -139,22 +139,31 @@ def cmd_pretrain(args) -> int:
     return 0
 
 
-def cmd_pretrain_representation(args) -> None:
+def cmd_pretrain_representation(args) -> int:
     import torch
 
+    from dckp.distributed import launch, world
     from dckp.representations.config import config_from_args
-    from dckp.representations.train import pretrain_representation
+    from dckp.representations.train import check_files, pretrain_representation
 
     _at_least(args, "--threads", 0)
     _at_least(args, "--checkpoint-every", 1)
+    _at_least(args, "--nproc", 1)
     if not args.views and not args.demos:
         raise DckpError("give --views and/or --demos files", field="--views")
     cfg = config_from_args(args.method, args.preset, args)
+    if args.nproc > 1 and world().size == 1:  # bad input stops here, before the processes start
+        check_files(args.method, [*args.views, *args.demos], cfg)
+        return launch(args.nproc, args.argv)
+    if not world().main:
+        logging.getLogger().setLevel(logging.WARNING)  # rank 0 alone reports progress
     if args.threads:
         torch.set_num_threads(args.threads)
     summary = pretrain_representation(args.method, [*args.views, *args.demos], cfg, args.out,
                                       checkpoint_every=args.checkpoint_every)
-    print(json.dumps(summary, indent=1))
+    if world().main:
+        print(json.dumps(summary, indent=1))
+    return 0
 
 
 def cmd_eval_correspondence(args) -> None:
@@ -374,6 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=int, default=100,
                    help="steps between resumable checkpoints; Ctrl-C also saves one (default: 100)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: 0, torch's default)")
+    p.add_argument("--nproc", type=int, default=1, help="data-parallel processes on this machine, started with "
+                   "torchrun, each of --batch images: one per GPU, or gloo on the CPU (default: 1)")
     p.set_defaults(func=cmd_pretrain_representation)
 
     p = sub.add_parser("eval-correspondence", help="correspondence accuracy of a pretrained DON on held-out views")

@@ -24,7 +24,14 @@ from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from dckp.config import atomic_write_bytes, save_json  # noqa: E402
-from dckp.distributed import all_reduce_sum, barrier, device_of, process_group, sync_batch_norm  # noqa: E402
+from dckp.distributed import (  # noqa: E402
+    all_reduce_sum,
+    barrier,
+    check_resumed_world,
+    device_of,
+    process_group,
+    sync_batch_norm,
+)
 from dckp.don.batches import batch_loader, checked  # noqa: E402
 from dckp.don.checkpoint import load_checkpoint, load_checkpoint_config, save_checkpoint  # noqa: E402
 from dckp.don.config import DonConfig  # noqa: E402
@@ -67,7 +74,7 @@ def pretrain(views: list[str], cfg: DonConfig, don: str | Path, checkpoint_every
             start = load_checkpoint(last, model, optimizer, scheduler, cfg)
             if w.main:
                 log.info("resuming from %s at step %d", last, start)
-                _check_world(out / "pretrain_config.json", w.size)
+                check_resumed_world(out / "pretrain_config.json", w.size, "pairs")
         net = model
         if w.size > 1:
             net = DistributedDataParallel(model, device_ids=[device] if device.startswith("cuda") else None)
@@ -102,13 +109,6 @@ def pretrain(views: list[str], cfg: DonConfig, don: str | Path, checkpoint_every
     k = max(1, len(losses) // 10)  # loss averaged over the first and the last tenth of the steps
     return {"steps": cfg.steps, "resumed_from": start, "loss_first": float(np.mean(losses[:k])),
             "loss_last": float(np.mean(losses[-k:])), "out": str(out), "processes": w.size}
-
-
-def _check_world(config: Path, size: int) -> None:
-    """A resumed run with another number of processes goes on, with other pairs per step from here (logged)."""
-    before = json.loads(config.read_text()).get("world_size", 1) if config.exists() else 1
-    if before != size:
-        log.warning("resuming a run of %d process(es) with %d: the pairs per step change from here on", before, size)
 
 
 def load_don(don: str | Path) -> DenseObjectNet:

@@ -15,6 +15,8 @@ information above the whole image's error, and the posterior would fall onto the
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from torch import nn
@@ -73,10 +75,11 @@ def kl_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return -0.5 * (1 + logvar - mu**2 - logvar.exp())
 
 
-def loss(model: BetaVae, images: torch.Tensor, cfg: Config, generator: torch.Generator
+def loss(model: BetaVae, images: torch.Tensor, cfg: Config, noise_of: Callable[..., torch.Tensor]
          ) -> tuple[torch.Tensor, dict[str, float]]:
-    """reconstruction + beta * KL of a batch `(B, 3, S, S)`; the noise is drawn from `generator` (on the CPU)."""
-    noise = torch.randn(len(images), cfg.latent_dim, generator=generator).to(images.device)
+    """reconstruction + beta * KL of a batch `(B, 3, S, S)`; the noise is `noise_of(*shape)`: standard normal
+    `(B, *shape)` on the CPU."""
+    noise = noise_of(cfg.latent_dim).to(images.device)
     recon, mu, logvar = model(images, noise)
     reconstruction = ((recon - images) ** 2).sum((1, 2, 3)).mean()
     kl = kl_normal(mu, logvar).sum(1).mean()

@@ -27,7 +27,7 @@ class RepresentationConfig:
     image_size: int = option(64, "training image side in pixels: the stored frames resized to it (half the "
                              "camera's, as the authors)")
     steps: int = option(5000, "optimiser steps (a resumed run may raise it)")
-    batch: int = option(16, "images (or image pairs, transporter) per step")
+    batch: int = option(16, "images (or image pairs, transporter) per step and process")
     lr: float = option(1e-4, "Adam learning rate")
     seed: int = option(0, "seed of the initialisation, the batches and the sampling noise")
     device: str = option("cpu", "where training runs: cpu, cuda or cuda:N (frames are read on the CPU)")

@@ -94,9 +94,10 @@ class FrameSource:
         """`(B, 3, size, size)` float images in [0, 1] of frames from `frame`."""
         return torch.stack(frames).permute(0, 3, 1, 2).float() / 255
 
-    def sample(self, rng: np.random.Generator, n: int) -> torch.Tensor:
-        """`(n, 3, size, size)` frames drawn uniformly from all frames."""
-        return self.stack([self.frame(*self._locate(int(i))) for i in rng.integers(0, len(self), n)])
+    def sample(self, rng: np.random.Generator, n: int, keep: slice = slice(None)) -> torch.Tensor:
+        """`(n, 3, size, size)` frames drawn uniformly from all frames; `keep`: only those draws are read and
+        returned (a data-parallel process's share of a batch that every process draws)."""
+        return self.stack([self.frame(*self._locate(int(i))) for i in rng.integers(0, len(self), n)[keep]])
 
     def partner(self, rng: np.random.Generator, s: int, t: int) -> int:
         """A frame of sequence `s` other than `t`, at most `max_gap` steps from it, drawn uniformly."""
@@ -104,15 +105,16 @@ class FrameSource:
         u = int(rng.integers(lo, hi))  # hi - lo >= 1 candidates besides t
         return u + 1 if u >= t else u
 
-    def sample_pairs(self, rng: np.random.Generator, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample_pairs(self, rng: np.random.Generator, n: int, keep: slice = slice(None)
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
         """`(source, target)`, each `(n, 3, size, size)`: source frames drawn uniformly, each target a frame of the
-        same camera and demonstration at most `max_gap` steps away."""
-        sources, targets = [], []
+        same camera and demonstration at most `max_gap` steps away; `keep` as in `sample`."""
+        pairs = []
         for i in rng.integers(0, len(self), n):
             s, t = self._locate(int(i))
-            sources.append(self.frame(s, t))
-            targets.append(self.frame(s, self.partner(rng, s, t)))
-        return self.stack(sources), self.stack(targets)
+            pairs.append((s, t, self.partner(rng, s, t)))
+        pairs = pairs[keep]
+        return self.stack([self.frame(s, t) for s, t, _ in pairs]), self.stack([self.frame(s, u) for s, _, u in pairs])
 
     def spread(self, n: int) -> list[tuple[int, int]]:
         """`n` (sequence, frame) positions evenly spread over all frames: the pictures' inputs."""

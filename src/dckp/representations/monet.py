@@ -25,6 +25,8 @@ concatenated: 6 x 16 = 96 features per camera.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -154,11 +156,11 @@ def feature_dim(cfg: Config) -> int:
     return cfg.slots * cfg.latent_dim
 
 
-def loss(model: Monet, images: torch.Tensor, cfg: Config, generator: torch.Generator
+def loss(model: Monet, images: torch.Tensor, cfg: Config, noise_of: Callable[..., torch.Tensor]
          ) -> tuple[torch.Tensor, dict[str, float]]:
     """Mixture negative log-likelihood (offset to be 0 at best) + beta KL_z + gamma KL_mask of a batch; the noise
-    is drawn from `generator` (on the CPU)."""
-    noise = torch.randn(len(images), cfg.slots, cfg.latent_dim, generator=generator).to(images.device)
+    is `noise_of(*shape)`: standard normal `(B, *shape)` on the CPU."""
+    noise = noise_of(cfg.slots, cfg.latent_dim).to(images.device)
     out = model(images, noise)
     sigma = torch.full((cfg.slots,), cfg.sigma_fg, device=images.device)
     sigma[0] = cfg.sigma_bg

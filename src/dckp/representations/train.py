@@ -7,6 +7,9 @@ algorithms, repeats the same losses, on the CPU and on a GPU),
 `train_log.jsonl` (one line of losses per step), `train_curves.png`, `pretrain_config.json`, and at the end
 `representation.safetensors` + `representation.json` (the trained model, the method and its config) and the
 method's picture (`reconstructions.png`, `keypoints.png` or `slots.png`).
+
+Under torchrun (`dckp pretrain-representation --nproc N`) N processes train with DDP, each on its share of the
+batch of one process of N x `batch` images (`pretrain_representation`); rank 0 writes the files.
 """
 
 from __future__ import annotations
@@ -22,9 +25,18 @@ from types import ModuleType
 import numpy as np
 import torch
 from safetensors.torch import save
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from dckp.config import atomic_write_bytes, from_dict, save_json
+from dckp.distributed import (
+    all_reduce_sum,
+    barrier,
+    check_resumed_world,
+    device_of,
+    process_group,
+    sync_batch_norm,
+)
 from dckp.errors import DckpError, Interrupted
 from dckp.representations import bvae, monet, transporter
 from dckp.representations.config import RepresentationConfig
@@ -124,25 +136,55 @@ def step_generators(seed: int, step: int) -> tuple[np.random.Generator, torch.Ge
     return rng, torch.Generator().manual_seed(int(rng.integers(2**62)))
 
 
+def _noise_of(generator: torch.Generator, whole: int, mine: slice):
+    """`noise_of(*shape)` of a method's loss: rows `mine` of the standard normal noise `(whole, *shape)` that one
+    process training on the whole batch draws."""
+    return lambda *shape: torch.randn(whole, *shape, generator=generator)[mine]
+
+
+def check_files(method: str, files: list[str | os.PathLike], cfg: RepresentationConfig) -> None:
+    """DckpError naming the file or field where `files` cannot train `method` with `cfg`."""
+    _frames(_configured(method, cfg), files, cfg).close()
+
+
+def _configured(method: str, cfg: RepresentationConfig) -> ModuleType:
+    """The method's module, after checking that `cfg` is its config."""
+    module = method_module(method)
+    if type(cfg) is not module.Config:
+        raise DckpError(f"a {type(cfg).__name__} for method {method}, expected a {module.Config.__name__}",
+                        field="config")
+    return module
+
+
+def _frames(module: ModuleType, files: list[str | os.PathLike], cfg: RepresentationConfig) -> FrameSource:
+    return FrameSource(files, cfg.image_size, pairs=module.PAIRS, max_gap=getattr(cfg, "max_gap", 1))
+
+
 def pretrain_representation(method: str, files: list[str | os.PathLike], cfg: RepresentationConfig,
                             out: str | os.PathLike, checkpoint_every: int = 100, progress: bool = True) -> dict:
     """Train (or resume training) a representation of `method` on views and demos files (Transporter: the demos
     files' pairs) into the run folder `out`; returns a summary.
 
     The files are checked before anything is written. Ctrl-C finishes the current step, saves `last.safetensors`
-    and raises `Interrupted`; a second Ctrl-C stops at once."""
-    module = method_module(method)
-    if type(cfg) is not module.Config:
-        raise DckpError(f"a {type(cfg).__name__} for method {method}, expected a {module.Config.__name__}",
-                        field="config")
+    and raises `Interrupted`; a second Ctrl-C stops at once.
+
+    Started by torchrun (`dckp.distributed`), each of N processes trains on `cfg.batch` images of every step with
+    DDP, gradients and batch-norm statistics spanning the processes: every process draws the positions (and the
+    noise) of the step's N x `cfg.batch` images, as one process of that batch would, and reads its own share, so
+    the run is that of one process with N times the batch. Rank 0 alone writes files and shows progress; the run
+    folder must be one that every process sees."""
+    module = _configured(method, cfg)
     if checkpoint_every < 1:
         raise DckpError(f"must be >= 1, got {checkpoint_every}", field="checkpoint_every")
-    with FrameSource(files, cfg.image_size, pairs=module.PAIRS, max_gap=getattr(cfg, "max_gap", 1)) as source:
+    with _frames(module, files, cfg) as source, process_group(cfg.device) as w:
+        device = device_of(cfg.device, w)
         out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
         last, log_path = out / LAST, out / "train_log.jsonl"
         torch.manual_seed(cfg.seed)
-        model = module.build(cfg).to(cfg.device)
+        model = module.build(cfg)
+        if w.size > 1:
+            sync_batch_norm(model)
+        model.to(device)
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
         start = 0
         if last.exists():
@@ -150,61 +192,79 @@ def pretrain_representation(method: str, files: list[str | os.PathLike], cfg: Re
             if start > cfg.steps:
                 raise DckpError(f"this run is at step {start}, past --steps {cfg.steps}; give --steps {start} or "
                                 "more, or another --out", path=str(last))
-            log.info("resuming from %s at step %d", last, start)
+            if w.main:
+                log.info("resuming from %s at step %d", last, start)
+                check_resumed_world(out / "pretrain_config.json", w.size, "images")
+        net = model if w.size == 1 else DistributedDataParallel(
+            model, device_ids=[device] if device.startswith("cuda") else None)
         lines = log_lines_before(log_path, start)
-        save_json({"method": method, "files": [str(f) for f in files], **dataclasses.asdict(cfg)},
-                  out / "pretrain_config.json")
+        if w.main:
+            out.mkdir(parents=True, exist_ok=True)
+            save_json({"method": method, "files": [str(f) for f in files], "world_size": w.size,
+                       **dataclasses.asdict(cfg)}, out / "pretrain_config.json")
+        mine, whole = slice(w.rank * cfg.batch, (w.rank + 1) * cfg.batch), w.size * cfg.batch
         model.train()
-        with tqdm(total=cfg.steps, initial=start, desc=f"pretrain {method}", disable=not progress) as bar, \
-                stop_after_step() as stop, _deterministic_cudnn():
+        with tqdm(total=cfg.steps, initial=start, desc=f"pretrain {method}", disable=not (progress and w.main)) \
+                as bar, stop_after_step() as stop, _deterministic_cudnn():
             for step in range(start, cfg.steps):
                 rng, generator = step_generators(cfg.seed, step)
                 if module.PAIRS:
-                    batch = tuple(x.to(cfg.device) for x in source.sample_pairs(rng, cfg.batch))
+                    batch = tuple(x.to(device) for x in source.sample_pairs(rng, whole, mine))
                 else:
-                    batch = source.sample(rng, cfg.batch).to(cfg.device)
+                    batch = source.sample(rng, whole, mine).to(device)
                 optimizer.zero_grad()
-                total, stats = module.loss(model, batch, cfg, generator)
+                total, stats = module.loss(net, batch, cfg, _noise_of(generator, whole, mine))
+                if w.size > 1:  # the whole batch's: the mean of the processes' (equal shares)
+                    stats = dict(zip(stats, (all_reduce_sum(torch.tensor(list(stats.values()), dtype=torch.float64,
+                                                                          device=device)) / w.size).tolist(),
+                                     strict=True))
                 if not np.isfinite(stats["loss"]):
                     raise DckpError(f"the loss became {stats['loss']} at step {step}; try a lower --lr",
                                     path=str(out), field="lr")
-                total.backward()
+                total.backward()  # DDP averages the processes' gradients: those of the whole batch's mean loss
                 optimizer.step()
                 lines.append(json.dumps({"step": step, **stats}))
                 bar.set_postfix(loss=f"{stats['loss']:.4g}")
                 bar.update(1)
-                if (step + 1) % checkpoint_every == 0 or step + 1 == cfg.steps or stop:
+                stopping = bool(stop) if w.size == 1 else bool(  # every process stops at the same step
+                    all_reduce_sum(torch.tensor(len(stop), device=device)))
+                if w.main and ((step + 1) % checkpoint_every == 0 or step + 1 == cfg.steps or stopping):
                     atomic_write_bytes(log_path, ("\n".join(lines) + "\n").encode())
                     save_state(last, method, model, cfg, step + 1, optimizer)
-                if stop:
+                if stopping:
+                    barrier()
                     raise Interrupted(f"saved {last} at step {step + 1} of {cfg.steps}")
-        model.eval()
-        picture_name, picture = module.picture(model, _picture_batch(source, module, cfg))
-    atomic_write_bytes(out / picture_name, picture)
-    save_state(out / MODEL, method, model, cfg, cfg.steps)
-    save_json({"method": method, "config": dataclasses.asdict(cfg), "steps": cfg.steps,
-               "features_per_camera": module.feature_dim(cfg)}, out / "representation.json")
-    png = curves(log_path, f"{method} pretraining losses (moving average)") if log_path.exists() else None
-    if png is not None:
-        atomic_write_bytes(out / "train_curves.png", png)
+        picture_name = None  # rank 0's
+        if w.main:
+            model.eval()
+            picture_name, picture = module.picture(model, _picture_batch(source, module, cfg, device))
+            atomic_write_bytes(out / picture_name, picture)
+            save_state(out / MODEL, method, model, cfg, cfg.steps)
+            save_json({"method": method, "config": dataclasses.asdict(cfg), "steps": cfg.steps,
+                       "features_per_camera": module.feature_dim(cfg)}, out / "representation.json")
+            png = curves(log_path, f"{method} pretraining losses (moving average)") if log_path.exists() else None
+            if png is not None:
+                atomic_write_bytes(out / "train_curves.png", png)
+        barrier()
     losses = [json.loads(ln)["loss"] for ln in lines]
     k = max(1, len(losses) // 10)  # loss averaged over the first and the last tenth of the steps
     return {"method": method, "steps": cfg.steps, "resumed_from": start,
             "loss_first": float(np.mean(losses[:k])) if losses else None,
             "loss_last": float(np.mean(losses[-k:])) if losses else None,
-            "features_per_camera": module.feature_dim(cfg), "picture": str(out / picture_name), "out": str(out)}
+            "features_per_camera": module.feature_dim(cfg), "picture": picture_name and str(out / picture_name),
+            "out": str(out), "processes": w.size}
 
 
-def _picture_batch(source: FrameSource, module: ModuleType, cfg: RepresentationConfig):
+def _picture_batch(source: FrameSource, module: ModuleType, cfg: RepresentationConfig, device: str):
     """The picture's inputs, on the model's device: frames spread evenly over the data (Transporter: each with a
     partner frame drawn as in training)."""
     positions = source.spread(PICTURE_INPUTS)
-    images = source.stack([source.frame(s, t) for s, t in positions]).to(cfg.device)
+    images = source.stack([source.frame(s, t) for s, t in positions]).to(device)
     if not module.PAIRS:
         return images
     rng = np.random.default_rng([cfg.seed, cfg.steps, 1])
     targets = source.stack([source.frame(s, source.partner(rng, s, t)) for s, t in positions])
-    return images, targets.to(cfg.device)
+    return images, targets.to(device)
 
 
 @contextlib.contextmanager

@@ -18,6 +18,8 @@ image; the loss is the mean squared error. Adam at 5e-4. The policy reads the ke
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -124,9 +126,9 @@ def feature_dim(cfg: Config) -> int:
     return 2 * cfg.keypoints
 
 
-def loss(model: Transporter, pair: tuple[torch.Tensor, torch.Tensor], cfg: Config, generator: torch.Generator
-         ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Mean squared error of the target's reconstruction from a `(source, target)` batch (`generator`: unused,
+def loss(model: Transporter, pair: tuple[torch.Tensor, torch.Tensor], cfg: Config,
+         noise_of: Callable[..., torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    """Mean squared error of the target's reconstruction from a `(source, target)` batch (`noise_of`: unused,
     the Transporter draws no noise)."""
     source, target = pair
     reconstruction = F.mse_loss(model(source, target), target)
