@@ -194,3 +194,50 @@ def test_evaluate_policy_end_to_end(tmp_path, fake_encoder):
     steps0 = saved["per_episode"][0]["steps"]
     assert len(frames) == steps0 + 10 and frames.shape[-1] == 3  # steps + 10 held frames with the border
     assert frames.shape[1] >= 256 - 32
+
+
+def test_evaluation_grows_and_shrinks(tmp_path, fake_encoder, monkeypatch):
+    """2 episodes, then 4: only the 2 new seeds run, and the records are a 4-episode run's; then 2 again: the first
+    2 seed records, none run; an eval.json written before episodes.json existed grows too."""
+    import dckp.evaluation.rollout as rollout_module
+
+    d = _policy_dir(tmp_path)
+    ran = []
+    run_episodes = rollout_module.run_episodes
+
+    def counting(policy_dir, jobs, *args, **kwargs):
+        ran.append([seed for seed, _ in jobs])
+        return run_episodes(policy_dir, jobs, *args, **kwargs)
+
+    def per_episode(rep):
+        return [{k: e[k] for k in ("seed", "success", "steps", "actions_sha256")} for e in rep["per_episode"]]
+
+    args = {"workers": 1, "videos": 0, "progress": False, "max_steps": 3}
+    whole = evaluate_policy(d, episodes=4, out_dir=tmp_path / "whole", **args)
+    monkeypatch.setattr(rollout_module, "run_episodes", counting)
+    out = tmp_path / "grown"
+    evaluate_policy(d, episodes=2, out_dir=out, **args)
+    grown = evaluate_policy(d, episodes=4, out_dir=out, **args)
+    assert ran == [[1_000_000, 1_000_001], [1_000_002, 1_000_003]]
+    assert per_episode(grown) == per_episode(whole) and grown["seeds"] == whole["seeds"]
+    assert (grown["successes"], grown["mean_steps"]) == (whole["successes"], whole["mean_steps"])
+    shrunk = evaluate_policy(d, episodes=2, out_dir=out, **args)
+    assert len(ran) == 2 and shrunk["episodes"] == 2 and per_episode(shrunk) == per_episode(whole)[:2]
+    assert len(json.loads((out / "episodes.json").read_text())["episodes"]) == 4  # the other 2 are kept
+
+    # an older record: eval.json alone, its episodes without timings of their own
+    old = tmp_path / "old"
+    old.mkdir()
+    ev = json.loads((out / "eval.json").read_text())
+    ev["per_episode"] = per_episode(ev)
+    for key in ("device", "chunks"):
+        ev.pop(key, None)
+    (old / "eval.json").write_text(json.dumps(ev))
+    regrown = evaluate_policy(d, episodes=4, out_dir=old, **args)
+    assert ran[2:] == [[1_000_002, 1_000_003]] and per_episode(regrown) == per_episode(whole)
+    # another policy's episodes are not taken
+    torch.manual_seed(1)
+    other = LSTMPolicy(F + 9, 7, PolicyConfig(hidden=16, layers=1)).eval()
+    save_policy(other, d)
+    evaluate_policy(d, episodes=2, out_dir=out, **args)
+    assert ran[3:] == [[1_000_000, 1_000_001]]

@@ -394,6 +394,9 @@ def plan(cfg: RunConfig, out: Path, sp: str) -> list[Stage]:
         folder = out / f"policy_{name}" / "eval"
         ev = _read_json(folder / "eval.json")
         if ev.get("seeds") != list(range(EVAL_SEED_START, EVAL_SEED_START + cfg.episodes)):
+            from dckp.evaluation import keep_episodes
+
+            keep_episodes(folder, out / f"policy_{name}")  # an older record's episodes: the evaluation grows from them
             raise DckpError(f"evaluated on other seeds ({len(ev.get('seeds') or [])} episodes, now {cfg.episodes})",
                             path=str(folder / "eval.json"), field="seeds")
         if ev.get("horizon") != (cfg.max_steps or task.horizon):

@@ -8,6 +8,7 @@ A policy folder (written by `dckp train-policy`) is loaded whole, encoder includ
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import multiprocessing
 import os
@@ -30,6 +31,9 @@ VIDEO_SIZE = 256  # camera images are upscaled (nearest) by an integer factor to
 HOLD_FRAMES = 10  # frames of the final image with a green (success) / red (failure) border at a video's end
 EVAL_SEED_START = 1_000_000  # demonstrations use seeds from 0, pretraining views 100000 and 200000
 THIRD_PERSON = "frontview"  # robosuite's camera facing the robot: recorded in videos only, never seen by the policy
+EPISODES_FILE = "episodes.json"  # beside eval.json: every episode recorded, so that an evaluation grows
+EPISODE_KEYS = ("seed", "success", "steps", "actions_sha256", "time_encoder_s", "time_policy_s", "time_sim_s",
+                "time_reset_s", "video")
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -226,7 +230,9 @@ def evaluate_policy(policy_dir: str | os.PathLike, episodes: int = 50, seed_star
     first `videos` seeds are recorded to `out_dir/rollout_<seed>.mp4` (every camera, then the third-person view
     `THIRD_PERSON`; eval.json's `videos` names them relative to `out_dir`). `out_dir` defaults to
     `policy_dir/eval`. `max_steps` replaces the task's horizon (for tests and quick looks). The policy (its encoder
-    too) runs on `device`, the simulator on the CPU. Writes and returns `out_dir/eval.json`.
+    too) runs on `device`, the simulator on the CPU. Seeds already recorded in `out_dir` for this policy, horizon
+    and device (`recorded_episodes`) are not run again: an evaluation grows. Writes and returns
+    `out_dir/eval.json`.
     """
     policy_dir = Path(policy_dir)
     for name, value, low in (("episodes", episodes, 1), ("workers", workers, 1), ("videos", videos, 0),
@@ -241,25 +247,24 @@ def evaluate_policy(policy_dir: str | os.PathLike, episodes: int = 50, seed_star
     out = Path(out_dir) if out_dir is not None else policy_dir / "eval"
     out.mkdir(parents=True, exist_ok=True)
     seeds = list(range(seed_start, seed_start + episodes))
-    jobs = [(seed, i < videos) for i, seed in enumerate(seeds)]
-    workers = min(workers, episodes)
+    jobs = missing_jobs(out, policy_dir, seeds, videos, max_steps, device)
     args = (str(policy_dir), str(out), max_steps, device)
 
     results: list[dict] = []
-    bar = tqdm(total=episodes, desc=f"evaluate {task.name}", unit="episode", disable=not progress)
+    bar = tqdm(total=len(jobs), desc=f"evaluate {task.name}", unit="episode", disable=not progress or not jobs)
     try:
-        if workers == 1:
-            results = run_episodes(policy_dir, jobs, out, max_steps, bar, device)
+        if len(jobs) <= 1 or workers == 1:
+            results = run_episodes(policy_dir, jobs, out, max_steps, bar, device) if jobs else []
         else:
             ctx = multiprocessing.get_context("spawn")
-            with ctx.Pool(workers, initializer=_init_worker, initargs=args) as pool:
+            with ctx.Pool(min(workers, len(jobs)), initializer=_init_worker, initargs=args) as pool:
                 for result in pool.imap_unordered(_run_episode, jobs):
                     results.append(result)
                     bar.set_postfix(success=sum(r["success"] for r in results), refresh=False)
                     bar.update(1)
     finally:
         bar.close()
-    return write_evaluation(results, policy_dir, out, max_steps)
+    return write_evaluation(results, policy_dir, out, seeds, max_steps, device)
 
 
 def run_episodes(policy_dir: str | os.PathLike, jobs: list[tuple[int, bool]], out_dir: str | os.PathLike,
@@ -284,18 +289,100 @@ def run_episodes(policy_dir: str | os.PathLike, jobs: list[tuple[int, bool]], ou
     return results
 
 
+def _policy_sha256(policy_dir: str | os.PathLike) -> str:
+    return hashlib.sha256((Path(policy_dir) / "policy.safetensors").read_bytes()).hexdigest()[:16]
+
+
+def _horizon(policy_dir: str | os.PathLike, max_steps: int | None) -> int:
+    return get_task(load_run(policy_dir)["task"]).horizon if max_steps is None else max_steps
+
+
+def episode_records(out_dir: str | os.PathLike, policy_dir: str | os.PathLike) -> dict | None:
+    """Every episode recorded in `out_dir` and what they were run with: `{policy_sha256, horizon, device,
+    episodes: [per-episode results, by seed], chunks}`, from `episodes.json`, else from an `eval.json` written
+    before episodes.json existed (its episodes have no timings of their own: each gets the record's mean ms per
+    step times its steps, so the sums stay; it counts as this policy's when not older than policy.safetensors, and
+    as run on the CPU). None when there is none."""
+    out, policy = Path(out_dir), Path(policy_dir) / "policy.safetensors"
+    if (out / EPISODES_FILE).exists():
+        try:
+            return json.loads((out / EPISODES_FILE).read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):  # unreadable: its episodes run again
+            return None
+    path = out / "eval.json"
+    if not path.exists() or not policy.exists() or path.stat().st_mtime < policy.stat().st_mtime:
+        return None
+    ev = json.loads(path.read_text())
+    if "per_episode" not in ev or "horizon" not in ev:
+        return None
+    ms, reset = ev.get("ms_per_step", {}), ev.get("ms_reset", 0.0)
+    videos = {int(v.removeprefix("rollout_").removesuffix(".mp4")): v for v in ev.get("videos", [])
+              if v.startswith("rollout_") and v.removeprefix("rollout_").removesuffix(".mp4").isdigit()}
+    episodes = [{**e, **{f"time_{k}_s": ms.get(k, 0.0) * e["steps"] / 1000 for k in ("encoder", "policy", "sim")},
+                 "time_reset_s": reset / 1000, **({"video": videos[e["seed"]]} if e["seed"] in videos else {})}
+                for e in ev["per_episode"]]
+    return {"policy_sha256": _policy_sha256(policy_dir), "horizon": ev["horizon"], "device": ev.get("device", "cpu"),
+            "episodes": episodes, "chunks": ev.get("chunks", [])}
+
+
+def keep_episodes(out_dir: str | os.PathLike, policy_dir: str | os.PathLike) -> None:
+    """Write `episodes.json` from an older `eval.json` in `out_dir` (`episode_records`) where there is none, so that
+    its episodes outlive the eval.json (which a pipeline removes before an evaluation asking for more seeds)."""
+    if not (Path(out_dir) / EPISODES_FILE).exists() and (records := episode_records(out_dir, policy_dir)):
+        save_json(records, Path(out_dir) / EPISODES_FILE)
+
+
+def recorded_episodes(out_dir: str | os.PathLike, policy_dir: str | os.PathLike, max_steps: int | None = None,
+                      device: str = "cpu") -> dict | None:
+    """`episode_records` of `out_dir` when they were run with this policy (the same policy.safetensors), horizon and
+    device, else None (an episode's result depends on its seed alone, so these are what running it again gives)."""
+    records = episode_records(out_dir, policy_dir)
+    if not records or not (Path(policy_dir) / "policy.safetensors").exists():
+        return None
+    same = (records["policy_sha256"], records["horizon"], records["device"]) == (
+        _policy_sha256(policy_dir), _horizon(policy_dir, max_steps), device)
+    return records if same else None
+
+
+def missing_jobs(out_dir: str | os.PathLike, policy_dir: str | os.PathLike, seeds: list[int], videos: int,
+                 max_steps: int | None = None, device: str = "cpu") -> list[tuple[int, bool]]:
+    """The `(seed, record a video)` jobs of `seeds` (the first `videos` recorded) not yet recorded in `out_dir`, or
+    recorded without the video now wanted."""
+    records = recorded_episodes(out_dir, policy_dir, max_steps, device)
+    have = {e["seed"]: e for e in records["episodes"]} if records else {}
+    jobs = [(seed, i < videos) for i, seed in enumerate(seeds)]
+    return [(s, v) for s, v in jobs if s not in have or (v and "video" not in have[s])]
+
+
 def write_evaluation(results: list[dict], policy_dir: str | os.PathLike, out_dir: str | os.PathLike,
-                     max_steps: int | None = None, **extra) -> dict:
-    """`out_dir/eval.json` from the per-episode results of `run_episodes` (any order), with `extra` fields
-    (e.g. which node ran which seeds); returns it."""
+                     seeds: list[int], max_steps: int | None = None, device: str = "cpu",
+                     chunks: list[dict] | None = None) -> dict:
+    """`out_dir/eval.json` over `seeds`, from the per-episode results of `run_episodes` (any order) and the episodes
+    already recorded there (`recorded_episodes`); `out_dir/episodes.json` keeps every episode recorded, also those
+    beyond `seeds`, and `chunks` (which node ran which seeds, added to those recorded). Returns eval.json's
+    contents."""
     run = load_run(policy_dir)
     task = get_task(run["task"])
-    results = sorted(results, key=lambda r: r["seed"])
-    report = summarise(results, task.name)
+    out = Path(out_dir)
+    old = recorded_episodes(out, policy_dir, max_steps, device)
+    by_seed = {e["seed"]: e for e in (old["episodes"] if old else [])}
+    by_seed.update({r["seed"]: {k: v for k, v in r.items() if k in EPISODE_KEYS} for r in results})
+    missing = [s for s in seeds if s not in by_seed]
+    if missing:
+        raise DckpError(f"{len(missing)} of the {len(seeds)} seeds have no episode (first {missing[0]})",
+                        path=str(out), field="seeds")
+    all_chunks = (old["chunks"] if old else []) + list(chunks or [])
+    save_json({"policy_sha256": _policy_sha256(policy_dir), "horizon": _horizon(policy_dir, max_steps),
+               "device": device, "episodes": [by_seed[s] for s in sorted(by_seed)], "chunks": all_chunks},
+              out / EPISODES_FILE)
+    episodes = [by_seed[s] for s in seeds]
+    report = summarise(episodes, task.name)
     report.update(policy=str(policy_dir), encoder=run["encoder"], cameras=run["cameras"],
-                  image_size=run["image_size"], horizon=task.horizon if max_steps is None else max_steps,
-                  videos=[r["video"] for r in results if "video" in r], **extra)
-    save_json(report, Path(out_dir) / "eval.json")
+                  image_size=run["image_size"], horizon=_horizon(policy_dir, max_steps), device=device,
+                  videos=[e["video"] for e in episodes if "video" in e])
+    if all_chunks:
+        report["chunks"] = [c for c in all_chunks if c["seeds"][0] in set(seeds)]
+    save_json(report, out / "eval.json")
     return report
 
 

@@ -6,7 +6,8 @@ cell linked to its task's report.html and eval.json).
 policy's training and `eval_s` the evaluation chunks' summed wall time, in seconds, null where the stage ran
 elsewhere), `paper.<paper task>.<method>` = the paper's success rate (null: not reported), `stand_in.<task>` = the
 paper's task it stands in for (null: none), `config` = the settings the cells were made with (the run preset and
-its settings, the stage presets, the per-encoder policy overrides, the first evaluation seed), `don.<task>.<pair
+its settings but the episode count, which is each cell's `episodes`, the stage presets, the per-encoder policy
+overrides, the first evaluation seed), `don.<task>.<pair
 type>` = `{pck@5%, wrong_object_rate}` of the task's own DON on its held-out scenes (tasks with a DON method). A
 later run with the same `config` adds its cells to the file's; with another config it replaces the file.
 """
@@ -39,13 +40,15 @@ PAPER_READING = (
     "and no DC-KP-2D (the authors dropped both after the single-object tasks), so their single values belong to "
     "CNN, and DC-KP-3D, GT-KP in that order. The paper bolds DC-KP-3D on Microwave and GT-KP on Lid and Rubbish "
     "as the best.")
-# set per task by the table, or where and how parallel the work ran, which does not change the cells
-RUN_ONLY = ("task", "encoder", "baselines", "workers", "device", "don_workers")
+# set per task by the table, or where and how parallel the work ran, which does not change the cells; and the
+# episode count, which may differ between cells (each cell's `episodes`; an evaluation grows on the same seeds)
+RUN_ONLY = ("task", "encoder", "baselines", "workers", "device", "don_workers", "episodes")
 
 
 def table_config(run: RunConfig, preset: str) -> dict:
     """`config` of table1.json: what the cells' numbers depend on (not which cells, nor how they were spread): the
-    run preset and its settings, and the stage presets they start from (`run` replaces some of their fields)."""
+    run preset and its settings, and the stage presets they start from (`run` replaces some of their fields). Not
+    the episode count: cells may differ in it (each cell's `episodes`), all on seeds from `eval_seed_start`."""
     from dckp.don.config import DON_PRESETS
     from dckp.evaluation.rollout import EVAL_SEED_START
     from dckp.geometry.config import MASK_PRESETS

@@ -125,18 +125,31 @@ def _run_chunk(task: str, name: str, evaluation: dict, jobs: list, *needs) -> di
 
 
 def _finish_evaluation(evaluation: dict, *chunks) -> dict:
-    """Ray task: eval.json from the chunks of one evaluation; its seconds are the chunks' summed."""
+    """Ray task: eval.json from the chunks of one evaluation and the episodes recorded before (an evaluation grows);
+    its seconds are its chunks' summed, those recorded before included. `chunks` may hold the results of stages it
+    needs (not chunks), passed only so that Ray starts it after them when no chunk runs."""
     from dckp.evaluation import write_evaluation
 
-    write_evaluation([r for c in chunks for r in c["results"]], evaluation["policy_dir"],
-                     Path(evaluation["policy_dir"]) / "eval", evaluation["max_steps"],
-                     chunks=[{k: c[k] for k in ("seeds", "node", "seconds")} for c in chunks])
-    return {"seconds": round(sum(c["seconds"] for c in chunks), 1), "node": _node()}
+    chunks = [c for c in chunks if isinstance(c, dict) and "results" in c]
+    seeds = list(range(evaluation["seed_start"], evaluation["seed_start"] + evaluation["episodes"]))
+    report = write_evaluation([r for c in chunks for r in c["results"]], evaluation["policy_dir"],
+                              Path(evaluation["policy_dir"]) / "eval", seeds, evaluation["max_steps"],
+                              evaluation["device"], chunks=[{k: c[k] for k in ("seeds", "node", "seconds")}
+                                                            for c in chunks])
+    return {"seconds": round(sum(c["seconds"] for c in report.get("chunks", [])), 1), "node": _node()}
 
 
-def _chunks(evaluation: dict, size: int) -> list[list[tuple[int, bool]]]:
-    seeds = range(evaluation["seed_start"], evaluation["seed_start"] + evaluation["episodes"])
-    jobs = [(seed, i < evaluation["videos"]) for i, seed in enumerate(seeds)]
+def _chunks(evaluation: dict, size: int, policy_runs: bool) -> list[list[tuple[int, bool]]]:
+    """The seeds of an evaluation not recorded yet (`evaluation.missing_jobs`; all of them when its policy is
+    trained in this run), in chunks of `size`."""
+    from dckp.evaluation import missing_jobs
+
+    seeds = list(range(evaluation["seed_start"], evaluation["seed_start"] + evaluation["episodes"]))
+    if policy_runs:
+        jobs = [(seed, i < evaluation["videos"]) for i, seed in enumerate(seeds)]
+    else:
+        jobs = missing_jobs(Path(evaluation["policy_dir"]) / "eval", evaluation["policy_dir"], seeds,
+                            evaluation["videos"], evaluation["max_steps"], evaluation["device"])
     return [jobs[i:i + size] for i in range(0, len(jobs), size)]
 
 
@@ -191,8 +204,8 @@ def run_table(table: TableConfig, run: RunConfig, out: str | Path, preset: str =
                     ev = stage.evaluation
                     gpus = EVAL_GPU_SHARE if ev["device"].startswith("cuda") else 0
                     parts = [chunk_task.options(num_cpus=1, num_gpus=gpus).remote(task, stage.name, ev, jobs, *deps)
-                             for jobs in _chunks(ev, table.chunk)]
-                    refs[stage.name] = finish_task.options(num_cpus=0).remote(ev, *parts)
+                             for jobs in _chunks(ev, table.chunk, any(n in todo for n in stage.needs))]
+                    refs[stage.name] = finish_task.options(num_cpus=0).remote(ev, *parts, *deps)
                 else:
                     res = _stage_resources(stage, cfg, table)
                     refs[stage.name] = stage_task.options(**res).remote(
