@@ -17,16 +17,26 @@ references `runs/policies/<task>/references.safetensors` (chosen with that DON, 
 pretrained representations `runs/representations/<task>/<method>` (benchmarks/representations.py), the policies
 `runs/policies/<task>/<method>` of results/policy.json and `runs/tasks/<task>/blind` of results/tasks.json (trained
 on the same demonstrations; their gt-kp policies are not taken: their references were chosen without a DON, unlike
-the table's). results/policy.json itself is left as it is; results/table1.json supersedes it.
+the table's).
+
+Then every cell of the table's run folder for the given tasks and methods (those with an eval.json) becomes a row of
+results/policy.{json,md} too, in its old keys (`success.<task>.<encoder>` = `{rate, ci95, episodes}`,
+`details.<task>.<encoder>` = `{don, mean_steps, ms_per_step, train_s, ...}`), merged with the rows there (a row's
+other details, e.g. `train_threads`, are kept). results/table1.json holds the same cells with the paper's numbers
+beside them; policy.json also keeps the hand-measured rows the table has not made.
+
+    python benchmarks/policy.py --rows-only --tasks lift stack   # only the rows, from runs/table as it is
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from dckp.cli.main import main as dckp
+from dckp.config import atomic_write_bytes, save_json
 from dckp.pipeline import RUN_PRESETS
 from dckp.table import task_config
 from dckp.table.adopt import adopt
@@ -48,6 +58,55 @@ def sources(task: str, methods: list[str], runs: Path, data: Path, measured: dic
             "train_s": {m: d["train_s"] for m, d in details.items() if "train_s" in d}}
 
 
+def table_rows(out: Path, tasks: list[str], methods: list[str], results: Path) -> dict:
+    """results/policy.{json,md} with a row for each cell of the table folder `out` that has an eval.json, merged
+    with the rows there; returns policy.json's contents."""
+    path = results / "policy.json"
+    rows = json.loads(path.read_text()) if path.exists() else {}
+    rows.setdefault("success", {}), rows.setdefault("details", {})
+    for task in tasks:
+        timings_path = out / task / "stage_seconds.json"
+        timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
+        for method in methods:
+            policy = out / task / f"policy_{method}"
+            if not (policy / "eval" / "eval.json").exists():
+                continue
+            ev = json.loads((policy / "eval" / "eval.json").read_text())
+            don = json.loads((policy / "run.json").read_text())["encoder"].get("artefacts", {}).get("don")
+            rows["success"].setdefault(task, {})[method] = {"rate": ev["success_rate"], "ci95": ev["ci95"],
+                                                            "episodes": ev["episodes"]}
+            details = rows["details"].setdefault(task, {})
+            details[method] = {**details.get(method, {}), "mean_steps": ev["mean_steps"],
+                               "ms_per_step": ev["ms_per_step"],
+                               "don": os.path.relpath((policy / don).resolve()) if don else None,
+                               **({"train_s": timings[f"policy {method}"]} if f"policy {method}" in timings else {})}
+    results.mkdir(parents=True, exist_ok=True)
+    save_json(rows, path)
+    write_markdown(rows, results)
+    return rows
+
+
+def write_markdown(rows: dict, results: Path) -> None:
+    lines = ["# Closed-loop success of policies by encoder", "",
+             "cpu presets (DON resnet18 without layer4, D=8, 128 px; 16 keypoints per camera, LSTM 2x128; training "
+             "min: wall time of the policy's training), evaluated on seeds from 1,000,000. Rows from `dckp table` "
+             "(`python benchmarks/policy.py`), the earlier ones measured by hand; results/table1.md has the same "
+             "cells beside the paper's. The ms/step columns come from the evaluation itself and are slowed by "
+             "whatever else ran then; benchmarks/keypoint_latency.py measures speed.", "",
+             "| task | encoder | DON | success | 95 % Wilson CI | episodes | mean steps | ms/step enc / policy / sim | "
+             "training min |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for task, per in rows["success"].items():
+        for name, s in per.items():
+            d = rows["details"][task][name]
+            ms = d["ms_per_step"]
+            train = f"{d['train_s'] / 60:.1f}" if d.get("train_s") is not None else "-"
+            lines.append(f"| {task} | {name} | {d.get('don') or '-'} | {s['rate']:.2f} | "
+                         f"[{s['ci95'][0]:.2f}, {s['ci95'][1]:.2f}] | {s['episodes']} | {d['mean_steps']:.0f} | "
+                         f"{ms['encoder']:.0f} / {ms['policy']:.1f} / {ms['sim']:.0f} | {train} |")
+    atomic_write_bytes(results / "policy.md", ("\n".join(lines) + "\n").encode())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", nargs="+", default=list(TableConfig().tasks), help="tasks (default: all)")
@@ -61,7 +120,12 @@ def main() -> None:
     parser.add_argument("--verify", type=int, default=0,
                         help="re-run this many seeds of each adopted evaluation and compare (default: 0)")
     parser.add_argument("--adopt-only", action="store_true", help="adopt, then stop before running the table")
+    parser.add_argument("--rows-only", action="store_true", help="only write results/policy.{json,md} rows from the "
+                        "table's run folder (default: adopt, run the table, then the rows)")
     args = parser.parse_args()
+    if args.rows_only:
+        table_rows(Path(args.out), args.tasks, args.methods, Path(args.results))
+        return
 
     def read(name: str) -> dict:
         path = Path(args.measured, name)
@@ -75,8 +139,10 @@ def main() -> None:
         for stage, what in result.items():
             print(f"{task:20} {stage:28} {what}", flush=True)
     if not args.adopt_only:
-        raise SystemExit(dckp(["table", "--preset", "cpu", "--tasks", *args.tasks, "--methods", *args.methods,
-                               "--out", args.out, "--results", args.results]))
+        status = dckp(["table", "--preset", "cpu", "--tasks", *args.tasks, "--methods", *args.methods,
+                       "--out", args.out, "--results", args.results])
+        table_rows(Path(args.out), args.tasks, args.methods, Path(args.results))  # also when some cells failed
+        raise SystemExit(status)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ across Ray workers."""
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 
@@ -57,7 +58,7 @@ def test_table_broken_cell_resume_and_skip(tmp_path, local_ray, capsys):
             assert cell["train_s"] >= 0 and cell["eval_s"] > 0
     assert data["stand_in"]["lift"] == "Lid" and data["stand_in"]["nut_assembly"] is None
     assert data["paper"]["Lid"]["gt-kp"] == 0.990 and data["paper"]["Phone"]["cnnd"] is None
-    assert data["config"]["run"]["episodes"] == 2 and data["config"]["preset"] == "cpu"
+    assert data["config"]["run"]["max_steps"] == 5 and data["config"]["preset"] == "cpu"
     assert data["don"] == {}  # no DON method in this table
 
     # the same seeds for every method, apart from the demonstrations'; an episode's actions are the same when its
@@ -99,6 +100,47 @@ def test_table_broken_cell_resume_and_skip(tmp_path, local_ray, capsys):
     status = run_table(TableConfig(tasks=TASKS, methods=METHODS, chunk=2), run, out)
     assert set(status["cells"].values()) == {"done"} and len(status["cells"]) == 4
     assert set(status["stages"].values()) == {"skipped"}
+
+    # lift's cells grown to 4 episodes: only their 2 new seeds run (one chunk), the table keeps stack's cells; then
+    # asked 2 again, they report the first 2 without running any
+    grow = ["table", "--tasks", "lift", *FLAGS[FLAGS.index("--methods"):], "--out", str(out), "--results",
+            str(results)]
+    grow[grow.index("--episodes") + 1] = "4"
+    assert main(grow) == 0
+    ev = json.loads((out / "lift" / "policy_cnn" / "eval" / "eval.json").read_text())
+    assert [c["seeds"] for c in ev["chunks"]] == [SEEDS, [1_000_002, 1_000_003]] and ev["episodes"] == 4
+    assert ev["per_episode"][:2] == evals["lift", "cnn"]["per_episode"]
+    data = json.loads((results / "table1.json").read_text())
+    assert {t: {m: c["episodes"] for m, c in cells.items()} for t, cells in data["cells"].items()} == {
+        "lift": {"blind": 4, "cnn": 4}, "stack": {"blind": 2, "cnn": 2}}
+    assert "episodes" not in data["config"]["run"]
+    status = run_table(TableConfig(tasks=["lift"], methods=METHODS, chunk=2), run, out)
+    assert status["stages"]["lift", "evaluate cnn"] == "ran"
+    ev = json.loads((out / "lift" / "policy_cnn" / "eval" / "eval.json").read_text())
+    assert ev["per_episode"] == evals["lift", "cnn"]["per_episode"] and [c["seeds"] for c in ev["chunks"]] == [SEEDS]
+
+    # every cell of the folder as a results/policy.json row, merged with the rows there
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("policy_benchmark", Path(__file__).parents[1] / "benchmarks" /
+                                                  "policy.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    gt_kp = {"don": None, "mean_steps": 59.0, "ms_per_step": {"encoder": 0.1, "policy": 0.7, "sim": 7.0}}
+    (results / "policy.json").write_text(json.dumps({"success": {"lift": {"gt-kp": {
+        "rate": 0.9, "ci95": [0.79, 0.96], "episodes": 50}}}, "details": {"lift": {"gt-kp": gt_kp, "cnn": {
+            "train_threads": 1}}}}))
+    rows = bench.table_rows(out, TASKS, METHODS, results)
+    assert sorted(rows["success"]["lift"]) == ["blind", "cnn", "gt-kp"] and sorted(rows["success"]["stack"]) == [
+        "blind", "cnn"]
+    cnn = rows["details"]["lift"]["cnn"]
+    assert rows["success"]["lift"]["cnn"] == {"rate": ev["success_rate"], "ci95": ev["ci95"], "episodes": 2}
+    assert cnn["train_threads"] == 1 and cnn["mean_steps"] == ev["mean_steps"] and cnn["don"] is None
+    assert cnn["train_s"] == data["cells"]["lift"]["cnn"]["train_s"] and set(cnn["ms_per_step"]) == {
+        "encoder", "policy", "sim"}
+    assert rows["details"]["lift"]["gt-kp"] == gt_kp  # a row the table has not made stays
+    md = (results / "policy.md").read_text()
+    assert "| lift | cnn | - | " in md and "| lift | gt-kp | - | 0.90 | [0.79, 0.96] | 50 | 59 |" in md
 
     # lift's finished cells adopted into another table's folder: nothing of them runs again there; a policy made
     # with other settings than the table's is not adopted, and its cell runs
@@ -158,5 +200,7 @@ def test_outputs_merge_and_don_scores(tmp_path):
     cell("stack", "gt-kp", 1, 70.0)
     data = write_outputs(out, table, run, "cpu", [("stack", "gt-kp")])
     assert sorted(data["cells"]) == ["lift", "stack"]  # the same config: added
-    data = write_outputs(out, table, dataclasses.replace(run, episodes=4), "cpu", [("stack", "gt-kp")])
+    data = write_outputs(out, table, dataclasses.replace(run, episodes=8), "cpu", [("stack", "gt-kp")])
+    assert sorted(data["cells"]) == ["lift", "stack"]  # another episode count: cells keep their own
+    data = write_outputs(out, table, dataclasses.replace(run, policy_steps=3), "cpu", [("stack", "gt-kp")])
     assert sorted(data["cells"]) == ["stack"]  # another config: replaced

@@ -129,9 +129,10 @@ def _paper(value: float | None) -> str:
 
 
 def caption(data: dict) -> str:
-    run = data["config"]["run"]
+    counts = sorted({c["episodes"] for per in data["cells"].values() for c in per.values()})
+    episodes = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}-{counts[-1]} (see each cell)"
     return (f"Closed-loop success rate per task and policy encoder ({data['config']['preset']} preset, "
-            f"{run['episodes']} episodes per cell on seeds from {data['config']['eval_seed_start']:,}, the same for "
+            f"{episodes} episodes per cell on seeds from {data['config']['eval_seed_start']:,}, the same for "
             "every method); bars show the 95 % Wilson interval, diamonds the paper's rate on the task ours stands in "
             "for.")
 
