@@ -397,7 +397,8 @@ def plan(cfg: RunConfig, out: Path, sp: str) -> list[Stage]:
             from dckp.evaluation import keep_episodes
 
             keep_episodes(folder, out / f"policy_{name}")  # an older record's episodes: the evaluation grows from them
-            raise DckpError(f"evaluated on other seeds ({len(ev.get('seeds') or [])} episodes, now {cfg.episodes})",
+            raise DckpError(f"evaluated on other seeds ({len(ev.get('seeds') or [])} episodes, now {cfg.episodes}; "
+                            "the episodes recorded are kept)",
                             path=str(folder / "eval.json"), field="seeds")
         if ev.get("horizon") != (cfg.max_steps or task.horizon):
             raise DckpError(f"episodes of {ev.get('horizon')} steps, now {cfg.max_steps or task.horizon}",
