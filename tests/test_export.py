@@ -1,5 +1,6 @@
-"""`dckp export --format robomimic`: the documented robomimic layout, checked always; and, when robomimic is
-importable, robomimic 0.3.0's own `SequenceDataset` and dataset metadata reading the file.
+"""`dckp export --format robomimic`: the documented robomimic layout, checked always (the recording formats,
+folder and tum, are tested in test_import); and, when robomimic is importable, robomimic 0.3.0's own
+`SequenceDataset` and dataset metadata reading the file.
 
 robomimic is not a dependency of dckp (it pulls `egl_probe`, a source package compiled at install, and unpinned
 numpy, torch and torchvision, which could move dckp's numpy 1.26.4). To run the robomimic part:
@@ -126,7 +127,10 @@ def test_bad_export_inputs_are_one_line(tmp_path, capsys):
     cases = [(["export", str(tmp_path / "v.h5")], "expected a demos file"),
              (["export", str(tmp_path / "own.h5")], "--depth-planes NEAR FAR"),
              (["export", str(tmp_path / "own.h5"), "--depth-planes", "2", "1"], "0 < near < far"),
-             (["export", str(tmp_path / "missing.h5")], "file not found")]
+             (["export", str(tmp_path / "missing.h5")], "file not found"),
+             (["export", str(tmp_path / "v.h5"), "--format", "mp4"], "unknown format 'mp4'"),
+             (["export", str(tmp_path / "v.h5"), "--format", "tum", "--stream", "nope"], "no stream 'nope'"),
+             (["export-recording", str(tmp_path / "v.h5")], "invalid choice: 'export-recording'")]  # one command
     for argv, message in cases:
         assert main([*argv, "--out", str(tmp_path / "new" / "rm.hdf5")]) == 2
         err = capsys.readouterr().err.strip().splitlines()

@@ -1,5 +1,6 @@
-"""`dckp import` and `dckp export-recording`: a simulator views file out to both recording layouts and back, fused
-alike; TUM association and quaternions on hand-made files; the workspace estimate; one line per bad input."""
+"""`dckp import` and `dckp export --format folder|tum`: a simulator views file out to both recording layouts and
+back, fused alike; TUM association and quaternions on hand-made files; the workspace estimate; one line per bad
+input."""
 
 import json
 import shutil
@@ -33,7 +34,7 @@ def round_trip(tmp_path_factory):
     box = ["--workspace-min", *map(str, lo), "--workspace-max", *map(str, hi)]
     imported = {}
     for layout in ("folder", "tum"):
-        assert main(["export-recording", str(views), "--out", str(tmp / layout), "--layout", layout]) == 0
+        assert main(["export", str(views), "--out", str(tmp / layout), "--format", layout]) == 0
         imported[layout] = tmp / f"{layout}.h5"
         assert main(["import", str(tmp / layout / "scene_0"), "--arm-only", str(tmp / layout / "arm_0"),
                      "--out", str(imported[layout]), "--height", "0", "--objects", "a", "b", *box]) == 0

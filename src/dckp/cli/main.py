@@ -105,14 +105,6 @@ def cmd_import(args) -> None:
     print(json.dumps(summary, indent=1))
 
 
-def cmd_export_recording(args) -> None:
-    from dckp.io.config import ExportConfig
-    from dckp.io.export import export_recordings
-
-    frames = export_recordings(args.file, apply_args(ExportConfig(), args), args.out)
-    print(json.dumps({"out": args.out, "episodes": frames}, indent=1))
-
-
 def cmd_pretrain(args) -> int:
     import torch
 
@@ -275,9 +267,10 @@ def cmd_view(args) -> None:
 
 
 def cmd_export(args) -> None:
-    from dckp.io.robomimic import RobomimicExportConfig, export_robomimic
+    from dckp.io.config import ExportConfig
+    from dckp.io.export import export
 
-    print(json.dumps(export_robomimic(args.demos, args.out, apply_args(RobomimicExportConfig(), args)), indent=1))
+    print(json.dumps(export(args.file, apply_args(ExportConfig(), args), args.out), indent=1))
 
 
 def cmd_pick_references(args) -> None:
@@ -350,12 +343,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output views .h5 file (its config goes beside it)")
     p.add_argument("--preset", default="cpu", **presets)
     p.set_defaults(func=cmd_import, out_is_file=True)
-
-    p = sub.add_parser("export-recording", help="a dckp file's frames as RGB-D recordings (TUM or plain folder), "
-                       "one sequence folder per episode", configs=[("dckp.io.config", "ExportConfig", None)])
-    p.add_argument("file", help="a views or demos file")
-    p.add_argument("--out", required=True, help="folder for the sequence folders")
-    p.set_defaults(func=cmd_export_recording)
 
     p = sub.add_parser("pretrain", help="train a Dense Object Net on fused view files (resumes if interrupted)",
                        configs=[("dckp.don.config", "DonConfig", "DON_PRESETS")])
@@ -449,10 +436,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="the .rrd file (default: FILE.rrd, or POLICY/rollout_SEED.rrd)")
     p.set_defaults(func=cmd_view, out_is_file=True)
 
-    p = sub.add_parser("export", help="demonstrations in another library's layout (robomimic's HDF5)",
-                       configs=[("dckp.io.robomimic", "RobomimicExportConfig", None)])
-    p.add_argument("demos", help="a demonstrations file from `dckp collect`")
-    p.add_argument("--out", required=True, help="the file to write (.hdf5)")
+    p = sub.add_parser("export", help="a dckp file in another layout: demonstrations as robomimic's HDF5, or "
+                       "frames as RGB-D recordings (plain folder or TUM), one sequence folder per episode",
+                       configs=[("dckp.io.config", "ExportConfig", None)])
+    p.add_argument("file", help="a demos file (robomimic), or a views or demos file (folder, tum)")
+    p.add_argument("--out", required=True, help="the .hdf5 file (robomimic), or the folder for the sequence "
+                   "folders (folder, tum)")
     p.set_defaults(func=cmd_export, out_is_file=True)
 
     p = sub.add_parser("pick-references", help="choose reference keypoints by hand on a frame: a matplotlib "

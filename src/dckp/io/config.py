@@ -1,4 +1,4 @@
-"""Settings of `dckp import` and `dckp export-recording`, with `cpu` and `paper` presets (they differ in the image
+"""Settings of `dckp import` and `dckp export`, with `cpu` and `paper` presets (they differ in the image
 height frames are resized to). Light: no torch, so the CLI builds its flags from it quickly."""
 
 from __future__ import annotations
@@ -69,13 +69,31 @@ class ImportConfig:
 IMPORT_PRESETS = {"cpu": ImportConfig(), "paper": ImportConfig(height=256)}
 
 
+EXPORT_FORMATS = ("robomimic", *LAYOUTS)
+
+
 @dataclass
 class ExportConfig:
-    """Which frames of a dckp file go out as recordings, one sequence folder per episode."""
+    """How `dckp export` writes a dckp file in another layout: robomimic's HDF5 (demonstrations, for its baselines;
+    docs/view-export.md) or RGB-D recordings, one sequence folder per episode (docs/own-data.md)."""
 
-    layout: str = option("folder", "recording layout written (docs/own-data.md)", choices=LAYOUTS)
-    stream: str = option("free", "the camera stream exported (views files: free, the moving free cameras)")
+    format: str = option("robomimic", "layout written: robomimic (a demos file into one .hdf5) or a recording "
+                         "layout, folder or tum (one sequence folder per episode)", choices=EXPORT_FORMATS)
+    stream: str = option("free", "folder, tum: the camera stream exported (views files: free, the moving free "
+                         "cameras)")
+    depth: bool = option(True, "robomimic: write each camera's depth as robosuite's normalised z-buffer")
+    depth_planes: list[float] = option([], "robomimic: near and far plane (metres) of that z-buffer; none given: "
+                                       "the simulator task's MuJoCo planes (a recording of your own needs them)")
+    next_obs: bool = option(True, "robomimic: write next_obs (robomimic's SequenceDataset loads it by default)")
+    valid_fraction: float = option(0.1, "robomimic: share of the demonstrations in the filter key mask/valid, the "
+                                   "rest in mask/train")
+    seed: int = option(0, "robomimic: seed of the train/valid split")
 
     def __post_init__(self):
-        if self.layout not in LAYOUTS:
-            raise DckpError(f"must be tum or folder, got {self.layout!r}", field="layout")
+        if self.format not in EXPORT_FORMATS:
+            raise DckpError(f"unknown format {self.format!r}; choose from {list(EXPORT_FORMATS)}", field="format")
+        if self.depth_planes and (len(self.depth_planes) != 2 or not 0 < self.depth_planes[0] < self.depth_planes[1]):
+            raise DckpError(f"expected near and far with 0 < near < far, got {self.depth_planes}",
+                            field="depth_planes")
+        if not 0 <= self.valid_fraction < 1:
+            raise DckpError(f"must be in [0, 1), got {self.valid_fraction}", field="valid_fraction")

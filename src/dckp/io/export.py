@@ -1,6 +1,7 @@
-"""`dckp export-recording`: the frames of a dckp file as RGB-D recordings in the layouts `dckp import` reads
-(docs/own-data.md), one sequence folder per episode. Users check their data with it (export a simulator file, look
-at the files, import them back), and the round-trip test uses it.
+"""`dckp export --format robomimic|folder|tum`: a dckp file in another layout. `robomimic`: demonstrations as
+robomimic's HDF5 (`dckp.io.robomimic`). `folder`, `tum`: the frames as RGB-D recordings in the layouts `dckp import`
+reads (docs/own-data.md), one sequence folder per episode. Users check their data with them (export a simulator
+file, look at the files, import them back), and the round-trip test uses them.
 
 Depth goes out as 16-bit PNG (millimetres in a plain folder, TUM's 1/5000 m), so it comes back within half a unit;
 K and poses are written with 9 significant digits, which float32 values survive exactly (TUM's quaternions to
@@ -37,10 +38,8 @@ def _intrinsics_json(K: np.ndarray, width: int, height: int) -> str:
 
 
 def export_episode(ds: Dataset, episode: str, cfg: ExportConfig, folder: Path) -> int:
-    """One episode's `cfg.stream` frames into `folder` in `cfg.layout`. Returns the number of frames."""
-    if cfg.stream not in ds.streams(episode):
-        raise DckpError(f"no stream {cfg.stream!r} in {episode} (have {ds.streams(episode)})", path=ds.path,
-                        field="stream")
+    """One episode's `cfg.stream` frames into `folder` in the recording layout `cfg.format`. Returns the number of
+    frames."""
     n = ds.num_frames(episode, cfg.stream)
     K, poses = ds.frames(episode, cfg.stream, "K", 0, n), ds.frames(episode, cfg.stream, "pose", 0, n)
     if not (K == K[0]).all():
@@ -48,14 +47,14 @@ def export_episode(ds: Dataset, episode: str, cfg: ExportConfig, folder: Path) -
                         path=ds.path, field=f"data/{episode}/obs/{cfg.stream}_K")
     (folder / "rgb").mkdir(parents=True, exist_ok=True)
     (folder / "depth").mkdir(exist_ok=True)
-    names = [f"{i / FRAME_RATE:.6f}" if cfg.layout == "tum" else f"{i:06d}" for i in range(n)]
+    names = [f"{i / FRAME_RATE:.6f}" if cfg.format == "tum" else f"{i:06d}" for i in range(n)]
     for i, name in enumerate(names):
         fr = ds.frame(episode, cfg.stream, i)
         iio.imwrite(folder / "rgb" / f"{name}.png", fr["rgb"])
-        iio.imwrite(folder / "depth" / f"{name}.png", _depth_png(fr["depth"], UNITS_PER_METRE[cfg.layout]))
+        iio.imwrite(folder / "depth" / f"{name}.png", _depth_png(fr["depth"], UNITS_PER_METRE[cfg.format]))
     H, W = fr["depth"].shape
     (folder / "intrinsics.json").write_text(_intrinsics_json(K[0], W, H) + "\n")
-    if cfg.layout == "folder":
+    if cfg.format == "folder":
         rows = poses.reshape(n, 16)
         (folder / "poses.txt").write_text("# one 4x4 camera-to-world matrix per frame, row by row, OpenCV axes\n" +
                                           "".join(" ".join(f"{x:.9g}" for x in row) + "\n" for row in rows))
@@ -73,5 +72,19 @@ def export_episode(ds: Dataset, episode: str, cfg: ExportConfig, folder: Path) -
 def export_recordings(path: str, cfg: ExportConfig, out: str, progress: bool = True) -> dict:
     """Every episode of the dckp file `path` into `out/<episode>/`. Returns {episode: frames}."""
     with Dataset(path) as ds:
+        for episode in ds.episodes:  # before the progress bar: a bad stream is one line
+            if cfg.stream not in ds.streams(episode):
+                raise DckpError(f"no stream {cfg.stream!r} in {episode} (have {ds.streams(episode)})", path=ds.path,
+                                field="stream")
         return {ep: export_episode(ds, ep, cfg, Path(out) / ep)
                 for ep in tqdm(ds.episodes, desc=f"export {Path(path).name}", disable=not progress)}
+
+
+def export(path: str, cfg: ExportConfig, out: str, progress: bool = True) -> dict:
+    """The dckp file `path` to `out` in `cfg.format`: robomimic's HDF5 file (`export_robomimic`'s summary), or a
+    recording folder per episode (`{"out", "episodes": {episode: frames}}`)."""
+    if cfg.format == "robomimic":
+        from dckp.io.robomimic import export_robomimic
+
+        return export_robomimic(path, out, cfg, progress)
+    return {"out": out, "episodes": export_recordings(path, cfg, out, progress)}

@@ -22,39 +22,14 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
-from dckp.config import option
 from dckp.errors import DckpError
+from dckp.io.config import ExportConfig
 
-FORMATS = ("robomimic",)
 ROBOSUITE_ENV_TYPE = 1  # robomimic.envs.env_base.EnvType.ROBOSUITE_TYPE
 PROPRIO = {"joint_pos": "robot0_joint_pos", "eef_pos": "robot0_eef_pos", "eef_quat": "robot0_eef_quat",
            "gripper_qpos": "robot0_gripper_qpos"}  # dckp's key -> robosuite's observation key
-
-
-@dataclass
-class RobomimicExportConfig:
-    """How `dckp export` writes demonstrations for another library (docs/view-export.md)."""
-
-    format: str = option("robomimic", "the layout to write", choices=FORMATS)
-    depth: bool = option(True, "write each camera's depth as robosuite's normalised z-buffer")
-    depth_planes: list[float] = option([], "near and far plane (metres) of that z-buffer; none given: the "
-                                       "simulator task's MuJoCo planes (a recording of your own needs them)")
-    next_obs: bool = option(True, "write next_obs (robomimic's SequenceDataset loads it by default)")
-    valid_fraction: float = option(0.1, "share of the demonstrations in the filter key mask/valid, the rest in "
-                                   "mask/train")
-    seed: int = option(0, "seed of the train/valid split")
-
-    def __post_init__(self):
-        if self.format not in FORMATS:
-            raise DckpError(f"unknown format {self.format!r}; choose from {list(FORMATS)}", field="format")
-        if self.depth_planes and (len(self.depth_planes) != 2 or not 0 < self.depth_planes[0] < self.depth_planes[1]):
-            raise DckpError(f"expected near and far with 0 < near < far, got {self.depth_planes}",
-                            field="depth_planes")
-        if not 0 <= self.valid_fraction < 1:
-            raise DckpError(f"must be in [0, 1), got {self.valid_fraction}", field="valid_fraction")
 
 
 def zbuffer(depth, near: float, far: float):
@@ -101,7 +76,7 @@ def _wxyz_to_xyzw(q):
     return np.concatenate([q[..., 1:], q[..., :1]], -1)
 
 
-def export_robomimic(demos: str | os.PathLike, out: str | os.PathLike, cfg: RobomimicExportConfig,
+def export_robomimic(demos: str | os.PathLike, out: str | os.PathLike, cfg: ExportConfig,
                      progress: bool = True) -> dict:
     """Write the demonstrations of `demos` (a `dckp collect` file) to `out` in robomimic's layout (the module's
     docstring), atomically. Returns a summary."""
