@@ -40,6 +40,12 @@ def option(default: Any, help: str, choices: typing.Sequence | typing.Callable[[
     return dataclasses.field(default=default, metadata=metadata)
 
 
+def check_device(device: str, field: str = "device") -> None:
+    """Raise `DckpError` on `field` unless `device` is a torch device this project runs on: cpu, cuda or cuda:N."""
+    if device != "cpu" and not re.fullmatch(r"cuda(:\d+)?", device):
+        raise DckpError(f"must be 'cpu', 'cuda' or 'cuda:N', got {device!r}", field=field)
+
+
 def temp_beside(path: Path) -> str:
     """A new empty temp file in `path`'s folder (hidden, `.tmp`), with the mode the user's umask gives new
     files (mkstemp's own is 0600). Rename it over `path` when it is complete."""

@@ -20,14 +20,13 @@ import base64
 import dataclasses
 import json
 import logging
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from dckp.config import atomic_write_bytes, option, save_json
+from dckp.config import atomic_write_bytes, check_device, option, save_json
 from dckp.encoders.config import encoder_names
 from dckp.errors import DckpError, Interrupted
 from dckp.sim.tasks import TASKS
@@ -87,8 +86,7 @@ class RunConfig:
         for name in ("max_steps", "don_workers"):
             if getattr(self, name) < 0:
                 raise DckpError(f"must be >= 0, got {getattr(self, name)}", field=name)
-        if self.device != "cpu" and not re.fullmatch(r"cuda(:\d+)?", self.device):
-            raise DckpError(f"must be 'cpu', 'cuda' or 'cuda:N', got {self.device!r}", field="device")
+        check_device(self.device)
 
     def encoders(self) -> list[str]:
         """The run's encoder, then its baselines."""

@@ -7,13 +7,12 @@ import dataclasses
 import importlib
 import json
 import logging
-import re
 import shlex
 import sys
 import time
 from pathlib import Path
 
-from dckp.config import add_config_args, apply_args, preset, save_json
+from dckp.config import add_config_args, apply_args, check_device, preset, save_json
 from dckp.errors import DckpError, Interrupted
 
 
@@ -192,8 +191,7 @@ def cmd_keypoints(args) -> None:
 
     _at_least(args, "--per-camera", 1)
     _at_least(args, "--frame", 0)
-    if args.device != "cpu" and not re.fullmatch(r"cuda(:\d+)?", args.device):
-        raise DckpError(f"must be 'cpu', 'cuda' or 'cuda:N', got {args.device!r}", field="--device")
+    check_device(args.device, "--device")
     with Dataset(args.demos) as ds:  # demonstrations, or the views of a recording (`dckp import`)
         ds.validate()
     if bool(args.workspace_min) != bool(args.workspace_max):

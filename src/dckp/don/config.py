@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
-from dckp.config import option
+from dckp.config import check_device, option
 from dckp.errors import DckpError
 
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
@@ -78,8 +77,7 @@ class DonConfig:
             raise DckpError(f"must be in (0, 1], got {self.crop_min}", field="crop_min")
         if not 0 <= self.arm_fraction <= 1:
             raise DckpError(f"must be in [0, 1], got {self.arm_fraction}", field="arm_fraction")
-        if self.device != "cpu" and not re.fullmatch(r"cuda(:\d+)?", self.device):
-            raise DckpError(f"must be 'cpu', 'cuda' or 'cuda:N', got {self.device!r}", field="device")
+        check_device(self.device)
         if self.workers < 0:
             raise DckpError(f"must be >= 0, got {self.workers}", field="workers")
         if not 0 <= self.jitter < 1:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
-from dckp.config import option
+from dckp.config import check_device, option
 from dckp.errors import DckpError
 
 
@@ -25,7 +24,6 @@ class EvalConfig:
         for name in ("episodes", "workers"):
             if getattr(self, name) < 1:
                 raise DckpError(f"must be >= 1, got {getattr(self, name)}", field=name)
-        if self.device != "cpu" and not re.fullmatch(r"cuda(:\d+)?", self.device):
-            raise DckpError(f"must be 'cpu', 'cuda' or 'cuda:N', got {self.device!r}", field="device")
+        check_device(self.device)
         if self.videos < 0 or self.max_steps < 0:
             raise DckpError("videos and max_steps must be >= 0", field="videos" if self.videos < 0 else "max_steps")

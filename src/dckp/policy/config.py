@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from dckp.config import option
+from dckp.config import check_device, option
 from dckp.errors import DckpError
 
 if TYPE_CHECKING:
@@ -63,8 +63,7 @@ class PolicyConfig:
             raise DckpError(f"weight_decay must be >= 0, got {self.weight_decay}", field="weight_decay")
         if self.seq_len < 0:
             raise DckpError(f"seq_len must be >= 0 (0 = whole demonstrations), got {self.seq_len}", field="seq_len")
-        if self.device.split(":")[0] not in ("cpu", "cuda"):
-            raise DckpError(f"device must be cpu or cuda (or cuda:N), got {self.device!r}", field="device")
+        check_device(self.device)
         if self.proprio not in PROPRIO:
             raise DckpError(f"proprio must be one of {list(PROPRIO)}, got {self.proprio!r}", field="proprio")
 

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import re
 import typing
 from dataclasses import dataclass
 
-from dckp.config import _parse_bool, _scalar, _show, apply_args, option, preset
+from dckp.config import _parse_bool, _scalar, _show, apply_args, check_device, option, preset
 from dckp.errors import DckpError
 
 METHODS = ("bvae", "transporter", "monet")
@@ -40,8 +39,7 @@ class RepresentationConfig:
                 raise DckpError(f"must be >= 1, got {getattr(self, name)}", field=name)
         if not self.lr > 0:
             raise DckpError(f"must be > 0, got {self.lr}", field="lr")
-        if self.device != "cpu" and not re.fullmatch(r"cuda(:\d+)?", self.device):
-            raise DckpError(f"must be 'cpu', 'cuda' or 'cuda:N', got {self.device!r}", field="device")
+        check_device(self.device)
 
 
 def _positive(cfg, *names: str) -> None:
