@@ -8,7 +8,8 @@ results/sim_throughput.{json,md}.
   at 128 and 256 px as closed-loop evaluation observes them: RGB and depth from one render pass per camera
   (`observe(segmentation=False)`). `steps_per_s_with_seg`: the same as demonstrations record, with segmentation
   (two passes per camera). `steps_per_s_before`: the figures before issue 14 (two passes, every geom drawn, Mesa's
-  rasteriser threads), as results/sim_throughput.json held them then.
+  rasteriser threads): commit 5b79e89's own benchmark, run on this machine, quiet, just before this one (the
+  figures results/sim_throughput.json held then, 156.7 / 20.6 / 17.2, were taken on a busier machine).
 - `views_per_s`: free-camera RGB-D+segmentation views/s; `image_bytes_per_frame`: stored bytes per frame.
 - `evaluation`: per task, one closed-loop episode's cost measured through `dckp.evaluation.rollout.rollout` with
   the task's cameras at 128 px and an untrained dckp-3d policy (the `cpu` DON, 16 keypoints per camera, the LSTM;
@@ -47,8 +48,8 @@ from dckp.sim.render import free_camera
 from dckp.sim.rollout import expert_episode
 from dckp.sim.tasks import TASKS, get_task
 
-BEFORE = {"source": "results/sim_throughput.json at commit 5b79e89", "physics": 156.7, "rgbd2_128": 20.6,
-          "rgbd2_256": 17.2}
+BEFORE = {"source": "commit 5b79e89's benchmarks/sim_throughput.py --seeds 50, rerun 2026-11-26 on this machine, quiet",
+          "physics": 274.4, "rgbd2_128": 28.2, "rgbd2_256": 22.9}
 EVAL_SIZE = 128
 KEYPOINTS = 16  # per camera, as dckp run selects them
 
