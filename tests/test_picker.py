@@ -21,9 +21,9 @@ from synthetic_scenes import intrinsics, look_at, make_scene, render
 
 from dckp.cli.main import main
 from dckp.data import DatasetWriter
-from dckp.keypoints.picker import load_frames, open_window, projection_tables
 from dckp.keypoints.references import load_pixels
 from dckp.keypoints.select import load_references
+from dckp.viz.picker import load_frames, open_window, projection_tables
 
 matplotlib.use("Agg")
 SIZE, FRAMES = 40, 2

@@ -272,7 +272,7 @@ def cmd_export(args) -> None:
 
 
 def cmd_pick_references(args) -> None:
-    from dckp.keypoints.picker import PickConfig, pick_references
+    from dckp.viz.picker import PickConfig, pick_references
 
     for line in pick_references(args.file, apply_args(PickConfig(), args), args.out):
         print(line)
@@ -444,7 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pick-references", help="choose reference keypoints by hand on a frame: a matplotlib "
                        "window, or an HTML page without a display; writes the files `dckp keypoints --pixels` reads",
-                       configs=[("dckp.keypoints.picker", "PickConfig", None)])
+                       configs=[("dckp.viz.picker", "PickConfig", None)])
     p.add_argument("file", help="a demos file, or a views file (`dckp import`)")
     p.add_argument("--out", required=True, help="folder for CAMERA.json per camera (and pick.html without a display)")
     p.set_defaults(func=cmd_pick_references)

@@ -1,7 +1,6 @@
 """Keypoints from Dense Object Net descriptors: reference descriptors, 2D keypoints and their 3D variants.
 
-Names are imported on first use, so `dckp.keypoints.picker`'s config loads without torch (the CLI builds its flags
-from it)."""
+Names are imported on first use, so importing the package loads no torch."""
 
 from dckp.lazy import lazy_exports
 
