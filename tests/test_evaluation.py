@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from dckp.errors import DckpError
-from dckp.evaluation import draw_keypoints, evaluate_policy, summarise, wilson_interval
-from dckp.evaluation.rollout import colour_scale, rollout
+from dckp.evaluation import evaluate_policy, summarise, wilson_interval
+from dckp.evaluation.rollout import rollout
 from dckp.policy import LSTMPolicy, PolicyConfig, VisuomotorPolicy, load_run, save_policy
 from dckp.sim.tasks import WRIST
+from dckp.viz.images import colour_scale, draw_keypoints
 
 F = 3
 FAKE_ENCODER = "test_zeros"  # registered for a test by the conftest fixture fake_encoder

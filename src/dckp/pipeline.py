@@ -487,8 +487,8 @@ def keypoint_video(spec: dict, demos: Path, path: Path, episode: str = "demo_0")
 def tracking_frame(obs: dict, cams, tracks: dict):
     """Every camera's raw DON keypoints (top row) above its tracked ones (bottom row), from a tracking encoder's
     `step` on one frame; where the tracker has a spread (dckp-filter's particles), a white ring of that radius."""
-    from dckp.evaluation.rollout import VIDEO_SIZE, colour_scale, draw_keypoints
-    from dckp.viz.images import draw_rings, grid
+    from dckp.evaluation.rollout import VIDEO_SIZE
+    from dckp.viz.images import colour_scale, draw_keypoints, draw_rings, grid
 
     rows = [[], []]
     for cam in cams:

@@ -260,7 +260,13 @@ def cmd_show(args) -> None:
 def cmd_view(args) -> None:
     from dckp.viz.view import ViewConfig, has_display, open_hint, view
 
-    out = view(args.file, apply_args(ViewConfig(), args), args.out)
+    cfg = apply_args(ViewConfig(), args)
+    if Path(args.file).is_dir():  # a policy folder: one rollout from cfg.seed
+        from dckp.evaluation.rollout import record_rollout
+
+        out = view(args.file, cfg, args.out, rollout=record_rollout(args.file, cfg.seed, cfg.max_steps))
+    else:
+        out = view(args.file, cfg, args.out)
     print(f"wrote {out}" + ("; opening the rerun viewer" if has_display() else f"; {open_hint(out)}"))
 
 

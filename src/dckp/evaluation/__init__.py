@@ -6,7 +6,7 @@ it)."""
 from dckp.lazy import lazy_exports
 
 __getattr__, __all__ = lazy_exports(__name__, {
-    "dckp.evaluation.rollout": ("EVAL_SEED_START", "composite", "draw_keypoints", "evaluate_policy", "keep_episodes",
+    "dckp.evaluation.rollout": ("EVAL_SEED_START", "composite", "evaluate_policy", "keep_episodes",
                                 "missing_jobs", "run_episodes", "summarise", "wilson_interval",
                                 "write_evaluation"),
 })

@@ -25,7 +25,7 @@ from dckp.policy.folder import load_run, load_visuomotor_policy
 from dckp.policy.model import observation_frames
 from dckp.sim.env import SimEnv
 from dckp.sim.tasks import get_task
-from dckp.viz.images import grid, save_video
+from dckp.viz.images import colour_scale, draw_keypoints, grid, save_video
 
 VIDEO_SIZE = 256  # camera images are upscaled (nearest) by an integer factor to about this height in videos
 HOLD_FRAMES = 10  # frames of the final image with a green (success) / red (failure) border at a video's end
@@ -50,44 +50,6 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
 
 
 # --- drawing ----------------------------------------------------------------------------------------------------
-
-def colour_scale(peak, pixels: int) -> np.ndarray:
-    """Keypoint confidence for colouring: the heatmap's peak probability as a ratio to a flat heatmap's (1 / pixels),
-    on a log scale, `log(peak * pixels) / log(pixels)`: 0 when the heatmap is flat (the keypoint could be
-    anywhere), 1 when all probability is on one pixel. The raw peak of a softmax over thousands of pixels is small
-    even for a good match (a few hundredths), which would colour every keypoint red."""
-    peak = np.clip(np.asarray(peak, np.float64), 1.0 / pixels, 1.0)
-    return np.log(peak * pixels) / np.log(pixels)
-
-
-def confidence_colour(c: float) -> np.ndarray:
-    """Red (confidence 0) to yellow (0.5) to green (confidence 1)."""
-    c = float(np.clip(c, 0.0, 1.0)) if np.isfinite(c) else 0.0
-    return np.array([255 * min(1.0, 2 * (1 - c)), 255 * min(1.0, 2 * c), 0], np.uint8)
-
-
-def draw_keypoints(image: np.ndarray, uv: np.ndarray, confidence: np.ndarray, scale: int = 1,
-                   radius: int | None = None) -> np.ndarray:
-    """A copy of `image (H, W, 3)` upscaled (nearest) by `scale`, with a filled circle per keypoint `uv (K, 2)`
-    (pixel coordinates of the original image), coloured by `confidence (K,)`, with a black rim."""
-    out = np.repeat(np.repeat(image, scale, 0), scale, 1) if scale > 1 else image.copy()
-    H, W = out.shape[:2]
-    r = radius if radius is not None else max(2, H // 64)
-    for (u, v), c in zip(np.asarray(uv, np.float64), np.asarray(confidence, np.float64), strict=True):
-        if not (np.isfinite(u) and np.isfinite(v)):
-            continue
-        x, y = u * scale + (scale - 1) / 2, v * scale + (scale - 1) / 2  # pixel centres stay pixel centres
-        x0, x1 = max(0, int(np.floor(x - r - 1))), min(W, int(np.ceil(x + r + 1)) + 1)
-        y0, y1 = max(0, int(np.floor(y - r - 1))), min(H, int(np.ceil(y + r + 1)) + 1)
-        if x0 >= x1 or y0 >= y1:
-            continue
-        yy, xx = np.mgrid[y0:y1, x0:x1]
-        d2 = (xx - x) ** 2 + (yy - y) ** 2
-        patch = out[y0:y1, x0:x1]
-        patch[d2 <= (r + 1) ** 2] = 0
-        patch[d2 <= r**2] = confidence_colour(c)
-    return out
-
 
 def composite(obs: dict, cameras, keypoints: dict | None = None, size: int = VIDEO_SIZE) -> np.ndarray:
     """All cameras' RGB side by side (upscaled to about `size` px high), with keypoints drawn where given:
@@ -411,3 +373,40 @@ def summarise(results: list[dict], task: str) -> dict:
         "per_episode": [{"seed": r["seed"], "success": bool(r["success"]), "steps": r["steps"],
                          "actions_sha256": r.get("actions_sha256")} for r in results],
     }
+
+
+class _Recorder:
+    """A policy that hands every observation it acts on to `seen`."""
+
+    def __init__(self, policy, seen: list):
+        self.policy, self.encoder, self.seen = policy, policy.encoder, seen
+
+    @property
+    def timing(self):
+        return self.policy.timing
+
+    def reset(self) -> None:
+        self.policy.reset()
+
+    def act(self, observation):
+        self.seen.append(observation)
+        return self.policy.act(observation)
+
+
+def record_rollout(policy_dir, seed: int, max_steps: int = 0) -> dict:
+    """One closed-loop episode of a policy folder from `seed` with every observation it acted on, as an episode
+    of `dckp.viz.view`: `{"name", "cameras": {cam: {rgb, depth, K, pose}}, "object_pose", "eef_pos", "objects"}`."""
+    run = load_run(policy_dir)
+    policy = load_visuomotor_policy(policy_dir)
+    task = get_task(run["task"])
+    env = SimEnv(task, image_size=run["image_size"], cameras=tuple(run["cameras"]))
+    seen: list[dict] = []
+    try:
+        result = rollout(env, _Recorder(policy, seen), seed, record=True, max_steps=max_steps or None)
+    finally:
+        env.close()
+    stack = {key: np.stack([o[key] for o in seen]) for key in seen[0]}
+    cameras = {cam: {k: stack[f"{cam}_{k}"] for k in ("rgb", "depth", "K", "pose")} for cam in run["cameras"]}
+    outcome = "success" if result["success"] else "failure"
+    return {"name": f"seed_{seed}_{outcome}", "cameras": cameras, "object_pose": stack["object_pose"],
+            "eef_pos": stack["eef_pos"], "objects": list(task.objects)}

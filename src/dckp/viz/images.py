@@ -81,3 +81,41 @@ def save_video(frames: list[np.ndarray], path: str | os.PathLike, fps: int = 20)
             writer.append_data(np.pad(frame, ((0, frame.shape[0] % 2), (0, frame.shape[1] % 2), (0, 0))))
     os.replace(tmp, path)
     return path
+
+
+def colour_scale(peak, pixels: int) -> np.ndarray:
+    """Keypoint confidence for colouring: the heatmap's peak probability as a ratio to a flat heatmap's (1 / pixels),
+    on a log scale, `log(peak * pixels) / log(pixels)`: 0 when the heatmap is flat (the keypoint could be
+    anywhere), 1 when all probability is on one pixel. The raw peak of a softmax over thousands of pixels is small
+    even for a good match (a few hundredths), which would colour every keypoint red."""
+    peak = np.clip(np.asarray(peak, np.float64), 1.0 / pixels, 1.0)
+    return np.log(peak * pixels) / np.log(pixels)
+
+
+def confidence_colour(c: float) -> np.ndarray:
+    """Red (confidence 0) to yellow (0.5) to green (confidence 1)."""
+    c = float(np.clip(c, 0.0, 1.0)) if np.isfinite(c) else 0.0
+    return np.array([255 * min(1.0, 2 * (1 - c)), 255 * min(1.0, 2 * c), 0], np.uint8)
+
+
+def draw_keypoints(image: np.ndarray, uv: np.ndarray, confidence: np.ndarray, scale: int = 1,
+                   radius: int | None = None) -> np.ndarray:
+    """A copy of `image (H, W, 3)` upscaled (nearest) by `scale`, with a filled circle per keypoint `uv (K, 2)`
+    (pixel coordinates of the original image), coloured by `confidence (K,)`, with a black rim."""
+    out = np.repeat(np.repeat(image, scale, 0), scale, 1) if scale > 1 else image.copy()
+    H, W = out.shape[:2]
+    r = radius if radius is not None else max(2, H // 64)
+    for (u, v), c in zip(np.asarray(uv, np.float64), np.asarray(confidence, np.float64), strict=True):
+        if not (np.isfinite(u) and np.isfinite(v)):
+            continue
+        x, y = u * scale + (scale - 1) / 2, v * scale + (scale - 1) / 2  # pixel centres stay pixel centres
+        x0, x1 = max(0, int(np.floor(x - r - 1))), min(W, int(np.ceil(x + r + 1)) + 1)
+        y0, y1 = max(0, int(np.floor(y - r - 1))), min(H, int(np.ceil(y + r + 1)) + 1)
+        if x0 >= x1 or y0 >= y1:
+            continue
+        yy, xx = np.mgrid[y0:y1, x0:x1]
+        d2 = (xx - x) ** 2 + (yy - y) ** 2
+        patch = out[y0:y1, x0:x1]
+        patch[d2 <= (r + 1) ** 2] = 0
+        patch[d2 <= r**2] = confidence_colour(c)
+    return out

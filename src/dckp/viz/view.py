@@ -73,20 +73,22 @@ def has_display() -> bool:
 
 
 def view(path: str | os.PathLike, cfg: ViewConfig, out: str | os.PathLike | None = None,
-         spawn: bool | None = None, progress: bool = True) -> Path:
-    """Write the recording of `path` (a demos or views file, or a policy folder: one rollout from `cfg.seed`) to
-    `out` (default: beside the file as `<stem>.rrd`, or `<policy>/rollout_<seed>.rrd`), atomically. Opens it in
-    the rerun viewer when `spawn` (default: when a display exists). Returns the file's path."""
+         spawn: bool | None = None, progress: bool = True, rollout: dict | None = None) -> Path:
+    """Write the recording of `path` (a demos or views file, or a policy folder with `rollout`, its episode from
+    `dckp.evaluation.rollout.record_rollout`) to `out` (default: beside the file as `<stem>.rrd`, or
+    `<policy>/rollout_<seed>.rrd`), atomically. Opens it in the rerun viewer when `spawn` (default: when a display
+    exists). Returns the file's path."""
     import rerun as rr
 
     path = Path(path)
     if not path.exists():
         raise DckpError("file not found", path=str(path))
-    rollout = path.is_dir()
+    if path.is_dir() and rollout is None:
+        raise DckpError("a policy folder is viewed through one of its rollouts: run `dckp view` on it", path=str(path))
     if out is None:
         out = path / f"rollout_{cfg.seed}.rrd" if rollout else path.with_suffix(".rrd")
     out = Path(out)
-    episodes = [_rollout_episode(path, cfg)] if rollout else _file_episodes(path, cfg)
+    episodes = [rollout] if rollout else _file_episodes(path, cfg)
     keypointer = _keypointer(cfg, path if rollout else None)
 
     rec = rr.new_recording("dckp", recording_id=f"dckp view {path.name}")
@@ -131,47 +133,6 @@ def _file_episodes(path: Path, cfg: ViewConfig) -> list[dict]:
     return episodes
 
 
-class _Recorder:
-    """A policy that hands every observation it acts on to `seen`, for `dckp.evaluation.rollout.rollout`."""
-
-    def __init__(self, policy, seen: list):
-        self.policy, self.encoder, self.seen = policy, policy.encoder, seen
-
-    @property
-    def timing(self):
-        return self.policy.timing
-
-    def reset(self) -> None:
-        self.policy.reset()
-
-    def act(self, observation):
-        self.seen.append(observation)
-        return self.policy.act(observation)
-
-
-def _rollout_episode(policy_dir: Path, cfg: ViewConfig) -> dict:
-    """One closed-loop episode of a policy folder from `cfg.seed`, as `_file_episodes` gives an episode."""
-    from dckp.evaluation.rollout import rollout
-    from dckp.policy.folder import load_run, load_visuomotor_policy
-    from dckp.sim.env import SimEnv
-    from dckp.sim.tasks import get_task
-
-    run = load_run(policy_dir)
-    policy = load_visuomotor_policy(policy_dir)
-    task = get_task(run["task"])
-    env = SimEnv(task, image_size=run["image_size"], cameras=tuple(run["cameras"]))
-    seen: list[dict] = []
-    try:
-        result = rollout(env, _Recorder(policy, seen), cfg.seed, record=True, max_steps=cfg.max_steps or None)
-    finally:
-        env.close()
-    stack = {key: np.stack([o[key] for o in seen]) for key in seen[0]}
-    cameras = {cam: {k: stack[f"{cam}_{k}"] for k in ("rgb", "depth", "K", "pose")} for cam in run["cameras"]}
-    outcome = "success" if result["success"] else "failure"
-    return {"name": f"seed_{cfg.seed}_{outcome}", "cameras": cameras, "object_pose": stack["object_pose"],
-            "eef_pos": stack["eef_pos"], "objects": list(task.objects)}
-
-
 # --- keypoints ---------------------------------------------------------------------------------------------------
 
 def _keypointer(cfg: ViewConfig, policy_dir: Path | None):
@@ -201,8 +162,8 @@ def episode_keypoints(ep: dict, keypointer, chunk: int = 32) -> tuple[np.ndarray
     import torch
 
     from dckp.encoders.keypoints import GroundTruthKeypoints
-    from dckp.evaluation.rollout import colour_scale, confidence_colour
     from dckp.keypoints.extract import depth_at, keypoints_3d
+    from dckp.viz.images import colour_scale, confidence_colour
 
     cams = ep["cameras"]
     T = len(next(iter(cams.values()))["rgb"])
