@@ -75,10 +75,11 @@ def cmd_fuse(args) -> None:
     from dckp.data import Dataset
     from dckp.geometry.config import MASK_PRESETS
     from dckp.geometry.fuse import fuse_file
+    from dckp.sim.tasks import workspace_of
     from dckp.viz.fuse import fuse_picture
 
     with Dataset(args.file) as ds:
-        workspace, expected = ds.workspace, ds.num_objects
+        workspace, expected = workspace_of(ds), ds.num_objects
     cfg = preset(MASK_PRESETS, args.preset)
     if workspace is not None:  # the file's workspace box, unless given on the command line
         cfg = dataclasses.replace(cfg, workspace_min=workspace[0], workspace_max=workspace[1])

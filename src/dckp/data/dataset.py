@@ -158,16 +158,14 @@ class Dataset:
     @property
     def workspace(self) -> list[list[float]] | None:
         """The world box `[[x, y, z], [x, y, z]]` (metres) holding the table top and the objects: the file's
-        `workspace` attribute; for files written before it existed, the simulator task's box; else None."""
-        if "workspace" in self.attrs:
-            try:
-                box = json.loads(self.attrs["workspace"])
-            except (TypeError, ValueError):
-                box = self.attrs["workspace"]
-            return check_workspace(box, path=self.path)
-        from dckp.sim.tasks import TASKS  # the task registry only: no simulator is imported
-
-        return check_workspace(TASKS[self.task].workspace) if self.task in TASKS else None
+        `workspace` attribute, or None (files written before it existed: `dckp.sim.tasks.workspace_of`)."""
+        if "workspace" not in self.attrs:
+            return None
+        try:
+            box = json.loads(self.attrs["workspace"])
+        except (TypeError, ValueError):
+            box = self.attrs["workspace"]
+        return check_workspace(box, path=self.path)
 
     @property
     def num_objects(self) -> int:

@@ -34,6 +34,7 @@ from dckp.errors import DckpError
 from dckp.geometry.camera import backproject, transform
 from dckp.geometry.masks import MASK_PRESETS, segment_objects
 from dckp.keypoints.references import references_at, sample_references
+from dckp.sim.tasks import workspace_of
 
 
 def single_view_masks(depth: np.ndarray, K: np.ndarray, pose: np.ndarray, workspace) -> np.ndarray:
@@ -64,7 +65,7 @@ def select_references(model, demos: str | os.PathLike, out: str | os.PathLike, p
     with Dataset(demos) as ds:
         first = ds.pick_episode(episode)
         if pixels is None:
-            workspace = check_workspace(workspace, field="workspace") if workspace is not None else ds.workspace
+            workspace = check_workspace(workspace, field="workspace") if workspace is not None else workspace_of(ds)
             if workspace is None:
                 raise DckpError("no workspace box in the file (not a simulator task, no `workspace` attribute); give "
                                 "--workspace-min and --workspace-max", path=str(demos))

@@ -15,4 +15,14 @@ def get_task(name: str) -> Task:
     return TASKS[name]
 
 
-__all__ = ["OVERVIEW", "TASKS", "WRIST", "Task", "get_task"]
+def workspace_of(ds) -> list[list[float]] | None:
+    """The world box of an open `dckp.data.Dataset`: its `workspace` attribute; for files written before the
+    attribute existed, its simulator task's box; else None."""
+    from dckp.data.dataset import check_workspace
+
+    if ds.workspace is not None:
+        return ds.workspace
+    return check_workspace(TASKS[ds.task].workspace) if ds.task in TASKS else None
+
+
+__all__ = ["OVERVIEW", "TASKS", "WRIST", "Task", "get_task", "workspace_of"]
