@@ -17,6 +17,27 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope="session")
+def tiny_lift(tmp_path_factory):
+    """Two lift demonstrations at 64 px and an untrained DON (resnet18, 4-d descriptors) saved as a run folder,
+    shared by the encoder and filter tests: `(demos file, DON run folder)`. Tests write into their own folders."""
+    import torch
+
+    from dckp.don.checkpoint import save_checkpoint
+    from dckp.don.config import DonConfig
+    from dckp.don.model import DenseObjectNet
+    from dckp.sim.collect import collect_demos
+    from dckp.sim.config import CollectConfig
+
+    tmp = tmp_path_factory.mktemp("tiny_lift")
+    demos = tmp / "lift.h5"
+    collect_demos(CollectConfig(task="lift", demos=2, image_size=64), str(demos), progress=False)
+    cfg = DonConfig(backbone="resnet18", descriptor_dim=4, image_size=64)
+    torch.manual_seed(0)
+    save_checkpoint(tmp / "don" / "don.safetensors", DenseObjectNet(cfg), cfg, 0)
+    return demos, tmp / "don"
+
+
 FAKE_ENCODER = "test_zeros"
 
 

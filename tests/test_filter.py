@@ -9,9 +9,7 @@ import torch
 
 from dckp.cli.main import main
 from dckp.data import Dataset
-from dckp.don.checkpoint import save_checkpoint
-from dckp.don.config import DonConfig
-from dckp.don.model import DenseObjectNet
+from dckp.don.train import load_don
 from dckp.encoders import build_encoder
 from dckp.errors import DckpError
 from dckp.keypoints.filter import FilterConfig, ParticleFilter, log_likelihood, systematic_resample
@@ -146,18 +144,12 @@ CAM = "robot0_eye_in_hand"
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    from dckp.sim.collect import collect_demos
-    from dckp.sim.config import CollectConfig
-
+def setup(tmp_path_factory, tiny_lift):
+    demos, don = tiny_lift
     tmp = tmp_path_factory.mktemp("filter")
-    demos = tmp / "lift.h5"
-    collect_demos(CollectConfig(task="lift", demos=2, image_size=SIZE), str(demos), progress=False)
-    cfg = DonConfig(backbone="resnet18", descriptor_dim=4, image_size=SIZE)
-    torch.manual_seed(0)
-    save_checkpoint(tmp / "don" / "don.safetensors", DenseObjectNet(cfg), cfg, 0)
+    (tmp / "don").symlink_to(don, target_is_directory=True)  # the shared untrained DON as this module's run folder
     refs = tmp / "refs.safetensors"
-    select_references(DenseObjectNet(cfg).eval(), demos, refs, per_camera=4)
+    select_references(load_don(don).eval(), demos, refs, per_camera=4)
     with Dataset(demos) as ds:
         episodes = [frames_of(ds, ep, [CAM], 0, 6) for ep in ds.episodes]
     return tmp, demos, refs, episodes
