@@ -89,7 +89,8 @@ def table_rows(out: Path, tasks: list[str], methods: list[str], results: Path) -
 def write_markdown(rows: dict, results: Path) -> None:
     lines = ["# Closed-loop success of policies by encoder", "",
              "cpu presets (DON resnet18 without layer4, D=8, 128 px; 16 keypoints per camera, LSTM 2x128; training "
-             "min: wall time of the policy's training), evaluated on seeds from 1,000,000. Rows from `dckp table` "
+             "min: wall time of the policy's training; \"from step N\": resumed there, the rest only), "
+             "evaluated on seeds from 1,000,000. Rows from `dckp table` "
              "(`python benchmarks/policy.py`), the earlier ones measured by hand; results/table1.md has the same "
              "cells beside the paper's. The ms/step columns come from the evaluation itself and are slowed by "
              "whatever else ran then; benchmarks/keypoint_latency.py measures speed.", "",
@@ -101,6 +102,8 @@ def write_markdown(rows: dict, results: Path) -> None:
             d = rows["details"][task][name]
             ms = d["ms_per_step"]
             train = f"{d['train_s'] / 60:.1f}" if d.get("train_s") is not None else "-"
+            if d.get("train_resumed_from"):  # an interrupted training: train_s timed only the steps after the resume
+                train += f" (from step {d['train_resumed_from']})"
             lines.append(f"| {task} | {name} | {d.get('don') or '-'} | {s['rate']:.2f} | "
                          f"[{s['ci95'][0]:.2f}, {s['ci95'][1]:.2f}] | {s['episodes']} | {d['mean_steps']:.0f} | "
                          f"{ms['encoder']:.0f} / {ms['policy']:.1f} / {ms['sim']:.0f} | {train} |")
