@@ -1,11 +1,11 @@
 """The hand-measured policy cells adopted into `dckp table`'s run folder, then the table made by its runner.
 
 results/policy.json (lift: blind, dckp-2d, dckp-3d, gt-kp, cnn, cnnd, resnet-ssm; stack: blind, dckp-3d, gt-kp,
-cnn; 50 episodes each on seeds from 1,000,000) and the blind rows of results/tasks.json were measured by hand, from
-artefacts under `runs/` that took hours to make. This one-off import copies them into the table's task folders
-(`dckp.table.adopt`; the originals are only read) wherever their stage's own check accepts them, i.e. they were
-made with the settings the table asks for now, and then runs `dckp table` for the given tasks and methods, which
-skips what was adopted and makes the rest:
+cnn, cnnd, resnet-ssm; 50 episodes each on seeds from 1,000,000) and the blind rows of results/tasks.json were
+measured by hand, from artefacts under `runs/` that took hours to make. This one-off import copies them into the
+table's task folders (`dckp.table.adopt`; the originals are only read) wherever their stage's own check accepts
+them, i.e. they were made with the settings the table asks for now, and then runs `dckp table` for the given tasks
+and methods, which skips what was adopted and makes the rest:
 
     python benchmarks/policy.py --verify 2                    # adopt, re-run 2 seeds of each adopted cell, table
     python benchmarks/policy.py --adopt-only                  # adopt and say what the table would still run
@@ -55,7 +55,8 @@ def sources(task: str, methods: list[str], runs: Path, data: Path, measured: dic
     return {**{k: str(v) for k, v in found.items() if v.exists()},
             "representations": {m: str(p) for m, p in representations.items() if p.exists()},
             "policies": {m: str(p) for m, p in policies.items() if p.exists()},
-            "train_s": {m: d["train_s"] for m, d in details.items() if "train_s" in d}}
+            "train_s": {m: d["train_s"] for m, d in details.items()  # a resumed training's time is partial: left out
+                        if "train_s" in d and not d.get("train_resumed_from")}}
 
 
 def table_rows(out: Path, tasks: list[str], methods: list[str], results: Path) -> dict:
