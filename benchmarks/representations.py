@@ -14,7 +14,10 @@ views scenes would give it nothing that moves).
 `pretrain_s` is the wall time with `pretrain_threads` torch threads. A finished run
 (`representation.safetensors`) whose `pretrain_s` and `steps` are already in the results file is not trained
 again; an interrupted one (or one given more `--steps`) resumes from its `last.safetensors`, and
-`pretrain_resumed_from` records the step it resumed from (> 0: `pretrain_s` is the rest).
+`pretrain_resumed_from` records the step it resumed from (> 0: `pretrain_s` is the rest). A finished run timed here
+and given more steps is the exception: its recorded time plus the rest's is its `pretrain_s`, and
+`pretrain_extended_at` the step where the second piece began (the learning rate is constant, so the steps are the
+same as trained at once).
 
 Then on the held-out views file (scenes never used in training), for every camera stream, on up to `--frames`
 frames per stream drawn without replacement over the file (seeded by `--seed`), at the method's image size
@@ -244,12 +247,20 @@ def main() -> None:
         files = [args.demos] if method == "transporter" else [args.views]  # as `dckp run`: the DON's data
         entry = results.setdefault(method, {}).setdefault(args.task, {})
         if not (run / MODEL).exists() or "pretrain_s" not in entry or entry.get("steps") != cfg.steps:
+            before = dict(entry)
             start = time.time()
             summary = pretrain_representation(method, files, cfg, run)
+            seconds = time.time() - start
             entry.clear()
-            entry.update({"pretrain_s": round(time.time() - start, 1), "pretrain_threads": args.threads,
-                          "steps": summary["steps"],
+            entry.update({"pretrain_s": round(seconds, 1), "pretrain_threads": args.threads, "steps": summary["steps"],
                           "pretrain_resumed_from": summary["resumed_from"]})  # > 0: pretrain_s is the rest only
+            if (summary["resumed_from"] and summary["resumed_from"] == before.get("steps")
+                    and "pretrain_s" in before and before.get("pretrain_threads") == args.threads):
+                # a finished, timed run given more steps (Adam at a constant rate: the same as training them at
+                # once): its recorded time plus the rest's
+                entry.update({"pretrain_s": round(before["pretrain_s"] + seconds, 1),
+                              "pretrain_resumed_from": before.get("pretrain_resumed_from", 0),
+                              "pretrain_extended_at": summary["resumed_from"]})
             save_json(results, path)
         _, trained, model = load_representation(run)
         entry.update(measure(method, model, trained, args.heldout, args.frames, args.seed))

@@ -105,24 +105,24 @@ class MonetConfig(RepresentationConfig):
 # 1e5 steps (pretrain.py's default), with Adam at 1e-4 (beta-VAE, MONet) or 5e-4 (Transporter): the `paper`
 # presets. On an H200 a paper step took 6, 13 and 67 ms (beta-VAE, Transporter, MONet; random images, no data
 # reading): about 10, 22 and 112 min for 1e5 steps. The `cpu` presets halve the images too (64 px: our 128 px
-# frames halved) and are sized for about half an hour per method on lift/stack data on 2 CPU cores: a step took
-# 0.06-0.08 s (beta-VAE, batch 16), 0.21-0.26 s (Transporter, batch 8) and 0.31-0.46 s (MONet, batch 8, narrowed)
-# on one core of the test machine while another job loaded both, so 10000, 5000 and 3000 steps take about 10-13,
-# 18-22 and 16-23 min there. The beta-VAE and MONet learn at 1e-3, 10x the authors' rate, to get somewhere in so
-# few steps (a choice, not compared on lift/stack data); MONet's networks are narrowed 4x (attention U-Net) and
-# 2x (component VAEs), a full-width step being about 5x slower; Transporter keeps the authors' widths at half
-# their batch.
+# frames halved) and are sized to use most of the half hour per method that 2 CPU cores allow: on this 2-core
+# machine, quiet, 2 torch threads, lift's data, a step took 0.043 s (beta-VAE, batch 16), 0.106 s (Transporter,
+# batch 8) and 0.19 s (MONet, batch 8, narrowed), so 30000, 12000 and 7000 steps take about 22, 21 and 22 min.
+# At a third of those steps (10000, 5000, 3000) every loss was still falling (results/representations.md). The
+# beta-VAE and MONet learn at 1e-3, 10x the authors' rate, to get somewhere in so few steps (a choice, not compared
+# on lift/stack data); MONet's networks are narrowed 4x (attention U-Net) and 2x (component VAEs), a full-width
+# step being about 5x slower; Transporter keeps the authors' widths at half their batch.
 BVAE_PRESETS = {
     "paper": BvaeConfig(image_size=128, steps=100_000),
-    "cpu": BvaeConfig(image_size=64, steps=10_000, lr=1e-3),
+    "cpu": BvaeConfig(image_size=64, steps=30_000, lr=1e-3),
 }
 TRANSPORTER_PRESETS = {
     "paper": TransporterConfig(image_size=128, steps=100_000, lr=5e-4),
-    "cpu": TransporterConfig(image_size=64, steps=5000, lr=5e-4, batch=8),
+    "cpu": TransporterConfig(image_size=64, steps=12_000, lr=5e-4, batch=8),
 }
 MONET_PRESETS = {
     "paper": MonetConfig(image_size=128, steps=100_000),
-    "cpu": MonetConfig(image_size=64, steps=3000, lr=1e-3, batch=8, attention_channels=16, vae_channels=16),
+    "cpu": MonetConfig(image_size=64, steps=7000, lr=1e-3, batch=8, attention_channels=16, vae_channels=16),
 }
 PRESETS: dict[str, dict[str, RepresentationConfig]] = {
     "bvae": BVAE_PRESETS, "transporter": TRANSPORTER_PRESETS, "monet": MONET_PRESETS}
