@@ -191,7 +191,9 @@ def write_markdown(results: dict, out: Path, runs: Path, command: str, heldout_k
              "",
              "`pretrain_s` must stay <= 30 minutes (1800 s) for the cpu preset on 2 cores; a baseline left "
              "undertrained by the CPU budget is unfair to it, so check the loss columns: if the mean loss of the "
-             "last 10 % of the steps is still clearly below that of the 10 % before, the loss had not flattened.",
+             "last 10 % of the steps is still clearly below that of the 10 % before, the loss had not flattened. "
+             "\"resumed from\" N > 0: the time covers the steps after N only; \"+N\": a finished run given more "
+             "steps at N, its time the sum of the two timed pieces.",
              "", "Loss columns are read from `<runs>/<task>/<method>/train_log.jsonl` under "
              f"`{runs}` (\"-\" where that folder has no log).", ""]
     for method in METHODS:
@@ -207,7 +209,8 @@ def write_markdown(results: dict, out: Path, runs: Path, command: str, heldout_k
             s = loss_summary(runs / task / method) or {}
             lines.append(f"| {task} | {r.get('steps', '-')} | {_num(r.get('pretrain_s'), '.1f')} | "
                          f"{_num(r['pretrain_s'] / 60 if 'pretrain_s' in r else None, '.1f')} | "
-                         f"{r.get('pretrain_threads', '-')} | {r.get('pretrain_resumed_from', '-')} | "
+                         f"{r.get('pretrain_threads', '-')} | {r.get('pretrain_resumed_from', '-')}"
+                         + (f" +{r['pretrain_extended_at']}" if "pretrain_extended_at" in r else "") + " | "
                          f"{_num(r.get('recon_mse'))} | " + "".join(f"{_num(r.get(e), '.3f')} | " for e in extra)
                          + f"{_num(s.get('first'))} | {_num(s.get('last'))} | {_num(s.get('last_tenth'))} | "
                          f"{_num(s.get('tenth_before'))} |")
