@@ -69,7 +69,7 @@ def _demos_config(src: Path, cfg: RunConfig, sp: str) -> dict:
     if saved.exists() and json.loads(saved.read_text()).get("randomisation") != json.loads(
             json.dumps(task.randomisation)):
         raise DckpError("made with other randomisation ranges than the task's today", path=str(saved))
-    return {"preset": sp, **collect}
+    return {"preset": sp, **collect, "demos": cfg.demos}  # the count checked above, in the table's own terms
 
 
 def _same(theirs: Path, ours: Path) -> bool:
