@@ -38,7 +38,7 @@ def _stamps(folder):
     return {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
 
 
-def test_table_broken_cell_resume_and_skip(tmp_path, local_ray, capsys):
+def test_table_broken_cell_resume_and_skip(tmp_path, local_ray, capsys, monkeypatch):
     out, results = tmp_path / "run", tmp_path / "results"
     argv = ["table", *FLAGS, "--out", str(out), "--results", str(results)]
     broken = out / "stack" / "policy_blind" / "eval"  # a file where the evaluation writes its folder
@@ -158,6 +158,17 @@ def test_table_broken_cell_resume_and_skip(tmp_path, local_ray, capsys):
     assert result["policy cnn"].startswith("runs: not there (not adopted: ")
     assert result["policy cnn"].endswith("train_policy.config.json: made with other settings: policy.steps 2 (now 3))")
     assert result["demonstrations"] == "adopted" and not (tmp_path / "third" / "lift" / "policy_cnn").exists()
+
+    # a demonstrations file made with an explicit count (here 1) is adopted into a table that asks for the task's
+    # number (demos=0) when the file holds that number, and refused when it does not
+    from dckp.sim.tasks import get_task
+
+    for count, want in ((1, "adopted"), (2, "runs: not there (not adopted: ")):
+        monkeypatch.setitem(get_task("lift").demos, "cpu", count)
+        result = adopt(tmp_path / f"demos{count}" / "lift", dataclasses.replace(cfg, demos=0),
+                       demos=out / "lift" / "demos.h5")
+        assert result["demonstrations"].startswith(want)
+    assert result["demonstrations"].endswith("1 demonstrations, the table wants 2)")
 
 
 def test_table_flags_are_checked(tmp_path):
