@@ -4,12 +4,12 @@ cell linked to its task's report.html and eval.json).
 
 `table1.json`: `cells.<task>.<method>` = `{rate, ci95, episodes, mean_steps, train_s, eval_s}` (`train_s` the
 policy's training and `eval_s` the evaluation chunks' summed wall time, in seconds, null where the stage ran
-elsewhere), `paper.<paper task>.<method>` = the paper's success rate (null: not reported), `stand_in.<task>` = the
-paper's task it stands in for (null: none), `config` = the settings the cells were made with (the run preset and
-its settings but the episode count, which is each cell's `episodes`, the stage presets, the per-encoder policy
-overrides, the first evaluation seed), `don.<task>.<pair
-type>` = `{pck@5%, wrong_object_rate}` of the task's own DON on its held-out scenes (tasks with a DON method). A
-later run with the same `config` adds its cells to the file's; with another config it replaces the file.
+elsewhere or some of the cell's episodes did), `paper.<paper task>.<method>` = the paper's success rate (null: not
+reported), `stand_in.<task>` = the paper's task it stands in for (null: none), `config` = the settings the cells
+were made with (the run preset and its settings but the episode count, which is each cell's `episodes`, the stage
+presets, the per-encoder policy overrides, the first evaluation seed), `don.<task>.<pair type>` = `{pck@5%,
+wrong_object_rate}` of the task's own DON on its held-out scenes (tasks with a DON method). A later run with the
+same `config` adds its cells to the file's; with another config it replaces the file.
 """
 
 from __future__ import annotations
@@ -69,8 +69,15 @@ def read_cell(folder: Path, method: str) -> dict:
     path = folder / "stage_seconds.json"
     timings = json.loads(path.read_text()) if path.exists() else {}
     return {"rate": ev["success_rate"], "ci95": ev["ci95"], "episodes": ev["episodes"],
-            "mean_steps": ev["mean_steps"], "train_s": timings.get(f"policy {method}"),
-            "eval_s": timings.get(f"evaluate {method}")}
+            "mean_steps": ev["mean_steps"], "train_s": timings.get(f"policy {method}"), "eval_s": _eval_seconds(ev)}
+
+
+def _eval_seconds(ev: dict) -> float | None:
+    """The evaluation's wall time: its chunks' summed seconds, or None when some of its episodes ran with no time
+    recorded (adopted from a run outside the table, and perhaps grown since)."""
+    chunks = ev.get("chunks", [])
+    covered = sum(last - first + 1 for first, last in (c["seeds"] for c in chunks))
+    return round(sum(c["seconds"] for c in chunks), 1) if chunks and covered >= ev["episodes"] else None
 
 
 def read_don(folder: Path) -> dict | None:
@@ -162,7 +169,8 @@ def markdown(data: dict) -> str:
             paper = sorted(((m, v) for m, v in data["paper"][STAND_IN[t]].items() if v is not None),
                            key=lambda kv: (-kv[1], kv[0]))
             lines.append(f"  - paper, {STAND_IN[t]}: " + " > ".join(f"{m} {v:.3f}" for m, v in paper))
-    lines += ["", "## Cost per cell", "", "| task | method | episodes | mean steps | training min | evaluation min |",
+    lines += ["", "## Cost per cell", "", "Wall time on the table's workers; - where the stage, or some of a cell's "
+              "episodes, ran before the table did (adopted) and recorded no time.", "", "| task | method | episodes | mean steps | training min | evaluation min |",
               "|---|---|---|---|---|---|"]
     for t in tasks:
         for m, c in data["cells"][t].items():
