@@ -29,7 +29,8 @@ def test_report_from_run_folder(tmp_path):
     save_json({"views": "heldout.h5", "pairs_per_type": 20, "results": {"same_camera": {
         "pck@5%": 0.875, "median_px": 2.25, "wrong_object_rate": 0.0125, "pairs": 20, "points": 2000}}},
         out / "heldout_correspondence.json")
-    save_json({"pretrain": 100.0, "demonstrations": 20.5, "evaluate dckp-3d": 30.0}, out / "stage_seconds.json")
+    save_json({"pretrain": 100.0, "demonstrations": 20.5, "evaluate dckp-3d": 30.0, "policy dckp-3d": None},
+              out / "stage_seconds.json")  # the policy's training resumed after an interrupt: its time unknown
     page = write_report(out).read_text()
     assert "Preset <b>demo</b>" in page
     assert "2 / 3" in page and "3 / 3" in page and "[0.21, 0.94]" in page  # Wilson interval of 2 of 3
@@ -41,6 +42,7 @@ def test_report_from_run_folder(tmp_path):
     timings = page[page.index("<h2>Stage timings</h2>"):]
     assert timings.index("demonstrations") < timings.index("pretrain") < timings.index("evaluate dckp-3d")
     assert "150.5" in timings  # total
+    assert "<tr><td>policy dckp-3d</td><td class=\"num\">-</td></tr>" in timings
     assert "&lt;" not in page.split("<body>")[0]  # the template's own markup is not escaped
 
 

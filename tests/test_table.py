@@ -170,6 +170,12 @@ def test_table_broken_cell_resume_and_skip(tmp_path, local_ray, capsys, monkeypa
         assert result["demonstrations"].startswith(want)
     assert result["demonstrations"].endswith("1 demonstrations, the table wants 2)")
 
+    # a training resumed from the state an interrupted run left records no seconds: the first piece's are unknown
+    (out / "lift" / "policy_cnn" / "policy.safetensors").unlink()  # policy_last.safetensors stays
+    assert main(argv) == 0
+    assert json.loads((out / "lift" / "stage_seconds.json").read_text())["policy cnn"] is None
+    assert json.loads((results / "table1.json").read_text())["cells"]["lift"]["cnn"]["train_s"] is None
+
 
 def test_table_flags_are_checked(tmp_path):
     assert main(["table", "--methods", "nope", "--out", str(tmp_path / "x")]) == 2

@@ -130,6 +130,7 @@ def run(cfg: RunConfig, out: str | Path, preset: str = "cpu") -> Path:
             log.info("%s: done, skipped", stage.name)
             continue
         log.info("%s: running", stage.name)
+        resumed = stage.partial is not None and stage.partial.exists()  # the interrupted piece's time is unknown
         start = time.time()
         try:
             stage.work()
@@ -138,7 +139,7 @@ def run(cfg: RunConfig, out: str | Path, preset: str = "cpu") -> Path:
                                if stage.partial is not None and stage.partial.exists() else "")
             raise Interrupted(f"stage {stage.name!r} stopped{f' ({saved})' if saved else ''}; finished stages kept in "
                               f"{out}: {', '.join(s.name for s in stages[:i]) or 'none'}") from None
-        timings[stage.name] = round(time.time() - start, 1)
+        timings[stage.name] = None if resumed else round(time.time() - start, 1)
         save_json(timings, timings_path)
     return write_report(out)
 
@@ -577,7 +578,7 @@ def report_context(out: Path) -> dict:
         "task": task, "preset": preset, "cfg": cfg, "config_json": json.dumps({"preset": preset, **config}, indent=2),
         "rows": rows, "encoders": list(evals), "episodes": episodes, "videos": videos,
         "cameras": list(task.cameras), "third_person": THIRD_PERSON, "heldout": corr, "heldout_rows": corr_rows,
-        "timings": timings, "total_seconds": sum(v for _, v in timings),
+        "timings": timings, "total_seconds": sum(v for _, v in timings if v is not None),
         "has_don": any("don" in encoder_class(n).artefacts for n in cfg.encoders()),
         "representation_pictures": [
             {"method": n, "uri": data_uri(out / f"representation_{n}" / REPRESENTATION_PICTURES[n])}

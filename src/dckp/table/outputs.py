@@ -4,12 +4,13 @@ cell linked to its task's report.html and eval.json).
 
 `table1.json`: `cells.<task>.<method>` = `{rate, ci95, episodes, mean_steps, train_s, eval_s}` (`train_s` the
 policy's training and `eval_s` the evaluation chunks' summed wall time, in seconds, null where the stage ran
-elsewhere or some of the cell's episodes did), `paper.<paper task>.<method>` = the paper's success rate (null: not
-reported), `stand_in.<task>` = the paper's task it stands in for (null: none), `config` = the settings the cells
-were made with (the run preset and its settings but the episode count, which is each cell's `episodes`, the stage
-presets, the per-encoder policy overrides, the first evaluation seed), `don.<task>.<pair type>` = `{pck@5%,
-wrong_object_rate}` of the task's own DON on its held-out scenes (tasks with a DON method). A later run with the
-same `config` adds its cells to the file's; with another config it replaces the file.
+elsewhere, some of the cell's episodes did, or the stage resumed from an interrupted run's state), `paper.<paper
+task>.<method>` = the paper's success rate (null: not reported), `stand_in.<task>` = the paper's task it stands in
+for (null: none), `config` = the settings the cells were made with (the run preset and its settings but the episode
+count, which is each cell's `episodes`, the stage presets, the per-encoder policy overrides, the first evaluation
+seed), `don.<task>.<pair type>` = `{pck@5%, wrong_object_rate}` of the task's own DON on its held-out scenes (tasks
+with a DON method). A later run with the same `config` adds its cells to the file's; with another config it replaces
+the file.
 """
 
 from __future__ import annotations
@@ -170,8 +171,9 @@ def markdown(data: dict) -> str:
                            key=lambda kv: (-kv[1], kv[0]))
             lines.append(f"  - paper, {STAND_IN[t]}: " + " > ".join(f"{m} {v:.3f}" for m, v in paper))
     lines += ["", "## Cost per cell", "", "Wall time on the table's workers; - where the stage, or some of a cell's "
-              "episodes, ran before the table did (adopted) and recorded no time.", "", "| task | method | episodes | mean steps | training min | evaluation min |",
-              "|---|---|---|---|---|---|"]
+              "episodes, ran before the table did (adopted), or where the stage resumed from an interrupted run's "
+              "state: time not recorded.", "",
+              "| task | method | episodes | mean steps | training min | evaluation min |", "|---|---|---|---|---|---|"]
     for t in tasks:
         for m, c in data["cells"][t].items():
             lines.append(f"| {t} | {m} | {c['episodes']} | {c['mean_steps']:.0f} | {_minutes(c['train_s'])} | "
