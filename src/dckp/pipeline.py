@@ -114,6 +114,10 @@ class Stage:
     partial: Path | None = None  # resumable state: kept on interrupt, removed when the stage's inputs changed
     evaluation: dict | None = None  # an evaluate stage's `evaluate_policy` arguments, so a runner can split its seeds
 
+    def resumes(self) -> bool:
+        """Whether an interrupted run left state that the stage's work continues from."""
+        return self.partial is not None and self.partial.exists()
+
 
 def run(cfg: RunConfig, out: str | Path, preset: str = "cpu") -> Path:
     """Run every stage that is not done (with the `paper` stage presets for `preset="paper"`, else `cpu`);
@@ -130,13 +134,12 @@ def run(cfg: RunConfig, out: str | Path, preset: str = "cpu") -> Path:
             log.info("%s: done, skipped", stage.name)
             continue
         log.info("%s: running", stage.name)
-        resumed = stage.partial is not None and stage.partial.exists()  # the interrupted piece's time is unknown
+        resumed = stage.resumes()  # then the interrupted piece's time is unknown
         start = time.time()
         try:
             stage.work()
         except KeyboardInterrupt as e:  # the CLI adds the command that resumes
-            saved = str(e) or (f"kept {stage.partial}, which the stage resumes from"
-                               if stage.partial is not None and stage.partial.exists() else "")
+            saved = str(e) or (f"kept {stage.partial}, which the stage resumes from" if stage.resumes() else "")
             raise Interrupted(f"stage {stage.name!r} stopped{f' ({saved})' if saved else ''}; finished stages kept in "
                               f"{out}: {', '.join(s.name for s in stages[:i]) or 'none'}") from None
         timings[stage.name] = None if resumed else round(time.time() - start, 1)

@@ -100,7 +100,7 @@ def _run_stage(config: dict, folder: str, sp: str, name: str, threads: int, *nee
 
     torch.set_num_threads(threads)
     stage = {s.name: s for s in plan(RunConfig(**config), Path(folder), sp)}[name]
-    resumed = stage.partial is not None and stage.partial.exists()
+    resumed = stage.resumes()
     start = time.time()
     try:
         stage.work()
