@@ -3,10 +3,14 @@
 Each task's folder `out/<task>` is a `dckp run` folder (the same stages, files and checks; its report.html covers the
 task's cells). Which stages run is decided on the driver first (`dckp.pipeline.decide`: a stage whose artefact
 exists, reads back and was made with the settings asked for now is skipped); each stage that runs is one Ray task,
-started once the Ray tasks of the stages it needs have finished, and running the stage's own `work` on whichever
-node Ray picks (so the run folder must be on a file system every node sees). An evaluation is split into chunks of
-seeds, one Ray task each (`evaluation.run_episodes`); a last task writes `eval.json` from them, with the node that
-ran each chunk (`chunks`). Evaluation seeds are the pipeline's: the same for every method, from 1,000,000.
+running the stage's own `work` on whichever node Ray picks (so the run folder must be on a file system every node
+sees). An evaluation is split into chunks of seeds, one Ray task each (`evaluation.run_episodes`); a last task writes
+`eval.json` from them, with the node that ran each chunk (`chunks`). Evaluation seeds are the pipeline's: the same
+for every method, from 1,000,000.
+
+The driver starts each Ray task once the tasks it needs have finished and the cluster has the CPUs (and GPUs) free
+for it, evaluations first (`_placeable`): a cell is finished as soon as its policy is, rather than its evaluation
+waiting behind the next hour-long training.
 
 A stage that fails fails the cells that need it, and only those: the others finish, and the failures are reported
 at the end (one line each, naming the task, the stage and the error).
@@ -15,11 +19,13 @@ at the end (one line each, naming the task, the stage and the error).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from tqdm import tqdm
@@ -174,6 +180,35 @@ def _cause(error: Exception) -> str:
     return text.strip().splitlines()[0] if text.strip() else type(cause).__name__
 
 
+@dataclasses.dataclass
+class _Job:
+    """One Ray task the driver places: a stage, an evaluation's chunk of seeds, or the task writing its eval.json.
+    `submit` starts it, given the results of the jobs it `needs` (in that order)."""
+
+    key: tuple  # (task, stage name), or (task, stage name, chunk index) for a chunk
+    needs: list[tuple]
+    submit: Callable
+    resources: dict  # {"CPU": n, "GPU": n} it asks Ray for
+    evaluation: bool  # part of an evaluation: placed before any other job that is ready
+
+
+def _placeable(ready: list[_Job], used: dict, capacity: dict, idle: bool) -> list[_Job]:
+    """The ready jobs to start now: evaluation parts first, then the others in plan order, each while the cluster's
+    CPUs and GPUs (`capacity`) hold it beside those `used` by running jobs. With nothing running (`idle`), the first
+    job starts even when it asks for more than the cluster has (Ray then waits for the resources to appear).
+
+    Ray itself starts whichever ready task fits a free slot, so a training submitted early could take the slot of a
+    finished policy's evaluation and hold it for an hour; placing the jobs here finishes cells first."""
+    used, chosen = dict(used), []
+    for job in sorted(ready, key=lambda j: not j.evaluation):  # stable: plan order within each group
+        if (idle and not chosen) or all(used.get(r, 0) + n <= capacity.get(r, 0) for r, n in job.resources.items()
+                                        if n):
+            chosen.append(job)
+            for r, n in job.resources.items():
+                used[r] = used.get(r, 0) + n
+    return chosen
+
+
 def run_table(table: TableConfig, run: RunConfig, out: str | Path, preset: str = "cpu") -> dict:
     """Make every cell of `table` that is not done, in `out/<task>/`, with the stage settings of `run` (and the
     `paper` stage presets for `preset="paper"`, else `cpu`). Returns `{"cells": {(task, method): "done" | error},
@@ -186,7 +221,7 @@ def run_table(table: TableConfig, run: RunConfig, out: str | Path, preset: str =
     try:
         stage_task = ray.remote(_run_stage)
         chunk_task, finish_task = ray.remote(_run_chunk), ray.remote(_finish_evaluation)
-        pending: dict = {}  # ObjectRef -> (task, stage name)
+        jobs: list[_Job] = []
         status: dict[tuple[str, str], str] = {}
         cells: dict[tuple[str, str], set[str]] = {}  # (task, method) -> the stages it needs
         for task in table.tasks:
@@ -196,26 +231,30 @@ def run_table(table: TableConfig, run: RunConfig, out: str | Path, preset: str =
             save_json({"preset": preset, **dataclasses.asdict(cfg)}, folder / "run.config.json")
             stages = plan(cfg, folder, sp)
             todo = decide(stages)
-            refs: dict[str, object] = {}
             for stage in stages:
                 if stage.name not in todo:
                     status[task, stage.name] = "skipped"
                     continue
-                deps = [refs[n] for n in stage.needs if n in refs]
+                deps = [(task, n) for n in stage.needs if n in todo]
                 if stage.evaluation is not None:
                     ev = stage.evaluation
-                    gpus = EVAL_GPU_SHARE if ev["device"].startswith("cuda") else 0
-                    parts = [chunk_task.options(num_cpus=1, num_gpus=gpus).remote(task, stage.name, ev, jobs, *deps)
-                             for jobs in _chunks(ev, table.chunk, any(n in todo for n in stage.needs))]
-                    refs[stage.name] = finish_task.options(num_cpus=0).remote(ev, *parts, *deps)
+                    res = {"CPU": 1, "GPU": EVAL_GPU_SHARE if ev["device"].startswith("cuda") else 0}
+                    parts = []
+                    for i, seeds in enumerate(_chunks(ev, table.chunk, bool(deps))):
+                        parts.append((task, stage.name, i))
+                        jobs.append(_Job(parts[-1], deps, functools.partial(
+                            chunk_task.options(num_cpus=1, num_gpus=res["GPU"]).remote, task, stage.name, ev, seeds),
+                            res, True))
+                    jobs.append(_Job((task, stage.name), parts + deps, functools.partial(
+                        finish_task.options(num_cpus=0).remote, ev), {}, True))
                 else:
                     res = _stage_resources(stage, cfg, table)
-                    refs[stage.name] = stage_task.options(**res).remote(
-                        dataclasses.asdict(cfg), str(folder), sp, stage.name, res["num_cpus"], *deps)
-                pending[refs[stage.name]] = (task, stage.name)
+                    jobs.append(_Job((task, stage.name), deps, functools.partial(
+                        stage_task.options(**res).remote, dataclasses.asdict(cfg), str(folder), sp, stage.name,
+                        res["num_cpus"]), {"CPU": res["num_cpus"], "GPU": res["num_gpus"]}, False))
             for method in cfg.encoders():
                 cells[task, method] = _closure(stages, f"evaluate {method}")
-        _wait(pending, status, cells, out)
+        _wait(jobs, status, cells, out)
     finally:
         if started:
             ray.shutdown()
@@ -231,9 +270,10 @@ def run_table(table: TableConfig, run: RunConfig, out: str | Path, preset: str =
     return {"cells": cell_status, "stages": status}
 
 
-def _wait(pending: dict, status: dict, cells: dict, out: Path) -> None:
-    """Collect the Ray tasks as they finish: timings into each task's stage_seconds.json, failures logged, and the
-    progress of the cells (done, running: every shared stage it needs is done, waiting, failed)."""
+def _wait(jobs: list[_Job], status: dict, cells: dict, out: Path) -> None:
+    """Start the jobs as the jobs they need finish (`_placeable`) and collect them: timings into each task's
+    stage_seconds.json, failures logged (a job whose need failed fails with its error, unstarted), and the progress
+    of the cells (done, running: every shared stage it needs is done, waiting, failed)."""
     import ray
     from ray.exceptions import RayError
 
@@ -247,30 +287,47 @@ def _wait(pending: dict, status: dict, cells: dict, out: Path) -> None:
         return all(status.get((cell[0], n)) is not None for n in cells[cell]
                    if not n.startswith(("policy ", "evaluate ")))
 
-    bar, logged = tqdm(total=len(cells), desc="table cells", unit="cell"), set()
+    def fail(job: _Job, error: str) -> None:
+        failed[job.key] = error
+        if status.get(job.key[:2]) in (None, "ran"):  # a chunk's error is its evaluation's
+            status[job.key[:2]] = error
+        if error not in logged:  # the jobs after a failed one fail with its error
+            logged.add(error)
+            log.error("failed: %s", error)
+
+    waiting, running = list(jobs), {}  # running: ObjectRef -> job
+    results, failed, logged = {}, {}, set()
+    bar = tqdm(total=len(cells), desc="table cells", unit="cell")
     try:
         while True:
+            for job in [j for j in waiting if any(n in failed for n in j.needs)]:
+                waiting.remove(job)
+                fail(job, next(failed[n] for n in job.needs if n in failed))
+            ready = [j for j in waiting if all(n in results for n in j.needs)]
+            capacity = {r: ray.cluster_resources().get(r, 0) for r in ("CPU", "GPU")}
+            used = {r: sum(j.resources.get(r, 0) for j in running.values()) for r in ("CPU", "GPU")}
+            for job in _placeable(ready, used, capacity, idle=not running):
+                waiting.remove(job)
+                running[job.submit(*(results[n] for n in job.needs))] = job
             states = {c: settled(c) for c in cells}
             bar.n = sum(s is not None for s in states.values())
-            running = sum(s is None and shared_done(c) for c, s in states.items())
-            bar.set_postfix(done=sum(s == "done" for s in states.values()), running=running,
-                            waiting=sum(s is None for s in states.values()) - running,
+            started = sum(s is None and shared_done(c) for c, s in states.items())
+            bar.set_postfix(done=sum(s == "done" for s in states.values()), running=started,
+                            waiting=sum(s is None for s in states.values()) - started,
                             failed=sum(s == "failed" for s in states.values()))
-            if not pending:
+            if not running:
                 break
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            task, name = pending.pop(ready[0])
+            ref = ray.wait(list(running), num_returns=1)[0][0]
+            job = running.pop(ref)
             try:
-                result = ray.get(ready[0])
+                results[job.key] = ray.get(ref)
             except RayError as e:
-                status[task, name] = _cause(e)
-                if status[task, name] not in logged:  # the stages after a failed one fail with its error
-                    logged.add(status[task, name])
-                    log.error("failed: %s", status[task, name])
+                fail(job, _cause(e))
                 continue
-            status[task, name] = "ran"
-            path = out / task / "stage_seconds.json"
-            timings = json.loads(path.read_text()) if path.exists() else {}
-            save_json({**timings, name: result["seconds"]}, path)
+            if len(job.key) == 2:  # a stage, or an evaluation's eval.json
+                status[job.key] = "ran"
+                path = out / job.key[0] / "stage_seconds.json"
+                timings = json.loads(path.read_text()) if path.exists() else {}
+                save_json({**timings, job.key[1]: results[job.key]["seconds"]}, path)
     finally:
         bar.close()
