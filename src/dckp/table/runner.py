@@ -297,7 +297,9 @@ def _wait(jobs: list[_Job], status: dict, cells: dict, out: Path) -> None:
 
     waiting, running = list(jobs), {}  # running: ObjectRef -> job
     results, failed, logged = {}, {}, set()
-    bar = tqdm(total=len(cells), desc="table cells", unit="cell")
+    # no rate or ETA: the cells skipped at the start and the hour-long trainings make both meaningless
+    bar = tqdm(total=len(cells), desc="table cells",
+               bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
     try:
         while True:
             for job in [j for j in waiting if any(n in failed for n in j.needs)]:
