@@ -289,8 +289,7 @@ def _wait(jobs: list[_Job], status: dict, cells: dict, out: Path) -> None:
 
     def fail(job: _Job, error: str) -> None:
         failed[job.key] = error
-        if status.get(job.key[:2]) in (None, "ran"):  # a chunk's error is its evaluation's
-            status[job.key[:2]] = error
+        status.setdefault(job.key[:2], error)  # a chunk's error is its evaluation's (the first one)
         if error not in logged:  # the jobs after a failed one fail with its error
             logged.add(error)
             log.error("failed: %s", error)
