@@ -265,3 +265,31 @@ def test_frame_windows_read_the_same_frames_cached_or_not(setup):
     assert all(torch.equal(a[k], b[k]) for k in a)
     with Dataset(demos) as ds:  # window 2 (demo 0, steps 0..1) padded with its last frame
         assert torch.equal(a[f"{cam}_rgb"][4 + 3], torch.from_numpy(ds.frame("demo_0", cam, 1)["rgb"]))
+
+
+def test_cnn_input_is_channels_last_with_the_numbers_of_channels_first():
+    """The end-to-end CNNs read their input channels-last in memory (the CPU convolutions' fast layout; cnnd's
+    depth channel used to make a channels-first copy), and compute the same numbers as from a channels-first copy,
+    forward and backward (bit for bit on the development machine; to float rounding here, as the kernels may differ
+    by CPU)."""
+    import torch
+
+    from dckp.encoders import build_encoder
+
+    gen = torch.Generator().manual_seed(0)
+    frames = {"cam_rgb": torch.randint(0, 256, (6, 128, 128, 3), dtype=torch.uint8, generator=gen),
+              "cam_depth": torch.rand(6, 128, 128, generator=gen) * 3}
+    for name in ("cnn", "cnnd"):
+        torch.manual_seed(0)
+        enc = build_encoder({"name": name}, ["cam"], 128)
+        x = enc.image(frames, "cam")
+        assert x.shape == (6, 4 if name == "cnnd" else 3, 128, 128)
+        assert x.is_contiguous(memory_format=torch.channels_last)
+        grads = []
+        for inp in (x, x.contiguous()):
+            enc.zero_grad()
+            out = enc.net(inp)
+            out.square().sum().backward()
+            grads.append((out.detach(), [p.grad.clone() for p in enc.parameters()]))
+        assert torch.allclose(grads[0][0], grads[1][0], rtol=1e-6, atol=1e-7)
+        assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-7) for a, b in zip(grads[0][1], grads[1][1], strict=True))

@@ -53,10 +53,12 @@ class Cnn(Encoder):
 
     def image(self, frames: Mapping[str, torch.Tensor], cam: str) -> torch.Tensor:
         """`(B, C, 128, 128)` float network input of one camera."""
-        x = frames[f"{cam}_rgb"].permute(0, 3, 1, 2).float() / 255
+        x = frames[f"{cam}_rgb"].float() / 255
         if "depth" in self.inputs:
             depth = (frames[f"{cam}_depth"].float() / DEPTH_RANGE).clamp(0, 1)
-            x = torch.cat([x, depth[:, None]], 1)
+            x = torch.cat([x, depth[..., None]], -1)
+        x = x.permute(0, 3, 1, 2)  # channels-last in memory: on the CPU, the convolutions' fast layout (cnnd's
+        # backward pass 8x faster than from a channels-first copy, with the same numbers)
         if x.shape[-1] != SIZE:
             x = F.interpolate(x, size=(SIZE, SIZE), mode="bilinear", align_corners=True)
         return random_shift(x, self.opts.shift) if self.training else x
