@@ -247,10 +247,11 @@ def test_trainable_encoder_round_trip_gives_the_same_actions(setup):
     assert main(["evaluate", str(out), "--episodes", "1", "--workers", "1", "--videos", "0", "--max-steps", "3"]) == 0
 
 
-def test_frame_windows_read_the_same_frames_cached_or_not(setup):
+def test_frame_windows_read_the_same_frames_cached_or_not(setup, monkeypatch):
     import numpy as np
 
-    from dckp.policy.demos import FrameWindows
+    from dckp.policy import demos as demos_module
+    from dckp.policy.demos import FrameWindows, frames_of
 
     _, demos, _, _ = setup
     cam = "robot0_eye_in_hand"
@@ -265,6 +266,21 @@ def test_frame_windows_read_the_same_frames_cached_or_not(setup):
     assert all(torch.equal(a[k], b[k]) for k in a)
     with Dataset(demos) as ds:  # window 2 (demo 0, steps 0..1) padded with its last frame
         assert torch.equal(a[f"{cam}_rgb"][4 + 3], torch.from_numpy(ds.frame("demo_0", cam, 1)["rgb"]))
+
+    # room for demo 1 alone: it is cached whole, and demo 0 is read a window at a time, the same frames
+    reads = []
+    monkeypatch.setattr(demos_module, "frames_of", lambda ds, ep, cams, start, stop, inputs: reads.append(
+        (ep, start, stop)) or frames_of(ds, ep, cams, start, stop, inputs))
+    with Dataset(demos) as ds:
+        len_1 = len(ds.actions("demo_1"))
+    with FrameWindows(demos, [cam], ("rgb", "depth")) as probe:
+        size = len_1 * probe.step_bytes
+    reads.clear()
+    with FrameWindows(demos, [cam], ("rgb", "depth"), cache_bytes=size) as tight:
+        c = tight.batch(index, first, n, 4)
+        assert list(tight.cache) == [1]
+    assert all(torch.equal(a[k], c[k]) for k in a)
+    assert reads == [("demo_0", 0, 1), ("demo_1", 0, len_1), ("demo_0", 0, 2)]
 
 
 def test_cnn_input_is_channels_last_with_the_numbers_of_channels_first():

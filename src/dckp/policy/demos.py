@@ -42,25 +42,29 @@ def frames_of(ds: Dataset, episode: str, cameras: list[str], start: int, stop: i
 class FrameWindows:
     """Batches of frame windows read from a demonstrations file on demand, for an encoder trained with the policy.
 
-    Decoding the file's compressed images dominates a step, so each demonstration's decoded frames are kept in
-    memory once read, up to `cache_bytes` in all (1 GiB: every demonstration of the `cpu` presets); beyond that
-    they are read from the file at every step (whole demonstrations would not fit in memory at paper size)."""
+    Decoding the file's compressed images is a large part of a step, so each demonstration's decoded frames are
+    kept in memory once read, whole, while they fit in `cache_bytes` in all (4 GiB: the colour frames of every
+    demonstration of the `cpu` presets, pick_place_clutter's 3.6 GiB the most; with depth, about half of
+    pick_place_clutter's). A demonstration that does not fit is read again at every step, only the window asked for
+    (whole demonstrations would not fit in memory at paper size)."""
 
-    def __init__(self, demos: str | os.PathLike, cameras: list[str], inputs, cache_bytes: int = 2**30):
+    def __init__(self, demos: str | os.PathLike, cameras: list[str], inputs, cache_bytes: int = 4 * 2**30):
         self.ds = Dataset(demos)
         self.episodes, self.cameras, self.inputs = self.ds.episodes, cameras, tuple(inputs)
+        self.lengths = [len(self.ds.actions(ep)) for ep in self.episodes]
+        one = frames_of(self.ds, self.episodes[0], cameras, 0, 1, self.inputs)
+        self.step_bytes = sum(v.numel() * v.element_size() for v in one.values())
         self.cache: dict[int, dict[str, torch.Tensor]] = {}
         self.cache_bytes, self.cached_bytes = cache_bytes, 0
 
     def _window(self, i: int, start: int, stop: int) -> dict[str, torch.Tensor]:
-        if i in self.cache:
-            return {key: v[start:stop] for key, v in self.cache[i].items()}
-        ep = self.episodes[i]
-        whole = frames_of(self.ds, ep, self.cameras, 0, len(self.ds.actions(ep)), self.inputs)
-        size = sum(v.numel() * v.element_size() for v in whole.values())
-        if self.cached_bytes + size <= self.cache_bytes:
-            self.cache[i], self.cached_bytes = whole, self.cached_bytes + size
-        return {key: v[start:stop] for key, v in whole.items()}
+        if i not in self.cache:
+            size = self.lengths[i] * self.step_bytes
+            if self.cached_bytes + size > self.cache_bytes:
+                return frames_of(self.ds, self.episodes[i], self.cameras, start, stop, self.inputs)
+            self.cache[i] = frames_of(self.ds, self.episodes[i], self.cameras, 0, self.lengths[i], self.inputs)
+            self.cached_bytes += size
+        return {key: v[start:stop] for key, v in self.cache[i].items()}
 
     def batch(self, index: np.ndarray, first: np.ndarray, n: np.ndarray, length: int) -> dict[str, torch.Tensor]:
         """Frames of windows `first[b] .. first[b] + n[b] - 1` of demonstrations `index[b]`, each padded to `length`
