@@ -97,9 +97,11 @@ def test_table_broken_cell_resume_and_skip(tmp_path, local_ray, capsys, monkeypa
     from dckp.table import run_table
 
     run = RunConfig(**{**vars(RUN_PRESETS["cpu"]), **RUN})
-    status = run_table(TableConfig(tasks=TASKS, methods=METHODS, chunk=2), run, out)
+    (results / "table1.json").unlink()  # the runner writes the table as cells finish, here all done at the start
+    status = run_table(TableConfig(tasks=TASKS, methods=METHODS, chunk=2, results=str(results)), run, out)
     assert set(status["cells"].values()) == {"done"} and len(status["cells"]) == 4
     assert set(status["stages"].values()) == {"skipped"}
+    assert json.loads((results / "table1.json").read_text())["cells"] == data["cells"]
 
     # lift's cells grown to 4 episodes: only their 2 new seeds run (one chunk), the table keeps stack's cells; then
     # asked 2 again, they report the first 2 without running any
@@ -114,7 +116,7 @@ def test_table_broken_cell_resume_and_skip(tmp_path, local_ray, capsys, monkeypa
     assert {t: {m: c["episodes"] for m, c in cells.items()} for t, cells in data["cells"].items()} == {
         "lift": {"blind": 4, "cnn": 4}, "stack": {"blind": 2, "cnn": 2}}
     assert "episodes" not in data["config"]["run"]
-    status = run_table(TableConfig(tasks=["lift"], methods=METHODS, chunk=2), run, out)
+    status = run_table(TableConfig(tasks=["lift"], methods=METHODS, chunk=2, results=str(results)), run, out)
     assert status["stages"]["lift", "evaluate cnn"] == "ran"
     ev = json.loads((out / "lift" / "policy_cnn" / "eval" / "eval.json").read_text())
     assert ev["per_episode"] == evals["lift", "cnn"]["per_episode"] and [c["seeds"] for c in ev["chunks"]] == [SEEDS]

@@ -297,15 +297,14 @@ def cmd_run(args) -> None:
 
 def cmd_table(args) -> None:
     from dckp.pipeline import RUN_PRESETS
-    from dckp.table import run_table, write_outputs
+    from dckp.table import run_table
     from dckp.table.config import TableConfig
 
     start = time.time()
     table = apply_args(TableConfig(), args)
     run = apply_args(preset(RUN_PRESETS, args.preset), args)
-    status = run_table(table, run, args.out, preset=args.preset)
+    status = run_table(table, run, args.out, preset=args.preset)  # writes table1.* as cells finish
     done = [cell for cell, s in status["cells"].items() if s == "done"]
-    write_outputs(args.out, table, run, args.preset, done)
     print(f"{len(done)} of {len(status['cells'])} cells in {Path(table.results) / 'table1.md'} "
           f"({time.time() - start:.0f} s)")
     failed = {f"{t}/{m}": s for (t, m), s in status["cells"].items() if s != "done"}

@@ -211,9 +211,12 @@ def _placeable(ready: list[_Job], used: dict, capacity: dict, idle: bool) -> lis
 
 def run_table(table: TableConfig, run: RunConfig, out: str | Path, preset: str = "cpu") -> dict:
     """Make every cell of `table` that is not done, in `out/<task>/`, with the stage settings of `run` (and the
-    `paper` stage presets for `preset="paper"`, else `cpu`). Returns `{"cells": {(task, method): "done" | error},
-    "stages": {(task, stage): "skipped" | "ran" | error}}`."""
+    `paper` stage presets for `preset="paper"`, else `cpu`), writing `table.results`/table1.* as cells finish (those
+    already done first), so a long run's partial table can be read and committed. Returns `{"cells": {(task,
+    method): "done" | error}, "stages": {(task, stage): "skipped" | "ran" | error}}`."""
     import ray
+
+    from dckp.table.outputs import write_outputs
 
     out = Path(out).resolve()
     sp = "paper" if preset == "paper" else "cpu"
@@ -254,7 +257,7 @@ def run_table(table: TableConfig, run: RunConfig, out: str | Path, preset: str =
                         res["num_cpus"]), {"CPU": res["num_cpus"], "GPU": res["num_gpus"]}, False))
             for method in cfg.encoders():
                 cells[task, method] = _closure(stages, f"evaluate {method}")
-        _wait(jobs, status, cells, out)
+        _wait(jobs, status, cells, out, lambda done: write_outputs(out, table, run, preset, done))
     finally:
         if started:
             ray.shutdown()
@@ -270,10 +273,11 @@ def run_table(table: TableConfig, run: RunConfig, out: str | Path, preset: str =
     return {"cells": cell_status, "stages": status}
 
 
-def _wait(jobs: list[_Job], status: dict, cells: dict, out: Path) -> None:
+def _wait(jobs: list[_Job], status: dict, cells: dict, out: Path, finished: Callable[[list], object]) -> None:
     """Start the jobs as the jobs they need finish (`_placeable`) and collect them: timings into each task's
-    stage_seconds.json, failures logged (a job whose need failed fails with its error, unstarted), and the progress
-    of the cells (done, running: every shared stage it needs is done, waiting, failed)."""
+    stage_seconds.json, failures logged (a job whose need failed fails with its error, unstarted), `finished` called
+    with the cells done since its last call, and the progress of the cells (done, running: every shared stage it
+    needs is done, waiting, failed)."""
     import ray
     from ray.exceptions import RayError
 
@@ -295,7 +299,7 @@ def _wait(jobs: list[_Job], status: dict, cells: dict, out: Path) -> None:
             log.error("failed: %s", error)
 
     waiting, running = list(jobs), {}  # running: ObjectRef -> job
-    results, failed, logged = {}, {}, set()
+    results, failed, logged, reported = {}, {}, set(), set()
     # no rate or ETA: the cells skipped at the start and the hour-long trainings make both meaningless
     bar = tqdm(total=len(cells), desc="table cells",
                bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
@@ -311,6 +315,9 @@ def _wait(jobs: list[_Job], status: dict, cells: dict, out: Path) -> None:
                 waiting.remove(job)
                 running[job.submit(*(results[n] for n in job.needs))] = job
             states = {c: settled(c) for c in cells}
+            if done := [c for c, s in states.items() if s == "done" and c not in reported]:
+                finished(done)
+                reported.update(done)
             bar.n = sum(s is not None for s in states.values())
             started = sum(s is None and shared_done(c) for c, s in states.items())
             bar.set_postfix(done=sum(s == "done" for s in states.values()), running=started,
