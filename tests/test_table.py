@@ -103,6 +103,20 @@ def test_table_broken_cell_resume_and_skip(tmp_path, local_ray, capsys, monkeypa
     assert set(status["stages"].values()) == {"skipped"}
     assert json.loads((results / "table1.json").read_text())["cells"] == data["cells"]
 
+    # --dry-run: what would run and why, nothing run or removed
+    from dckp.table import dry_run
+
+    capsys.readouterr()
+    assert main([*argv, "--dry-run", "true"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["lift: 2 of 2 cells done: blind, cnn", "  would run: nothing",
+                                                    "stack: 2 of 2 cells done: blind, cnn", "  would run: nothing"]
+    stamps = _stamps(out)
+    lines = dry_run(TableConfig(tasks=["lift"], methods=METHODS), dataclasses.replace(run, policy_steps=3), out)
+    assert lines[0] == "lift: 0 of 2 cells done: none"
+    assert lines[1].startswith("  would run: policy blind (replaces its artefact: ")
+    assert "train_policy.config.json: made with other settings: policy.steps 2 (now 3)); evaluate blind" in lines[1]
+    assert _stamps(out) == stamps
+
     # lift's cells grown to 4 episodes: only their 2 new seeds run (one chunk), the table keeps stack's cells; then
     # asked 2 again, they report the first 2 without running any
     grow = ["table", "--tasks", "lift", *FLAGS[FLAGS.index("--methods"):], "--out", str(out), "--results",

@@ -297,12 +297,15 @@ def cmd_run(args) -> None:
 
 def cmd_table(args) -> None:
     from dckp.pipeline import RUN_PRESETS
-    from dckp.table import run_table
+    from dckp.table import dry_run, run_table
     from dckp.table.config import TableConfig
 
     start = time.time()
     table = apply_args(TableConfig(), args)
     run = apply_args(preset(RUN_PRESETS, args.preset), args)
+    if table.dry_run:
+        print("\n".join(dry_run(table, run, args.out, preset=args.preset)))
+        return
     status = run_table(table, run, args.out, preset=args.preset)  # writes table1.* as cells finish
     done = [cell for cell, s in status["cells"].items() if s == "done"]
     print(f"{len(done)} of {len(status['cells'])} cells in {Path(table.results) / 'table1.md'} "

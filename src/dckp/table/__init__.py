@@ -6,6 +6,6 @@ from it)."""
 from dckp.lazy import lazy_exports
 
 __getattr__, __all__ = lazy_exports(__name__, {
-    "dckp.table.runner": ("run_table", "start_ray", "task_config"),
+    "dckp.table.runner": ("dry_run", "run_table", "start_ray", "task_config"),
     "dckp.table.outputs": ("write_outputs",),
 })

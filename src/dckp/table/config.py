@@ -33,6 +33,8 @@ class TableConfig:
                        "--address)")
     train_cpus: int = option(1, "CPUs (torch threads) each training stage asks Ray for")
     results: str = option("results", "folder for table1.json, table1.md, table1.png and table1.html")
+    dry_run: bool = option(False, "print each task's cells done and the stages that would run, with why, then stop "
+                           "(nothing is run or removed)")
 
     def __post_init__(self):
         names = encoder_names()

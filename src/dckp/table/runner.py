@@ -209,6 +209,23 @@ def _placeable(ready: list[_Job], used: dict, capacity: dict, idle: bool) -> lis
     return chosen
 
 
+def dry_run(table: TableConfig, run: RunConfig, out: str | Path, preset: str = "cpu") -> list[str]:
+    """Per task, a line of its cells done and one of the stages `run_table` would run now: a stage whose artefact is
+    there says why it runs again (the table removes that artefact first, `decide`), and one that continues from an
+    interrupted run's state says so. Nothing is run, written or removed."""
+    lines = []
+    for task in table.tasks:
+        cfg = task_config(run, task, table.methods)
+        stages = plan(cfg, Path(out).resolve() / task, "paper" if preset == "paper" else "cpu")
+        todo = decide(stages, remove=False)
+        done = [m for m in cfg.encoders() if not _closure(stages, f"evaluate {m}") & set(todo)]
+        runs = [s.name + (f" (replaces its artefact: {todo[s.name]})" if s.artefact.exists() else
+                          " (resumes)" if s.resumes() else "") for s in stages if s.name in todo]
+        lines += [f"{task}: {len(done)} of {len(cfg.encoders())} cells done: "
+                  f"{', '.join(done) or 'none'}", f"  would run: {'; '.join(runs) or 'nothing'}"]
+    return lines
+
+
 def run_table(table: TableConfig, run: RunConfig, out: str | Path, preset: str = "cpu") -> dict:
     """Make every cell of `table` that is not done, in `out/<task>/`, with the stage settings of `run` (and the
     `paper` stage presets for `preset="paper"`, else `cpu`), writing `table.results`/table1.* as cells finish (those
