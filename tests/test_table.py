@@ -201,27 +201,28 @@ def test_table_flags_are_checked(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-def test_evaluations_are_placed_before_trainings():
+def test_evaluations_then_short_stages_are_placed_before_trainings():
     """With one CPU free, a finished policy's evaluation chunk starts before a training that was ready first (Ray
-    would start either); trainings fill the CPUs that are left, an evaluation's eval.json (no CPU) always starts,
-    and with nothing running a job larger than the cluster still starts."""
+    would start either), and a short stage (references) before it too; trainings fill the CPUs that are left in
+    plan order, an evaluation's eval.json (no CPU) always starts, and with nothing running a job larger than the
+    cluster still starts."""
     from dckp.table.runner import _Job, _placeable
 
-    def job(name, cpus, evaluation):
-        return _Job(("lift", name), [], None, {"CPU": cpus, "GPU": 0}, evaluation)
+    def job(name, cpus, rank, gpus=0):
+        return _Job(("lift", name), [], None, {"CPU": cpus, "GPU": gpus}, rank)
 
-    train_a, train_b, chunk, finish = job("policy a", 1, False), job("policy b", 1, False), job("chunk", 1, True), \
-        job("evaluate c", 0, True)
-    ready = [train_a, train_b, chunk, finish]
+    train_a, train_b, refs = job("representation bvae", 1, 2), job("policy cnn", 1, 2), job("references", 1, 1)
+    chunk, finish = job("evaluate c", 1, 0), job("evaluate c", 0, 0)
+    ready = [train_a, train_b, refs, chunk, finish]
     assert _placeable(ready, {"CPU": 1}, {"CPU": 2}, idle=False) == [chunk, finish]
-    assert _placeable(ready, {"CPU": 0}, {"CPU": 2}, idle=False) == [chunk, finish, train_a]
-    assert _placeable(ready, {"CPU": 0}, {"CPU": 4}, idle=False) == [chunk, finish, train_a, train_b]
-    big = job("pretrain", 8, False)
+    assert _placeable(ready, {"CPU": 0}, {"CPU": 2}, idle=False) == [chunk, finish, refs]
+    assert _placeable(ready, {"CPU": 0}, {"CPU": 3}, idle=False) == [chunk, finish, refs, train_a]
+    assert _placeable([train_a, train_b, refs], {"CPU": 1}, {"CPU": 2}, idle=False) == [refs]
+    big = job("pretrain", 8, 2)
     assert _placeable([big, train_a], {}, {"CPU": 2}, idle=True) == [big]
     assert _placeable([big, train_a], {"CPU": 1}, {"CPU": 2}, idle=False) == [train_a]
-    gpu = _Job(("lift", "policy g"), [], None, {"CPU": 1, "GPU": 1}, False)
+    gpu = job("policy g", 1, 2, gpus=1)
     assert _placeable([gpu, train_a], {"GPU": 1}, {"CPU": 4, "GPU": 1}, idle=False) == [train_a]
-
 
 def test_outputs_merge_and_don_scores(tmp_path):
     """table1.json from task folders: a cell's numbers, the task's DON scores; a later run with the same config adds

@@ -9,8 +9,8 @@ sees). An evaluation is split into chunks of seeds, one Ray task each (`evaluati
 for every method, from 1,000,000.
 
 The driver starts each Ray task once the tasks it needs have finished and the cluster has the CPUs (and GPUs) free
-for it, evaluations first (`_placeable`): a cell is finished as soon as its policy is, rather than its evaluation
-waiting behind the next hour-long training.
+for it, evaluations first, then short stages, then trainings (`_placeable`): a cell is finished as soon as its
+policy is, rather than its evaluation waiting behind the next hour-long training.
 
 A stage that fails fails the cells that need it, and only those: the others finish, and the failures are reported
 at the end (one line each, naming the task, the stage and the error).
@@ -189,18 +189,21 @@ class _Job:
     needs: list[tuple]
     submit: Callable
     resources: dict  # {"CPU": n, "GPU": n} it asks Ray for
-    evaluation: bool  # part of an evaluation: placed before any other job that is ready
+    rank: int  # placed before ready jobs of a higher rank: 0 an evaluation's part, 1 a stage that trains nothing,
+    # 2 a training (minutes to hours)
 
 
 def _placeable(ready: list[_Job], used: dict, capacity: dict, idle: bool) -> list[_Job]:
-    """The ready jobs to start now: evaluation parts first, then the others in plan order, each while the cluster's
-    CPUs and GPUs (`capacity`) hold it beside those `used` by running jobs. With nothing running (`idle`), the first
-    job starts even when it asks for more than the cluster has (Ray then waits for the resources to appear).
+    """The ready jobs to start now, by rank (evaluation parts, then short stages such as references, then
+    trainings) and within a rank in plan order, each while the cluster's CPUs and GPUs (`capacity`) hold it beside
+    those `used` by running jobs. With nothing running (`idle`), the first job starts even when it asks for more
+    than the cluster has (Ray then waits for the resources to appear).
 
     Ray itself starts whichever ready task fits a free slot, so a training submitted early could take the slot of a
-    finished policy's evaluation and hold it for an hour; placing the jobs here finishes cells first."""
+    finished policy's evaluation, or of the references five cells wait for, and hold it for an hour; placing the
+    jobs here finishes cells first."""
     used, chosen = dict(used), []
-    for job in sorted(ready, key=lambda j: not j.evaluation):  # stable: plan order within each group
+    for job in sorted(ready, key=lambda j: j.rank):  # stable: plan order within a rank
         if (idle and not chosen) or all(used.get(r, 0) + n <= capacity.get(r, 0) for r, n in job.resources.items()
                                         if n):
             chosen.append(job)
@@ -264,14 +267,15 @@ def run_table(table: TableConfig, run: RunConfig, out: str | Path, preset: str =
                         parts.append((task, stage.name, i))
                         jobs.append(_Job(parts[-1], deps, functools.partial(
                             chunk_task.options(num_cpus=1, num_gpus=res["GPU"]).remote, task, stage.name, ev, seeds),
-                            res, True))
+                            res, 0))
                     jobs.append(_Job((task, stage.name), parts + deps, functools.partial(
-                        finish_task.options(num_cpus=0).remote, ev), {}, True))
+                        finish_task.options(num_cpus=0).remote, ev), {}, 0))
                 else:
                     res = _stage_resources(stage, cfg, table)
                     jobs.append(_Job((task, stage.name), deps, functools.partial(
                         stage_task.options(**res).remote, dataclasses.asdict(cfg), str(folder), sp, stage.name,
-                        res["num_cpus"]), {"CPU": res["num_cpus"], "GPU": res["num_gpus"]}, False))
+                        res["num_cpus"]), {"CPU": res["num_cpus"], "GPU": res["num_gpus"]},
+                        2 if stage.name.split(" ")[0] in TRAINING else 1))
             for method in cfg.encoders():
                 cells[task, method] = _closure(stages, f"evaluate {method}")
         _wait(jobs, status, cells, out, lambda done: write_outputs(out, table, run, preset, done))
