@@ -6,6 +6,7 @@ across Ray workers."""
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -186,8 +187,19 @@ def test_table_broken_cell_resume_and_skip(tmp_path, local_ray, capsys, monkeypa
         assert result["demonstrations"].startswith(want)
     assert result["demonstrations"].endswith("1 demonstrations, the table wants 2)")
 
-    # a training resumed from the state an interrupted run left records no seconds: the first piece's are unknown
-    (out / "lift" / "policy_cnn" / "policy.safetensors").unlink()  # policy_last.safetensors stays
+    # a training resumed from the state an interrupted run left counts the earlier pieces' seconds up to the
+    # checkpoint it resumes from, as each piece recorded when it began; without that record they are unknown
+    folder = out / "lift" / "policy_cnn"
+    (folder / "policy.safetensors").unlink()  # policy_last.safetensors stays, at the last step
+    clock = folder / "policy_last.clock.json"
+    os.utime(folder / "policy_last.safetensors", (1000.0, 1000.0))  # the last checkpoint: 100 s into a piece
+    clock.write_text(json.dumps({"started": 900.0, "before": 20.0}))  # that began after 20 s of earlier pieces
+    assert main(argv) == 0
+    seconds = json.loads((out / "lift" / "stage_seconds.json").read_text())["policy cnn"]
+    assert 120 <= seconds < 120 + 60 and json.loads(clock.read_text())["before"] == 120
+    assert json.loads((results / "table1.json").read_text())["cells"]["lift"]["cnn"]["train_s"] == seconds
+    (folder / "policy.safetensors").unlink()
+    clock.unlink()
     assert main(argv) == 0
     assert json.loads((out / "lift" / "stage_seconds.json").read_text())["policy cnn"] is None
     assert json.loads((results / "table1.json").read_text())["cells"]["lift"]["cnn"]["train_s"] is None

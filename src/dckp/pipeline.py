@@ -118,6 +118,25 @@ class Stage:
         """Whether an interrupted run left state that the stage's work continues from."""
         return self.partial is not None and self.partial.exists()
 
+    def start_piece(self) -> float | None:
+        """Begin a piece of the stage's work; return the seconds earlier pieces spent on the state it continues from:
+        0 afresh; else each earlier piece's time from its start to the last checkpoint it saved (`partial`'s
+        modification time), as each piece recorded in `<partial stem>.clock.json` when it began; None when a piece
+        left no record (made before this record existed), as the stage's time is then unknown."""
+        if self.partial is None:
+            return 0.0
+        clock = self.partial.with_name(self.partial.stem + ".clock.json")
+        before = 0.0
+        if self.partial.exists():
+            try:
+                last = json.loads(clock.read_text())
+                before = last["before"] + max(0.0, self.partial.stat().st_mtime - last["started"])
+            except (OSError, ValueError, KeyError, TypeError):  # no record, or a record of unknown time
+                before = None
+        clock.parent.mkdir(parents=True, exist_ok=True)
+        save_json({"started": time.time(), "before": before}, clock)
+        return before
+
 
 def run(cfg: RunConfig, out: str | Path, preset: str = "cpu") -> Path:
     """Run every stage that is not done (with the `paper` stage presets for `preset="paper"`, else `cpu`);
@@ -134,7 +153,7 @@ def run(cfg: RunConfig, out: str | Path, preset: str = "cpu") -> Path:
             log.info("%s: done, skipped", stage.name)
             continue
         log.info("%s: running", stage.name)
-        resumed = stage.resumes()  # then the interrupted piece's time is unknown
+        before = stage.start_piece()  # an interrupted run's time on the state it resumes from
         start = time.time()
         try:
             stage.work()
@@ -142,7 +161,7 @@ def run(cfg: RunConfig, out: str | Path, preset: str = "cpu") -> Path:
             saved = str(e) or (f"kept {stage.partial}, which the stage resumes from" if stage.resumes() else "")
             raise Interrupted(f"stage {stage.name!r} stopped{f' ({saved})' if saved else ''}; finished stages kept in "
                               f"{out}: {', '.join(s.name for s in stages[:i]) or 'none'}") from None
-        timings[stage.name] = None if resumed else round(time.time() - start, 1)
+        timings[stage.name] = None if before is None else round(before + time.time() - start, 1)
         save_json(timings, timings_path)
     return write_report(out)
 

@@ -4,7 +4,8 @@ cell linked to its task's report.html and eval.json).
 
 `table1.json`: `cells.<task>.<method>` = `{rate, ci95, episodes, mean_steps, train_s, eval_s}` (`train_s` the
 policy's training and `eval_s` the evaluation chunks' summed wall time, in seconds, null where the stage ran
-elsewhere, some of the cell's episodes did, or the stage resumed from an interrupted run's state), `paper.<paper
+elsewhere, some of the cell's episodes did, or the stage resumed from state an interrupted run left without a
+record of its time; a resumed stage otherwise counts the interrupted pieces' time up to its checkpoint), `paper.<paper
 task>.<method>` = the paper's success rate (null: not reported), `stand_in.<task>` = the paper's task it stands in
 for (null: none), `config` = the settings the cells were made with (the run preset and its settings but the episode
 count, which is each cell's `episodes`, the stage presets, the per-encoder policy overrides, the first evaluation
@@ -172,7 +173,8 @@ def markdown(data: dict) -> str:
             lines.append(f"  - paper, {STAND_IN[t]}: " + " > ".join(f"{m} {v:.3f}" for m, v in paper))
     lines += ["", "## Cost per cell", "", "Wall time on the table's workers; - where the stage, or some of a cell's "
               "episodes, ran before the table did (adopted), or where the stage resumed from an interrupted run's "
-              "state: time not recorded.", "",
+              "state that has no record of its time: time not recorded. A training resumed across pieces counts "
+              "each piece up to the checkpoint the next one resumed from.", "",
               "| task | method | episodes | mean steps | training min | evaluation min |", "|---|---|---|---|---|---|"]
     for t in tasks:
         for m, c in data["cells"][t].items():

@@ -100,19 +100,19 @@ def _node() -> str:
 
 def _run_stage(config: dict, folder: str, sp: str, name: str, threads: int, *needs) -> dict:
     """Ray task: stage `name` of the plan of `config` in `folder` (rebuilt here, on the worker). `needs` are the
-    results of the stages it needs, passed only so that Ray starts it after them. Its seconds are None when it
-    resumed from the state an earlier, interrupted run left (`Stage.partial`): that run's time is not known."""
+    results of the stages it needs, passed only so that Ray starts it after them. Its seconds include those of
+    earlier, interrupted runs up to the state it resumed from (`Stage.start_piece`; None where not recorded)."""
     import torch
 
     torch.set_num_threads(threads)
     stage = {s.name: s for s in plan(RunConfig(**config), Path(folder), sp)}[name]
-    resumed = stage.resumes()
+    before = stage.start_piece()
     start = time.time()
     try:
         stage.work()
     except Exception as e:
         raise StageFailed(f"{config['task']}: stage {name!r}: {type(e).__name__}: {e}".replace("\n", " ")) from None
-    return {"seconds": None if resumed else round(time.time() - start, 1), "node": _node()}
+    return {"seconds": None if before is None else round(before + time.time() - start, 1), "node": _node()}
 
 
 def _run_chunk(task: str, name: str, evaluation: dict, jobs: list, *needs) -> dict:
