@@ -98,10 +98,10 @@ def _node() -> str:
     return ray.get_runtime_context().get_node_id()
 
 
-def _run_stage(config: dict, folder: str, sp: str, name: str, threads: int, *needs) -> dict:
-    """Ray task: stage `name` of the plan of `config` in `folder` (rebuilt here, on the worker). `needs` are the
-    results of the stages it needs, passed only so that Ray starts it after them. Its seconds include those of
-    earlier, interrupted runs up to the state it resumed from (`Stage.start_piece`; None where not recorded)."""
+def _run_stage(config: dict, folder: str, sp: str, name: str, threads: int) -> dict:
+    """Ray task: stage `name` of the plan of `config` in `folder` (rebuilt here, on the worker). Its seconds include
+    those of earlier, interrupted runs up to the state it resumed from (`Stage.start_piece`; None where not
+    recorded)."""
     import torch
 
     torch.set_num_threads(threads)
@@ -115,7 +115,7 @@ def _run_stage(config: dict, folder: str, sp: str, name: str, threads: int, *nee
     return {"seconds": None if before is None else round(before + time.time() - start, 1), "node": _node()}
 
 
-def _run_chunk(task: str, name: str, evaluation: dict, jobs: list, *needs) -> dict:
+def _run_chunk(task: str, name: str, evaluation: dict, jobs: list) -> dict:
     """Ray task: the episodes `jobs` ((seed, record) pairs) of an evaluate stage's policy."""
     from dckp.evaluation import run_episodes
 
@@ -134,11 +134,9 @@ def _run_chunk(task: str, name: str, evaluation: dict, jobs: list, *needs) -> di
 
 def _finish_evaluation(evaluation: dict, *chunks) -> dict:
     """Ray task: eval.json from the chunks of one evaluation and the episodes recorded before (an evaluation grows);
-    its seconds are its chunks' summed, those recorded before included. `chunks` may hold the results of stages it
-    needs (not chunks), passed only so that Ray starts it after them when no chunk runs."""
+    its seconds are its chunks' summed, those recorded before included."""
     from dckp.evaluation import write_evaluation
 
-    chunks = [c for c in chunks if isinstance(c, dict) and "results" in c]
     seeds = list(range(evaluation["seed_start"], evaluation["seed_start"] + evaluation["episodes"]))
     report = write_evaluation([r for c in chunks for r in c["results"]], evaluation["policy_dir"],
                               Path(evaluation["policy_dir"]) / "eval", seeds, evaluation["max_steps"],
@@ -182,12 +180,12 @@ def _cause(error: Exception) -> str:
 
 @dataclasses.dataclass
 class _Job:
-    """One Ray task the driver places: a stage, an evaluation's chunk of seeds, or the task writing its eval.json.
-    `submit` starts it, given the results of the jobs it `needs` (in that order)."""
+    """One Ray task the driver places: a stage, an evaluation's chunk of seeds, or the task writing its eval.json
+    from the chunks."""
 
     key: tuple  # (task, stage name), or (task, stage name, chunk index) for a chunk
-    needs: list[tuple]
-    submit: Callable
+    needs: list[tuple]  # the jobs it starts after
+    submit: Callable  # given the results of the chunks (an eval.json's job), else nothing
     resources: dict  # {"CPU": n, "GPU": n} it asks Ray for
     rank: int  # placed before ready jobs of a higher rank: 0 an evaluation's part, 1 a stage that trains nothing,
     # 2 a training (minutes to hours)
@@ -268,6 +266,7 @@ def run_table(table: TableConfig, run: RunConfig, out: str | Path, preset: str =
                         jobs.append(_Job(parts[-1], deps, functools.partial(
                             chunk_task.options(num_cpus=1, num_gpus=res["GPU"]).remote, task, stage.name, ev, seeds),
                             res, 0))
+                    # after its chunks, and after the policy where no chunk runs (every episode recorded before)
                     jobs.append(_Job((task, stage.name), parts + deps, functools.partial(
                         finish_task.options(num_cpus=0).remote, ev), {}, 0))
                 else:
@@ -334,7 +333,7 @@ def _wait(jobs: list[_Job], status: dict, cells: dict, out: Path, finished: Call
             used = {r: sum(j.resources.get(r, 0) for j in running.values()) for r in ("CPU", "GPU")}
             for job in _placeable(ready, used, capacity, idle=not running):
                 waiting.remove(job)
-                running[job.submit(*(results[n] for n in job.needs))] = job
+                running[job.submit(*(results[n] for n in job.needs if len(n) == 3))] = job  # chunks' results
             states = {c: settled(c) for c in cells}
             if done := [c for c, s in states.items() if s == "done" and c not in reported]:
                 finished(done)
