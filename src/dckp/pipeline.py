@@ -118,24 +118,23 @@ class Stage:
         """Whether an interrupted run left state that the stage's work continues from."""
         return self.partial is not None and self.partial.exists()
 
-    def start_piece(self) -> float | None:
-        """Begin a piece of the stage's work; return the seconds earlier pieces spent on the state it continues from:
-        0 afresh; else each earlier piece's time from its start to the last checkpoint it saved (`partial`'s
-        modification time), as each piece recorded in `<partial stem>.clock.json` when it began; None when a piece
-        left no record (made before this record existed), as the stage's time is then unknown."""
-        if self.partial is None:
-            return 0.0
-        clock = self.partial.with_name(self.partial.stem + ".clock.json")
-        before = 0.0
-        if self.partial.exists():
-            try:
-                last = json.loads(clock.read_text())
-                before = last["before"] + max(0.0, self.partial.stat().st_mtime - last["started"])
-            except (OSError, ValueError, KeyError, TypeError):  # no record, or a record of unknown time
-                before = None
-        clock.parent.mkdir(parents=True, exist_ok=True)
-        save_json({"started": time.time(), "before": before}, clock)
-        return before
+    def start_piece(self) -> Callable[[], float | None]:
+        """Begin a piece of the stage's work; return a function giving the stage's seconds so far: this piece's,
+        plus those earlier pieces spent on the state it continues from (each from its start to the last checkpoint
+        it saved, `partial`'s modification time, as each piece recorded in `<partial stem>.clock.json` when it
+        began). None when a piece left no record (made before this record existed): the stage's time is unknown."""
+        start, before = time.time(), 0.0
+        if self.partial is not None:
+            clock = self.partial.with_name(self.partial.stem + ".clock.json")
+            if self.partial.exists():
+                try:
+                    last = json.loads(clock.read_text())
+                    before = last["before"] + max(0.0, self.partial.stat().st_mtime - last["started"])
+                except (OSError, ValueError, KeyError, TypeError):  # no record, or a record of unknown time
+                    before = None
+            clock.parent.mkdir(parents=True, exist_ok=True)
+            save_json({"started": start, "before": before}, clock)
+        return lambda: None if before is None else round(before + time.time() - start, 1)
 
 
 def run(cfg: RunConfig, out: str | Path, preset: str = "cpu") -> Path:
@@ -153,15 +152,14 @@ def run(cfg: RunConfig, out: str | Path, preset: str = "cpu") -> Path:
             log.info("%s: done, skipped", stage.name)
             continue
         log.info("%s: running", stage.name)
-        before = stage.start_piece()  # an interrupted run's time on the state it resumes from
-        start = time.time()
+        seconds = stage.start_piece()  # with an interrupted run's time on the state it resumes from
         try:
             stage.work()
         except KeyboardInterrupt as e:  # the CLI adds the command that resumes
             saved = str(e) or (f"kept {stage.partial}, which the stage resumes from" if stage.resumes() else "")
             raise Interrupted(f"stage {stage.name!r} stopped{f' ({saved})' if saved else ''}; finished stages kept in "
                               f"{out}: {', '.join(s.name for s in stages[:i]) or 'none'}") from None
-        timings[stage.name] = None if before is None else round(before + time.time() - start, 1)
+        timings[stage.name] = seconds()
         save_json(timings, timings_path)
     return write_report(out)
 

@@ -106,13 +106,12 @@ def _run_stage(config: dict, folder: str, sp: str, name: str, threads: int) -> d
 
     torch.set_num_threads(threads)
     stage = {s.name: s for s in plan(RunConfig(**config), Path(folder), sp)}[name]
-    before = stage.start_piece()
-    start = time.time()
+    seconds = stage.start_piece()
     try:
         stage.work()
     except Exception as e:
         raise StageFailed(f"{config['task']}: stage {name!r}: {type(e).__name__}: {e}".replace("\n", " ")) from None
-    return {"seconds": None if before is None else round(before + time.time() - start, 1), "node": _node()}
+    return {"seconds": seconds(), "node": _node()}
 
 
 def _run_chunk(task: str, name: str, evaluation: dict, jobs: list) -> dict:
@@ -329,7 +328,8 @@ def _wait(jobs: list[_Job], status: dict, cells: dict, out: Path, finished: Call
                 waiting.remove(job)
                 fail(job, next(failed[n] for n in job.needs if n in failed))
             ready = [j for j in waiting if all(n in results for n in j.needs)]
-            capacity = {r: ray.cluster_resources().get(r, 0) for r in ("CPU", "GPU")}
+            cluster = ray.cluster_resources()
+            capacity = {r: cluster.get(r, 0) for r in ("CPU", "GPU")}
             used = {r: sum(j.resources.get(r, 0) for j in running.values()) for r in ("CPU", "GPU")}
             for job in _placeable(ready, used, capacity, idle=not running):
                 waiting.remove(job)
