@@ -128,6 +128,10 @@ def test_keypoints_on_device_give_the_references_of_the_cpu(artefacts, tmp_path,
                       pixels={WRIST: pixels})
     refs, cpu = load_file(tmp_path / "refs.safetensors"), load_file(tmp_path / "cpu.safetensors")
     assert refs[f"{WRIST}.descriptors"].shape == (2, 4) and refs[f"{WRIST}.descriptors"].device.type == "cpu"
-    torch.testing.assert_close(refs[f"{WRIST}.descriptors"], cpu[f"{WRIST}.descriptors"], rtol=1e-4, atol=1e-5)
+    # cuDNN convolutions run in TF32 (10-bit mantissa) on Ampere and newer unless turned off: the descriptors then
+    # agree to about 1e-3 relative (0.0016 seen on an H100); in full fp32 to 1e-4.
+    tf32 = device == "cuda" and torch.backends.cudnn.allow_tf32
+    tol = {"rtol": 5e-3, "atol": 1e-3} if tf32 else {"rtol": 1e-4, "atol": 1e-5}
+    torch.testing.assert_close(refs[f"{WRIST}.descriptors"], cpu[f"{WRIST}.descriptors"], **tol)
     assert main([*argv, "--device", "gpu"]) == 2
     assert "--device" in capsys.readouterr().err
