@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from dckp.config import save_json
 from dckp.errors import DckpError
 from dckp.evaluation import evaluate_policy, summarise, wilson_interval
 from dckp.evaluation.rollout import rollout
@@ -242,3 +243,43 @@ def test_evaluation_grows_and_shrinks(tmp_path, fake_encoder, monkeypatch):
     save_policy(other, d)
     evaluate_policy(d, episodes=2, out_dir=out, **args)
     assert ran[3:] == [[1_000_000, 1_000_001]]
+
+
+def test_stopped_evaluation_keeps_its_finished_episodes(tmp_path, fake_encoder, monkeypatch):
+    """An evaluation stopped after its first episode (Ctrl-C, a killed table worker) keeps that episode's record: the
+    next evaluation runs only the other seeds, gives what an uninterrupted one gives, counts the stopped episode's
+    seconds as a chunk of one seed and folds the record into episodes.json."""
+    import dckp.evaluation.rollout as rollout_module
+
+    d = _policy_dir(tmp_path)
+    args = {"episodes": 3, "workers": 1, "videos": 0, "progress": False, "max_steps": 3}
+    whole = evaluate_policy(d, out_dir=tmp_path / "whole", **args)
+    real, ran = rollout_module.rollout, []
+
+    def stopping(env, policy, seed, **kwargs):
+        ran.append(seed)
+        if ran == [1_000_000, 1_000_001]:
+            raise RuntimeError("stopped")  # as Ctrl-C or a killed worker would, after the first episode
+        return real(env, policy, seed, **kwargs)
+
+    monkeypatch.setattr(rollout_module, "rollout", stopping)
+    out = tmp_path / "stopped"
+    with pytest.raises(RuntimeError, match="stopped"):
+        evaluate_policy(d, out_dir=out, **args)
+    assert [p.name for p in out.glob("episode_*.json")] == ["episode_1000000.json"]
+    assert not (out / "episodes.json").exists()
+    again = evaluate_policy(d, out_dir=out, **args)
+    assert ran == [1_000_000, 1_000_001, 1_000_001, 1_000_002]
+    keys = ("seed", "success", "steps", "actions_sha256")
+    assert [{k: e[k] for k in keys} for e in again["per_episode"]] == [
+        {k: e[k] for k in keys} for e in whole["per_episode"]]
+    assert not list(out.glob("episode_*.json"))
+    chunks = json.loads((out / "episodes.json").read_text())["chunks"]
+    assert [c["seeds"] for c in chunks] == [[1_000_000, 1_000_000]] and chunks[0]["seconds"] > 0
+    # another policy's records are not taken, and are removed with the others
+    save_json({"policy_sha256": "0" * 16, "horizon": 3, "device": "cpu", "node": "x", "seconds": 1.0,
+               "episode": {"seed": 1_000_003, "success": True, "steps": 1, "actions_sha256": "made up"}},
+              out / "episode_1000003.json")
+    grown = evaluate_policy(d, out_dir=out, **{**args, "episodes": 4})
+    assert ran[-1] == 1_000_003 and grown["per_episode"][-1]["actions_sha256"] != "made up"
+    assert not list(out.glob("episode_*.json"))

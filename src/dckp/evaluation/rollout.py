@@ -12,6 +12,7 @@ import json
 import math
 import multiprocessing
 import os
+import platform
 import time
 from pathlib import Path
 
@@ -32,6 +33,7 @@ HOLD_FRAMES = 10  # frames of the final image with a green (success) / red (fail
 EVAL_SEED_START = 1_000_000  # demonstrations use seeds from 0, pretraining views 100000 and 200000
 THIRD_PERSON = "frontview"  # robosuite's camera facing the robot: recorded in videos only, never seen by the policy
 EPISODES_FILE = "episodes.json"  # beside eval.json: every episode recorded, so that an evaluation grows
+EPISODE_RECORD = "episode_{seed}.json"  # one finished episode, until `write_evaluation` folds it into episodes.json
 EPISODE_KEYS = ("seed", "success", "steps", "actions_sha256", "time_encoder_s", "time_policy_s", "time_sim_s",
                 "time_reset_s", "video")
 
@@ -144,14 +146,19 @@ def rollout(env, policy, seed: int, record: bool = False, max_steps: int | None 
 class _Evaluator:
     """One process's environment, encoder and policy, built once from a policy folder."""
 
-    def __init__(self, policy_dir: str, out_dir: str | None, max_steps: int | None, device: str = "cpu"):
+    def __init__(self, policy_dir: str, out_dir: str, max_steps: int | None, device: str = "cpu", node: str = ""):
         run = load_run(policy_dir)
         self.policy = load_visuomotor_policy(policy_dir, device)
         self.env = SimEnv(get_task(run["task"]), image_size=run["image_size"], cameras=tuple(run["cameras"]))
         self.out_dir, self.max_steps = out_dir, max_steps
+        self.run_with = {"policy_sha256": _policy_sha256(policy_dir), "horizon": _horizon(policy_dir, max_steps),
+                         "device": device, "node": node or platform.node()}
 
     def episode(self, job: tuple[int, bool]) -> dict:
+        """One episode; its record is saved at once (`EPISODE_RECORD` in `out_dir`), so that an evaluation stopped
+        part-way keeps the episodes it finished."""
         seed, record = job
+        start = time.perf_counter()
         result = rollout(self.env, self.policy, seed, record=record, max_steps=self.max_steps,
                          views=(THIRD_PERSON,))
         frames = result.pop("frames", None)
@@ -160,6 +167,9 @@ class _Evaluator:
             path = save_video(frames[:-1] + [final] * HOLD_FRAMES, Path(self.out_dir) / f"rollout_{seed}.mp4")
             result["video"] = path.name
         result["seed"] = seed
+        save_json({**self.run_with, "seconds": round(time.perf_counter() - start, 2),
+                   "episode": {k: v for k, v in result.items() if k in EPISODE_KEYS}},
+                  Path(self.out_dir) / EPISODE_RECORD.format(seed=seed))
         return result
 
     def close(self) -> None:
@@ -169,7 +179,7 @@ class _Evaluator:
 _WORKER: _Evaluator | None = None
 
 
-def _init_worker(policy_dir: str, out_dir: str | None, max_steps: int | None, device: str) -> None:
+def _init_worker(policy_dir: str, out_dir: str, max_steps: int | None, device: str) -> None:
     global _WORKER
     torch.set_num_threads(1)
     torch.set_num_interop_threads(1)
@@ -230,15 +240,17 @@ def evaluate_policy(policy_dir: str | os.PathLike, episodes: int = 50, seed_star
 
 
 def run_episodes(policy_dir: str | os.PathLike, jobs: list[tuple[int, bool]], out_dir: str | os.PathLike,
-                 max_steps: int | None = None, bar: tqdm | None = None, device: str = "cpu") -> list[dict]:
+                 max_steps: int | None = None, bar: tqdm | None = None, device: str = "cpu",
+                 node: str = "") -> list[dict]:
     """The episodes `jobs` (`(seed, record a video)` pairs) of the policy in `policy_dir`, in this process with one
-    torch thread (restored afterwards); videos go to `out_dir`. An episode's result depends on its seed alone, not
-    on which episodes ran before it in the same process, so any split of the seeds gives the same results."""
+    torch thread (restored afterwards); videos and each episode's record (`EPISODE_RECORD`, naming `node`, by
+    default this host) go to `out_dir`. An episode's result depends on its seed alone, not on which episodes ran
+    before it in the same process, so any split of the seeds gives the same results."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     evaluator, results = None, []
     try:
-        evaluator = _Evaluator(str(policy_dir), str(out_dir), max_steps, device)
+        evaluator = _Evaluator(str(policy_dir), str(out_dir), max_steps, device, node)
         for job in jobs:
             results.append(evaluator.episode(job))
             if bar is not None:
@@ -294,16 +306,39 @@ def keep_episodes(out_dir: str | os.PathLike, policy_dir: str | os.PathLike) -> 
         save_json(records, Path(out_dir) / EPISODES_FILE)
 
 
+def _loose_records(out_dir: str | os.PathLike) -> dict[Path, dict]:
+    """The episode records (`EPISODE_RECORD`) in `out_dir` not yet folded into episodes.json, by file; an unreadable
+    one (a run killed while writing it cannot leave one: writes are atomic) is skipped, its episode runs again."""
+    found = {}
+    for path in sorted(Path(out_dir).glob(EPISODE_RECORD.format(seed="*"))):
+        try:
+            found[path] = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            continue
+    return found
+
+
+def _same_run(record: dict, key: tuple) -> bool:
+    return (record.get("policy_sha256"), record.get("horizon"), record.get("device")) == key
+
+
 def recorded_episodes(out_dir: str | os.PathLike, policy_dir: str | os.PathLike, max_steps: int | None = None,
                       device: str = "cpu") -> dict | None:
-    """`episode_records` of `out_dir` when they were run with this policy (the same policy.safetensors), horizon and
-    device, else None (an episode's result depends on its seed alone, so these are what running it again gives)."""
-    records = episode_records(out_dir, policy_dir)
-    if not records or not (Path(policy_dir) / "policy.safetensors").exists():
+    """`episode_records` of `out_dir` and its episode records not yet folded in (`EPISODE_RECORD`, those of a
+    stopped evaluation), of the ones run with this policy (the same policy.safetensors), horizon and device; None
+    when there are none (an episode's result depends on its seed alone, so these are what running it again gives).
+    """
+    if not (Path(policy_dir) / "policy.safetensors").exists():
         return None
-    same = (records["policy_sha256"], records["horizon"], records["device"]) == (
-        _policy_sha256(policy_dir), _horizon(policy_dir, max_steps), device)
-    return records if same else None
+    key = (_policy_sha256(policy_dir), _horizon(policy_dir, max_steps), device)
+    records = episode_records(out_dir, policy_dir)
+    records = records if records and _same_run(records, key) else None
+    loose = [r["episode"] for r in _loose_records(out_dir).values() if _same_run(r, key)]
+    if not loose:
+        return records
+    by_seed = {e["seed"]: e for e in (records["episodes"] if records else [])} | {e["seed"]: e for e in loose}
+    return {"policy_sha256": key[0], "horizon": key[1], "device": device,
+            "episodes": [by_seed[s] for s in sorted(by_seed)], "chunks": records["chunks"] if records else []}
 
 
 def missing_jobs(out_dir: str | os.PathLike, policy_dir: str | os.PathLike, seeds: list[int], videos: int,
@@ -321,8 +356,9 @@ def write_evaluation(results: list[dict], policy_dir: str | os.PathLike, out_dir
                      chunks: list[dict] | None = None) -> dict:
     """`out_dir/eval.json` over `seeds`, from the per-episode results of `run_episodes` (any order) and the episodes
     already recorded there (`recorded_episodes`); `out_dir/episodes.json` keeps every episode recorded, also those
-    beyond `seeds`, and `chunks` (which node ran which seeds, added to those recorded). Returns eval.json's
-    contents."""
+    beyond `seeds`, and `chunks` (which node ran which seeds and its seconds, added to those recorded; an episode
+    of a stopped evaluation, from its own record, counts as a chunk of one seed). The episode records are folded
+    into episodes.json and removed. Returns eval.json's contents."""
     run = load_run(policy_dir)
     task = get_task(run["task"])
     out = Path(out_dir)
@@ -333,10 +369,16 @@ def write_evaluation(results: list[dict], policy_dir: str | os.PathLike, out_dir
     if missing:
         raise DckpError(f"{len(missing)} of the {len(seeds)} seeds have no episode (first {missing[0]})",
                         path=str(out), field="seeds")
-    all_chunks = (old["chunks"] if old else []) + list(chunks or [])
+    key, fresh = (_policy_sha256(policy_dir), _horizon(policy_dir, max_steps), device), {r["seed"] for r in results}
+    loose = _loose_records(out)
+    stopped = [{"seeds": [r["episode"]["seed"]] * 2, "node": r["node"], "seconds": r["seconds"]}
+               for r in loose.values() if _same_run(r, key) and r["episode"]["seed"] not in fresh]
+    all_chunks = (old["chunks"] if old else []) + list(chunks or []) + stopped
     save_json({"policy_sha256": _policy_sha256(policy_dir), "horizon": _horizon(policy_dir, max_steps),
                "device": device, "episodes": [by_seed[s] for s in sorted(by_seed)], "chunks": all_chunks},
               out / EPISODES_FILE)
+    for path in loose:
+        path.unlink()
     episodes = [by_seed[s] for s in seeds]
     report = summarise(episodes, task.name)
     report.update(policy=str(policy_dir), encoder=run["encoder"], cameras=run["cameras"],

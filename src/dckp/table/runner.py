@@ -115,7 +115,8 @@ def _run_stage(config: dict, folder: str, sp: str, name: str, threads: int) -> d
 
 
 def _run_chunk(task: str, name: str, evaluation: dict, jobs: list) -> dict:
-    """Ray task: the episodes `jobs` ((seed, record) pairs) of an evaluate stage's policy."""
+    """Ray task: the episodes `jobs` ((seed, record) pairs) of an evaluate stage's policy. Each episode's record is
+    saved as it finishes, so a table stopped before `_finish_evaluation` keeps them (`evaluation.missing_jobs`)."""
     from dckp.evaluation import run_episodes
 
     out = Path(evaluation["policy_dir"]) / "eval"
@@ -123,7 +124,7 @@ def _run_chunk(task: str, name: str, evaluation: dict, jobs: list) -> dict:
     try:
         out.mkdir(parents=True, exist_ok=True)
         results = run_episodes(evaluation["policy_dir"], jobs, out, evaluation["max_steps"],
-                               device=evaluation["device"])
+                               device=evaluation["device"], node=_node())
     except Exception as e:
         raise StageFailed(f"{task}: stage {name!r}, seeds {jobs[0][0]}..{jobs[-1][0]}: {type(e).__name__}: "
                           f"{e}".replace("\n", " ")) from None
