@@ -274,3 +274,15 @@ def test_outputs_merge_and_don_scores(tmp_path):
     assert sorted(data["cells"]) == ["lift", "stack"]  # another episode count: cells keep their own
     data = write_outputs(out, table, dataclasses.replace(run, policy_steps=3), "cpu", [("stack", "gt-kp")])
     assert sorted(data["cells"]) == ["stack"]  # another config: replaced
+
+
+def test_markdown_does_not_depend_on_the_order_cells_finished():
+    from dckp.table.outputs import markdown
+
+    cell = {"rate": 0.5, "ci95": [0.3, 0.7], "episodes": 50, "mean_steps": 100, "train_s": 60.0, "eval_s": 120.0}
+    data = {"cells": {"nut_assembly": {"gt-kp": cell, "blind": {**cell, "rate": 0.1}}}, "paper": {}, "don": {},
+            "config": {"preset": "cpu", "eval_seed_start": 1_000_000}}
+    swapped = {**data, "cells": {"nut_assembly": dict(reversed(list(data["cells"]["nut_assembly"].items())))}}
+    assert markdown(data) == markdown(swapped)
+    cost = markdown(data).split("## Cost per cell")[1]
+    assert cost.index("| nut_assembly | blind |") < cost.index("| nut_assembly | gt-kp |")

@@ -177,7 +177,8 @@ def markdown(data: dict) -> str:
               "each piece up to the checkpoint the next one resumed from.", "",
               "| task | method | episodes | mean steps | training min | evaluation min |", "|---|---|---|---|---|---|"]
     for t in tasks:
-        for m, c in data["cells"][t].items():
+        for m in (m for m in methods if m in data["cells"][t]):  # the table's order, however the cells finished
+            c = data["cells"][t][m]
             lines.append(f"| {t} | {m} | {c['episodes']} | {c['mean_steps']:.0f} | {_minutes(c['train_s'])} | "
                          f"{_minutes(c['eval_s'])} |")
     if data["don"]:
