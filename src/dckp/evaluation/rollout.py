@@ -374,15 +374,14 @@ def write_evaluation(results: list[dict], policy_dir: str | os.PathLike, out_dir
     stopped = [{"seeds": [r["episode"]["seed"]] * 2, "node": r["node"], "seconds": r["seconds"]}
                for r in loose.values() if _same_run(r, key) and r["episode"]["seed"] not in fresh]
     all_chunks = (old["chunks"] if old else []) + list(chunks or []) + stopped
-    save_json({"policy_sha256": _policy_sha256(policy_dir), "horizon": _horizon(policy_dir, max_steps),
-               "device": device, "episodes": [by_seed[s] for s in sorted(by_seed)], "chunks": all_chunks},
-              out / EPISODES_FILE)
+    save_json({"policy_sha256": key[0], "horizon": key[1], "device": device,
+               "episodes": [by_seed[s] for s in sorted(by_seed)], "chunks": all_chunks}, out / EPISODES_FILE)
     for path in loose:
         path.unlink()
     episodes = [by_seed[s] for s in seeds]
     report = summarise(episodes, task.name)
     report.update(policy=str(policy_dir), encoder=run["encoder"], cameras=run["cameras"],
-                  image_size=run["image_size"], horizon=_horizon(policy_dir, max_steps), device=device,
+                  image_size=run["image_size"], horizon=key[1], device=device,
                   videos=[e["video"] for e in episodes if "video" in e])
     if all_chunks:
         report["chunks"] = [c for c in all_chunks if c["seeds"][0] in set(seeds)]
