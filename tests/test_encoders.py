@@ -264,8 +264,12 @@ def test_frame_windows_read_the_same_frames_cached_or_not(setup, monkeypatch):
         assert not plain.cache and len(cached.cache) == 2
     assert a.keys() == b.keys() == {f"{cam}_{k}" for k in ("rgb", "depth", "K", "pose")}
     assert all(torch.equal(a[k], b[k]) for k in a)
-    with Dataset(demos) as ds:  # window 2 (demo 0, steps 0..1) padded with its last frame
-        assert torch.equal(a[f"{cam}_rgb"][4 + 3], torch.from_numpy(ds.frame("demo_0", cam, 1)["rgb"]))
+    with Dataset(demos) as ds:  # row j of window w: step first + min(j, n - 1) (padded with its last frame)
+        for w, (i, f, k) in enumerate(zip(index, first, n, strict=True)):
+            for j in range(4):
+                frame = ds.frame(f"demo_{i}", cam, f + min(j, k - 1))
+                assert all(torch.equal(a[f"{cam}_{key}"][4 * w + j], torch.from_numpy(frame[key]))
+                           for key in ("rgb", "depth"))
 
     # room for demo 1 alone: it is cached whole, and demo 0 is read a window at a time, the same frames
     reads = []
@@ -291,6 +295,7 @@ def test_cnn_input_is_channels_last_with_the_numbers_of_channels_first():
     import torch
 
     from dckp.encoders import build_encoder
+    from dckp.encoders.cnn import DEPTH_RANGE
 
     gen = torch.Generator().manual_seed(0)
     frames = {"cam_rgb": torch.randint(0, 256, (6, 128, 128, 3), dtype=torch.uint8, generator=gen),
@@ -300,6 +305,10 @@ def test_cnn_input_is_channels_last_with_the_numbers_of_channels_first():
         enc = build_encoder({"name": name}, ["cam"], 128)
         x = enc.image(frames, "cam")
         assert x.shape == (6, 4 if name == "cnnd" else 3, 128, 128)
+        reference = frames["cam_rgb"].float() / 255  # the plain formula, bit for bit
+        if name == "cnnd":
+            reference = torch.cat([reference, (frames["cam_depth"] / DEPTH_RANGE).clamp(0, 1)[..., None]], -1)
+        assert torch.equal(x, reference.permute(0, 3, 1, 2))
         assert x.is_contiguous(memory_format=torch.channels_last)
         grads = []
         for inp in (x, x.contiguous()):

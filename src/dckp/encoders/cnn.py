@@ -53,10 +53,15 @@ class Cnn(Encoder):
 
     def image(self, frames: Mapping[str, torch.Tensor], cam: str) -> torch.Tensor:
         """`(B, C, 128, 128)` float network input of one camera."""
-        x = frames[f"{cam}_rgb"].float() / 255
+        rgb = frames[f"{cam}_rgb"]
+        # converted and scaled in place, in one buffer: the numbers of `rgb.float() / 255` and of a concatenated
+        # depth channel with a third of the memory traffic (the conversion was a third of a CPU training step)
+        x = torch.empty((*rgb.shape[:-1], 4 if "depth" in self.inputs else 3), device=rgb.device)
+        x[..., :3] = rgb
+        x[..., :3].div_(255)
         if "depth" in self.inputs:
-            depth = (frames[f"{cam}_depth"].float() / DEPTH_RANGE).clamp(0, 1)
-            x = torch.cat([x, depth[..., None]], -1)
+            x[..., 3] = frames[f"{cam}_depth"]
+            x[..., 3].div_(DEPTH_RANGE).clamp_(0, 1)
         x = x.permute(0, 3, 1, 2)  # channels-last in memory: on the CPU, the convolutions' fast layout (cnnd's
         # backward pass 8x faster than from a channels-first copy, with the same numbers)
         if x.shape[-1] != SIZE:

@@ -322,6 +322,24 @@ def _same_run(record: dict, key: tuple) -> bool:
     return (record.get("policy_sha256"), record.get("horizon"), record.get("device")) == key
 
 
+def _run_key(policy_dir: str | os.PathLike, max_steps: int | None, device: str) -> tuple:
+    """What an episode's result depends on besides its seed: the policy's sha256, the horizon and the device."""
+    return _policy_sha256(policy_dir), _horizon(policy_dir, max_steps), device
+
+
+def _merged(out_dir: str | os.PathLike, policy_dir: str | os.PathLike, key: tuple, loose: dict[Path, dict]
+            ) -> dict | None:
+    """`recorded_episodes` for the run `key`, given `out_dir`'s `_loose_records`."""
+    records = episode_records(out_dir, policy_dir)
+    records = records if records and _same_run(records, key) else None
+    episodes = [r["episode"] for r in loose.values() if _same_run(r, key)]
+    if not episodes:
+        return records
+    by_seed = {e["seed"]: e for e in (records["episodes"] if records else [])} | {e["seed"]: e for e in episodes}
+    return {"policy_sha256": key[0], "horizon": key[1], "device": key[2],
+            "episodes": [by_seed[s] for s in sorted(by_seed)], "chunks": records["chunks"] if records else []}
+
+
 def recorded_episodes(out_dir: str | os.PathLike, policy_dir: str | os.PathLike, max_steps: int | None = None,
                       device: str = "cpu") -> dict | None:
     """`episode_records` of `out_dir` and its episode records not yet folded in (`EPISODE_RECORD`, those of a
@@ -330,15 +348,7 @@ def recorded_episodes(out_dir: str | os.PathLike, policy_dir: str | os.PathLike,
     """
     if not (Path(policy_dir) / "policy.safetensors").exists():
         return None
-    key = (_policy_sha256(policy_dir), _horizon(policy_dir, max_steps), device)
-    records = episode_records(out_dir, policy_dir)
-    records = records if records and _same_run(records, key) else None
-    loose = [r["episode"] for r in _loose_records(out_dir).values() if _same_run(r, key)]
-    if not loose:
-        return records
-    by_seed = {e["seed"]: e for e in (records["episodes"] if records else [])} | {e["seed"]: e for e in loose}
-    return {"policy_sha256": key[0], "horizon": key[1], "device": device,
-            "episodes": [by_seed[s] for s in sorted(by_seed)], "chunks": records["chunks"] if records else []}
+    return _merged(out_dir, policy_dir, _run_key(policy_dir, max_steps, device), _loose_records(out_dir))
 
 
 def missing_jobs(out_dir: str | os.PathLike, policy_dir: str | os.PathLike, seeds: list[int], videos: int,
@@ -362,15 +372,15 @@ def write_evaluation(results: list[dict], policy_dir: str | os.PathLike, out_dir
     run = load_run(policy_dir)
     task = get_task(run["task"])
     out = Path(out_dir)
-    old = recorded_episodes(out, policy_dir, max_steps, device)
+    key, loose = _run_key(policy_dir, max_steps, device), _loose_records(out)
+    old = _merged(out, policy_dir, key, loose)
     by_seed = {e["seed"]: e for e in (old["episodes"] if old else [])}
     by_seed.update({r["seed"]: {k: v for k, v in r.items() if k in EPISODE_KEYS} for r in results})
     missing = [s for s in seeds if s not in by_seed]
     if missing:
         raise DckpError(f"{len(missing)} of the {len(seeds)} seeds have no episode (first {missing[0]})",
                         path=str(out), field="seeds")
-    key, fresh = (_policy_sha256(policy_dir), _horizon(policy_dir, max_steps), device), {r["seed"] for r in results}
-    loose = _loose_records(out)
+    fresh = {r["seed"] for r in results}
     stopped = [{"seeds": [r["episode"]["seed"]] * 2, "node": r["node"], "seconds": r["seconds"]}
                for r in loose.values() if _same_run(r, key) and r["episode"]["seed"] not in fresh]
     all_chunks = (old["chunks"] if old else []) + list(chunks or []) + stopped

@@ -69,12 +69,15 @@ class FrameWindows:
     def batch(self, index: np.ndarray, first: np.ndarray, n: np.ndarray, length: int) -> dict[str, torch.Tensor]:
         """Frames of windows `first[b] .. first[b] + n[b] - 1` of demonstrations `index[b]`, each padded to `length`
         with its last frame, flattened to a batch of `B * length` frames (window-major)."""
-        parts = []
-        for i, f, k in zip(index, first, n, strict=True):
-            w = self._window(int(i), int(f), int(f + k))
-            pad = torch.full((length - int(k),), int(k) - 1, dtype=torch.long)
-            parts.append({key: torch.cat([v, v[pad]]) for key, v in w.items()})
-        return {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
+        out: dict[str, torch.Tensor] = {}
+        for b, (i, f, k) in enumerate(zip(index.tolist(), first.tolist(), n.tolist(), strict=True)):
+            for key, v in self._window(i, f, f + k).items():  # copied once, into the batch
+                if key not in out:
+                    out[key] = v.new_empty((len(index) * length, *v.shape[1:]))
+                rows = out[key][b * length:(b + 1) * length]
+                rows[:k] = v
+                rows[k:] = v[k - 1]
+        return out
 
     def close(self) -> None:
         self.ds.close()

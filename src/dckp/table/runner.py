@@ -185,10 +185,12 @@ class _Job:
 
     key: tuple  # (task, stage name), or (task, stage name, chunk index) for a chunk
     needs: list[tuple]  # the jobs it starts after
-    submit: Callable  # given the results of the chunks (an eval.json's job), else nothing
+    submit: Callable  # called with the results of the `inputs` jobs
     resources: dict  # {"CPU": n, "GPU": n} it asks Ray for
     rank: int  # placed before ready jobs of a higher rank: 0 an evaluation's part, 1 a stage that trains nothing,
     # 2 a training (minutes to hours)
+    inputs: list[tuple] = dataclasses.field(default_factory=list)  # of `needs`, those whose results `submit` takes
+    # (an eval.json's job: its chunks)
 
 
 def _placeable(ready: list[_Job], used: dict, capacity: dict, idle: bool) -> list[_Job]:
@@ -268,7 +270,7 @@ def run_table(table: TableConfig, run: RunConfig, out: str | Path, preset: str =
                             res, 0))
                     # after its chunks, and after the policy where no chunk runs (every episode recorded before)
                     jobs.append(_Job((task, stage.name), parts + deps, functools.partial(
-                        finish_task.options(num_cpus=0).remote, ev), {}, 0))
+                        finish_task.options(num_cpus=0).remote, ev), {}, 0, inputs=parts))
                 else:
                     res = _stage_resources(stage, cfg, table)
                     jobs.append(_Job((task, stage.name), deps, functools.partial(
@@ -334,7 +336,7 @@ def _wait(jobs: list[_Job], status: dict, cells: dict, out: Path, finished: Call
             used = {r: sum(j.resources.get(r, 0) for j in running.values()) for r in ("CPU", "GPU")}
             for job in _placeable(ready, used, capacity, idle=not running):
                 waiting.remove(job)
-                running[job.submit(*(results[n] for n in job.needs if len(n) == 3))] = job  # chunks' results
+                running[job.submit(*(results[n] for n in job.inputs))] = job
             states = {c: settled(c) for c in cells}
             if done := [c for c, s in states.items() if s == "done" and c not in reported]:
                 finished(done)
