@@ -327,6 +327,12 @@ def _run_key(policy_dir: str | os.PathLike, max_steps: int | None, device: str) 
     return _policy_sha256(policy_dir), _horizon(policy_dir, max_steps), device
 
 
+def _episodes_record(key: tuple, by_seed: dict[int, dict], chunks: list[dict]) -> dict:
+    """episodes.json's contents: the run `key`, the episodes by seed (in seed order) and the chunks."""
+    return {"policy_sha256": key[0], "horizon": key[1], "device": key[2],
+            "episodes": [by_seed[s] for s in sorted(by_seed)], "chunks": chunks}
+
+
 def _merged(out_dir: str | os.PathLike, policy_dir: str | os.PathLike, key: tuple, loose: dict[Path, dict]
             ) -> dict | None:
     """`recorded_episodes` for the run `key`, given `out_dir`'s `_loose_records`."""
@@ -336,8 +342,7 @@ def _merged(out_dir: str | os.PathLike, policy_dir: str | os.PathLike, key: tupl
     if not episodes:
         return records
     by_seed = {e["seed"]: e for e in (records["episodes"] if records else [])} | {e["seed"]: e for e in episodes}
-    return {"policy_sha256": key[0], "horizon": key[1], "device": key[2],
-            "episodes": [by_seed[s] for s in sorted(by_seed)], "chunks": records["chunks"] if records else []}
+    return _episodes_record(key, by_seed, records["chunks"] if records else [])
 
 
 def recorded_episodes(out_dir: str | os.PathLike, policy_dir: str | os.PathLike, max_steps: int | None = None,
@@ -384,8 +389,7 @@ def write_evaluation(results: list[dict], policy_dir: str | os.PathLike, out_dir
     stopped = [{"seeds": [r["episode"]["seed"]] * 2, "node": r["node"], "seconds": r["seconds"]}
                for r in loose.values() if _same_run(r, key) and r["episode"]["seed"] not in fresh]
     all_chunks = (old["chunks"] if old else []) + list(chunks or []) + stopped
-    save_json({"policy_sha256": key[0], "horizon": key[1], "device": device,
-               "episodes": [by_seed[s] for s in sorted(by_seed)], "chunks": all_chunks}, out / EPISODES_FILE)
+    save_json(_episodes_record(key, by_seed, all_chunks), out / EPISODES_FILE)
     for path in loose:
         path.unlink()
     episodes = [by_seed[s] for s in seeds]
