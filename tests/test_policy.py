@@ -86,9 +86,15 @@ def test_resume_repeats_the_uninterrupted_run(tmp_path):
     train_policy(feats, acts, PolicyConfig(**{**cfg.__dict__, "steps": 4}), tmp_path / "cut", progress=False)
     with open(tmp_path / "cut" / "train_log.jsonl", "a") as log:  # steps logged after the checkpoint, then killed
         log.write('{"step": 4, "loss": 0.0}\n{"step": 5, "lo')
-    result = train_policy(feats, acts, cfg, tmp_path / "cut", progress=False)
+    torch.set_num_threads(2)  # the resumed stretch on another thread count: recorded as its own stretch
+    try:
+        result = train_policy(feats, acts, cfg, tmp_path / "cut", progress=False)
+    finally:
+        torch.set_num_threads(1)
     assert result["resumed_from"] == 4
-    assert losses(tmp_path / "cut") == losses(tmp_path / "full")
+    assert losses(tmp_path / "cut") == losses(tmp_path / "full")  # too small a net for the sums to differ
+    threads = {r: json.loads((tmp_path / r / "policy.json").read_text())["torch_threads"] for r in ("full", "cut")}
+    assert threads == {"full": {"0": 1}, "cut": {"0": 1, "4": 2}}
     with pytest.raises(DckpError, match="another config"):
         train_policy(feats, acts, PolicyConfig(**{**cfg.__dict__, "lr": 1e-3}), tmp_path / "cut", progress=False)
 

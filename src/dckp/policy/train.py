@@ -1,10 +1,13 @@
 """Behaviour cloning: train the LSTM policy on demonstrations, save, resume and load it.
 
 Files in `out_dir` (all written atomically; no pickle anywhere):
-- `policy.safetensors`: final weights and normalisation buffers; `policy.json`: config, obs_dim, action_dim.
+- `policy.safetensors`: final weights and normalisation buffers; `policy.json`: config, obs_dim, action_dim and
+  `torch_threads`: `{first step: torch CPU threads}` per stretch of training with one thread count (the count
+  changes the floating-point sums, hence the trained policy; see docs/determinism.md); a stretch from a
+  checkpoint that predates this record has `null`.
 - `policy_last.safetensors`: resumable state, every `checkpoint_every` steps and at the end: `model.<name>`
   tensors, `optimizer.<param index>.<name>` Adam state tensors, metadata `dckp`: JSON of `step` (steps done),
-  `config` and `obs_dim`.
+  `config`, `obs_dim` and `torch_threads`.
   If it exists, `train_policy` continues from it (the config may differ only in `steps` and `checkpoint_every`).
 - `train_log.jsonl`: one `{"step": s, "loss": nll}` line per step; `policy_loss.png`: the loss curve.
 
@@ -63,7 +66,9 @@ def train_policy(features: list[np.ndarray], actions: list[np.ndarray], cfg: Pol
         encoder.to(device).train()
         params += list(encoder.parameters())
     opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    start = _load_last(out / LAST, model, opt, cfg, encoder) if (out / LAST).exists() else 0
+    start, threads = _load_last(out / LAST, model, opt, cfg, encoder) if (out / LAST).exists() else (0, {})
+    if start < cfg.steps and list(threads.values())[-1:] != [torch.get_num_threads()]:
+        threads[str(start)] = torch.get_num_threads()
     history = [json.loads(line) for line in log_lines_before(out / LOG, start)]
     atomic_write_bytes(out / LOG, "".join(json.dumps(r) + "\n" for r in history).encode())
     std = action_std(cfg).to(device)
@@ -86,8 +91,8 @@ def train_policy(features: list[np.ndarray], actions: list[np.ndarray], cfg: Pol
             bar.set_postfix(loss=f"{history[-1]['loss']:.3g}")
             if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
                 log.flush()
-                _save_last(out / LAST, model, opt, cfg, step + 1, encoder)
-    save_policy(model, out, encoder)
+                _save_last(out / LAST, model, opt, cfg, step + 1, threads, encoder)
+    save_policy(model, out, encoder, threads)
     _plot(history, out / PLOT)
     return {"steps": cfg.steps, "resumed_from": start, "obs_dim": model.obs_dim,
             "loss_start": history[0]["loss"] if history else None,
@@ -106,13 +111,14 @@ def _state(model: LSTMPolicy, encoder=None) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def save_policy(model: LSTMPolicy, out_dir, encoder=None) -> None:
+def save_policy(model: LSTMPolicy, out_dir, encoder=None, threads: dict | None = None) -> None:
     """Write `policy.safetensors` (weights and normalisation buffers; a trainable encoder's weights under
-    `encoder.`) and `policy.json`."""
+    `encoder.`) and `policy.json` (`torch_threads`: `threads` as `train_policy` counts them; null when the
+    model was not trained by it)."""
     out = Path(out_dir)
     atomic_write_bytes(out / WEIGHTS, safetensors.torch.save(_state(model, encoder)))
-    save_json({"config": dataclasses.asdict(model.cfg), "obs_dim": model.obs_dim, "action_dim": model.action_dim},
-              out / META)
+    save_json({"config": dataclasses.asdict(model.cfg), "obs_dim": model.obs_dim, "action_dim": model.action_dim,
+               "torch_threads": threads}, out / META)
 
 
 def load_policy(out_dir) -> LSTMPolicy:
@@ -178,21 +184,24 @@ def _gather(obs, act, index, first, n):
 
 
 def _save_last(path: Path, model: LSTMPolicy, opt: torch.optim.Optimizer, cfg: PolicyConfig, step: int,
-               encoder=None) -> None:
+               threads: dict, encoder=None) -> None:
     tensors = {f"model.{k}": v for k, v in _state(model, encoder).items()}
     for i, state in opt.state_dict()["state"].items():
         tensors.update({f"optimizer.{i}.{k}": torch.as_tensor(v).detach().cpu().contiguous() for k, v in state.items()})
     # one metadata key: safetensors writes several in a random order, and the file would differ run to run
-    meta = {"step": step, "config": dataclasses.asdict(cfg), "obs_dim": model.obs_dim}
+    meta = {"step": step, "config": dataclasses.asdict(cfg), "obs_dim": model.obs_dim, "torch_threads": threads}
     atomic_write_bytes(path, safetensors.torch.save(tensors, metadata={"dckp": json.dumps(meta)}))
 
 
-def _load_last(path: Path, model: LSTMPolicy, opt: torch.optim.Optimizer, cfg: PolicyConfig, encoder=None) -> int:
-    """Restore model and optimizer from `policy_last.safetensors`; the number of steps already done."""
+def _load_last(path: Path, model: LSTMPolicy, opt: torch.optim.Optimizer, cfg: PolicyConfig,
+               encoder=None) -> tuple[int, dict]:
+    """Restore model and optimizer from `policy_last.safetensors`; the number of steps already done and the
+    checkpoint's `torch_threads` (`{"0": null}` for a checkpoint that predates the record)."""
     tensors, meta = _read_safetensors(path)
     try:
         meta = json.loads(meta["dckp"])
         saved, step, obs_dim = meta["config"], int(meta["step"]), int(meta["obs_dim"])
+        threads = dict(meta.get("torch_threads", {"0": None}))
     except (KeyError, ValueError, TypeError) as e:
         raise DckpError(f"not a policy checkpoint ({type(e).__name__}: {e})", path=str(path)) from None
     current = dataclasses.asdict(cfg)
@@ -215,7 +224,7 @@ def _load_last(path: Path, model: LSTMPolicy, opt: torch.optim.Optimizer, cfg: P
         opt.load_state_dict({"state": state, "param_groups": opt.state_dict()["param_groups"]})
     except (ValueError, KeyError, RuntimeError) as e:
         raise DckpError(f"bad optimizer state ({e})".replace("\n", " "), path=str(path)) from None
-    return step
+    return step, threads
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
