@@ -39,23 +39,31 @@ def frames_of(ds: Dataset, episode: str, cameras: list[str], start: int, stop: i
     return frames
 
 
+def memory_share() -> int:
+    """Bytes of frames a training process may keep: half this machine's memory, in proportion to the cores its
+    torch threads use (all of the half on this 2-core machine; an eighth of it for each of 8 trainings of 2 threads
+    side by side on a 16-core Ray node)."""
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return int(memory / 2 * min(1.0, torch.get_num_threads() / (os.cpu_count() or 1)))
+
+
 class FrameWindows:
     """Batches of frame windows read from a demonstrations file on demand, for an encoder trained with the policy.
 
     Decoding the file's compressed images is a large part of a step, so each demonstration's decoded frames are
-    kept in memory once read, whole, while they fit in `cache_bytes` in all (4 GiB: the colour frames of every
-    demonstration of the `cpu` presets, pick_place_clutter's 3.6 GiB the most; with depth, about half of
-    pick_place_clutter's). A demonstration that does not fit is read again at every step, only the window asked for
-    (whole demonstrations would not fit in memory at paper size)."""
+    kept in memory once read, whole, while they fit in `cache_bytes` in all (default `memory_share()`; the `cpu`
+    presets' largest, pick_place_clutter's, are 3.6 GiB of colour and 8.6 GiB with depth). The cache changes only
+    the speed: a demonstration that does not fit is read again at every step, only the window asked for (whole
+    demonstrations would not fit in memory at paper size), the same frames."""
 
-    def __init__(self, demos: str | os.PathLike, cameras: list[str], inputs, cache_bytes: int = 4 * 2**30):
+    def __init__(self, demos: str | os.PathLike, cameras: list[str], inputs, cache_bytes: int | None = None):
         self.ds = Dataset(demos)
         self.episodes, self.cameras, self.inputs = self.ds.episodes, cameras, tuple(inputs)
         self.lengths = [len(self.ds.actions(ep)) for ep in self.episodes]
         one = frames_of(self.ds, self.episodes[0], cameras, 0, 1, self.inputs)
         self.step_bytes = sum(v.numel() * v.element_size() for v in one.values())
         self.cache: dict[int, dict[str, torch.Tensor]] = {}
-        self.cache_bytes, self.cached_bytes = cache_bytes, 0
+        self.cache_bytes, self.cached_bytes = memory_share() if cache_bytes is None else cache_bytes, 0
 
     def _window(self, i: int, start: int, stop: int) -> dict[str, torch.Tensor]:
         if i not in self.cache:
