@@ -318,16 +318,3 @@ def test_cnn_input_is_channels_last_with_the_numbers_of_channels_first():
             grads.append((out.detach(), [p.grad.clone() for p in enc.parameters()]))
         assert torch.allclose(grads[0][0], grads[1][0], rtol=1e-6, atol=1e-7)
         assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-7) for a, b in zip(grads[0][1], grads[1][1], strict=True))
-
-
-def test_frame_cache_takes_half_the_memory_in_proportion_to_the_cores_used(monkeypatch):
-    import os
-
-    from dckp.policy import demos as demos_module
-
-    half = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2
-    monkeypatch.setattr(demos_module.os, "cpu_count", lambda: 16)
-    monkeypatch.setattr(demos_module.torch, "get_num_threads", lambda: 2)
-    assert demos_module.memory_share() == int(half / 8)
-    monkeypatch.setattr(demos_module.torch, "get_num_threads", lambda: 32)
-    assert demos_module.memory_share() == int(half)

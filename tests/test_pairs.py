@@ -1,4 +1,5 @@
-"""DON training pairs: never empty, far enough apart, other objects as background; augmentation keeps matches."""
+"""DON training pairs: never empty, far enough apart, other objects as background; augmentation keeps matches; the
+frame cache and its size change nothing but speed."""
 
 import numpy as np
 import pytest
@@ -63,3 +64,29 @@ def test_rotation_keeps_matches_on_the_same_pixels(views):
     u, v = pair["uv_a"].round().long().T
     u2, v2 = out["uv_a"].round().long().T
     assert torch.allclose(out["image_a"][:, v2, u2], before[:, v, u])
+
+
+def test_pairs_are_the_same_with_every_frame_cached_some_or_none(views):
+    path, _ = views
+    samplers = [PairSampler([str(path)], 30, 3, 3, min_translation=0.1, arm_fraction=0.0, seed=4, cache_bytes=c)
+                for c in (None, 40_000, 0)]  # all, 4 of 10 frames, none
+    for _ in range(12):
+        pairs = [s.sample() for s in samplers]
+        for other in pairs[1:]:
+            assert pairs[0].keys() == other.keys()
+            assert all(torch.equal(pairs[0][k], other[k]) if torch.is_tensor(other[k]) else pairs[0][k] == other[k]
+                       for k in other)
+    assert samplers[0].cached_bytes > samplers[1].cached_bytes > 0 == samplers[2].cached_bytes
+
+
+def test_frame_cache_takes_half_the_memory_in_proportion_to_the_cores_used(monkeypatch):
+    import os
+
+    from dckp import training
+
+    half = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2
+    monkeypatch.setattr(training.os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(training.torch, "get_num_threads", lambda: 2)
+    assert training.memory_share() == int(half / 8)
+    monkeypatch.setattr(training.torch, "get_num_threads", lambda: 32)
+    assert training.memory_share() == int(half)

@@ -22,7 +22,7 @@ from dckp.data import DatasetWriter
 from dckp.encoders import build_encoder
 from dckp.representations import monet, transporter
 from dckp.representations.config import PRESETS, BvaeConfig, MonetConfig, TransporterConfig
-from dckp.representations.data import resize_rgb
+from dckp.representations.data import FrameSource, resize_rgb
 from dckp.representations.train import METHODS, load_representation, pretrain_representation
 
 SIZE = 32  # camera images
@@ -149,6 +149,20 @@ def monet_run(data):
 
 
 # --- the methods ---------------------------------------------------------------------------------------------
+
+def test_frames_are_the_same_with_every_frame_cached_some_or_none(data):
+    sources = [FrameSource([data["moving"]], 16, pairs=True, max_gap=2, cache_bytes=c)
+               for c in (None, 3 * 16 * 16 * 40, 0)]  # all, 40 frames, none
+    try:
+        draws = [(s.sample(np.random.default_rng(5), 24), s.sample_pairs(np.random.default_rng(6), 24)) for s in sources
+                 for _ in range(2)]
+        for frames, pairs in draws[1:]:
+            assert torch.equal(frames, draws[0][0]) and all(map(torch.equal, pairs, draws[0][1]))
+        assert sources[0].cached > sources[1].cached > 0 == sources[2].cached
+    finally:
+        for s in sources:
+            s.close()
+
 
 def test_transport_formula_by_hand():
     f_s = torch.tensor([[1.0, 2.0], [3.0, 4.0]]).view(1, 1, 2, 2)

@@ -1,13 +1,17 @@
 """What the resumable training loops share (DON, representations, policy): stopping after the current step on a
-first Ctrl-C, reading back a log whose last line an interrupt may have cut short, and reading a checkpoint."""
+first Ctrl-C, reading back a log whose last line an interrupt may have cut short, reading a checkpoint, and how
+many bytes of decoded frames a training process may keep in memory."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import threading
 from pathlib import Path
+
+import torch
 
 from dckp.errors import DckpError
 
@@ -98,3 +102,12 @@ def load_optimizer_tensors(optimizer, tensors: dict, meta: dict) -> None:
     groups = [{k: tuple(v) if isinstance(v, list) and k != "params" else v for k, v in g.items()}
               for g in meta["param_groups"]]  # JSON turned tuples (Adam's betas) into lists
     optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+def memory_share() -> int:
+    """Bytes of decoded frames a training process (or one of its DataLoader workers) may keep: half this machine's
+    memory, in proportion to the cores its torch threads use (all of the half for a 2-thread training on a 2-core
+    machine; an eighth of it for each of 8 trainings of 2 threads side by side on a 16-core Ray node; a 1-thread
+    loader worker on 16 cores, a sixteenth)."""
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return int(memory / 2 * min(1.0, torch.get_num_threads() / (os.cpu_count() or 1)))

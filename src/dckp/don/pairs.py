@@ -22,6 +22,7 @@ import torch
 from dckp.data import Dataset
 from dckp.errors import DckpError
 from dckp.geometry.correspondence import sample_matches, sample_non_matches
+from dckp.training import memory_share
 
 PRIOR_WORK_DISTANCE = (0.5, 0.9)  # metres from the scene centre: the prior work's fixed-distance camera
 
@@ -52,16 +53,17 @@ class Frame:
 class PairSampler:
     """Draws training pairs from one or more view files that `dckp fuse` has given masks.
 
-    Decoded frames are kept in memory once read, up to `cache_bytes` (decoding the file's compressed images took
-    half of a pair's time), and each frame's partners far enough apart are listed once."""
+    Decoded frames are kept in memory once read, up to `cache_bytes` (default `dckp.training.memory_share()`, taken
+    where the sampler is made: in each DataLoader worker; decoding the file's compressed images took half of a
+    pair's time), and each frame's partners far enough apart are listed once."""
 
     def __init__(self, paths: list[str], n_matches: int, n_object: int, n_background: int,
                  min_translation: float = 0.2, min_rotation_deg: float = 20.0, arm_fraction: float = 0.1,
                  tol: float = 0.003, seed: int = 0, max_tries: int = 50, episodes: dict | None = None,
-                 prior_work: bool = False, cache_bytes: int = 2**28):
+                 prior_work: bool = False, cache_bytes: int | None = None):
         self.datasets = [Dataset(p) for p in paths]
         self.cache: dict[tuple, dict[str, torch.Tensor]] = {}
-        self.cache_bytes, self.cached_bytes = cache_bytes, 0
+        self.cache_bytes, self.cached_bytes = memory_share() if cache_bytes is None else cache_bytes, 0
         self.partners: dict[tuple, list[Frame]] = {}
         self.n_matches, self.n_object, self.n_background = n_matches, n_object, n_background
         self.min_translation, self.min_rotation = min_translation, np.deg2rad(min_rotation_deg)

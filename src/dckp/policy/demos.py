@@ -24,6 +24,7 @@ from dckp.policy.config import PolicyConfig
 from dckp.policy.folder import write_run
 from dckp.policy.model import proprioception
 from dckp.policy.train import train_policy
+from dckp.training import memory_share
 
 
 def frames_of(ds: Dataset, episode: str, cameras: list[str], start: int, stop: int,
@@ -37,14 +38,6 @@ def frames_of(ds: Dataset, episode: str, cameras: list[str], start: int, stop: i
     if "object_pose" in inputs:
         frames["object_pose"] = torch.from_numpy(ds.array(episode, "object_pose")[start:stop])
     return frames
-
-
-def memory_share() -> int:
-    """Bytes of frames a training process may keep: half this machine's memory, in proportion to the cores its
-    torch threads use (all of the half on this 2-core machine; an eighth of it for each of 8 trainings of 2 threads
-    side by side on a 16-core Ray node)."""
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return int(memory / 2 * min(1.0, torch.get_num_threads() / (os.cpu_count() or 1)))
 
 
 class FrameWindows:

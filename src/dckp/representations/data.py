@@ -16,9 +16,9 @@ import torch.nn.functional as F
 
 from dckp.data import Dataset
 from dckp.errors import DckpError
+from dckp.training import memory_share
 
 log = logging.getLogger(__name__)
-CACHE_BYTES = 2**30  # resized frames kept in memory once read (1 GiB: every frame of the cpu presets' files)
 
 
 def resize_rgb(rgb: torch.Tensor, size: int) -> torch.Tensor:
@@ -34,11 +34,11 @@ def resize_rgb(rgb: torch.Tensor, size: int) -> torch.Tensor:
 class FrameSource:
     """Frames of dckp HDF5 files: every `<stream>_rgb` of every episode (views: static scenes filmed by moving
     cameras and arm-only sequences; demos: the demonstrations' cameras). Frames are read on demand and, resized,
-    kept in memory up to `cache_bytes`. `pairs=True` indexes demonstrations only, for pairs of frames at most
-    `max_gap` steps apart (never the same frame)."""
+    kept in memory up to `cache_bytes` (default `dckp.training.memory_share()`). `pairs=True` indexes
+    demonstrations only, for pairs of frames at most `max_gap` steps apart (never the same frame)."""
 
     def __init__(self, files: list[str | os.PathLike], size: int, pairs: bool = False, max_gap: int = 1,
-                 cache_bytes: int = CACHE_BYTES):
+                 cache_bytes: int | None = None):
         if not files:
             raise DckpError("no views or demos files given", field="--views")
         self.size, self.pairs, self.max_gap = size, pairs, max_gap
@@ -68,7 +68,7 @@ class FrameSource:
         self.counts = np.array([s[3] for s in self.sequences])
         self.offsets = np.concatenate([[0], np.cumsum(self.counts)])
         self.cache: dict[tuple[int, int], torch.Tensor] = {}
-        self.cache_bytes, self.cached = cache_bytes, 0
+        self.cache_bytes, self.cached = memory_share() if cache_bytes is None else cache_bytes, 0
 
     def __len__(self) -> int:
         """Frames in all (pairs: in demonstrations)."""
