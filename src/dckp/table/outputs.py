@@ -171,7 +171,8 @@ def markdown(data: dict) -> str:
             paper = sorted(((m, v) for m, v in data["paper"][STAND_IN[t]].items() if v is not None),
                            key=lambda kv: (-kv[1], kv[0]))
             lines.append(f"  - paper, {STAND_IN[t]}: " + " > ".join(f"{m} {v:.3f}" for m, v in paper))
-    lines += ["", "## Cost per cell", "", "Wall time on the table's workers; - where the stage, or some of a cell's "
+    lines += ["", "## Cost per cell", "", "Wall time on the table's workers (a cell's evaluation chunks run in "
+              "parallel; their times are added up); - where the stage, or some of a cell's "
               "episodes, ran before the table did (adopted), or where the stage resumed from an interrupted run's "
               "state that has no record of its time: time not recorded. A training resumed across pieces counts "
               "each piece up to the checkpoint the next one resumed from.", "",
