@@ -95,3 +95,19 @@ def test_table_spreads_episodes_over_two_nodes(tmp_path, two_nodes):
     assert [c["seeds"] for c in ev["chunks"]] == [[1_000_000, 1_000_000], [1_000_001, 1_000_001]]
     assert len({c["node"] for c in ev["chunks"]}) == 2  # one chunk on each node
     assert json.loads((tmp_path / "results" / "table1.json").read_text())["cells"]["lift"]["blind"]["episodes"] == 2
+
+
+def test_without_address_ray_starts_locally_beside_a_cluster(monkeypatch, two_nodes):
+    """`RAY_ADDRESS` names a running cluster, as after `ray start`: without `--address` the runner still starts a
+    Ray instance of its own (one node, its own GCS), as the README promises, instead of joining that cluster."""
+    import ray
+
+    from dckp.table.runner import start_ray
+
+    monkeypatch.setenv("RAY_ADDRESS", two_nodes)
+    try:
+        assert start_ray(cpus=1)
+        assert len(ray.nodes()) == 1
+        assert ray.get_runtime_context().gcs_address != two_nodes
+    finally:
+        ray.shutdown()

@@ -48,9 +48,10 @@ class StageFailed(Exception):
 
 
 def start_ray(address: str = "", cpus: int = 0) -> bool:
-    """Connect to the Ray cluster at `address`, or start Ray on this machine (`cpus` CPUs, 0: all; no dashboard, a
-    small object store). Workers get `WORKER_ENV` (this process's values where set). False when Ray was already
-    running in this process (it is then used, and left running)."""
+    """Connect to the Ray cluster at `address`, or start a new Ray instance on this machine (`cpus` CPUs, 0: all; no
+    dashboard, a small object store), even where `RAY_ADDRESS` or an earlier `ray start` names a cluster. Workers get
+    `WORKER_ENV` (this process's values where set). False when Ray was already running in this process (it is then
+    used, and left running)."""
     import ray
 
     if address:
@@ -61,7 +62,7 @@ def start_ray(address: str = "", cpus: int = 0) -> bool:
     local = {} if address else {"num_cpus": cpus or os.cpu_count(), "object_store_memory": OBJECT_STORE_BYTES,
                                 "include_dashboard": False}
     try:
-        ray.init(address=address or None, runtime_env={"env_vars": env}, log_to_driver=False,
+        ray.init(address=address or "local", runtime_env={"env_vars": env}, log_to_driver=False,
                  configure_logging=False, **local)
     except ConnectionError as e:
         raise DckpError(f"cannot reach the Ray cluster ({e})".replace("\n", " "), field="--address") from None
