@@ -144,9 +144,11 @@ def test_batched_warp_and_sampling(pair):
     uv = pixel_grid(H, W).reshape(1, -1, 2).expand(2, -1, -1)
     batch_b, valid = warp_pixels(uv, stack(a["depth"], b["depth"]), K, stack(pose_a, pose_b),
                                  stack(b["depth"], a["depth"]), K, stack(pose_b, pose_a))
-    assert torch.equal(uv[0][valid[0]], uv_a) and torch.allclose(batch_b[0][valid[0]], uv_b)
+    # float32 pixel coordinates: batched and single matrix products round differently by CPU (3e-5 px seen on an
+    # AVX-512 machine, where allclose's default rtol fails near the image border), so compare within 1e-4 px
+    assert torch.equal(uv[0][valid[0]], uv_a) and torch.allclose(batch_b[0][valid[0]], uv_b, rtol=0, atol=1e-4)
     back_a, back_b = find_matches(b["depth"], K, pose_b, a["depth"], K, pose_a)
-    assert torch.equal(uv[1][valid[1]], back_a) and torch.allclose(batch_b[1][valid[1]], back_b)
+    assert torch.equal(uv[1][valid[1]], back_a) and torch.allclose(batch_b[1][valid[1]], back_b, rtol=0, atol=1e-4)
 
     mask_a = torch.from_numpy(a["seg"] > 0)
     draw = lambda seed: sample_matches(mask_a, a["depth"], K, pose_a, b["depth"], K, pose_b, 50,  # noqa: E731
