@@ -18,6 +18,7 @@ import pytest
 
 from dckp.cli.main import main
 
+pytestmark = pytest.mark.xdist_group("ray")  # one pytest worker runs every Ray test: never two Ray instances at once
 ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}  # loopback, this machine only
 
 

@@ -16,6 +16,7 @@ from dckp.data import Dataset
 from dckp.pipeline import RUN_PRESETS, RunConfig
 from dckp.table.config import TableConfig
 
+pytestmark = pytest.mark.xdist_group("ray")  # one pytest worker runs every Ray test: never two Ray instances at once
 TASKS, METHODS = ["lift", "stack"], ["blind", "cnn"]  # cheap, and no references (none found at 64 px on stack)
 RUN = {"demos": 1, "image_size": 64, "policy_steps": 2, "episodes": 2, "max_steps": 5}
 FLAGS = ["--tasks", *TASKS, "--methods", *METHODS, "--chunk", "2",
