@@ -137,6 +137,7 @@ CASES = [
     Case("collect-unknown-task", ["collect", "--task", "nope", "--out", "{tmp}/new/d.h5"], "--task"),
     Case("collect-attempts", ["collect", "--max-attempts-factor", "0.5", "--out", "{tmp}/new/d.h5"],
          "--max-attempts-factor"),
+    Case("collect-workers-0", ["collect", "--workers", "0", "--out", "{tmp}/new/d.h5"], "--workers"),
     Case("collect-not-a-number", ["collect", "--demos", "many", "--out", "{tmp}/new/d.h5"], "--demos"),
     Case("views-scenes-0", ["collect-views", "--scenes", "0", "--out", "{tmp}/new/v.h5"], "--scenes"),
     Case("views-image-size-0", ["collect-views", "--image-size", "0", "--out", "{tmp}/new/v.h5"], "--image-size"),

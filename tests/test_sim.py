@@ -109,6 +109,15 @@ def test_demo_file_contents(demos):
         assert np.abs(ds.actions(ep)).max() <= 1.0
 
 
+def test_demos_in_two_processes_are_the_same_file(demos, tmp_path):
+    """Two worker processes (4 episodes in flight, stopped after the first success) write the bytes of one."""
+    path = tmp_path / "lift.h5"
+    summary = collect_demos(CollectConfig(task="lift", demos=1, image_size=SIZE, workers=2), str(path),
+                            progress=False)
+    assert summary["demos"] == 1 and summary["seeds_tried"] == 1
+    assert path.read_bytes() == demos.read_bytes()
+
+
 @pytest.mark.parametrize("name", sorted(TASKS))
 def test_expert_succeeds(name):
     env = SimEnv(get_task(name), image_size=0)

@@ -63,7 +63,7 @@ class RunConfig:
     policy_steps: int = option(0, "policy Adam steps (0: 1000 for one-camera tasks, 1500 for the two-camera "
                                "multi-object ones)")
     episodes: int = option(50, "closed-loop evaluation episodes per encoder (the same seeds for each)")
-    workers: int = option(2, "evaluation worker processes")
+    workers: int = option(2, "worker processes running the expert's demonstrations and the evaluation episodes")
     max_steps: int = option(0, "most control steps per evaluation episode (0: the task's horizon)")
     seed: int = option(0, "seed of the demonstrations, DON, references and policies")
     device: str = option("cpu", "torch device of the DON, representation and policy training, demonstration "
@@ -253,7 +253,7 @@ def plan(cfg: RunConfig, out: Path, sp: str) -> list[Stage]:
     demos, views, heldout = out / "demos.h5", out / "views.h5", out / "heldout.h5"
     don, refs, pictures = out / "don", out / "references.safetensors", out / "pictures"
     collect_cfg = dataclasses.replace(preset(COLLECT_PRESETS, sp), task=cfg.task, demos=cfg.demos,
-                                      image_size=cfg.image_size, seed=cfg.seed)
+                                      image_size=cfg.image_size, seed=cfg.seed, workers=cfg.workers)
     views_cfg = dataclasses.replace(preset(VIEWS_PRESETS, sp), task=cfg.task, scenes=cfg.scenes,
                                     arm_only=cfg.arm_only, image_size=cfg.image_size)
     heldout_cfg = dataclasses.replace(views_cfg, scenes=cfg.heldout_scenes, arm_only=0, seed=HELDOUT_SEED)
@@ -279,7 +279,7 @@ def plan(cfg: RunConfig, out: Path, sp: str) -> list[Stage]:
 
     def collected(stage_cfg, path: Path, kind: str):
         check_dataset(path, kind, cfg.task)
-        check_config(_config_path(path), {"preset": sp, **dataclasses.asdict(stage_cfg)})
+        check_config(_config_path(path), {"preset": sp, **dataclasses.asdict(stage_cfg)}, ignore=("workers",))
 
     def fuse():
         from dckp.geometry.fuse import fuse_file

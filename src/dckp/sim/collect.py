@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import dataclasses
+import itertools
+import math
+import multiprocessing
+from collections.abc import Iterator
 
 import mujoco
 import numpy as np
@@ -26,34 +32,81 @@ def _stack(frames: list[dict]) -> dict[str, np.ndarray]:
 
 
 def _file_config(task, cfg) -> dict:
-    return {"collect": dataclasses.asdict(cfg), "keypoints": task.keypoints, "image_size": cfg.image_size}
+    """The settings stored in a file: what its data depend on (not `workers`: any number gives the same file)."""
+    collect = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "workers"}
+    return {"collect": collect, "keypoints": task.keypoints, "image_size": cfg.image_size}
+
+
+# --- expert episodes, in this process or in worker processes ---------------------------------------------------
+
+_ENV: SimEnv | None = None
+
+
+def _init_worker(task: str, image_size: int) -> None:
+    global _ENV
+    _ENV = SimEnv(get_task(task), image_size)
+
+
+def _expert(env: SimEnv, seed: int) -> tuple[dict[str, np.ndarray], np.ndarray, int] | None:
+    """A recorded expert episode from `seed` (its frames, actions and steps), or None where it failed."""
+    ep = expert_episode(env, seed, record=True)
+    return (_stack(ep.frames), np.stack(ep.actions), ep.steps) if ep.success else None
+
+
+def _worker_expert(seed: int):
+    return _expert(_ENV, seed)
+
+
+def expert_episodes(task: str, image_size: int, seeds: range, workers: int = 1) -> Iterator[tuple[int, tuple | None]]:
+    """`(seed, _expert(...))` for each of `seeds`, in seed order: in this process (`workers=1`) or in `workers`
+    spawned processes, each with its own environment, that run at most 2 episodes each ahead of the one consumed
+    (an episode's frames are large). An episode depends on its seed alone, so any `workers` gives the same
+    episodes. Stopping the iteration early stops the workers."""
+    if workers == 1:
+        env = SimEnv(get_task(task), image_size)
+        try:
+            for seed in seeds:
+                yield seed, _expert(env, seed)
+        finally:
+            env.close()
+        return
+    todo = iter(seeds)
+    with multiprocessing.get_context("spawn").Pool(workers, _init_worker, (task, image_size)) as pool:
+        running = collections.deque((s, pool.apply_async(_worker_expert, (s,))) for s in itertools.islice(todo,
+                                                                                                      2 * workers))
+        while running:
+            seed, result = running.popleft()
+            episode = result.get()
+            running.extend((s, pool.apply_async(_worker_expert, (s,))) for s in itertools.islice(todo, 1))
+            yield seed, episode
 
 
 def collect_demos(cfg: CollectConfig, out: str, preset: str = "cpu", progress: bool = True) -> dict:
-    """Successful expert demonstrations of `cfg.task` into `out`. Returns a summary."""
+    """Successful expert demonstrations of `cfg.task` into `out`, the first `demos` successes from seed `cfg.seed`
+    on, run by `cfg.workers` processes. Returns a summary."""
     task = get_task(cfg.task)
     n = cfg.demos or task.demos[preset]
-    env = SimEnv(task, cfg.image_size)
-    seed, kept, lengths = cfg.seed, 0, []
-    try:
-        with DatasetWriter(out, "demos", task.name, task.objects, _file_config(task, cfg),
-                           workspace=task.workspace) as writer:
-            with tqdm(total=n, desc=f"demos {task.name}", disable=not progress) as bar:
-                while kept < n:
-                    if seed - cfg.seed >= max(n * cfg.max_attempts_factor, n + 5):
-                        raise DckpError(f"only {kept} of {n} demonstrations succeeded in {seed - cfg.seed} "
-                                        "seeds", field="demos")
-                    ep = expert_episode(env, seed, record=True)
-                    if ep.success:
-                        writer.add_episode(f"demo_{kept}", _stack(ep.frames), np.stack(ep.actions),
-                                           seed=seed, success=True, num_steps=ep.steps)
-                        kept, lengths = kept + 1, lengths + [ep.steps]
-                        bar.update(1)
-                    seed += 1
-            summary = {"demos": kept, "seeds_tried": seed - cfg.seed, "mean_steps": float(np.mean(lengths)),
-                       "image_bytes_per_frame": writer.bytes_images / max(writer.frames, 1)}
-    finally:
-        env.close()
+    attempts = math.ceil(max(n * cfg.max_attempts_factor, n + 5))
+    tried, lengths = 0, []
+    with DatasetWriter(out, "demos", task.name, task.objects, _file_config(task, cfg),
+                       workspace=task.workspace) as writer:
+        seeds = range(cfg.seed, cfg.seed + attempts)
+        with (tqdm(total=n, desc=f"demos {task.name}", disable=not progress) as bar,
+              contextlib.closing(expert_episodes(task.name, cfg.image_size, seeds, cfg.workers)) as episodes):
+            for seed, episode in episodes:
+                tried += 1
+                if episode is not None:
+                    frames, actions, steps = episode
+                    writer.add_episode(f"demo_{len(lengths)}", frames, actions, seed=seed, success=True,
+                                       num_steps=steps)
+                    lengths.append(steps)
+                    bar.update(1)
+                    if len(lengths) == n:
+                        break  # closing the episodes stops the workers
+            else:
+                raise DckpError(f"only {len(lengths)} of {n} demonstrations succeeded in {tried} seeds", field="demos")
+        summary = {"demos": n, "seeds_tried": tried, "mean_steps": float(np.mean(lengths)),
+                   "image_bytes_per_frame": writer.bytes_images / max(writer.frames, 1)}
     return summary
 
 

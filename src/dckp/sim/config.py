@@ -20,6 +20,8 @@ class CollectConfig:
     image_size: int = option(128, "camera image height and width in pixels")
     seed: int = option(0, "first episode seed; failed episodes are skipped")
     max_attempts_factor: float = option(2.0, "give up after this many times `demos` seeds")
+    workers: int = option(1, "worker processes running expert episodes (1: in this process; any number gives the "
+                          "same file)")
 
     def __post_init__(self):
         get_task(self.task)
@@ -29,6 +31,8 @@ class CollectConfig:
             raise DckpError(f"must be >= 0 (0: the task's number), got {self.demos}", field="demos")
         if self.seed < 0:
             raise DckpError(f"must be >= 0, got {self.seed}", field="seed")
+        if self.workers < 1:
+            raise DckpError(f"must be >= 1, got {self.workers}", field="workers")
         if self.max_attempts_factor < 1:
             raise DckpError(f"must be >= 1, got {self.max_attempts_factor}", field="max_attempts_factor")
 

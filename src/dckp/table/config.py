@@ -60,10 +60,10 @@ class TableConfig:
 
 def add_table_args(parser) -> None:
     """`dckp table`'s flags: this config's, then the stage settings of `dckp run` (but those the table sets per
-    task: task, encoder, baselines; and workers, which the evaluation chunks replace)."""
+    task: task, encoder, baselines). There `workers` runs the demonstrations only: the evaluation runs in chunks."""
     from dckp.config import add_config_args
     from dckp.pipeline import RUN_PRESETS, RunConfig
 
     add_config_args(parser, TableConfig, title="TableConfig fields")
     add_config_args(parser, RunConfig, RUN_PRESETS, title="RunConfig fields: the stages' settings (override the "
-                    "preset)", skip=("task", "encoder", "baselines", "workers"))
+                    "preset)", skip=("task", "encoder", "baselines"))

@@ -60,8 +60,10 @@ def table_config(run: RunConfig, preset: str) -> dict:
     sp = "paper" if preset == "paper" else "cpu"
     stages = {"collect": COLLECT_PRESETS, "views": VIEWS_PRESETS, "masks": MASK_PRESETS, "don": DON_PRESETS,
               "policy": POLICY_PRESETS}
+    settings = {k: dataclasses.asdict(v[sp]) for k, v in stages.items()}
+    del settings["collect"]["workers"]  # how many processes collect does not change the demonstrations
     return {"preset": preset, "run": {k: v for k, v in dataclasses.asdict(run).items() if k not in RUN_ONLY},
-            "stage_preset": sp, "stages": {k: dataclasses.asdict(v[sp]) for k, v in stages.items()},
+            "stage_preset": sp, "stages": settings,
             "policy_overrides": POLICY_OVERRIDES, "eval_seed_start": EVAL_SEED_START}
 
 

@@ -88,9 +88,12 @@ def task_config(run: RunConfig, task: str, methods: list[str]) -> RunConfig:
 
 
 def _stage_resources(stage: Stage, run: RunConfig, table: TableConfig) -> dict:
+    """Ray resources of a stage: `train_cpus` (and a GPU on cuda) for training, `run.workers` CPUs for the
+    demonstrations (their worker processes), 1 CPU otherwise."""
     training = stage.name.split(" ")[0] in TRAINING
     gpu = training and run.device.startswith("cuda")
-    return {"num_cpus": table.train_cpus if training else 1, "num_gpus": 1 if gpu else 0}
+    cpus = table.train_cpus if training else run.workers if stage.name == "demonstrations" else 1
+    return {"num_cpus": cpus, "num_gpus": 1 if gpu else 0}
 
 
 def _node() -> str:
