@@ -31,7 +31,8 @@ class TableConfig:
                           "file system every node sees); '' starts Ray on this machine")
     cpus: int = option(0, "CPUs of the Ray instance started on this machine (0: all of its cores; not with "
                        "--address)")
-    train_cpus: int = option(1, "CPUs (torch threads) each training stage asks Ray for")
+    train_cpus: int = option(1, "CPUs each training stage (its torch threads) and each task's demonstrations (their "
+                             "worker processes) ask Ray for")
     results: str = option("results", "folder for table1.json, table1.md, table1.png and table1.html")
     dry_run: bool = option(False, "print each task's cells done and the stages that would run, with why, then stop "
                            "(nothing is run or removed)")
@@ -60,10 +61,11 @@ class TableConfig:
 
 def add_table_args(parser) -> None:
     """`dckp table`'s flags: this config's, then the stage settings of `dckp run` (but those the table sets per
-    task: task, encoder, baselines). There `workers` runs the demonstrations only: the evaluation runs in chunks."""
+    task: task, encoder, baselines; and workers: the evaluation runs in chunks, the demonstrations in `train_cpus`
+    processes)."""
     from dckp.config import add_config_args
     from dckp.pipeline import RUN_PRESETS, RunConfig
 
     add_config_args(parser, TableConfig, title="TableConfig fields")
     add_config_args(parser, RunConfig, RUN_PRESETS, title="RunConfig fields: the stages' settings (override the "
-                    "preset)", skip=("task", "encoder", "baselines"))
+                    "preset)", skip=("task", "encoder", "baselines", "workers"))

@@ -88,11 +88,11 @@ def task_config(run: RunConfig, task: str, methods: list[str]) -> RunConfig:
 
 
 def _stage_resources(stage: Stage, run: RunConfig, table: TableConfig) -> dict:
-    """Ray resources of a stage: `train_cpus` (and a GPU on cuda) for training, `run.workers` CPUs for the
-    demonstrations (their worker processes), 1 CPU otherwise."""
+    """Ray resources of a stage: `train_cpus` for training (and a GPU on cuda) and for the demonstrations (as many
+    worker processes, `run_table`), 1 CPU otherwise."""
     training = stage.name.split(" ")[0] in TRAINING
     gpu = training and run.device.startswith("cuda")
-    cpus = table.train_cpus if training else run.workers if stage.name == "demonstrations" else 1
+    cpus = table.train_cpus if training or stage.name == "demonstrations" else 1
     return {"num_cpus": cpus, "num_gpus": 1 if gpu else 0}
 
 
@@ -242,6 +242,7 @@ def run_table(table: TableConfig, run: RunConfig, out: str | Path, preset: str =
 
     from dckp.table.outputs import write_outputs
 
+    run = dataclasses.replace(run, workers=table.train_cpus)  # the demonstrations' processes (evaluation: chunks)
     out = Path(out).resolve()
     sp = "paper" if preset == "paper" else "cpu"
     started = start_ray(table.address, table.cpus)
