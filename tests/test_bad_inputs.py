@@ -113,7 +113,7 @@ def make_bad_inputs(folder: Path) -> dict[str, str]:
     _truncate(f["don"] / "don.safetensors", f["resume_truncated"] / "last.safetensors")
     policy = f["policy_truncated"]
     train_policy([np.zeros((FRAMES, 5), np.float32)], [np.zeros((FRAMES, 7), np.float32)],
-                 PolicyConfig(hidden=8, layers=1, steps=1), policy, progress=False)
+                 PolicyConfig(head_options={"hidden": 8, "layers": 1}, steps=1), policy, progress=False)
     (policy / "run.json").write_text(json.dumps({"task": "lift", "image_size": SIZE, "cameras": [WRIST],
                                                  "encoder": {"name": "gt-kp"}}))
     _truncate(policy / "policy.safetensors", policy / "policy.safetensors")

@@ -78,7 +78,8 @@ def test_policy_trains_encodes_and_acts_on_device(artefacts, tmp_path, device):
                  artefacts / "refs.safetensors", "--out", out, "--steps", "2", "--hidden", "8",
                  "--device", device]) == 0
     policy = load_visuomotor_policy(out, device)
-    assert policy.head.obs_mean.device.type == device and next(policy.encoder.don[0].parameters()).device.type == device
+    assert policy.policy.obs_mean.device.type == device
+    assert next(policy.encoder.don[0].parameters()).device.type == device
     with Dataset(demos) as ds:
         fr = ds.frame("demo_0", WRIST, 0)
         observation = {f"{WRIST}_{k}": fr[k] for k in ("rgb", "depth", "K", "pose")}

@@ -158,7 +158,7 @@ def test_cnn_trains_end_to_end_and_a_frozen_encoder_does_not(setup):
     import hashlib
 
     from dckp.encoders import encoder_class
-    from dckp.policy import LSTMPolicy, PolicyConfig, action_std, nll
+    from dckp.policy import Policy, PolicyConfig
     from dckp.policy.demos import train_on_demos
 
     tmp, demos, refs_path, _ = setup
@@ -167,14 +167,14 @@ def test_cnn_trains_end_to_end_and_a_frozen_encoder_does_not(setup):
     enc = encoder_class("cnn")([cam], SIZE)
     frames = _frames_batch(demos, [cam], enc.inputs)
     assert frames[f"{cam}_rgb"].shape == (8, SIZE, SIZE, 3) and f"{cam}_depth" not in frames  # rgb only: read lazily
-    head = LSTMPolicy(enc.output_dim(), 7, PolicyConfig(hidden=8, layers=1))
-    loss = nll(head(enc(frames).view(2, 4, -1))[0], torch.zeros(2, 4, 7), torch.ones(2, 4, dtype=torch.bool),
-               action_std(PolicyConfig()))
+    head = Policy(enc.output_dim(), 7, PolicyConfig(head_options={"hidden": 8, "layers": 1}))
+    loss = head.loss({"obs": enc(frames).view(2, 4, -1), "action": torch.zeros(2, 4, 7),
+                      "mask": torch.ones(2, 4, dtype=torch.bool)})
     loss.backward()
     first = enc.net[0].weight
     assert first.grad is not None and first.grad.abs().sum() > 0
     # trained with the policy, its weights change (the initial ones depend on the seed alone)
-    cfg = PolicyConfig(hidden=16, layers=1, steps=3, checkpoint_every=3, batch_size=2)
+    cfg = PolicyConfig(head_options={"hidden": 16, "layers": 1}, steps=3, checkpoint_every=3, batch_size=2)
     train_on_demos(demos, {"name": "cnn"}, cfg, tmp / "policy_cnn", progress=False)
     torch.manual_seed(cfg.seed)
     initial = encoder_class("cnn")([cam], SIZE).net[0].weight.detach()
@@ -195,8 +195,9 @@ def test_end_to_end_policy_overfits_one_trajectory(setup, tmp_path):
     import math
 
     from dckp.data import DatasetWriter
-    from dckp.policy import PolicyConfig, action_std
+    from dckp.policy import PolicyConfig
     from dckp.policy.demos import train_on_demos
+    from dckp.policy.heads.lstm import LSTMOptions, action_std
 
     _, demos, _, _ = setup
     one = tmp_path / "one.h5"  # the first demonstration alone, cut to 20 steps
@@ -204,9 +205,10 @@ def test_end_to_end_policy_overfits_one_trajectory(setup, tmp_path):
         ep = ds.episodes[0]
         obs = {k: ds.f[f"data/{ep}/obs/{k}"][:20] for k in ds.keys(ep)}
         writer.add_episode("demo_0", obs, ds.actions(ep)[:20])
-    cfg = PolicyConfig(hidden=64, layers=1, batch_size=1, steps=250, checkpoint_every=250, lr=1e-3)
+    cfg = PolicyConfig(head_options={"hidden": 64, "layers": 1}, batch_size=1, steps=250, checkpoint_every=250,
+                       lr=1e-3)
     result = train_on_demos(one, {"name": "cnn"}, cfg, tmp_path / "policy", progress=False)
-    floor = action_std(cfg).log().sum().item() + 3.5 * math.log(2 * math.pi)  # the NLL of a perfect fit
+    floor = action_std(LSTMOptions()).log().sum().item() + 3.5 * math.log(2 * math.pi)  # the NLL of a perfect fit
     assert result["loss_end"] - floor < (result["loss_start"] - floor) / 20, result
 
 
@@ -236,7 +238,8 @@ def test_trainable_encoder_round_trip_gives_the_same_actions(setup):
 
     write_run(out, "lift", SIZE, [cam], spec, demos)
     with FrameWindows(demos, [cam], enc.inputs) as windows:
-        train_policy(proprio, actions, PolicyConfig(hidden=16, layers=1, steps=4, batch_size=2), out, progress=False,
+        train_policy(proprio, actions, PolicyConfig(head_options={"hidden": 16, "layers": 1}, steps=4, batch_size=2),
+                     out, progress=False,
                      encoder=enc, frames=windows)
     trained = VisuomotorPolicy(enc, load_policy(out)).eval()
     loaded = load_visuomotor_policy(out)

@@ -13,7 +13,7 @@ from dckp.config import save_json
 from dckp.errors import DckpError
 from dckp.evaluation import evaluate_policy, summarise, wilson_interval
 from dckp.evaluation.rollout import rollout
-from dckp.policy import LSTMPolicy, PolicyConfig, VisuomotorPolicy, load_run, save_policy
+from dckp.policy import Policy, PolicyConfig, VisuomotorPolicy, load_run, save_policy
 from dckp.sim.tasks import WRIST
 from dckp.viz.images import colour_scale, draw_keypoints
 
@@ -23,7 +23,7 @@ FAKE_ENCODER = "test_zeros"  # registered for a test by the conftest fixture fak
 
 def _head(obs_dim=F + 9):
     torch.manual_seed(0)
-    return LSTMPolicy(obs_dim, 7, PolicyConfig(hidden=16, layers=1)).eval()
+    return Policy(obs_dim, 7, PolicyConfig(head_options={"hidden": 16, "layers": 1})).eval()
 
 
 def _policy(encoder_cls, obs_dim=F + 9, cameras=("cam",)):
@@ -239,7 +239,7 @@ def test_evaluation_grows_and_shrinks(tmp_path, fake_encoder, monkeypatch):
     assert ran[2:] == [[1_000_002, 1_000_003]] and per_episode(regrown) == per_episode(whole)
     # another policy's episodes are not taken
     torch.manual_seed(1)
-    other = LSTMPolicy(F + 9, 7, PolicyConfig(hidden=16, layers=1)).eval()
+    other = Policy(F + 9, 7, PolicyConfig(head_options={"hidden": 16, "layers": 1})).eval()
     save_policy(other, d)
     evaluate_policy(d, episodes=2, out_dir=out, **args)
     assert ran[3:] == [[1_000_000, 1_000_001]]

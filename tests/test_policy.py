@@ -1,4 +1,5 @@
-"""dckp.policy and dckp.encoders: the NLL, overfitting one demonstration, checkpoints, resume and the registry."""
+"""dckp.policy: the heads (lstm, rnn-gmm, diffusion) and their registry, training, checkpoints, resume, validation
+rollouts and the choice of the kept checkpoint."""
 
 import json
 import math
@@ -6,18 +7,22 @@ import math
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from dckp.errors import DckpError
 from dckp.policy import (
-    LSTMPolicy,
+    Policy,
     PolicyConfig,
-    action_std,
     load_policy,
-    nll,
     proprioception,
     save_policy,
     train_policy,
 )
+from dckp.policy.heads.lstm import LSTMOptions, action_std, nll
+
+
+def lstm(hidden=16, layers=1, **options):
+    return {"hidden": hidden, "layers": layers, **options}
 
 
 def demos(n=3, F=5, seed=0):
@@ -43,17 +48,38 @@ def test_nll_matches_hand_computation():
 
 
 def test_action_std_in_action_units():
-    assert action_std(PolicyConfig()).tolist() == pytest.approx([0.02] * 3 + [0.0087266] * 3 + [0.1], rel=1e-4)
+    assert action_std(LSTMOptions()).tolist() == pytest.approx([0.02] * 3 + [0.0087266] * 3 + [0.1], rel=1e-4)
+
+
+@pytest.mark.parametrize("seq_len", [0, 4])
+def test_lstm_head_is_the_paper_policy_of_before(tmp_path, seq_len):
+    """The lstm head trains to tensor-equal weights and acts the same as the LSTMPolicy before the head seam
+    (tests/data/lstm_golden_seq*.safetensors, made by commit d29ad60's code from the same data, config and seed)."""
+    rng = np.random.default_rng(0)
+    A = rng.normal(size=(5, 7)).astype(np.float32) / math.sqrt(5)
+    feats = [rng.normal(size=(rng.integers(8, 20), 5)).astype(np.float32) for _ in range(3)]
+    acts = [np.tanh(f @ A) for f in feats]
+    cfg = PolicyConfig(head_options=lstm(layers=2, seq_len=seq_len), steps=30, batch_size=2)
+    train_policy(feats, acts, cfg, tmp_path, progress=False)
+    policy = load_policy(tmp_path)
+    policy.reset()
+    obs = torch.from_numpy(feats[0])
+    actions = torch.cat([policy.act(obs[t:t + 1]) for t in range(len(obs))])
+    golden = load_file(f"tests/data/lstm_golden_seq{seq_len}.safetensors")
+    state = policy.state_dict()
+    renamed = {k: k if k.startswith("obs_") else "head." + k.replace("head.", "out.") for k in golden if k != "actions"}
+    assert len(renamed) == len(state) and all(torch.equal(golden[k], state[v]) for k, v in renamed.items())
+    assert torch.equal(golden["actions"], actions)
 
 
 def test_policy_overfits_one_trajectory(tmp_path):
     feats, acts = demos(n=1, F=6)
-    cfg = PolicyConfig(hidden=64, layers=1, batch_size=1, steps=300, checkpoint_every=300)  # default lr 3e-4
+    cfg = PolicyConfig(head_options=lstm(64), batch_size=1, steps=300, checkpoint_every=300)  # default lr 3e-4
     result = train_policy(feats, acts, cfg, tmp_path, progress=False)
-    floor = action_std(cfg).log().sum().item() + 3.5 * math.log(2 * math.pi)  # the NLL of a perfect fit
+    floor = action_std(LSTMOptions()).log().sum().item() + 3.5 * math.log(2 * math.pi)  # the NLL of a perfect fit
     assert result["loss_end"] - floor < (result["loss_start"] - floor) / 100
     policy = load_policy(tmp_path)
-    mean, _ = policy(torch.from_numpy(feats[0])[None])
+    mean, _ = policy.head(policy.normalise(torch.from_numpy(feats[0]))[None])
     # the NLL weighs errors by 1 / std^2: the arm dims (std 0.02, 0.0087) fit first, the gripper (std 0.1) later
     # (the actions' mean magnitude is about 0.5)
     assert (mean[0, :, :6] - torch.from_numpy(acts[0][:, :6])).abs().mean() < 0.05
@@ -62,26 +88,41 @@ def test_policy_overfits_one_trajectory(tmp_path):
     assert len(losses(tmp_path)) == 300
 
 
-def test_checkpoint_round_trip_and_closed_loop(tmp_path):
-    cfg = PolicyConfig(hidden=8, layers=2)
+@pytest.mark.parametrize("head,options", [("lstm", lstm(8, 2)), ("rnn-gmm", {"hidden": 8, "seq_len": 3}),
+                                          ("diffusion", {"down_dims": [8, 16], "horizon": 8, "action_steps": 4})])
+def test_head_round_trip(tmp_path, head, options):
+    """Every head saves and loads to the same weights and the same closed-loop actions."""
+    cfg = PolicyConfig(head=head, head_options=options)
     torch.manual_seed(0)
-    model = LSTMPolicy(5, 7, cfg)
+    model = Policy(5, 7, cfg)
     model.fit_normalisation(torch.randn(50, 5) * 3 + 1)
     save_policy(model, tmp_path)
+    meta = json.loads((tmp_path / "policy.json").read_text())
+    assert meta["head"]["name"] == head and meta["head"]["options"] == {**meta["head"]["options"], **options}
     loaded = load_policy(tmp_path)
-    obs = torch.randn(2, 9, 5)
-    assert torch.equal(model(obs)[0], loaded(obs)[0])
-    assert torch.equal(model.obs_std, loaded.obs_std) and loaded.cfg == cfg
-    state, steps = None, []
-    for t in range(9):  # step-by-step control equals the whole sequence at once
-        action, state = loaded.act(obs[:, t], state)
-        steps.append(action)
-    assert torch.allclose(torch.stack(steps, 1), model(obs)[0].clamp(-1, 1), atol=1e-6)
+    state = loaded.state_dict()
+    assert loaded.cfg.head == head and all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    obs = torch.randn(9, 5)
+    acted = []
+    for policy in (model.eval(), loaded):
+        policy.reset()
+        acted.append(torch.cat([policy.act(obs[t:t + 1]) for t in range(len(obs))]))
+    assert torch.equal(*acted) and acted[0].shape == (9, 7) and acted[0].abs().max() <= 1
+
+
+def test_lstm_step_by_step_equals_the_whole_sequence():
+    torch.manual_seed(0)
+    model = Policy(5, 7, PolicyConfig(head_options=lstm(8, 2))).eval()
+    obs = torch.randn(9, 5)
+    model.reset()
+    steps = torch.cat([model.act(obs[t:t + 1]) for t in range(9)])
+    whole = model.head(model.normalise(obs)[None])[0][0].clamp(-1, 1)
+    assert torch.allclose(steps, whole, atol=1e-6)
 
 
 def test_resume_repeats_the_uninterrupted_run(tmp_path):
     feats, acts = demos()
-    cfg = PolicyConfig(hidden=16, layers=1, batch_size=2, seq_len=6, steps=8, checkpoint_every=4)
+    cfg = PolicyConfig(head_options=lstm(seq_len=6), batch_size=2, steps=8, checkpoint_every=4)
     train_policy(feats, acts, cfg, tmp_path / "full", progress=False)
     train_policy(feats, acts, PolicyConfig(**{**cfg.__dict__, "steps": 4}), tmp_path / "cut", progress=False)
     with open(tmp_path / "cut" / "train_log.jsonl", "a") as log:  # steps logged after the checkpoint, then killed
@@ -102,7 +143,7 @@ def test_resume_repeats_the_uninterrupted_run(tmp_path):
 def test_load_errors(tmp_path):
     with pytest.raises(DckpError, match="policy.json: file not found"):
         load_policy(tmp_path)
-    save_policy(LSTMPolicy(3, 7, PolicyConfig(hidden=4, layers=1)), tmp_path)
+    save_policy(Policy(3, 7, PolicyConfig(head_options=lstm(4))), tmp_path)
     (tmp_path / "policy.safetensors").write_bytes(b"garbage")
     with pytest.raises(DckpError, match="policy.safetensors: not a readable safetensors file"):
         load_policy(tmp_path)
@@ -115,7 +156,7 @@ def test_config_and_data_validation(tmp_path):
     with pytest.raises(DckpError, match="proprio"):
         PolicyConfig(proprio="images")
     with pytest.raises(DckpError, match="std_gripper"):
-        PolicyConfig(std_gripper=0.0)
+        PolicyConfig(head_options={"std_gripper": 0.0}).options()
     feats, acts = demos(n=2)
     with pytest.raises(DckpError, match=r"actions\[1\]"):
         train_policy(feats, [acts[0], acts[1][:, :6]], PolicyConfig(steps=1), tmp_path, progress=False)

@@ -337,8 +337,8 @@ def test_frozen_encoders_features_per_camera_and_unchanged_weights(data, bvae_ru
         own = METHODS[name].features(model, resize_rgb(frames["cam_rgb"], 32))
         assert features.shape == (6, 2 * per_camera) and torch.allclose(features[:, :per_camera], own)
         assert list(enc.parameters()) == []  # nothing for a policy's optimiser to change
-        train_on_demos(data["moving"], spec, PolicyConfig(hidden=8, layers=1, steps=2, batch_size=2),
-                       data["tmp"] / f"policy_{name}", progress=False)
+        cfg = PolicyConfig(head_options={"hidden": 8, "layers": 1}, steps=2, batch_size=2)
+        train_on_demos(data["moving"], spec, cfg, data["tmp"] / f"policy_{name}", progress=False)
         assert _sha(run / "representation.safetensors") == sha
         assert all(torch.equal(v, weights[k]) for k, v in enc.net[0].state_dict().items())
         if name == "transporter":  # keypoints in the 64 px camera's pixels follow the square there

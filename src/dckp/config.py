@@ -35,8 +35,8 @@ def option(default: Any, help: str, choices: typing.Sequence | typing.Callable[[
     """A dataclass field with its one-line CLI help and, where the values are a fixed set, its choices (or a
     function that lists them when the help is shown, such as the encoder registry's names)."""
     metadata = {"help": help, "choices": choices if callable(choices) or choices is None else tuple(choices)}
-    if isinstance(default, list):
-        return dataclasses.field(default_factory=lambda: list(default), metadata=metadata)
+    if isinstance(default, list | dict):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
 
 

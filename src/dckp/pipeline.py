@@ -37,7 +37,7 @@ HELDOUT_SEED = 200_000  # held-out scene seeds (demonstrations from 0, pretraini
 HELDOUT_PAIRS = 20  # evaluation pairs per pair type
 # robomimic trains its ResNet visual core on windows of 10 steps (BC-RNN), which also keeps one run on 2 CPU cores
 # within an hour (results/policy.json's resnet-ssm row was measured so)
-POLICY_OVERRIDES = {"resnet-ssm": {"seq_len": 10}}
+POLICY_OVERRIDES = {"resnet-ssm": {"seq_len": 10}}  # head options, for the heads that have them
 REPORT_VIDEOS = 3
 
 
@@ -60,8 +60,12 @@ class RunConfig:
     encoder: str = option("dckp-3d", "the policy's observation encoder", choices=encoder_names)
     baselines: list[str] = option(["gt-kp"], "more encoders trained and evaluated the same way, as reference rows",
                                   choices=encoder_names)
-    policy_steps: int = option(0, "policy Adam steps (0: 1000 for one-camera tasks, 1500 for the two-camera "
-                               "multi-object ones)")
+    protocol: str = option("paper", "policy training: the paper's (lstm head, 1000-1500 steps, the last "
+                           "checkpoint) or converged (`dckp train-policy --preset converged`: rnn-gmm, windows, "
+                           "the best checkpoint on validation rollouts)", choices=("paper", "converged"))
+    head: str = option("", "policy head ('': the protocol's; see `dckp train-policy --help`)")
+    policy_steps: int = option(0, "policy Adam steps (0: the protocol's: 1000 for one-camera tasks, 1500 for the "
+                               "two-camera multi-object ones; converged: its preset's)")
     episodes: int = option(50, "closed-loop evaluation episodes per encoder (the same seeds for each)")
     workers: int = option(2, "worker processes running the expert's demonstrations and the evaluation episodes")
     max_steps: int = option(0, "most control steps per evaluation episode (0: the task's horizon)")
@@ -87,6 +91,8 @@ class RunConfig:
             if getattr(self, name) < 0:
                 raise DckpError(f"must be >= 0, got {getattr(self, name)}", field=name)
         check_device(self.device)
+        if self.protocol not in ("paper", "converged"):
+            raise DckpError(f"must be paper or converged, got {self.protocol!r}", field="protocol")
 
     def encoders(self) -> list[str]:
         """The run's encoder, then its baselines."""
@@ -262,11 +268,17 @@ def plan(cfg: RunConfig, out: Path, sp: str) -> list[Stage]:
     don_cfg = dataclasses.replace(preset(DON_PRESETS, sp), image_size=cfg.image_size, seed=cfg.seed, device=cfg.device,
                                   workers=cfg.don_workers,
                                   **({"steps": cfg.don_steps} if cfg.don_steps else {}))
-    policy_cfg = dataclasses.replace(preset(POLICY_PRESETS, sp), seed=cfg.seed, device=cfg.device,
-                                     steps=cfg.policy_steps or default_steps(len(task.cameras), cfg.task, sp))
+    policy_preset = sp if cfg.protocol == "paper" else "converged"
+    policy_cfg = dataclasses.replace(preset(POLICY_PRESETS, policy_preset), seed=cfg.seed, device=cfg.device,
+                                     steps=cfg.policy_steps or default_steps(len(task.cameras), cfg.task,
+                                                                             policy_preset))
+    if cfg.head and cfg.head != policy_cfg.head:
+        policy_cfg = dataclasses.replace(policy_cfg, head=cfg.head, head_options={})
+    head_fields = {f.name for f in dataclasses.fields(policy_cfg.options())}
 
     def policy_config(name: str):
-        return dataclasses.replace(policy_cfg, **POLICY_OVERRIDES.get(name, {}))
+        over = {k: v for k, v in POLICY_OVERRIDES.get(name, {}).items() if k in head_fields}
+        return dataclasses.replace(policy_cfg, head_options={**policy_cfg.head_options, **over})
 
     def collect(stage_cfg, path: Path, kind: str):
         from dckp.sim.collect import collect_demos, collect_views

@@ -201,7 +201,8 @@ def cmd_keypoints(args) -> None:
     pixels = None
     if args.pixels:
         pixels = {cam: load_pixels(path).numpy() for cam, path in (p.split("=", 1) for p in args.pixels)}
-    summary = select_references(load_don(args.don).to(args.device), args.demos, args.out, args.per_camera, pixels,
+    model = load_don(args.don).to(args.device) if args.don else None  # None: pixels for gt-kp, no descriptors
+    summary = select_references(model, args.demos, args.out, args.per_camera, pixels,
                                 episode=args.episode, seed=args.seed, frame=args.frame,
                                 workspace=(args.workspace_min, args.workspace_max) if args.workspace_min else None)
     print(json.dumps({"out": args.out, "cameras": summary}, indent=1))
@@ -213,7 +214,7 @@ def cmd_train_policy(args) -> None:
     from dckp.don.checkpoint import load_checkpoint_config
     from dckp.encoders.config import EncoderConfig, options_from_args
     from dckp.keypoints.select import load_references
-    from dckp.policy.config import POLICY_PRESETS, default_steps
+    from dckp.policy.config import default_steps, policy_from_args
     from dckp.policy.demos import train_on_demos
 
     _at_least(args, "--threads", 0)
@@ -223,13 +224,13 @@ def cmd_train_policy(args) -> None:
         options = options_from_args(enc.encoder, args)
     except DckpError as e:
         raise DckpError(e.message, path=e.path, field="--" + (e.field or "encoder").replace("_", "-")) from None
-    cfg = apply_args(preset(POLICY_PRESETS, args.preset), args)
+    cfg = policy_from_args(args.preset, args)
     _check_dataset(args.demos, "demos")
     if enc.references:
         load_references(enc.references)
     if enc.don:
         load_checkpoint_config(Path(enc.don) / "don.safetensors")
-    if args.steps is None:  # the paper's: 1000 steps for single-object tasks, 1500 for multi-object ones
+    if args.steps is None and args.preset != "converged":  # the paper's: 1000 (one camera) or 1500 steps
         from dckp.data import Dataset
 
         with Dataset(args.demos) as ds:
@@ -397,7 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_viz_descriptors)
 
     p = sub.add_parser("keypoints", help="choose reference keypoints on the first frame of the demonstrations")
-    p.add_argument("--don", required=True, help="a DON run folder (`dckp pretrain --out`)")
+    p.add_argument("--don", default=None, help="a DON run folder (`dckp pretrain --out`); without one, references "
+                   "for ground-truth keypoints (gt-kp) alone (default: none)")
     p.add_argument("--demos", required=True, help="a demonstrations file from `dckp collect`, or a views file "
                    "(`dckp import`)")
     p.add_argument("--out", required=True, help="references file (.safetensors)")
@@ -414,14 +416,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="where the DON runs: cpu, cuda or cuda:N (default: cpu)")
     p.set_defaults(func=cmd_keypoints, out_is_file=True)
 
-    p = sub.add_parser("train-policy", help="train the LSTM policy and its encoder (frozen or end to end) on "
+    p = sub.add_parser("train-policy", help="train a policy head and its encoder (frozen or end to end) on "
                        "demonstrations",
                        configs=[("dckp.encoders.config", "EncoderConfig", None),
                                 ("dckp.encoders.config", "add_option_args", None),
-                                ("dckp.policy.config", "PolicyConfig", "POLICY_PRESETS")])
+                                ("dckp.policy.config", "add_policy_args", None)])
     p.add_argument("--demos", required=True, help="a demonstrations file from `dckp collect`")
     p.add_argument("--out", required=True, help="policy folder")
-    p.add_argument("--preset", default="cpu", **presets)
+    p.add_argument("--preset", default="cpu", choices=["cpu", "paper", "converged"],
+                   help="the settings every flag below starts from: the paper's protocol (cpu, paper) or robomimic's "
+                   "BC-RNN-GMM recipe with validation rollouts (converged) (default: cpu)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: 0, torch's default)")
     p.set_defaults(func=cmd_train_policy)
 

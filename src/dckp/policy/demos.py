@@ -24,6 +24,7 @@ from dckp.policy.config import PolicyConfig
 from dckp.policy.folder import write_run
 from dckp.policy.model import proprioception
 from dckp.policy.train import train_policy
+from dckp.policy.validate import Validator
 from dckp.training import memory_share
 
 
@@ -118,7 +119,8 @@ def _cached(path: Path, key: str) -> list[np.ndarray] | None:
 
 def train_on_demos(demos: str | os.PathLike, encoder_spec: dict, cfg: PolicyConfig, out_dir: str | os.PathLike,
                    progress: bool = True) -> dict:
-    """Train the policy of encoder `encoder_spec` (`EncoderConfig.spec()`) on a demonstrations file."""
+    """Train the policy of encoder `encoder_spec` (`EncoderConfig.spec()`) on a demonstrations file; with
+    `cfg.val_every`, kept checkpoints are rolled out on validation seeds in background processes."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with Dataset(demos) as ds:
@@ -131,10 +133,28 @@ def train_on_demos(demos: str | os.PathLike, encoder_spec: dict, cfg: PolicyConf
         torch.manual_seed(cfg.seed)
         encoder = build_encoder(encoder_spec, cameras, image_size)
     write_run(out, task, image_size, cameras, encoder_spec, demos)
-    if encoder.trainable:
-        with FrameWindows(demos, cameras, encoder.inputs) as frames:
-            return train_policy(proprio, actions, cfg, out, progress=progress, encoder=encoder, frames=frames)
-    absolute = {**encoder_spec, "artefacts": {k: str(Path(v).resolve()) for k, v in encoder_spec["artefacts"].items()}}
+    validator = None
+    if cfg.val_every:
+        validator = Validator(out, cfg.val_episodes, cfg.val_workers,
+                              lambda folder: write_run(folder, task, image_size, cameras, encoder_spec, demos))
+    try:
+        if encoder.trainable:
+            with FrameWindows(demos, cameras, encoder.inputs) as frames:
+                return train_policy(proprio, actions, cfg, out, progress, encoder, frames, validator)
+        features = _features(encoder, encoder_spec, demos, cameras, cfg, out, progress)
+        obs = [np.concatenate([f, p], 1) for f, p in zip(features, proprio, strict=True)]
+        return train_policy(obs, actions, cfg, out, progress=progress, validator=validator)
+    finally:
+        if validator is not None:
+            validator.pool.shutdown(cancel_futures=True)
+
+
+def _features(encoder, encoder_spec: dict, demos, cameras: list[str], cfg: PolicyConfig, out: Path,
+              progress: bool) -> list[np.ndarray]:
+    """A frozen encoder's features of every demonstration, from `features.h5` while the encoder spec and the
+    demonstrations are unchanged, else computed and saved there."""
+    absolute = {**encoder_spec, "artefacts": {k: str(Path(v).resolve())
+                                              for k, v in encoder_spec.get("artefacts", {}).items()}}
     key = json.dumps({"demos": str(Path(demos).resolve()), "mtime": os.path.getmtime(demos), "encoder": absolute},
                      sort_keys=True)
     cache = out / "features.h5"
@@ -147,5 +167,4 @@ def train_on_demos(demos: str | os.PathLike, encoder_spec: dict, cfg: PolicyConf
             for i, x in enumerate(features):
                 f[f"demo_{i}"] = x
         os.replace(tmp, cache)
-    obs = [np.concatenate([f, p], 1) for f, p in zip(features, proprio, strict=True)]
-    return train_policy(obs, actions, cfg, out, progress=progress)
+    return features

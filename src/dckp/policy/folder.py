@@ -74,7 +74,7 @@ def load_run(policy_dir: str | os.PathLike) -> dict:
 
 
 def load_visuomotor_policy(policy_dir: str | os.PathLike, device: str = "cpu"):
-    """The whole policy of a folder (`VisuomotorPolicy`: encoder, proprioception, LSTM head), in eval mode on
+    """The whole policy of a folder (`VisuomotorPolicy`: encoder, proprioception, head), in eval mode on
     `device` (its encoder's frozen networks and references too; observations are moved there); DckpError naming
     the file on bad input."""
     from dckp.encoders import build_encoder

@@ -1,18 +1,24 @@
-"""Behaviour cloning: train the LSTM policy on demonstrations, save, resume and load it.
+"""Behaviour cloning: train a policy head on demonstrations, keep checkpoints, select one, save and load it.
 
 Files in `out_dir` (all written atomically; no pickle anywhere):
-- `policy.safetensors`: final weights and normalisation buffers; `policy.json`: config, obs_dim, action_dim and
+- `policy.safetensors`: the kept weights: `obs_mean`, `obs_std` (the normalisation), `head.<name>` (the head's)
+  and a trainable encoder's `encoder.<name>`; `policy.json`: `config` (`PolicyConfig`), `head` (`{"name",
+  "options"}`, every option), `obs_dim`, `action_dim`, `best_step` (the step whose weights these are) and
   `torch_threads`: `{first step: torch CPU threads}` per stretch of training with one thread count (the count
-  changes the floating-point sums, hence the trained policy; see docs/determinism.md); a stretch from a
-  checkpoint that predates this record has `null`.
-- `policy_last.safetensors`: resumable state, every `checkpoint_every` steps and at the end: `model.<name>`
-  tensors, `optimizer.<param index>.<name>` Adam state tensors, metadata `dckp`: JSON of `step` (steps done),
-  `config`, `obs_dim` and `torch_threads`.
-  If it exists, `train_policy` continues from it (the config may differ only in `steps` and `checkpoint_every`).
-- `train_log.jsonl`: one `{"step": s, "loss": nll}` line per step; `policy_loss.png`: the loss curve.
+  changes the floating-point sums, hence the trained policy; see docs/determinism.md).
+- `policy_last.safetensors`: resumable state, every `checkpoint_every` steps and at the end, in the format of
+  `dckp.training` (as the DON's and the representations'): `model/<name>` tensors (those of `policy.safetensors`),
+  `optimizer/<param index>/<name>` Adam state, metadata `dckp`: JSON of `step` (steps done), `config`, `obs_dim`,
+  `torch_threads` and the optimiser's `param_groups` and scalars. If it exists, `train_policy` continues from it
+  (the config may differ only in `steps`, `checkpoint_every`, `device` and the validation's settings).
+- with `val_every > 0`: `checkpoints/step_<steps>/`, a policy folder every `val_every` steps and at the end,
+  rolled out on validation seeds (`dckp.policy.validate`; results in `validation.jsonl`); the best is copied to
+  `policy.safetensors`. Without, the last step's weights are kept.
+- `train_log.jsonl`: one `{"step": s, "loss": l}` line per step; `policy_loss.png`: the loss curve and, with
+  validation, the validation success against steps.
 
-Step `s` draws its batch from `numpy.random.default_rng([seed, s])`, so a resumed run repeats exactly the losses
-of an uninterrupted one.
+Step `s` draws its batch from `numpy.random.default_rng([seed, s])` and seeds torch from `[seed, s, 1]`, so a
+resumed run repeats exactly the losses of an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -25,43 +31,56 @@ from pathlib import Path
 import numpy as np
 import safetensors.torch
 import torch
-from safetensors import SafetensorError, safe_open
 from tqdm import tqdm
 
 from dckp.config import atomic_write_bytes, from_dict, save_json
 from dckp.errors import DckpError
-from dckp.policy.config import PolicyConfig, action_std
-from dckp.policy.model import LSTMPolicy, nll
-from dckp.training import log_lines_before
+from dckp.policy.config import PolicyConfig
+from dckp.policy.heads.base import head_class
+from dckp.policy.model import Policy
+from dckp.policy.validate import best_step, kept_folder
+from dckp.training import load_optimizer_tensors, log_lines_before, optimizer_tensors, prefixed, read_checkpoint
 
 WEIGHTS, META, LAST = "policy.safetensors", "policy.json", "policy_last.safetensors"
 LOG, PLOT = "train_log.jsonl", "policy_loss.png"
-_RESUMABLE = ("steps", "checkpoint_every", "device")  # config fields that may change when resuming
+# config fields that may change when resuming
+_RESUMABLE = ("steps", "checkpoint_every", "device", "val_every", "val_episodes", "val_workers")
 
 
 def train_policy(features: list[np.ndarray], actions: list[np.ndarray], cfg: PolicyConfig, out_dir,
-                 progress: bool = True, encoder=None, frames=None) -> dict:
-    """Fit `LSTMPolicy` to demonstrations `features[i] (T_i, F)` -> `actions[i] (T_i, 7)` by minimising `nll`
-    with Adam (`cfg.lr`, L2 `cfg.weight_decay`) for `cfg.steps` steps on `cfg.device`.
+                 progress: bool = True, encoder=None, frames=None, validator=None) -> dict:
+    """Fit a `Policy` with head `cfg.head` to demonstrations `features[i] (T_i, F)` -> `actions[i] (T_i, 7)` by
+    minimising the head's loss with Adam (`cfg.lr`, L2 `cfg.weight_decay`) for `cfg.steps` steps on
+    `cfg.device`, on windows the head asks for (`Head.window`).
 
     With a trainable `encoder` (`dckp.encoders.Encoder`), `features` are the proprioception alone and the
     encoder is trained with the policy: each step encodes the batch's frames, read by `frames.batch(index,
     first, n, length)` (a `dckp.policy.demos.FrameWindows`), and puts its features before the proprioception.
-    Torch's generator is seeded per step, so augmentations repeat on resume.
+    With `cfg.val_every`, `validator` (a `dckp.policy.validate.Validator`) rolls out each kept checkpoint.
 
-    Returns `{"steps", "resumed_from", "obs_dim", "loss_start", "loss_end"}` (first and last logged loss).
+    Returns `{"steps", "resumed_from", "obs_dim", "loss_start", "loss_end", "best_step"}` (first and last
+    logged loss; `best_step` the step of the weights kept).
     """
     out = Path(out_dir)
+    options = cfg.options()
+    cls = head_class(cfg.head)
+    if encoder is not None and not cls.end_to_end:
+        raise DckpError(f"the {cfg.head} head trains on frozen encoders' features only; {encoder.name} is trained "
+                        "with the policy: choose the lstm or rnn-gmm head", field="head")
+    if cfg.val_every and validator is None:
+        raise DckpError("validation rollouts need the task: train through `dckp train-policy` (train_on_demos), or "
+                        "set val_every 0", field="val_every")
     obs, act, lengths = _pad_demos(features, actions)
     feature_dim = encoder.output_dim() if encoder is not None else 0
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        model = LSTMPolicy(feature_dim + obs.shape[2], 7, cfg)
+        model = Policy(feature_dim + obs.shape[2], 7, cfg)
     valid = torch.cat([o[:n] for o, n in zip(obs, lengths, strict=True)])
     model.fit_normalisation(torch.cat([valid.new_zeros(len(valid), feature_dim), valid], 1))  # features: as is
+    model.head.fit(torch.cat([a[:n] for a, n in zip(act, lengths, strict=True)]))
     device = torch.device(cfg.device)
     model.to(device)
-    params = list(model.parameters())
+    params = [p for p in model.parameters() if p.requires_grad]
     if encoder is not None:
         encoder.to(device).train()
         params += list(encoder.parameters())
@@ -71,78 +90,128 @@ def train_policy(features: list[np.ndarray], actions: list[np.ndarray], cfg: Pol
         threads[str(start)] = torch.get_num_threads()
     history = [json.loads(line) for line in log_lines_before(out / LOG, start)]
     atomic_write_bytes(out / LOG, "".join(json.dumps(r) + "\n" for r in history).encode())
-    std = action_std(cfg).to(device)
-    with open(out / LOG, "a") as log, tqdm(total=cfg.steps, initial=start, disable=not progress,
-                                           desc="policy", unit="step") as bar:
+    span = cls.window(options)
+    model.train()
+    with open(out / LOG, "a") as logf, tqdm(total=cfg.steps, initial=start, disable=not progress,
+                                            desc=f"policy {cfg.head}", unit="step") as bar:
         for step in range(start, cfg.steps):
-            index, first, n = _windows(lengths, cfg, step)
-            o, a, mask = _gather(obs, act, index, first, n)
+            index, first, n = _windows(lengths, span, cfg, step)
+            o, a, mask = _gather(obs, act, lengths, index, first, n)
+            torch.manual_seed(_step_seed(cfg.seed, step))
             if encoder is not None:
-                torch.manual_seed(_step_seed(cfg.seed, step))
                 f = encoder(frames.batch(index, first, n, o.shape[1]))
                 o = torch.cat([f.view(*o.shape[:2], -1), o.to(device)], -1)
-            loss = nll(model(o.to(device))[0], a.to(device), mask.to(device), std)
+            loss = model.loss({"obs": o.to(device), "action": a.to(device), "mask": mask.to(device)})
             opt.zero_grad()
             loss.backward()
             opt.step()
+            model.head.after_step()
             history.append({"step": step, "loss": loss.item()})
-            log.write(json.dumps(history[-1]) + "\n")
+            logf.write(json.dumps(history[-1]) + "\n")
             bar.update()
             bar.set_postfix(loss=f"{history[-1]['loss']:.3g}")
-            if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
-                log.flush()
-                _save_last(out / LAST, model, opt, cfg, step + 1, threads, encoder)
-    save_policy(model, out, encoder, threads)
-    _plot(history, out / PLOT)
+            done = step + 1
+            if cfg.val_every and (done % cfg.val_every == 0 or done == cfg.steps):
+                folder = kept_folder(out, done)
+                save_policy(model, folder, encoder, threads, best=done)
+                validator.submit(done, folder)
+            if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+                logf.flush()
+                _save_last(out / LAST, model, opt, cfg, done, threads, encoder)
+            if validator is not None:
+                for r in validator.poll():
+                    bar.write(f"validation: step {r['step']}: {r['successes']}/{r['episodes']}")
+    best, records = cfg.steps, {}
+    if cfg.val_every:
+        records = validator.close()
+        best = best_step(records)
+        model.eval()
+        _load_state(model, *_weights(kept_folder(out, best)), encoder)
+    save_policy(model, out, encoder, threads, best=best)
+    _plot(history, records, out / PLOT)
     return {"steps": cfg.steps, "resumed_from": start, "obs_dim": model.obs_dim,
             "loss_start": history[0]["loss"] if history else None,
-            "loss_end": history[-1]["loss"] if history else None}
+            "loss_end": history[-1]["loss"] if history else None, "best_step": best}
 
 
 def _step_seed(seed: int, step: int) -> int:
     return int(np.random.default_rng([seed, step, 1]).integers(2**62))
 
 
-def _state(model: LSTMPolicy, encoder=None) -> dict[str, torch.Tensor]:
-    """The policy's tensors: the head's under their own names, a trainable encoder's under `encoder.`."""
+def _state(model: Policy, encoder=None) -> dict[str, torch.Tensor]:
+    """The policy's tensors: normalisation and head under their own names, a trainable encoder's under
+    `encoder.`."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     if encoder is not None and encoder.trainable:
         tensors.update({f"encoder.{k}": v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()})
     return tensors
 
 
-def save_policy(model: LSTMPolicy, out_dir, encoder=None, threads: dict | None = None) -> None:
-    """Write `policy.safetensors` (weights and normalisation buffers; a trainable encoder's weights under
-    `encoder.`) and `policy.json` (`torch_threads`: `threads` as `train_policy` counts them; null when the
-    model was not trained by it)."""
+def save_policy(model: Policy, out_dir, encoder=None, threads: dict | None = None, best: int | None = None) -> None:
+    """Write `policy.safetensors` and `policy.json` (`torch_threads`: `threads` as `train_policy` counts them, and
+    `best_step`; null when the model was not trained by it)."""
     out = Path(out_dir)
     atomic_write_bytes(out / WEIGHTS, safetensors.torch.save(_state(model, encoder)))
-    save_json({"config": dataclasses.asdict(model.cfg), "obs_dim": model.obs_dim, "action_dim": model.action_dim,
-               "torch_threads": threads}, out / META)
+    save_json({"config": dataclasses.asdict(model.cfg),
+               "head": {"name": model.cfg.head, "options": dataclasses.asdict(model.cfg.options())},
+               "obs_dim": model.obs_dim, "action_dim": model.action_dim, "torch_threads": threads,
+               "best_step": best}, out / META)
 
 
-def load_policy(out_dir) -> LSTMPolicy:
-    """The policy head saved in `out_dir` by `save_policy`/`train_policy`, in eval mode on the CPU; DckpError
-    naming the file when a file is missing, corrupt or does not match its config."""
+def load_policy(out_dir) -> Policy:
+    """The policy (normalisation and head) saved in `out_dir` by `save_policy`/`train_policy`, in eval mode on the
+    CPU; DckpError naming the file when a file is missing, corrupt or does not match its config."""
     out = Path(out_dir)
     try:
         meta = json.loads((out / META).read_text())
         obs_dim, action_dim, config = int(meta["obs_dim"]), int(meta["action_dim"]), meta["config"]
+        if "head" not in meta:
+            raise DckpError("written by an older dckp (no head); train the policy again", path=str(out / META),
+                            field="head")
+        head = meta["head"]
+        config = {**config, "head": head["name"], "head_options": head["options"]}
     except FileNotFoundError:
         raise DckpError("file not found", path=str(out / META)) from None
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
         raise DckpError(f"not a policy description ({type(e).__name__}: {e})", path=str(out / META)) from None
-    model = LSTMPolicy(obs_dim, action_dim, from_dict(PolicyConfig, config, source=str(out / META)))
-    tensors, _ = _read_safetensors(out / WEIGHTS)
-    _load_state(model, {k: v for k, v in tensors.items() if not k.startswith("encoder.")}, out / WEIGHTS)
+    cfg = from_dict(PolicyConfig, config, source=str(out / META))
+    try:
+        model = Policy(obs_dim, action_dim, cfg)
+    except DckpError as e:
+        raise DckpError(e.message, path=str(out / META), field=e.field) from None
+    _load_state(model, *_weights(out))
     return model.eval()
 
 
 def load_encoder_weights(encoder, out_dir) -> None:
     """Load a trainable encoder's weights from the policy folder's `policy.safetensors`."""
+    tensors, path = _weights(out_dir)
+    _load_module(encoder, prefixed(tensors, "encoder."), path)
+
+
+def _weights(out_dir) -> tuple[dict[str, torch.Tensor], Path]:
     path = Path(out_dir) / WEIGHTS
-    tensors, _ = _read_safetensors(path)
-    _load_state(encoder, {k[len("encoder."):]: v for k, v in tensors.items() if k.startswith("encoder.")}, path)
+    if not path.is_file():
+        raise DckpError("file not found", path=str(path))
+    try:
+        return safetensors.torch.load_file(str(path)), path
+    except Exception as e:
+        reason = (str(e).splitlines() or [""])[0]
+        raise DckpError(f"not a readable safetensors file ({type(e).__name__}: {reason})", path=str(path)) from None
+
+
+def _load_state(model: Policy, tensors: dict[str, torch.Tensor], path: Path, encoder=None) -> None:
+    """Policy tensors (and a trainable encoder's, under `encoder.`) into the modules."""
+    _load_module(model, {k: v for k, v in tensors.items() if not k.startswith("encoder.")}, path)
+    if encoder is not None and encoder.trainable:
+        _load_module(encoder, prefixed(tensors, "encoder."), path)
+
+
+def _load_module(module: torch.nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:
+    try:
+        module.load_state_dict(tensors, strict=True)
+    except RuntimeError as e:
+        raise DckpError(f"weights do not match the config ({e})".replace("\n", " "), path=str(path)) from None
 
 
 def _pad_demos(features, actions) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
@@ -165,45 +234,54 @@ def _pad_demos(features, actions) -> tuple[torch.Tensor, torch.Tensor, np.ndarra
     return obs, act, lengths
 
 
-def _windows(lengths: np.ndarray, cfg: PolicyConfig, step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Step `step`'s batch: `cfg.batch_size` demos drawn with replacement (`index`), and of each the whole demo
-    (`seq_len=0`) or a random window of `seq_len` steps (`first`, `n` steps)."""
+def _windows(lengths: np.ndarray, span: tuple[int, int, int], cfg: PolicyConfig, step: int
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Step `step`'s batch: `cfg.batch_size` demos drawn with replacement (`index`), and of each a window (first
+    step `first`, `n` steps): with `span = (length, before, after)` (`Head.window`) the whole demo for length 0, a
+    window inside the demo (the whole demo when shorter) without padding, or else one of `length` steps that may
+    start `before` steps early and end `after` steps late."""
+    length, before, after = span
     rng = np.random.default_rng([cfg.seed, step])
     index = rng.integers(0, len(lengths), cfg.batch_size)
     T = lengths[index]
-    n = np.minimum(T, cfg.seq_len) if cfg.seq_len else T
+    if before or after:
+        n = np.full_like(T, length)
+        return index, rng.integers(-before, np.maximum(T - length + after, -before) + 1), n
+    n = np.minimum(T, length) if length else T
     return index, rng.integers(0, T - n + 1), n
 
 
-def _gather(obs, act, index, first, n):
-    """obs `(B, L, F)`, actions `(B, L, 7)` and the mask `(B, L)` of valid steps of the windows."""
+def _gather(obs, act, lengths, index, first, n):
+    """obs `(B, L, F)`, actions `(B, L, 7)` and the mask `(B, L)` of the windows' steps; a step before a demo's
+    start or after its end repeats its first or last step."""
     steps = np.arange(n.max())
-    t = torch.from_numpy(np.minimum(first[:, None] + steps, obs.shape[1] - 1))
+    t = torch.from_numpy(np.clip(first[:, None] + steps, 0, lengths[index][:, None] - 1))
     i = torch.from_numpy(index)[:, None]
     return obs[i, t], act[i, t], torch.from_numpy(steps < n[:, None])
 
 
-def _save_last(path: Path, model: LSTMPolicy, opt: torch.optim.Optimizer, cfg: PolicyConfig, step: int,
+def _save_last(path: Path, model: Policy, opt: torch.optim.Optimizer, cfg: PolicyConfig, step: int,
                threads: dict, encoder=None) -> None:
-    tensors = {f"model.{k}": v for k, v in _state(model, encoder).items()}
-    for i, state in opt.state_dict()["state"].items():
-        tensors.update({f"optimizer.{i}.{k}": torch.as_tensor(v).detach().cpu().contiguous() for k, v in state.items()})
+    tensors, opt_meta = optimizer_tensors(opt)
+    tensors.update({f"model/{k}": v for k, v in _state(model, encoder).items()})
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     # one metadata key: safetensors writes several in a random order, and the file would differ run to run
-    meta = {"step": step, "config": dataclasses.asdict(cfg), "obs_dim": model.obs_dim, "torch_threads": threads}
+    meta = {"step": step, "config": dataclasses.asdict(cfg), "obs_dim": model.obs_dim, "torch_threads": threads,
+            "optimizer": opt_meta}
     atomic_write_bytes(path, safetensors.torch.save(tensors, metadata={"dckp": json.dumps(meta)}))
 
 
-def _load_last(path: Path, model: LSTMPolicy, opt: torch.optim.Optimizer, cfg: PolicyConfig,
+def _load_last(path: Path, model: Policy, opt: torch.optim.Optimizer, cfg: PolicyConfig,
                encoder=None) -> tuple[int, dict]:
     """Restore model and optimizer from `policy_last.safetensors`; the number of steps already done and the
-    checkpoint's `torch_threads` (`{"0": null}` for a checkpoint that predates the record)."""
-    tensors, meta = _read_safetensors(path)
+    checkpoint's `torch_threads`."""
+    remedy = "delete it to train from the start"
+    meta, tensors = read_checkpoint(path, "policy checkpoint", remedy)
     try:
-        meta = json.loads(meta["dckp"])
-        saved, step, obs_dim = meta["config"], int(meta["step"]), int(meta["obs_dim"])
-        threads = dict(meta.get("torch_threads", {"0": None}))
+        saved, step, obs_dim, threads = meta["config"], int(meta["step"]), int(meta["obs_dim"]), meta["torch_threads"]
+        opt_meta = meta["optimizer"]
     except (KeyError, ValueError, TypeError) as e:
-        raise DckpError(f"not a policy checkpoint ({type(e).__name__}: {e})", path=str(path)) from None
+        raise DckpError(f"not a policy checkpoint ({type(e).__name__}: {e}); {remedy}", path=str(path)) from None
     current = dataclasses.asdict(cfg)
     if obs_dim != model.obs_dim or {k: v for k, v in saved.items() if k not in _RESUMABLE} != {
             k: v for k, v in current.items() if k not in _RESUMABLE}:
@@ -211,47 +289,28 @@ def _load_last(path: Path, model: LSTMPolicy, opt: torch.optim.Optimizer, cfg: P
                         "out_dir", path=str(path))
     if step > cfg.steps:
         raise DckpError(f"checkpoint is at step {step}, beyond steps={cfg.steps}", path=str(path))
-    saved = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-    _load_state(model, {k: v for k, v in saved.items() if not k.startswith("encoder.")}, path)
-    if encoder is not None and encoder.trainable:
-        _load_state(encoder, {k[len("encoder."):]: v for k, v in saved.items() if k.startswith("encoder.")}, path)
-    state: dict[int, dict] = {}
-    for key, v in tensors.items():
-        if key.startswith("optimizer."):
-            _, i, name = key.split(".", 2)
-            state.setdefault(int(i), {})[name] = v
+    _load_state(model, prefixed(tensors, "model/"), path, encoder)
     try:
-        opt.load_state_dict({"state": state, "param_groups": opt.state_dict()["param_groups"]})
+        load_optimizer_tensors(opt, tensors, opt_meta)
     except (ValueError, KeyError, RuntimeError) as e:
         raise DckpError(f"bad optimizer state ({e})".replace("\n", " "), path=str(path)) from None
-    return step, threads
+    return step, dict(threads)
 
 
-def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
-    except FileNotFoundError:
-        raise DckpError("file not found", path=str(path)) from None
-    except (SafetensorError, OSError) as e:
-        raise DckpError(f"not a readable safetensors file ({e})".replace("\n", " "), path=str(path)) from None
-
-
-def _load_state(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:
-    try:
-        model.load_state_dict(tensors, strict=True)
-    except RuntimeError as e:
-        raise DckpError(f"weights do not match the config ({e})".replace("\n", " "), path=str(path)) from None
-
-
-def _plot(history: list[dict], path: Path) -> None:
+def _plot(history: list[dict], records: dict[int, dict], path: Path) -> None:
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(6, 4))
-    ax = fig.add_subplot()
-    ax.plot([r["step"] for r in history], [r["loss"] for r in history])
-    ax.set_yscale("symlog")  # the NLL of a small fixed std spans orders of magnitude and may go negative
-    ax.set(xlabel="step", ylabel="negative log-likelihood", title="policy training loss")
+    fig = Figure(figsize=(6, 6.5 if records else 4))
+    ax = fig.add_subplot(2 if records else 1, 1, 1)
+    ax.plot([r["step"] for r in history], [r["loss"] for r in history], linewidth=0.5)
+    ax.set_yscale("symlog")  # an NLL spans orders of magnitude and may go negative
+    ax.set(xlabel="step", ylabel="training loss", title="policy training")
+    if records:
+        val = fig.add_subplot(2, 1, 2)
+        val.plot(list(records), [r["rate"] for r in records.values()], marker="o")
+        val.set(xlabel="step", ylabel="validation success", ylim=(-0.02, 1.02),
+                title=f"validation rollouts (seeds from 2,000,000; {next(iter(records.values()))['episodes']} each)")
+    fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     atomic_write_bytes(path, buf.getvalue())

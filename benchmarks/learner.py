@@ -1,0 +1,142 @@
+"""The policy learner on the multi-object tasks: each head with ground-truth keypoints (the upper reference, which
+separates the learner from vision), and proprioception alone (blind), under the `converged` recipe
+(`dckp.policy.config.POLICY_PRESETS["converged"]`: windows, Adam 1e-4, batch 100, the checkpoint with the best
+success on validation rollouts, seeds 2,000,000 on), evaluated on the table's seeds (1,000,000 on).
+
+    python benchmarks/learner.py                                  # every cell (hours on 2 cores)
+    python benchmarks/learner.py --tasks nut_assembly --heads rnn-gmm --encoders gt-kp
+
+Per task, in `--out/<task>/`: `demos.h5` (`--demos` expert demonstrations from seed 0, collected if missing, at
+`--image-size`: gt-kp and blind read no image), `references.safetensors` (chosen on the object masks without a
+DON, as `dckp keypoints` without `--don`) and a policy folder per cell `<encoder>_<head>/` (its `eval/` holds the
+evaluation). Every stage resumes: a killed training continues from its checkpoint, an evaluation grows from the
+episodes it recorded, and a cell already in the results is not run again.
+
+Writes `results/learner.json` (`<task>.<encoder>.<head>` = `{rate, ci95, episodes, train_s, steps, best_step,
+demos}`; `train_s` is this run's training wall time, validation rollouts included, summed over sittings),
+`results/learner.md` and `results/learner_<task>.png` (validation success against steps, per head).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import json
+import time
+from pathlib import Path
+
+from dckp.config import atomic_write_bytes, preset, save_json
+from dckp.data import Dataset
+from dckp.evaluation import evaluate_policy
+from dckp.keypoints.select import select_references
+from dckp.policy.config import POLICY_PRESETS
+from dckp.policy.demos import train_on_demos
+from dckp.policy.validate import read_records
+from dckp.sim.collect import collect_demos
+from dckp.sim.config import CollectConfig
+
+TASKS = ["nut_assembly", "pick_place_clutter"]
+HEADS = ["rnn-gmm", "diffusion", "lstm"]
+
+
+def cell_config(head: str, steps: int, val_every: int, val_episodes: int):
+    cfg = preset(POLICY_PRESETS, "converged")
+    if head != cfg.head:
+        cfg = dataclasses.replace(cfg, head=head, head_options={"seq_len": 10} if head == "lstm" else {})
+    return dataclasses.replace(cfg, steps=steps, val_every=val_every, val_episodes=val_episodes)
+
+
+def run_cell(task_dir: Path, encoder: str, head: str, args) -> dict:
+    folder = task_dir / f"{encoder}_{head}"
+    spec = {"name": encoder, "options": {},
+            "artefacts": {"references": str(task_dir / "references.safetensors")} if encoder == "gt-kp" else {}}
+    cfg = cell_config(head, args.steps, args.val_every, args.val_episodes)
+    folder.mkdir(parents=True, exist_ok=True)
+    timing = folder / "train_s.json"
+    spent = json.loads(timing.read_text())["train_s"] if timing.exists() else 0.0
+    if not (folder / "policy.safetensors").exists():
+        start = time.time()
+        try:
+            result = train_on_demos(task_dir / "demos.h5", spec, cfg, folder)
+        finally:
+            spent += time.time() - start
+            save_json({"train_s": spent}, timing)
+    else:
+        result = json.loads((folder / "policy.json").read_text())
+    ev = evaluate_policy(folder, args.episodes, workers=args.workers, videos=0)
+    with Dataset(task_dir / "demos.h5") as ds:
+        demos = len(ds.episodes)
+    return {"rate": ev["success_rate"], "ci95": ev["ci95"], "episodes": ev["episodes"], "train_s": round(spent, 1),
+            "steps": cfg.steps, "best_step": result["best_step"], "demos": demos}
+
+
+def write(results: dict, out: Path, runs: Path) -> None:
+    save_json(results, out / "learner.json")
+    lines = ["# Policy learner on the multi-object tasks", "",
+             "`python benchmarks/learner.py`: the `converged` recipe (windows, Adam 1e-4, batch 100, best of the kept "
+             "checkpoints on validation rollouts from seed 2,000,000), evaluated on seeds 1,000,000 on. "
+             "2-core CPU; `train_s` includes the validation rollouts that ran beside the training.", "",
+             "| task | encoder | head | success [95 % CI] | episodes | demos | steps | best step | train min |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for task, encoders in results.items():
+        for encoder, heads in encoders.items():
+            for head, r in heads.items():
+                lines.append(f"| {task} | {encoder} | {head} | {r['rate']:.2f} [{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}]"
+                             f" | {r['episodes']} | {r['demos']} | {r['steps']} | {r['best_step']} | "
+                             f"{r['train_s'] / 60:.0f} |")
+    atomic_write_bytes(out / "learner.md", ("\n".join(lines) + "\n").encode())
+    from matplotlib.figure import Figure
+
+    for task in results:
+        fig = Figure(figsize=(6, 4))
+        ax = fig.add_subplot()
+        for folder in sorted((runs / task).glob("*_*")):
+            records = read_records(folder)
+            if records:
+                ax.plot(list(records), [r["rate"] for r in records.values()], marker="o", label=folder.name)
+        ax.set(xlabel="training step", ylabel="validation success", ylim=(-0.02, 1.02), title=f"{task}: validation "
+               "rollouts (seeds from 2,000,000)")
+        ax.legend(fontsize=8)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=100)
+        atomic_write_bytes(out / f"learner_{task}.png", buf.getvalue())
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--tasks", nargs="+", default=TASKS)
+    p.add_argument("--encoders", nargs="+", default=["gt-kp", "blind"])
+    p.add_argument("--heads", nargs="+", default=HEADS)
+    p.add_argument("--demos", type=int, default=140, help="expert demonstrations per task (the paper's 140)")
+    p.add_argument("--image-size", type=int, default=128, help="demonstration image size")
+    p.add_argument("--steps", type=int, default=POLICY_PRESETS["converged"].steps)
+    p.add_argument("--val-every", type=int, default=POLICY_PRESETS["converged"].val_every)
+    p.add_argument("--val-episodes", type=int, default=POLICY_PRESETS["converged"].val_episodes)
+    p.add_argument("--episodes", type=int, default=100, help="evaluation episodes per cell (seeds 1,000,000 on)")
+    p.add_argument("--workers", type=int, default=2, help="evaluation processes")
+    p.add_argument("--out", default="runs/learner")
+    p.add_argument("--results", default="results")
+    args = p.parse_args()
+    runs, out = Path(args.out), Path(args.results)
+    path = out / "learner.json"
+    results = json.loads(path.read_text()) if path.exists() else {}
+    for task in args.tasks:
+        task_dir = runs / task
+        demos = task_dir / "demos.h5"
+        if not demos.exists():
+            collect_demos(CollectConfig(task=task, demos=args.demos, image_size=args.image_size, workers=args.workers),
+                          str(demos))
+        if not (task_dir / "references.safetensors").exists():
+            select_references(None, demos, task_dir / "references.safetensors")
+        for encoder in args.encoders:
+            for head in args.heads:
+                if head in results.get(task, {}).get(encoder, {}):
+                    continue
+                results.setdefault(task, {}).setdefault(encoder, {})[head] = run_cell(task_dir, encoder, head, args)
+                write(results, out, runs)
+                print(json.dumps({f"{task}.{encoder}.{head}": results[task][encoder][head]}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""Validation rollouts of kept policy checkpoints, in background processes while training goes on.
+
+A kept checkpoint is a policy folder `checkpoints/step_<steps>/` (weights, `policy.json` and `run.json`). Each is
+rolled out from the validation seeds `VAL_SEED_START ..` (never the evaluation seeds, `EVAL_SEED_START ..`) by
+`dckp.evaluation.evaluate_policy` in a worker process; its result is one line of `validation.jsonl` in the policy
+folder: `{"step", "successes", "episodes", "rate"}`. A resumed training re-submits the kept checkpoints that have
+no line yet, and an evaluation stopped part-way keeps the episodes it finished.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import multiprocessing
+from collections.abc import Callable
+from pathlib import Path
+
+VAL_SEED_START = 2_000_000
+KEPT, RECORDS = "checkpoints", "validation.jsonl"
+
+
+def kept_folder(out: Path, step: int) -> Path:
+    return Path(out) / KEPT / f"step_{step:07d}"
+
+
+def validate_folder(folder: str, episodes: int) -> dict:
+    """Roll out the policy folder from `episodes` validation seeds, in this process."""
+    from dckp.evaluation import evaluate_policy
+
+    r = evaluate_policy(folder, episodes, seed_start=VAL_SEED_START, workers=1, videos=0,
+                        out_dir=Path(folder) / "validation", progress=False)
+    return {"successes": round(r["success_rate"] * r["episodes"]), "episodes": r["episodes"],
+            "rate": r["success_rate"]}
+
+
+def read_records(out: Path) -> dict[int, dict]:
+    """The validation results recorded in `out`, by step (a line cut short by a kill is left out)."""
+    path, records = Path(out) / RECORDS, {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            records[int(record["step"])] = record
+    return records
+
+
+class Validator:
+    """Submits kept checkpoints to `workers` spawned processes (`run` is `validate_folder` or a stand-in with its
+    signature) and records their results as they finish. `prepare(folder)` completes a kept folder first (its
+    `run.json`)."""
+
+    def __init__(self, out: Path, episodes: int, workers: int, prepare: Callable[[Path], None],
+                 run: Callable[[str, int], dict] = validate_folder):
+        self.out, self.episodes, self.prepare, self.run = Path(out), episodes, prepare, run
+        self.records = read_records(self.out)
+        self.pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        self.pending: dict[int, concurrent.futures.Future] = {}
+        for folder in sorted((self.out / KEPT).glob("step_*")):
+            step = int(folder.name[len("step_"):])
+            if step not in self.records and (folder / "policy.json").exists():
+                self.submit(step, folder)
+
+    def submit(self, step: int, folder: Path) -> None:
+        self.prepare(folder)
+        self.pending[step] = self.pool.submit(self.run, str(folder), self.episodes)
+
+    def poll(self, wait: bool = False) -> list[dict]:
+        """Record the results finished by now (all of them with `wait`); the new records."""
+        new = []
+        for step, future in sorted(self.pending.items()):
+            if wait or future.done():
+                new.append({"step": step, **future.result()})
+                del self.pending[step]
+        with open(self.out / RECORDS, "a") as f:
+            for record in new:
+                f.write(json.dumps(record) + "\n")
+                self.records[record["step"]] = record
+        return new
+
+    def close(self) -> dict[int, dict]:
+        """Wait for every submitted rollout; every record, by step."""
+        try:
+            self.poll(wait=True)
+        finally:
+            self.pool.shutdown(cancel_futures=True)
+        return dict(sorted(self.records.items()))
+
+
+def best_step(records: dict[int, dict]) -> int:
+    """The kept step with the highest validation success; of equal ones the latest (the longest trained)."""
+    return max(records, key=lambda s: (records[s]["rate"], s))
