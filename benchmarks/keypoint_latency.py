@@ -1,4 +1,4 @@
-"""Latency of one control step of each encoder for 2 cameras at 128 px, plus the LSTM. Writes
+"""Latency of one control step of each encoder for 2 cameras at 128 px, plus the policy head. Writes
 results/keypoint_latency.{json,md}.
 
     python benchmarks/keypoint_latency.py --threads 2
@@ -6,8 +6,11 @@ results/keypoint_latency.{json,md}.
 One step = the encoder (for dckp-3d: both camera images through the DON, descriptor distances, softmax mode,
 depth lookup; dckp-gate adds the hold, dckp-filter its particle filter with the default particle count
 over all 2 x 16 keypoints in both cameras, stepped frame after frame; for the end-to-end encoders their network
-in eval mode) plus the policy head (`LSTMPolicy.act`),
-on one frame, after warm-up; median and p95 over `--steps` steps. The weights do not change the cost, so the
+in eval mode) plus the policy head (`Policy.act`; the `cpu` preset's lstm for every encoder),
+on one frame, after warm-up; median and p95 over `--steps` steps. `heads.<head>`: dckp-3d's control step with each
+head (`--heads`, with the presets' options: lstm `cpu`, rnn-gmm `converged`, diffusion its defaults); the
+diffusion head plans every 8 steps (10 DDIM passes) and pops a planned action in between, so its p95 and `max`
+are the planning steps'. The weights do not change the cost, so the
 networks are randomly initialised with the `cpu` presets. Also the throughput of batched encoding (frames/s), as
 when encoding demonstrations. The top-level keys are dckp-3d's; `encoders` holds every encoder's.
 
@@ -19,6 +22,7 @@ on the CPU and on a GPU when there is one.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import platform
 import tempfile
 import time
@@ -33,7 +37,7 @@ from dckp.don.config import DON_PRESETS
 from dckp.don.model import DenseObjectNet
 from dckp.encoders import build_encoder
 from dckp.policy.config import POLICY_PRESETS
-from dckp.policy.model import LSTMPolicy
+from dckp.policy.model import Policy
 
 ENCODERS = ("dckp-3d", "dckp-gate", "dckp-filter", "gt-kp", "blind", "cnn", "cnnd", "resnet-ssm")
 
@@ -57,13 +61,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--keypoints", type=int, default=16, help="per camera")
     parser.add_argument("--encoders", nargs="*", default=list(ENCODERS), help="default: %(default)s")
+    parser.add_argument("--heads", nargs="*", default=["lstm", "rnn-gmm", "diffusion"],
+                        help="heads timed with dckp-3d (default: %(default)s)")
     parser.add_argument("--tracker-sizes", nargs="*", type=int, default=[128, 256],
                         help="image sizes (px) at which KeypointTracker is timed; none: skip it (default: %(default)s)")
     parser.add_argument("--out", default="results")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cfg = DON_PRESETS["cpu"]
-    per = {}
+    per, heads = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         torch.manual_seed(0)
         save_checkpoint(Path(tmp) / "don" / "don.safetensors", DenseObjectNet(cfg), cfg, 0)
@@ -82,8 +88,13 @@ def main() -> None:
 
             cls = encoder_class(name)
             spec = {"name": name, "artefacts": {a: artefacts[a] for a in cls.artefacts}}
-            per[name] = step_latency(build_encoder(spec, CAMERAS, cfg.image_size).eval(), cfg.image_size, args.steps)
+            encoder = build_encoder(spec, CAMERAS, cfg.image_size).eval()
+            per[name] = step_latency(encoder, cfg.image_size, args.steps)
             print(name, per[name], flush=True)
+            if name == "dckp-3d":
+                for head in args.heads:
+                    heads[head] = step_latency(encoder, cfg.image_size, args.steps, head)
+                    print(name, head, heads[head], flush=True)
         tracker = {}
         for device in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
             for size in args.tracker_sizes:
@@ -95,7 +106,7 @@ def main() -> None:
     main_row = per.get("dckp-3d", next(iter(per.values()), {}))
     results = {"machine": f"{platform.machine()}, CPU, {args.threads} torch threads", "cameras": list(CAMERAS),
                "image_size": cfg.image_size, "backbone": cfg.backbone, "keypoints_per_camera": args.keypoints,
-               **main_row, "encoders": per, "tracker": tracker}
+               **main_row, "encoders": per, "heads": heads, "tracker": tracker}
     if torch.cuda.is_available():
         results["gpu"] = torch.cuda.get_device_name()
     out = Path(args.out)
@@ -113,6 +124,15 @@ def main() -> None:
                      f"{r['batched_encoding_frames_per_s']:.0f} |")
     lines += ["", "Batched encoding: 32 frames of 2 cameras in one call. Real time at 20 Hz needs at most 50 ms per "
               "control step."]
+    if heads:
+        lines += ["", "## Policy heads", "", "dckp-3d on 2 cameras with each head; the diffusion head samples a plan "
+                  "(10 DDIM passes) every 8 steps, so its p95 and max are its planning steps.", "",
+                  "| head | control step median ms | p95 ms | max ms | head median ms | head max ms |",
+                  "|---|---|---|---|---|---|"]
+        for head, r in heads.items():
+            lines.append(f"| {head} | {r['control_step_ms']['median']:.1f} | {r['control_step_ms']['p95']:.1f} | "
+                         f"{r['control_step_ms']['max']:.1f} | {r['policy_ms']['median']:.2f} | "
+                         f"{r['policy_ms']['max']:.1f} |")
     if tracker:
         lines += ["", "## KeypointTracker", "", f"One `track` call on numpy frames of every camera, {args.keypoints} "
                   "keypoints per camera in the depth form, back on the CPU" + (f"; GPU: {results['gpu']}" if
@@ -125,20 +145,29 @@ def main() -> None:
     print("\n".join(lines))
 
 
-def step_latency(encoder, size: int, steps: int) -> dict:
-    """Median and p95 ms of the encoder, the policy head and both, on one frame; batched frames/s."""
+def head_config(head: str):
+    """The policy config a head is timed with: lstm the cpu preset's, rnn-gmm the converged preset's, others their
+    options' defaults."""
+    for name in ("cpu", "converged"):
+        if POLICY_PRESETS[name].head == head:
+            return POLICY_PRESETS[name]
+    return dataclasses.replace(POLICY_PRESETS["converged"], head=head, head_options={})
+
+
+def step_latency(encoder, size: int, steps: int, head: str = "lstm") -> dict:
+    """Median, p95 and max ms of the encoder, the policy head and both, on one frame; batched frames/s."""
     rng = np.random.default_rng(0)
-    policy = LSTMPolicy(encoder.output_dim() + 9, cfg=POLICY_PRESETS["cpu"]).eval()
+    policy = Policy(encoder.output_dim() + 9, cfg=head_config(head)).eval()
+    policy.reset()
     one = fake_frames(1, size, rng)
     one["object_pose"] = torch.eye(4).expand(1, 1, 4, 4)
     enc_ms, pol_ms, total = [], [], []
-    state = None
     with torch.no_grad():
         for i in range(steps + 5):
             t0 = time.perf_counter()
             feats = encoder(one)
             t1 = time.perf_counter()
-            _, state = policy.act(torch.cat([feats, torch.zeros(1, 9)], 1), state)
+            policy.act(torch.cat([feats, torch.zeros(1, 9)], 1))
             t2 = time.perf_counter()
             if i >= 5:
                 enc_ms.append(1000 * (t1 - t0))
@@ -153,7 +182,7 @@ def step_latency(encoder, size: int, steps: int) -> dict:
         frames_per_s = 3 * 32 / (time.perf_counter() - t)
 
     def stats(x):
-        return {"median": float(np.median(x)), "p95": float(np.percentile(x, 95))}
+        return {"median": float(np.median(x)), "p95": float(np.percentile(x, 95)), "max": float(np.max(x))}
 
     return {"control_step_ms": stats(total), "encoder_ms": stats(enc_ms), "policy_ms": stats(pol_ms),
             "batched_encoding_frames_per_s": frames_per_s}

@@ -40,7 +40,7 @@ from dckp.don.model import DenseObjectNet
 from dckp.encoders import build_encoder
 from dckp.evaluation.rollout import rollout
 from dckp.policy.config import POLICY_PRESETS
-from dckp.policy.model import LSTMPolicy, VisuomotorPolicy
+from dckp.policy.model import Policy, VisuomotorPolicy
 from dckp.sim.collect import VIEW_CAMERAS, collect_demos
 from dckp.sim.config import CollectConfig
 from dckp.sim.env import SimEnv
@@ -109,7 +109,7 @@ def untrained_dckp3d_policy(cameras, folder: Path):
     (folder / "refs.safetensors").write_bytes(save(refs, metadata={"dckp": "{}"}))
     artefacts = {"don": str(folder / "don"), "references": str(folder / "refs.safetensors")}
     encoder = build_encoder({"name": "dckp-3d", "artefacts": artefacts}, cameras, EVAL_SIZE).eval()
-    policy = VisuomotorPolicy(encoder, LSTMPolicy(encoder.output_dim() + 9, cfg=POLICY_PRESETS["cpu"]).eval())
+    policy = VisuomotorPolicy(encoder, Policy(encoder.output_dim() + 9, cfg=POLICY_PRESETS["cpu"]).eval())
     policy.check()
     return policy
 
