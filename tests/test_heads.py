@@ -178,3 +178,23 @@ def test_bad_head_options_give_one_line(tiny_lift, tmp_path, capsys, flags, mess
     rc = main(["train-policy", "--demos", str(demos), "--encoder", "blind", "--out", str(tmp_path / "p"), *flags])
     err = capsys.readouterr().err
     assert rc == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_gt_kp_from_the_command_line_without_a_don(tiny_lift, tmp_path, capsys):
+    """`dckp keypoints` without --don writes references for gt-kp, which trains a policy (rnn-gmm) from the CLI."""
+    from dckp.keypoints.select import load_references
+
+    demos, _ = tiny_lift
+    refs = tmp_path / "refs.safetensors"
+    assert main(["keypoints", "--demos", str(demos), "--out", str(refs), "--per-camera", "4"]) == 0
+    tensors, _ = load_references(refs)
+    assert not any(k.endswith(".descriptors") for k in tensors)  # no DON: pixels and object points alone
+    out = tmp_path / "policy"
+    assert main(["train-policy", "--demos", str(demos), "--encoder", "gt-kp", "--references", str(refs),
+                 "--head", "rnn-gmm", "--hidden", "8", "--steps", "2", "--out", str(out)]) == 0
+    meta = json.loads((out / "policy.json").read_text())
+    assert meta["head"] == {"name": "rnn-gmm", "options": {**meta["head"]["options"], "hidden": 8, "seq_len": 10}}
+    capsys.readouterr()
+    assert main(["train-policy", "--demos", str(demos), "--encoder", "dckp-3d", "--references", str(refs),
+                 "--out", str(tmp_path / "p3d")]) == 2
+    assert "--don" in capsys.readouterr().err
