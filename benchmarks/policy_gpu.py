@@ -29,8 +29,9 @@ for name, seq_len, steps in (("cnn", 0, 200), ("cnnd", 0, 200), ("resnet-ssm", 1
             steps_here = 20
         else:
             steps_here = steps
-        cfg = dataclasses.replace(POLICY_PRESETS["cpu"], steps=steps_here, seq_len=seq_len, device=device,
-                                  checkpoint_every=steps_here)
+        base = POLICY_PRESETS["cpu"]
+        cfg = dataclasses.replace(base, steps=steps_here, head_options={**base.head_options, "seq_len": seq_len},
+                                  device=device, checkpoint_every=steps_here)
         folder = f"/tmp/pol_{name}_{device}"
         t = time.time()
         r = train_on_demos(demos, {"name": name}, cfg, folder, progress=False)
