@@ -61,6 +61,7 @@ def test_table_broken_cell_resume_and_skip(tmp_path, local_ray, capsys, monkeypa
     assert data["stand_in"]["lift"] == "Lid" and data["stand_in"]["nut_assembly"] is None
     assert data["paper"]["Lid"]["gt-kp"] == 0.990 and data["paper"]["Phone"]["cnnd"] is None
     assert data["config"]["run"]["max_steps"] == 5 and data["config"]["preset"] == "cpu"
+    assert data["config"]["render"] == "visual geoms" and "Images: visual geoms." in (results / "table1.md").read_text()
     assert data["don"] == {}  # no DON method in this table
 
     # the same seeds for every method, apart from the demonstrations'; an episode's actions are the same when its

@@ -246,7 +246,7 @@ def plan(cfg: RunConfig, out: Path, sp: str) -> list[Stage]:
     from dckp.evaluation.rollout import EVAL_SEED_START
     from dckp.geometry.masks import MASK_PRESETS
     from dckp.policy.config import POLICY_PRESETS, default_steps
-    from dckp.sim.config import COLLECT_PRESETS, VIEWS_PRESETS
+    from dckp.sim.config import COLLECT_PRESETS, RENDER, VIEWS_PRESETS
     from dckp.sim.tasks import get_task
 
     task = get_task(cfg.task)
@@ -268,6 +268,10 @@ def plan(cfg: RunConfig, out: Path, sp: str) -> list[Stage]:
     def policy_config(name: str):
         return dataclasses.replace(policy_cfg, **POLICY_OVERRIDES.get(name, {}))
 
+    def collected_config(stage_cfg) -> dict:
+        """A file's stage config: its settings and what the cameras draw (images rendered otherwise are made again)."""
+        return {"preset": sp, "render": RENDER, **dataclasses.asdict(stage_cfg)}
+
     def collect(stage_cfg, path: Path, kind: str):
         from dckp.sim.collect import collect_demos, collect_views
 
@@ -275,11 +279,11 @@ def plan(cfg: RunConfig, out: Path, sp: str) -> list[Stage]:
             collect_demos(stage_cfg, str(path), preset=sp)
         else:
             collect_views(stage_cfg, str(path))
-        save_json({"preset": sp, **dataclasses.asdict(stage_cfg)}, _config_path(path))
+        save_json(collected_config(stage_cfg), _config_path(path))
 
     def collected(stage_cfg, path: Path, kind: str):
         check_dataset(path, kind, cfg.task)
-        check_config(_config_path(path), {"preset": sp, **dataclasses.asdict(stage_cfg)}, ignore=("workers",))
+        check_config(_config_path(path), collected_config(stage_cfg), ignore=("workers",))
 
     def fuse():
         from dckp.geometry.fuse import fuse_file

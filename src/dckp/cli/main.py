@@ -50,24 +50,24 @@ def _check_dataset(path: str, kind: str) -> None:
 
 def cmd_collect(args) -> None:
     from dckp.sim.collect import collect_demos
-    from dckp.sim.config import COLLECT_PRESETS
+    from dckp.sim.config import COLLECT_PRESETS, RENDER
     from dckp.sim.tasks import get_task
 
     cfg = apply_args(preset(COLLECT_PRESETS, args.preset), args)
     if cfg.demos == 0:  # the task's number, saved as the number used
         cfg = dataclasses.replace(cfg, demos=get_task(cfg.task).demos[args.preset])
     summary = collect_demos(cfg, args.out, preset=args.preset)
-    save_json({"preset": args.preset, **dataclasses.asdict(cfg)}, _config_path(args.out))
+    save_json({"preset": args.preset, "render": RENDER, **dataclasses.asdict(cfg)}, _config_path(args.out))
     print(json.dumps({"out": args.out, **summary}, indent=1))
 
 
 def cmd_collect_views(args) -> None:
     from dckp.sim.collect import collect_views
-    from dckp.sim.config import VIEWS_PRESETS
+    from dckp.sim.config import RENDER, VIEWS_PRESETS
 
     cfg = apply_args(preset(VIEWS_PRESETS, args.preset), args)
     summary = collect_views(cfg, args.out)
-    save_json({"preset": args.preset, **dataclasses.asdict(cfg)}, _config_path(args.out))
+    save_json({"preset": args.preset, "render": RENDER, **dataclasses.asdict(cfg)}, _config_path(args.out))
     print(json.dumps({"out": args.out, **summary}, indent=1))
 
 
