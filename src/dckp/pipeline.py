@@ -245,6 +245,7 @@ def plan(cfg: RunConfig, out: Path, sp: str) -> list[Stage]:
     from dckp.encoders.config import EncoderConfig
     from dckp.evaluation.rollout import EVAL_SEED_START
     from dckp.geometry.masks import MASK_PRESETS
+    from dckp.metrics import VERSION as METRICS_VERSION
     from dckp.policy.config import POLICY_PRESETS, default_steps
     from dckp.sim.config import COLLECT_PRESETS, RENDER, VIEWS_PRESETS
     from dckp.sim.tasks import get_task
@@ -318,12 +319,16 @@ def plan(cfg: RunConfig, out: Path, sp: str) -> list[Stage]:
 
         pairs = sample_eval_pairs(str(heldout), per_type=HELDOUT_PAIRS, seed=0)
         results = evaluate_model(load_don(don).to(cfg.device), str(heldout), pairs)
-        save_json({"views": heldout.name, "pairs_per_type": HELDOUT_PAIRS, "results": results},
-                  out / "heldout_correspondence.json")
+        save_json({"views": heldout.name, "pairs_per_type": HELDOUT_PAIRS, "metrics": METRICS_VERSION,
+                   "results": results}, out / "heldout_correspondence.json")
 
     def correspondence_done():
-        if "results" not in _read_json(out / "heldout_correspondence.json"):
+        saved = _read_json(out / "heldout_correspondence.json")
+        if "results" not in saved:
             raise DckpError("missing field", path=str(out / "heldout_correspondence.json"), field="results")
+        if saved.get("metrics") != METRICS_VERSION:
+            raise DckpError(f"scored with metrics version {saved.get('metrics')}, now {METRICS_VERSION}",
+                            path=str(out / "heldout_correspondence.json"), field="metrics")
 
     classes = {name: encoder_class(name) for name in cfg.encoders()}
     need_don = any("don" in c.artefacts for c in classes.values())
