@@ -21,7 +21,8 @@ def test_run_pipeline_skip_corrupt_interrupt_move(tmp_path, monkeypatch, capsys,
     assert main(argv) == 0
     report = (out / "report.html").read_text()
     for text in ("success rate", "data:video/mp4;base64", "data:image/png;base64", "gt-kp", "Seed 1000000",
-                 "frontview", "PCK@5 %", "Stage timings", "Keypoint colours", "Episodes"):
+                 "frontview", "PCK@5 %", "Stage timings", "Keypoint colours", "Episodes",
+                 "Keypoint error on the demonstrations' frames", "<td>robot0_eye_in_hand</td><td>mode</td>"):
         assert text in report, text
     assert "<script" not in report and "src=\"http" not in report  # one self-contained file
     for encoder in ("dckp-3d", "gt-kp"):

@@ -5,7 +5,8 @@ held-out views `heldout.h5`, the Dense Object Net `don/`, its correspondence acc
 `heldout_correspondence.json`, reference keypoints `references.safetensors`, one policy per encoder
 `policy_<encoder>/` (the run's encoder and its baselines, e.g. `gt-kp`, trained on the same demonstrations with
 the same references and steps) and its closed-loop evaluation `policy_<encoder>/eval/` (same seeds for every
-encoder), pictures in `pictures/`, `stage_seconds.json` and `report.html`, one self-contained page.
+encoder), pictures in `pictures/`, the DON keypoints' error on the demonstrations' frames `keypoint_error.json`
+(`dckp eval-keypoints`), `stage_seconds.json` and `report.html`, one self-contained page.
 
 A stage is skipped only when its artefact exists, reads back and was made with the settings asked for now (the
 stage's saved config), and none of the stages it depends on runs again. Which stages run is decided first, and
@@ -253,6 +254,7 @@ def plan(cfg: RunConfig, out: Path, sp: str) -> list[Stage]:
     task = get_task(cfg.task)
     demos, views, heldout = out / "demos.h5", out / "views.h5", out / "heldout.h5"
     don, refs, pictures = out / "don", out / "references.safetensors", out / "pictures"
+    errors = out / "keypoint_error.json"
     collect_cfg = dataclasses.replace(preset(COLLECT_PRESETS, sp), task=cfg.task, demos=cfg.demos,
                                       image_size=cfg.image_size, seed=cfg.seed, workers=cfg.workers)
     views_cfg = dataclasses.replace(preset(VIEWS_PRESETS, sp), task=cfg.task, scenes=cfg.scenes,
@@ -439,6 +441,26 @@ def plan(cfg: RunConfig, out: Path, sp: str) -> list[Stage]:
 
         descriptor_pictures(load_don(don), demos, pictures)
 
+    def keypoint_config():
+        """The DON's mode (dckp-3d's keypoints), and the trackers among the run's encoders."""
+        from dckp.keypoints.config import KeypointErrorConfig
+
+        trackers = [m for m, name in (("gate", "dckp-gate"), ("filter", "dckp-filter")) if name in classes]
+        return KeypointErrorConfig(don=str(don), references=str(refs), demos=str(demos), methods=["mode", *trackers])
+
+    def keypoint_error():
+        from dckp.keypoints.error import keypoint_error
+
+        save_json(keypoint_error(keypoint_config()), errors)
+        save_json(dataclasses.asdict(keypoint_config()), _config_path(errors))
+
+    def keypoint_error_done():
+        check_config(_config_path(errors), dataclasses.asdict(keypoint_config()),
+                     ignore=("don", "references", "demos"))  # the folder layout
+        if _read_json(errors).get("metrics") != METRICS_VERSION:
+            raise DckpError(f"scored with other metrics than version {METRICS_VERSION}", path=str(errors),
+                            field="metrics")
+
     stages = [Stage("demonstrations", demos, lambda: collect(collect_cfg, demos, "demos"),
                     lambda: collected(collect_cfg, demos, "demos"))]
     if need_views:
@@ -480,6 +502,9 @@ def plan(cfg: RunConfig, out: Path, sp: str) -> list[Stage]:
         stages.append(Stage("keypoint video", video,
                             lambda: keypoint_video(encoder_cfg(cfg.encoder).spec(), demos, video),
                             lambda: check_files(video), needs=needs(cfg.encoder)))
+    if need_don and need_refs:
+        stages.append(Stage("keypoint error", errors, keypoint_error, keypoint_error_done,
+                            needs=("demonstrations", "pretrain", "references")))
     return stages
 
 
@@ -598,6 +623,8 @@ def report_context(out: Path) -> dict:
     corr_path = out / "heldout_correspondence.json"
     corr = _read_json(corr_path) if corr_path.exists() else None
     corr_rows = [{"kind": k, "note": PAIR_NOTES.get(k, ""), **v} for k, v in (corr or {}).get("results", {}).items()]
+    errors_path = out / "keypoint_error.json"
+    errors = _read_json(errors_path) if errors_path.exists() else None
     timings_path = out / "stage_seconds.json"
     timings = _read_json(timings_path) if timings_path.exists() else {}
     order = [s.name for s in plan(cfg, out, "paper" if preset == "paper" else "cpu")]
@@ -607,6 +634,7 @@ def report_context(out: Path) -> dict:
         "task": task, "preset": preset, "cfg": cfg, "config_json": json.dumps({"preset": preset, **config}, indent=2),
         "rows": rows, "encoders": list(evals), "episodes": episodes, "videos": videos,
         "cameras": list(task.cameras), "third_person": THIRD_PERSON, "heldout": corr, "heldout_rows": corr_rows,
+        "keypoint_error": errors, "keypoint_rows": keypoint_rows(errors) if errors else [],
         "timings": timings, "total_seconds": sum(v for _, v in timings if v is not None),
         "has_don": any("don" in encoder_class(n).artefacts for n in cfg.encoders()),
         "representation_pictures": [
@@ -619,6 +647,21 @@ def report_context(out: Path) -> dict:
         "don_curves": data_uri(out / "don" / "train_curves.png"),
         "policy_curve": data_uri(main_dir / "policy_loss.png"),
     }
+
+
+KEYPOINT_SPLITS = ("all", "visible_near", "visible_far", "occluded")
+
+
+def keypoint_rows(errors: dict) -> list[dict]:
+    """The report's rows of `keypoint_error.json`: per camera and method, the share in the image and the median px
+    and mm (raw and symmetry-aware) over all / visible near / visible far / occluded keypoints."""
+    def cell(r: dict, key: str, spec: str) -> str:
+        return " / ".join("-" if r[s][key] is None else format(r[s][key], spec) for s in KEYPOINT_SPLITS)
+
+    return [{"camera": cam, "method": m, "in_image": errors["in_image"][cam], "keypoints": r["all"]["keypoints"],
+             **{k: cell(r, f"median_{k}", ".1f" if k.startswith("px") else ".0f")
+                for k in ("px", "px_sym", "mm", "mm_sym")}}
+            for m, per_cam in errors["by_method"].items() for cam, r in per_cam.items()]
 
 
 def write_report(out: Path) -> Path:

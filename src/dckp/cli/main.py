@@ -172,6 +172,22 @@ def cmd_eval_correspondence(args) -> None:
     print(f"wrote {out}")
 
 
+def cmd_eval_keypoints(args) -> None:
+    from dckp.keypoints.config import KeypointErrorConfig
+    from dckp.keypoints.error import keypoint_error, lines
+
+    try:
+        cfg = KeypointErrorConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(KeypointErrorConfig)
+                                     if getattr(args, f.name) is not None})
+    except DckpError as e:  # name the flag
+        raise DckpError(e.message, field="--" + (e.field or "flags").replace("_", "-")) from None
+    result = keypoint_error(cfg)
+    out = args.out or Path(cfg.don) / "keypoint_error.json"
+    save_json(result, out)
+    print("\n".join(lines(result)))
+    print(f"wrote {out}")
+
+
 def cmd_viz_descriptors(args) -> None:
     from dckp.data import Dataset
     from dckp.don.train import load_don
@@ -388,6 +404,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the pair sampling (default: 0)")
     p.add_argument("--out", default=None, help="JSON file for the results (default: DON/eval_correspondence.json)")
     p.set_defaults(func=cmd_eval_correspondence, out_is_file=True)
+
+    p = sub.add_parser("eval-keypoints", help="keypoint error of a DON on the frames of simulator demonstrations, "
+                       "against ground-truth keypoints: median px and mm per camera, visible and occluded, raw and "
+                       "symmetry-aware (docs/metrics.md)",
+                       configs=[("dckp.keypoints.config", "add_keypoint_error_args", None)])
+    p.add_argument("--out", default=None, help="JSON file for the results (default: DON/keypoint_error.json)")
+    p.set_defaults(func=cmd_eval_keypoints, out_is_file=True)
 
     p = sub.add_parser("viz-descriptors", help="descriptor images (PCA to RGB) and correspondence heatmaps")
     p.add_argument("don", help="a DON run folder (`dckp pretrain --out`)")
