@@ -220,6 +220,18 @@ def check_config(path: Path, expected: dict, ignore: tuple[str, ...] = ()) -> No
         raise DckpError(f"made with other settings: {changes}", path=str(path))
 
 
+def check_metrics(path: Path) -> dict:
+    """The scores at `path`, after checking that they were made with today's definitions (`dckp.metrics.VERSION`,
+    which they record as `metrics`); DckpError otherwise."""
+    from dckp.metrics import VERSION
+
+    saved = _read_json(path)
+    if saved.get("metrics") != VERSION:
+        raise DckpError(f"scored with metrics version {saved.get('metrics')}, now {VERSION}", path=str(path),
+                        field="metrics")
+    return saved
+
+
 def check_dataset(path: Path, kind: str, task: str) -> None:
     """DckpError unless `path` is a readable, valid `kind` file of `task` (every frame is read)."""
     from dckp.data import Dataset
@@ -325,12 +337,8 @@ def plan(cfg: RunConfig, out: Path, sp: str) -> list[Stage]:
                    "results": results}, out / "heldout_correspondence.json")
 
     def correspondence_done():
-        saved = _read_json(out / "heldout_correspondence.json")
-        if "results" not in saved:
+        if "results" not in check_metrics(out / "heldout_correspondence.json"):
             raise DckpError("missing field", path=str(out / "heldout_correspondence.json"), field="results")
-        if saved.get("metrics") != METRICS_VERSION:
-            raise DckpError(f"scored with metrics version {saved.get('metrics')}, now {METRICS_VERSION}",
-                            path=str(out / "heldout_correspondence.json"), field="metrics")
 
     classes = {name: encoder_class(name) for name in cfg.encoders()}
     need_don = any("don" in c.artefacts for c in classes.values())
@@ -457,9 +465,7 @@ def plan(cfg: RunConfig, out: Path, sp: str) -> list[Stage]:
     def keypoint_error_done():
         check_config(_config_path(errors), dataclasses.asdict(keypoint_config()),
                      ignore=("don", "references", "demos"))  # the folder layout
-        if _read_json(errors).get("metrics") != METRICS_VERSION:
-            raise DckpError(f"scored with other metrics than version {METRICS_VERSION}", path=str(errors),
-                            field="metrics")
+        check_metrics(errors)
 
     stages = [Stage("demonstrations", demos, lambda: collect(collect_cfg, demos, "demos"),
                     lambda: collected(collect_cfg, demos, "demos"))]
