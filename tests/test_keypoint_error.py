@@ -146,3 +146,24 @@ def test_eval_keypoints_names_what_is_wrong(tiny_run, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and str(other) in err and "references of task 'stack'" in err, err
     assert not (tmp_path / "x.json").exists() and not (don / "keypoint_error.json").exists()
+
+
+def test_declared_symmetries_are_rotation_groups_of_the_tasks_objects():
+    from dckp.sim.tasks import TASKS
+    from dckp.sim.tasks.base import symmetry_rotations
+
+    declared = {name: kind for t in TASKS.values() for name, kind in t.symmetry.items()}
+    assert declared == {"cube": "cube", "cubeA": "cube", "cubeB": "cube", "nut": "square", "peg": "square",
+                        "can": "revolution"}
+    assert all(set(t.symmetry) <= set(t.objects) for t in TASKS.values())
+    for kind, size in (("cube", 24), ("square", 4), ("revolution", 360), (None, 1)):
+        R = torch.from_numpy(symmetry_rotations(kind))
+        assert R.shape == (size, 3, 3) and torch.equal(R[0], torch.eye(3, dtype=R.dtype))
+        assert torch.allclose(R @ R.transpose(1, 2), torch.eye(3, dtype=R.dtype).expand(size, 3, 3), atol=1e-12)
+        assert torch.allclose(torch.linalg.det(R), torch.ones(size, dtype=R.dtype))
+        if size <= 24:  # closed under composition, and no rotation twice
+            products = (R[:, None] @ R[None]).reshape(-1, 1, 9)
+            nearest = (products - R.reshape(1, -1, 9)).abs().amax(-1).amin(-1)
+            assert nearest.max() < 1e-9 and len({tuple(r.round().flatten().tolist()) for r in R}) == size
+    with pytest.raises(ValueError, match="unknown symmetry"):
+        symmetry_rotations("sphere")
