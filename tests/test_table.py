@@ -283,7 +283,7 @@ def test_markdown_does_not_depend_on_the_order_cells_finished():
 
     cell = {"rate": 0.5, "ci95": [0.3, 0.7], "episodes": 50, "mean_steps": 100, "train_s": 60.0, "eval_s": 120.0}
     data = {"cells": {"nut_assembly": {"gt-kp": cell, "blind": {**cell, "rate": 0.1}}}, "paper": {}, "don": {},
-            "config": {"preset": "cpu", "eval_seed_start": 1_000_000}}
+            "config": {"preset": "cpu", "eval_seed_start": 1_000_000, "render": "visual geoms"}}
     swapped = {**data, "cells": {"nut_assembly": dict(reversed(list(data["cells"]["nut_assembly"].items())))}}
     assert markdown(data) == markdown(swapped)
     cost = markdown(data).split("## Cost per cell")[1]
