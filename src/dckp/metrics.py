@@ -36,10 +36,11 @@ ARM_LABEL = 255  # the segmentation label of the robot (dckp.sim.render.ROBOT_LA
 
 def median(values: torch.Tensor) -> float | None:
     """The median of the values (any shape); of an even number, the midpoint of the two middle ones."""
-    values = values.flatten().double()
-    if values.numel() == 0:
+    values = values.flatten().double().sort().values  # (torch.quantile refuses more than 2^24 values)
+    n = values.numel()
+    if n == 0:
         return None
-    return values.quantile(0.5).item()  # linear interpolation: the midpoint for an even count
+    return ((values[(n - 1) // 2] + values[n // 2]) / 2).item()
 
 
 def pixel_error(found: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
