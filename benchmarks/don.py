@@ -105,7 +105,8 @@ def main() -> None:
              "| backbone@px | training pairs/s | forward ms (batch 1) |", "|---|---|---|"]
     lines += [f"| {k} | {v:.2f} | {results['forward_ms'][k]:.0f} |" for k, v in results["train_pairs_per_s"].items()]
     lines += ["", f"Correspondence on held-out scenes ({args.pairs} pairs per type, up to 100 points each; "
-              "image 128 px, so 5 % = 6.4 px). wrong obj = best match on another object or the arm; arm = on the arm.",
+              "image 128 px, so 5 % = 6.4 px). wrong obj = best match on another object, the arm or the "
+              "background; arm = on the arm (docs/metrics.md).",
               "",
               "| task | model | pair type | PCK@1% | PCK@5% | PCK@10% | median px | closer frac | wrong obj | arm |",
               "|---|---|---|---|---|---|---|---|---|---|"]

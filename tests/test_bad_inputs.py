@@ -111,6 +111,11 @@ def make_bad_inputs(folder: Path) -> dict[str, str]:
     save_checkpoint(f["don"] / "don.safetensors", DenseObjectNet(cfg), cfg, 1)
     _truncate(f["don"] / "don.safetensors", f["don_truncated"] / "don.safetensors")
     _truncate(f["don"] / "don.safetensors", f["resume_truncated"] / "last.safetensors")
+    from dckp.don.train import load_don
+    from dckp.keypoints.select import select_references
+
+    f["refs"] = folder / "refs.safetensors"  # at a hand-picked pixel on the object
+    select_references(load_don(f["don"]), f["demos.h5"], f["refs"], pixels={WRIST: np.array([[16.0, 16.0]])})
     policy = f["policy_truncated"]
     train_policy([np.zeros((FRAMES, 5), np.float32)], [np.zeros((FRAMES, 7), np.float32)],
                  PolicyConfig(head_options={"hidden": 8, "layers": 1}, steps=1), policy, progress=False)
@@ -175,6 +180,16 @@ CASES = [
            ["eval-correspondence", "{don}", "--views", "{BAD}", "--out", "{tmp}/new/e.json"]),
     Case("eval-correspondence-truncated-don", ["eval-correspondence", "{don_truncated}", "--views", "{views}"],
          "{don_truncated}/don.safetensors"),
+    Case("eval-keypoints-episodes-0", ["eval-keypoints", "--don", "{don}", "--references", "{refs}", "--demos",
+                                       "{demos}", "--episodes", "0"], "--episodes"),
+    *_each((*H5, "views", "no_actions", "nan_depth"), "eval-keypoints",
+           ["eval-keypoints", "--don", "{don}", "--references", "{refs}", "--demos", "{BAD}", "--out",
+            "{tmp}/new/k.json"]),
+    Case("eval-keypoints-truncated-don", ["eval-keypoints", "--don", "{don_truncated}", "--references", "{refs}",
+                                          "--demos", "{demos}"], "{don_truncated}/don.safetensors"),
+    Case("eval-keypoints-missing-references", ["eval-keypoints", "--don", "{don}", "--references",
+                                               "{tmp}/nope.safetensors", "--demos", "{demos}"],
+         "{tmp}/nope.safetensors"),
     # demonstrations
     *_each((*H5, "no_actions", "wrong_shape", "nan_depth"), "keypoints",  # a views file is read too
            ["keypoints", "--don", "{don}", "--demos", "{BAD}", "--out", "{tmp}/new/r.safetensors"]),

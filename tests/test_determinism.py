@@ -17,7 +17,7 @@ FLAGS = ["--task", "lift", "--demos", "2", "--scenes", "1", "--arm-only", "0", "
 ARTEFACTS = ("demos.h5", "views.h5", "heldout.h5", "don/don.safetensors", "don/last.safetensors",
              "don/train_log.jsonl", "references.safetensors", "policy_dckp-3d/policy.safetensors",
              "policy_dckp-3d/policy_last.safetensors", "policy_dckp-3d/train_log.jsonl",
-             "policy_gt-kp/policy.safetensors", "heldout_correspondence.json")
+             "policy_gt-kp/policy.safetensors", "heldout_correspondence.json", "keypoint_error.json")
 TIMINGS = ("ms_per_step", "ms_reset")
 
 

@@ -14,7 +14,6 @@ from dckp.don import (
     DonConfig,
     collate_pairs,
     contrastive_loss,
-    correspondence_metrics,
     load_backbone_weights,
     load_checkpoint,
     load_checkpoint_config,
@@ -23,6 +22,7 @@ from dckp.don import (
     train_step,
 )
 from dckp.errors import DckpError
+from dckp.metrics import match, median, summarise
 
 # lr_decay_every=3: resuming after step 2 of 4, a scheduler that was not restored would skip the decay after
 # step 3 (StepLR's chainable form hides a lost state when the lr decays every step).
@@ -169,36 +169,64 @@ def test_metrics_exact_descriptors_give_zero_error():
     uv_a = torch.stack([u.flatten(), v.flatten()], -1)
     uv_b = torch.stack([W - 1 - uv_a[:, 0], H - 1 - uv_a[:, 1]], -1)
     seg_b = (u.long() // 4).to(torch.uint8)
-    out = correspondence_metrics(desc_a, desc_b, uv_a, uv_b, seg_b=seg_b, max_elements=1000)  # 2 points a chunk
-    assert torch.equal(out["best_uv"], uv_b.long())
-    assert out["median_px"] == 0 and out["mean_fraction_closer"] == 0 and out["wrong_object_rate"] == 0
-    assert out["pck@1%"] == out["pck@2%"] == out["pck@5%"] == out["pck@10%"] == 1.0
+    points = match(desc_a, desc_b, uv_a, uv_b, seg_b=seg_b, max_elements=1000)  # 2 points a chunk
+    assert torch.equal(points["best_uv"], uv_b.long())
+    out = summarise(points, max(H, W))
+    assert out["median_px"] == 0 and out["fraction_closer"] == 0 and out["wrong_object_rate"] == 0
+    assert out["pck@1%"] == out["pck@2%"] == out["pck@5%"] == out["pck@10%"] == 1.0 and out["points"] == H * W
 
     # Only valid pixels may be matched: without its true match (15, 11), point (0, 0) finds the pixel one column
     # over, (14, 11), whose descriptor is 1/15 away (the next row is 1/11 away).
     valid_b = torch.ones(H, W, dtype=torch.bool)
     valid_b[11, 15] = False
-    out = correspondence_metrics(desc_a, desc_b, uv_a[:1], uv_b[:1], valid_b=valid_b)
-    assert out["best_uv"].tolist() == [[14, 11]] and out["pixel_error"].tolist() == [1.0]
+    points = match(desc_a, desc_b, uv_a[:1], uv_b[:1], valid_b=valid_b)
+    assert points["best_uv"].tolist() == [[14, 11]] and points["pixel_error"].tolist() == [1.0]
+    assert "wrong_object" not in points and "wrong_object_rate" not in summarise(points, max(H, W))
 
 
 def test_metrics_mirrored_descriptors_hand_computed():
     # 1 x 8 images, D = 1: f_a(u) = u, f_b(u) = 7 - u, but the true match of u is u. So the best match of u is
-    # 7 - u, with pixel error |7 - 2u| = 7 5 3 1 1 3 5 7 (median 4; all above 10 % of 8 px).
+    # 7 - u, with pixel error |7 - 2u| = 7 5 3 1 1 3 5 7 (an even count: median 4, the midpoint of 3 and 5; torch's
+    # median would say 3; all above 10 % of 8 px).
     desc_a = torch.arange(8.0).view(1, 1, 8)
     desc_b = (7 - torch.arange(8.0)).view(1, 1, 8)
     uv = torch.stack([torch.arange(8.0), torch.zeros(8)], -1)
     seg_b = torch.tensor([[0, 2, 2, 1, 1, 3, 3, 255]], dtype=torch.uint8)
     for max_elements in (3, 2**24):
-        out = correspondence_metrics(desc_a, desc_b, uv, uv, seg_b=seg_b, max_elements=max_elements)
-        assert out["best_uv"][:, 0].tolist() == [7, 6, 5, 4, 3, 2, 1, 0]
-        assert out["pixel_error"].tolist() == [7, 5, 3, 1, 1, 3, 5, 7]
+        points = match(desc_a, desc_b, uv, uv, seg_b=seg_b, max_elements=max_elements)
+        assert points["best_uv"][:, 0].tolist() == [7, 6, 5, 4, 3, 2, 1, 0]
+        assert points["pixel_error"].tolist() == [7, 5, 3, 1, 1, 3, 5, 7]
+        out = summarise(points, 8)
         assert out["median_px"] == 4.0 and out["pck@10%"] == 0.0
-        # ids: true 0 2 2 1 1 3 3 255, found 255 3 3 1 1 2 2 0 -> only u = 3, 4 right
-        assert out["wrong_object_rate"] == 6 / 8
+        # ids: true 0 2 2 1 1 3 3 255, found 255 3 3 1 1 2 2 0 -> only u = 3, 4 right; u = 0 landed on the arm
+        assert points["wrong_object"].tolist() == [True, True, True, False, False, True, True, True]
+        assert out["wrong_object_rate"] == 6 / 8 and out["arm_rate"] == 1 / 8
         # pixels u' with |u' - (7 - u)| < |7 - 2u|: 7 6 5 1 1 5 6 7 of 8
-        assert out["fraction_closer"].tolist() == [n / 8 for n in (7, 6, 5, 1, 1, 5, 6, 7)]
-        assert out["mean_fraction_closer"] == 38 / 64
+        assert points["fraction_closer"].tolist() == [n / 8 for n in (7, 6, 5, 1, 1, 5, 6, 7)]
+        assert out["fraction_closer"] == 38 / 64
+
+
+def test_metrics_count_a_landing_on_the_background_as_a_wrong_object():
+    # 1 x 4 image b: background, object 1, object 1, object 2. Two query points, both truly at u = 1 (object 1):
+    # the first finds u = 2 (the same object: right, 1 px off), the second u = 0 (the background: wrong).
+    desc_a = torch.tensor([[[2.0, 0.0, 0.0, 0.0]]])
+    desc_b = torch.tensor([[[0.0, 9.0, 2.0, 5.0]]])
+    uv_a = torch.tensor([[0.0, 0.0], [2.0, 0.0]])
+    uv_b = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    seg_b = torch.tensor([[0, 1, 1, 2]], dtype=torch.uint8)
+    points = match(desc_a, desc_b, uv_a, uv_b, seg_b=seg_b)
+    assert points["best_uv"][:, 0].tolist() == [2, 0]
+    assert points["wrong_object"].tolist() == [False, True] and not points["on_arm"].any()
+    out = summarise(points, 4)
+    assert out["wrong_object_rate"] == 0.5 and out["arm_rate"] == 0 and out["median_px"] == 1.0
+    assert out["pck@10%"] == 0 and summarise(points, 20)["pck@5%"] == 1.0  # 1 px <= 5 % of 20 px
+
+
+def test_median_is_the_midpoint_for_an_even_count():
+    assert median(torch.tensor([10.0, 1.0, 3.0, 2.0])) == 2.5  # torch.median: 2.0
+    assert median(torch.tensor([[5.0, 1.0], [3.0, 9.0]])) == 4.0  # any shape
+    assert median(torch.tensor([3.0, 1.0, 2.0])) == 2.0
+    assert median(torch.tensor([])) is None
 
 
 # --- training step and checkpoints --------------------------------------------------------------------------

@@ -248,3 +248,14 @@ def test_opengl_poses_are_turned_and_sequences_share_one_size(folder_seq, tmp_pa
     with Dataset(tmp_path / "x.h5") as ds:
         assert [ds.num_frames(ep, "free") for ep in ds.episodes] == [4, 3]
         assert ds.frames("scene_0", "free", "rgb", 0, 1).shape == (1, 16, 21, 3)  # both resized: 16x12, 24x18
+
+
+def test_keypoint_error_on_a_recording_says_it_needs_simulator_data(folder_seq, tmp_path, capsys):
+    rec = tmp_path / "rec.h5"
+    assert main(["import", str(folder_seq), "--out", str(rec), "--height", "0", *BOX]) == 0
+    capsys.readouterr()
+    assert main(["eval-keypoints", "--don", str(tmp_path / "don"), "--references", str(tmp_path / "r.safetensors"),
+                 "--demos", str(rec)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(rec) in err and "only simulator data has" in err, err
+    assert "imported recording (task 'recording')" in err

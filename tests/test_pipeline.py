@@ -8,7 +8,7 @@ import pytest
 
 from dckp.cli.main import main
 from dckp.errors import DckpError
-from dckp.pipeline import RunConfig, check_config
+from dckp.pipeline import RunConfig, check_config, check_metrics
 
 FLAGS = ["--task", "lift", "--demos", "2", "--scenes", "1", "--arm-only", "0", "--heldout-scenes", "1",
          "--image-size", "64", "--don-steps", "2", "--policy-steps", "2", "--episodes", "1", "--workers", "1",
@@ -21,7 +21,8 @@ def test_run_pipeline_skip_corrupt_interrupt_move(tmp_path, monkeypatch, capsys,
     assert main(argv) == 0
     report = (out / "report.html").read_text()
     for text in ("success rate", "data:video/mp4;base64", "data:image/png;base64", "gt-kp", "Seed 1000000",
-                 "frontview", "PCK@5 %", "Stage timings", "Keypoint colours", "Episodes"):
+                 "frontview", "PCK@5 %", "Stage timings", "Keypoint colours", "Episodes",
+                 "Keypoint error on the demonstrations' frames", "<td>robot0_eye_in_hand</td><td>mode</td>"):
         assert text in report, text
     assert "<script" not in report and "src=\"http" not in report  # one self-contained file
     for encoder in ("dckp-3d", "gt-kp"):
@@ -93,6 +94,14 @@ def test_encoders_and_config_check(tmp_path):
     path.write_text("{")
     with pytest.raises(DckpError, match="invalid JSON"):
         check_config(path, {})
+    # scores made with older metrics are made again (held-out correspondence before 2026-12 had no `metrics`)
+    scores = tmp_path / "heldout_correspondence.json"
+    scores.write_text(json.dumps({"results": {}}))
+    with pytest.raises(DckpError, match=r"heldout_correspondence\.json:metrics: scored with metrics version None, "
+                                        r"now 2"):
+        check_metrics(scores)
+    scores.write_text(json.dumps({"metrics": 2, "results": {}}))
+    assert check_metrics(scores) == {"metrics": 2, "results": {}}
 
 
 def test_run_with_an_end_to_end_encoder_trains_no_don(tmp_path):

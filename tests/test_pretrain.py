@@ -9,9 +9,9 @@ from synthetic_scenes import intrinsics, look_at, make_scene, render
 
 from dckp.data import DatasetWriter
 from dckp.don.config import DonConfig
-from dckp.don.metrics import correspondence_metrics
 from dckp.don.train import load_don, pretrain
 from dckp.geometry.correspondence import find_matches
+from dckp.metrics import match, median
 
 SIZE = 32
 
@@ -52,8 +52,7 @@ def median_error(model, obs, pairs):
             keep = torch.from_numpy(obs["free_seg"][a])[uv_a[:, 1].round().long(), uv_a[:, 0].round().long()] > 0
             images = torch.from_numpy(obs["free_rgb"][[a, b]]).permute(0, 3, 1, 2).float() / 255
             desc = model(images)
-            m = correspondence_metrics(desc[0], desc[1], uv_a[keep].float(), uv_b[keep].float())
-            errors.append(m["median_px"])
+            errors.append(median(match(desc[0], desc[1], uv_a[keep].float(), uv_b[keep].float())["pixel_error"]))
     return float(np.mean(errors))
 
 

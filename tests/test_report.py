@@ -29,6 +29,12 @@ def test_report_from_run_folder(tmp_path):
     save_json({"views": "heldout.h5", "pairs_per_type": 20, "results": {"same_camera": {
         "pck@5%": 0.875, "median_px": 2.25, "wrong_object_rate": 0.0125, "pairs": 20, "points": 2000}}},
         out / "heldout_correspondence.json")
+    split = {"keypoints": 40, "median_px": 12.25, "median_px_sym": 3.75, "median_mm": 21.0, "median_mm_sym": 6.0,
+             "pck@5%": 0.5}
+    save_json({"config": {"near": 0.2}, "episodes": 2, "image_size": 128, "in_image": {"robot0_eye_in_hand": 0.875},
+               "by_method": {"mode": {"robot0_eye_in_hand": {
+                   "all": split, "visible_near": split, "visible_far": {**split, "median_px": None},
+                   "occluded": split, "occluded_after_seen": split}}}}, out / "keypoint_error.json")
     save_json({"pretrain": 100.0, "demonstrations": 20.5, "evaluate dckp-3d": 30.0, "policy dckp-3d": None},
               out / "stage_seconds.json")  # the policy's training resumed after an interrupt: its time unknown
     page = write_report(out).read_text()
@@ -37,6 +43,10 @@ def test_report_from_run_folder(tmp_path):
     assert "Seed 1000001: <span class=\"fail\">failure</span>\nafter 120 steps" in page
     assert page.count("data:video/mp4;base64,") == 1
     assert "0.88" in page and "2.2 px" in page and "0.013" in page  # held-out correspondence
+    don = page[page.index("<h2>Dense Object Net</h2>"):]  # beside it, the keypoint error on the demonstrations
+    assert don.index("held-out scenes") < don.index("Keypoint error on the demonstrations' frames")
+    assert "<td>mode</td><td class=\"num\">0.88</td>" in don and "12.2 / 12.2 / - / 12.2" in don
+    assert "3.8 / 3.8 / 3.8 / 3.8" in don and "21 / 21 / 21 / 21" in don and "6 / 6 / 6 / 6" in don
     rows = page[page.index("<h2>Episodes</h2>"):page.index("<h2>Dense Object Net</h2>")]
     assert rows.count("<tr><td class=\"num\">100000") == 3 and rows.count("success</span>, 3") == 3
     timings = page[page.index("<h2>Stage timings</h2>"):]

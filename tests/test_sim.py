@@ -258,3 +258,30 @@ def test_rasterising_in_one_thread_gives_the_same_images(tmp_path):
     assert sorted(one.files) == sorted(two.files) and len(one.files) == 6
     for key in one.files:
         assert np.array_equal(one[key], two[key]), key
+
+
+@pytest.mark.parametrize("name", ["stack", "nut_assembly"])
+def test_cameras_draw_the_visual_geoms_only(name):
+    """Images show what a camera would see, as robosuite's cameras do: no pixel of a rendered segmentation comes
+    from a collision geom (MuJoCo group 0), while the arm and every object show (their visual geoms). Drawing the
+    collision group too, as the renderer once did, puts collision geoms in the same images."""
+    from dckp.sim.render import COLLISION_GROUP, ROBOT_LABEL
+
+    env = SimEnv(get_task(name), image_size=SIZE)
+    try:
+        env.reset(0)
+        seen = {}
+        for collision_drawn in (False, True):
+            env.renderer.option.geomgroup[COLLISION_GROUP] = collision_drawn
+            groups, labels = [], set()
+            for cam in env.cameras:
+                view = env.render(cam)
+                ids = env.renderer.geom_ids(env.renderer.renderer.scene)
+                groups += env.model.geom_group[ids[ids >= 0]].tolist()
+                labels |= set(np.unique(view["seg"]).tolist())
+            seen[collision_drawn] = groups
+            assert {ROBOT_LABEL, *range(1, len(env.task.objects) + 1)} <= labels, (collision_drawn, labels)
+        assert COLLISION_GROUP not in seen[False] and len(seen[False]) > 0
+        assert COLLISION_GROUP in seen[True]
+    finally:
+        env.close()

@@ -61,6 +61,7 @@ def test_table_broken_cell_resume_and_skip(tmp_path, local_ray, capsys, monkeypa
     assert data["stand_in"]["lift"] == "Lid" and data["stand_in"]["nut_assembly"] is None
     assert data["paper"]["Lid"]["gt-kp"] == 0.990 and data["paper"]["Phone"]["cnnd"] is None
     assert data["config"]["run"]["max_steps"] == 5 and data["config"]["preset"] == "cpu"
+    assert data["config"]["render"] == "visual geoms" and "Images: visual geoms." in (results / "table1.md").read_text()
     assert data["don"] == {}  # no DON method in this table
 
     # the same seeds for every method, apart from the demonstrations'; an episode's actions are the same when its
@@ -282,7 +283,7 @@ def test_markdown_does_not_depend_on_the_order_cells_finished():
 
     cell = {"rate": 0.5, "ci95": [0.3, 0.7], "episodes": 50, "mean_steps": 100, "train_s": 60.0, "eval_s": 120.0}
     data = {"cells": {"nut_assembly": {"gt-kp": cell, "blind": {**cell, "rate": 0.1}}}, "paper": {}, "don": {},
-            "config": {"preset": "cpu", "eval_seed_start": 1_000_000}}
+            "config": {"preset": "cpu", "eval_seed_start": 1_000_000, "render": "visual geoms"}}
     swapped = {**data, "cells": {"nut_assembly": dict(reversed(list(data["cells"]["nut_assembly"].items())))}}
     assert markdown(data) == markdown(swapped)
     cost = markdown(data).split("## Cost per cell")[1]

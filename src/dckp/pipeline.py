@@ -5,7 +5,8 @@ held-out views `heldout.h5`, the Dense Object Net `don/`, its correspondence acc
 `heldout_correspondence.json`, reference keypoints `references.safetensors`, one policy per encoder
 `policy_<encoder>/` (the run's encoder and its baselines, e.g. `gt-kp`, trained on the same demonstrations with
 the same references and steps) and its closed-loop evaluation `policy_<encoder>/eval/` (same seeds for every
-encoder), pictures in `pictures/`, `stage_seconds.json` and `report.html`, one self-contained page.
+encoder), pictures in `pictures/`, the DON keypoints' error on the demonstrations' frames `keypoint_error.json`
+(`dckp eval-keypoints`), `stage_seconds.json` and `report.html`, one self-contained page.
 
 A stage is skipped only when its artefact exists, reads back and was made with the settings asked for now (the
 stage's saved config), and none of the stages it depends on runs again. Which stages run is decided first, and
@@ -225,6 +226,18 @@ def check_config(path: Path, expected: dict, ignore: tuple[str, ...] = ()) -> No
         raise DckpError(f"made with other settings: {changes}", path=str(path))
 
 
+def check_metrics(path: Path) -> dict:
+    """The scores at `path`, after checking that they were made with today's definitions (`dckp.metrics.VERSION`,
+    which they record as `metrics`); DckpError otherwise."""
+    from dckp.metrics import VERSION
+
+    saved = _read_json(path)
+    if saved.get("metrics") != VERSION:
+        raise DckpError(f"scored with metrics version {saved.get('metrics')}, now {VERSION}", path=str(path),
+                        field="metrics")
+    return saved
+
+
 def check_dataset(path: Path, kind: str, task: str) -> None:
     """DckpError unless `path` is a readable, valid `kind` file of `task` (every frame is read)."""
     from dckp.data import Dataset
@@ -251,13 +264,15 @@ def plan(cfg: RunConfig, out: Path, sp: str) -> list[Stage]:
     from dckp.encoders.config import EncoderConfig
     from dckp.evaluation.rollout import EVAL_SEED_START
     from dckp.geometry.masks import MASK_PRESETS
+    from dckp.metrics import VERSION as METRICS_VERSION
     from dckp.policy.config import POLICY_PRESETS, default_steps
-    from dckp.sim.config import COLLECT_PRESETS, VIEWS_PRESETS
+    from dckp.sim.config import COLLECT_PRESETS, RENDER, VIEWS_PRESETS
     from dckp.sim.tasks import get_task
 
     task = get_task(cfg.task)
     demos, views, heldout = out / "demos.h5", out / "views.h5", out / "heldout.h5"
     don, refs, pictures = out / "don", out / "references.safetensors", out / "pictures"
+    errors = out / "keypoint_error.json"
     collect_cfg = dataclasses.replace(preset(COLLECT_PRESETS, sp), task=cfg.task, demos=cfg.demos,
                                       image_size=cfg.image_size, seed=cfg.seed, workers=cfg.workers)
     views_cfg = dataclasses.replace(preset(VIEWS_PRESETS, sp), task=cfg.task, scenes=cfg.scenes,
@@ -280,6 +295,10 @@ def plan(cfg: RunConfig, out: Path, sp: str) -> list[Stage]:
         over = {k: v for k, v in POLICY_OVERRIDES.get(name, {}).items() if k in head_fields}
         return dataclasses.replace(policy_cfg, head_options={**policy_cfg.head_options, **over})
 
+    def collected_config(stage_cfg) -> dict:
+        """A file's stage config: its settings and what the cameras draw (images rendered otherwise are made again)."""
+        return {"preset": sp, "render": RENDER, **dataclasses.asdict(stage_cfg)}
+
     def collect(stage_cfg, path: Path, kind: str):
         from dckp.sim.collect import collect_demos, collect_views
 
@@ -287,11 +306,11 @@ def plan(cfg: RunConfig, out: Path, sp: str) -> list[Stage]:
             collect_demos(stage_cfg, str(path), preset=sp)
         else:
             collect_views(stage_cfg, str(path))
-        save_json({"preset": sp, **dataclasses.asdict(stage_cfg)}, _config_path(path))
+        save_json(collected_config(stage_cfg), _config_path(path))
 
     def collected(stage_cfg, path: Path, kind: str):
         check_dataset(path, kind, cfg.task)
-        check_config(_config_path(path), {"preset": sp, **dataclasses.asdict(stage_cfg)}, ignore=("workers",))
+        check_config(_config_path(path), collected_config(stage_cfg), ignore=("workers",))
 
     def fuse():
         from dckp.geometry.fuse import fuse_file
@@ -326,11 +345,11 @@ def plan(cfg: RunConfig, out: Path, sp: str) -> list[Stage]:
 
         pairs = sample_eval_pairs(str(heldout), per_type=HELDOUT_PAIRS, seed=0)
         results = evaluate_model(load_don(don).to(cfg.device), str(heldout), pairs)
-        save_json({"views": heldout.name, "pairs_per_type": HELDOUT_PAIRS, "results": results},
-                  out / "heldout_correspondence.json")
+        save_json({"views": heldout.name, "pairs_per_type": HELDOUT_PAIRS, "metrics": METRICS_VERSION,
+                   "results": results}, out / "heldout_correspondence.json")
 
     def correspondence_done():
-        if "results" not in _read_json(out / "heldout_correspondence.json"):
+        if "results" not in check_metrics(out / "heldout_correspondence.json"):
             raise DckpError("missing field", path=str(out / "heldout_correspondence.json"), field="results")
 
     classes = {name: encoder_class(name) for name in cfg.encoders()}
@@ -442,6 +461,24 @@ def plan(cfg: RunConfig, out: Path, sp: str) -> list[Stage]:
 
         descriptor_pictures(load_don(don), demos, pictures)
 
+    def keypoint_config():
+        """The DON's mode (dckp-3d's keypoints), and the trackers among the run's encoders."""
+        from dckp.keypoints.config import KeypointErrorConfig
+
+        trackers = [m for m, name in (("gate", "dckp-gate"), ("filter", "dckp-filter")) if name in classes]
+        return KeypointErrorConfig(don=str(don), references=str(refs), demos=str(demos), methods=["mode", *trackers])
+
+    def keypoint_error():
+        from dckp.keypoints.error import keypoint_error
+
+        save_json(keypoint_error(keypoint_config()), errors)
+        save_json(dataclasses.asdict(keypoint_config()), _config_path(errors))
+
+    def keypoint_error_done():
+        check_config(_config_path(errors), dataclasses.asdict(keypoint_config()),
+                     ignore=("don", "references", "demos"))  # the folder layout
+        check_metrics(errors)
+
     stages = [Stage("demonstrations", demos, lambda: collect(collect_cfg, demos, "demos"),
                     lambda: collected(collect_cfg, demos, "demos"))]
     if need_views:
@@ -483,6 +520,9 @@ def plan(cfg: RunConfig, out: Path, sp: str) -> list[Stage]:
         stages.append(Stage("keypoint video", video,
                             lambda: keypoint_video(encoder_cfg(cfg.encoder).spec(), demos, video),
                             lambda: check_files(video), needs=needs(cfg.encoder)))
+    if need_don and need_refs:
+        stages.append(Stage("keypoint error", errors, keypoint_error, keypoint_error_done,
+                            needs=("demonstrations", "pretrain", "references")))
     return stages
 
 
@@ -601,6 +641,8 @@ def report_context(out: Path) -> dict:
     corr_path = out / "heldout_correspondence.json"
     corr = _read_json(corr_path) if corr_path.exists() else None
     corr_rows = [{"kind": k, "note": PAIR_NOTES.get(k, ""), **v} for k, v in (corr or {}).get("results", {}).items()]
+    errors_path = out / "keypoint_error.json"
+    errors = _read_json(errors_path) if errors_path.exists() else None
     timings_path = out / "stage_seconds.json"
     timings = _read_json(timings_path) if timings_path.exists() else {}
     order = [s.name for s in plan(cfg, out, "paper" if preset == "paper" else "cpu")]
@@ -610,6 +652,7 @@ def report_context(out: Path) -> dict:
         "task": task, "preset": preset, "cfg": cfg, "config_json": json.dumps({"preset": preset, **config}, indent=2),
         "rows": rows, "encoders": list(evals), "episodes": episodes, "videos": videos,
         "cameras": list(task.cameras), "third_person": THIRD_PERSON, "heldout": corr, "heldout_rows": corr_rows,
+        "keypoint_error": errors, "keypoint_rows": keypoint_rows(errors) if errors else [],
         "timings": timings, "total_seconds": sum(v for _, v in timings if v is not None),
         "has_don": any("don" in encoder_class(n).artefacts for n in cfg.encoders()),
         "representation_pictures": [
@@ -622,6 +665,21 @@ def report_context(out: Path) -> dict:
         "don_curves": data_uri(out / "don" / "train_curves.png"),
         "policy_curve": data_uri(main_dir / "policy_loss.png"),
     }
+
+
+KEYPOINT_SPLITS = ("all", "visible_near", "visible_far", "occluded")
+
+
+def keypoint_rows(errors: dict) -> list[dict]:
+    """The report's rows of `keypoint_error.json`: per camera and method, the share in the image and the median px
+    and mm (raw and symmetry-aware) over all / visible near / visible far / occluded keypoints."""
+    def cell(r: dict, key: str, spec: str) -> str:
+        return " / ".join("-" if r[s][key] is None else format(r[s][key], spec) for s in KEYPOINT_SPLITS)
+
+    return [{"camera": cam, "method": m, "in_image": errors["in_image"][cam], "keypoints": r["all"]["keypoints"],
+             **{k: cell(r, f"median_{k}", ".1f" if k.startswith("px") else ".0f")
+                for k in ("px", "px_sym", "mm", "mm_sym")}}
+            for m, per_cam in errors["by_method"].items() for cam, r in per_cam.items()]
 
 
 def write_report(out: Path) -> Path:

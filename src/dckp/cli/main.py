@@ -50,24 +50,24 @@ def _check_dataset(path: str, kind: str) -> None:
 
 def cmd_collect(args) -> None:
     from dckp.sim.collect import collect_demos
-    from dckp.sim.config import COLLECT_PRESETS
+    from dckp.sim.config import COLLECT_PRESETS, RENDER
     from dckp.sim.tasks import get_task
 
     cfg = apply_args(preset(COLLECT_PRESETS, args.preset), args)
     if cfg.demos == 0:  # the task's number, saved as the number used
         cfg = dataclasses.replace(cfg, demos=get_task(cfg.task).demos[args.preset])
     summary = collect_demos(cfg, args.out, preset=args.preset)
-    save_json({"preset": args.preset, **dataclasses.asdict(cfg)}, _config_path(args.out))
+    save_json({"preset": args.preset, "render": RENDER, **dataclasses.asdict(cfg)}, _config_path(args.out))
     print(json.dumps({"out": args.out, **summary}, indent=1))
 
 
 def cmd_collect_views(args) -> None:
     from dckp.sim.collect import collect_views
-    from dckp.sim.config import VIEWS_PRESETS
+    from dckp.sim.config import RENDER, VIEWS_PRESETS
 
     cfg = apply_args(preset(VIEWS_PRESETS, args.preset), args)
     summary = collect_views(cfg, args.out)
-    save_json({"preset": args.preset, **dataclasses.asdict(cfg)}, _config_path(args.out))
+    save_json({"preset": args.preset, "render": RENDER, **dataclasses.asdict(cfg)}, _config_path(args.out))
     print(json.dumps({"out": args.out, **summary}, indent=1))
 
 
@@ -169,6 +169,22 @@ def cmd_eval_correspondence(args) -> None:
     out = args.out or Path(args.don) / "eval_correspondence.json"
     save_json(results, out)
     print(json.dumps(results, indent=1))
+    print(f"wrote {out}")
+
+
+def cmd_eval_keypoints(args) -> None:
+    from dckp.keypoints.config import KeypointErrorConfig
+    from dckp.keypoints.error import keypoint_error, lines
+
+    try:
+        cfg = KeypointErrorConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(KeypointErrorConfig)
+                                     if getattr(args, f.name) is not None})
+    except DckpError as e:  # name the flag
+        raise DckpError(e.message, field="--" + (e.field or "flags").replace("_", "-")) from None
+    result = keypoint_error(cfg)
+    out = args.out or Path(cfg.don) / "keypoint_error.json"
+    save_json(result, out)
+    print("\n".join(lines(result)))
     print(f"wrote {out}")
 
 
@@ -389,6 +405,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the pair sampling (default: 0)")
     p.add_argument("--out", default=None, help="JSON file for the results (default: DON/eval_correspondence.json)")
     p.set_defaults(func=cmd_eval_correspondence, out_is_file=True)
+
+    p = sub.add_parser("eval-keypoints", help="keypoint error of a DON on the frames of simulator demonstrations, "
+                       "against ground-truth keypoints: median px and mm per camera, visible and occluded, raw and "
+                       "symmetry-aware (docs/metrics.md)",
+                       configs=[("dckp.keypoints.config", "add_keypoint_error_args", None)])
+    p.add_argument("--out", default=None, help="JSON file for the results (default: DON/keypoint_error.json)")
+    p.set_defaults(func=cmd_eval_keypoints, out_is_file=True)
 
     p = sub.add_parser("viz-descriptors", help="descriptor images (PCA to RGB) and correspondence heatmaps")
     p.add_argument("don", help="a DON run folder (`dckp pretrain --out`)")

@@ -1,4 +1,4 @@
-"""Dense Object Net: model, pixelwise contrastive loss, correspondence metrics and checkpoints.
+"""Dense Object Net: model, pixelwise contrastive loss and checkpoints (its correspondence metrics: `dckp.metrics`).
 
 Names are imported on first use, so `dckp.don.config` loads without torch (the CLI builds its flags from it)."""
 
@@ -9,6 +9,5 @@ __getattr__, __all__ = lazy_exports(__name__, {
     "dckp.don.config": ("BACKBONES", "DON_PRESETS", "DonConfig"),
     "dckp.don.loss": ("BATCH_KEYS", "collate_pairs", "contrastive_loss", "make_optimizer", "sample_descriptors",
                       "train_step"),
-    "dckp.don.metrics": ("correspondence_metrics",),
     "dckp.don.model": ("DenseObjectNet", "load_backbone_weights"),
 })

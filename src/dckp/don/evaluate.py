@@ -11,8 +11,8 @@ Pair types (frames of one scene; the camera poses differ by > 0.2 m or 20 degree
   (the overview camera, or a free camera > 0.9 m away);
 - `occlusion`: more than 20 % of I_a's object points that project into I_b are hidden there.
 
-The wrong-object rate counts best matches that land on another object or on the arm (not on the table); the
-arm rate those on the arm alone.
+Scores (`dckp.metrics`, docs/metrics.md): PCK, median pixel error, fraction closer, the wrong-object rate (best
+matches that land on another object, the arm or the background) and the arm rate (those on the arm alone).
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ import numpy as np
 import torch
 
 from dckp.data import Dataset
-from dckp.don.metrics import correspondence_metrics
 from dckp.geometry.camera import pixel_grid, project, transform, unproject
 from dckp.geometry.correspondence import warp_pixels
+from dckp.metrics import match, summarise
 
 PAIR_TYPES = ("same_camera", "cross_scale", "occlusion")
 CLOSE, FAR = 0.5, 0.9
@@ -95,38 +95,25 @@ def sample_eval_pairs(path: str, per_type: int = 20, points: int = 100, seed: in
     return out
 
 
-def _label_at(seg: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
-    return seg[uv[:, 1].round().long().clamp(0, seg.shape[0] - 1), uv[:, 0].round().long().clamp(0, seg.shape[1] - 1)]
-
-
 @torch.no_grad()
 def evaluate_model(model, path: str, pairs: dict) -> dict:
-    """{type: {pck@1%, pck@2%, pck@5%, pck@10%, median_px, fraction_closer, wrong_object_rate, pairs}}."""
+    """{type: {pck@1%, pck@2%, pck@5%, pck@10%, median_px, fraction_closer, wrong_object_rate, arm_rate, points,
+    pairs}} over every point of the type's pairs (`dckp.metrics.summarise`)."""
     model.eval()
     device = next(model.parameters()).device
     results = {}
     with Dataset(path) as ds:
         for kind, items in pairs.items():
-            errors, wrong, closer, arm = [], [], [], []
+            points = []
             for p in items:
                 fa, fb = ds.frame(p["episode"], *p["a"]), ds.frame(p["episode"], *p["b"])
                 images = torch.from_numpy(np.stack([fa["rgb"], fb["rgb"]])).permute(0, 3, 1, 2).float() / 255
                 desc = model(images.to(device))
-                m = correspondence_metrics(desc[0], desc[1], p["uv_a"], p["uv_b"])
-                m = {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in m.items()}
-                errors.append(m["pixel_error"])
-                closer.append(m["fraction_closer"])
-                seg = torch.from_numpy(fb["seg"]).long()
-                landed, truth = _label_at(seg, m["best_uv"]), _label_at(seg, p["uv_b"])
-                wrong.append(int(((landed != truth) & (landed != 0)).sum()))  # another object, or the arm
-                arm.append(int((landed == 255).sum()))
+                m = match(desc[0], desc[1], p["uv_a"], p["uv_b"], seg_b=torch.from_numpy(fb["seg"]).long())
+                points.append({k: v.cpu() for k, v in m.items()})
             if not items:
                 continue
-            err = torch.cat(errors)
-            size = max(ds.frame(items[0]["episode"], *items[0]["a"])["rgb"].shape[:2])
-            results[kind] = {
-                **{f"pck@{k}%": float((err <= size * k / 100).float().mean()) for k in (1, 2, 5, 10)},
-                "median_px": float(err.median()), "fraction_closer": float(torch.cat(closer).mean()),
-                "wrong_object_rate": float(sum(wrong) / len(err)), "arm_rate": float(sum(arm) / len(err)),
-                "pairs": len(items), "points": len(err)}
+            size = max(fb["rgb"].shape[:2])
+            results[kind] = {**summarise({k: torch.cat([m[k] for m in points]) for k in points[0]}, size),
+                             "pairs": len(items)}
     return results

@@ -142,16 +142,19 @@ class GroundTruthKeypoints(_Keypoints):
     inputs = ("object_pose",)  # privileged: the objects' true poses
     artefacts = ("references",)
 
-    def points(self, frames, cam) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """`uv (B,K,2)` pixels, camera-frame `(B,K,3)` and world `(B,K,3)` points of `cam`'s keypoints."""
+    def points(self, frames, cam, local: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`uv (B,K,2)` pixels, camera-frame `(B,K,3)` and world `(B,K,3)` points of `cam`'s keypoints; with `local
+        (K,G,3)`, of G other points fixed on each keypoint's object instead (in its frame): `(B,K,G,...)`."""
         if "object_pose" not in frames:
             raise DckpError("ground-truth keypoints need object_pose in the frames", field="object_pose")
         refs = self.refs[cam]
         poses = frames["object_pose"].float()[:, refs["object"]]  # (B,K,4,4)
-        world = transform(poses, refs["local"][:, None, :])[..., 0, :]  # each point moved by its object's pose
-        p = transform(torch.linalg.inv(frames[f"{cam}_pose"].float()), world)
+        world = transform(poses, refs["local"][:, None, :] if local is None else local)  # moved by its object's pose
+        B, K, G = world.shape[:3]
+        p = transform(torch.linalg.inv(frames[f"{cam}_pose"].float()), world.reshape(B, K * G, 3))
         uv, _ = project(p, frames[f"{cam}_K"].float())
-        return uv, p, world
+        shape = (B, K) if local is None else (B, K, G)
+        return uv.reshape(*shape, 2), p.reshape(*shape, 3), world.reshape(*shape, 3)
 
     def image_keypoints(self, frames):
         out = {}

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from dckp.data import DatasetWriter
 from dckp.errors import DckpError
 from dckp.sim import experts as ex
-from dckp.sim.config import CollectConfig, ViewsConfig
+from dckp.sim.config import RENDER, CollectConfig, ViewsConfig
 from dckp.sim.env import SimEnv
 from dckp.sim.render import free_camera
 from dckp.sim.rollout import expert_episode
@@ -34,7 +34,7 @@ def _stack(frames: list[dict]) -> dict[str, np.ndarray]:
 def _file_config(task, cfg) -> dict:
     """The settings stored in a file: what its data depend on (not `workers`: any number gives the same file)."""
     collect = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "workers"}
-    return {"collect": collect, "keypoints": task.keypoints, "image_size": cfg.image_size}
+    return {"collect": collect, "keypoints": task.keypoints, "image_size": cfg.image_size, "render": RENDER}
 
 
 # --- expert episodes, in this process or in worker processes ---------------------------------------------------

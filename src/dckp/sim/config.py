@@ -8,6 +8,11 @@ from dckp.config import option
 from dckp.errors import DckpError
 from dckp.sim.tasks import TASKS, get_task
 
+# What the cameras draw (dckp.sim.render), stored with every file and result made from images (a file's `config`,
+# `dckp run`'s stage configs, results/table1.json `config`), so that images rendered otherwise are not taken for
+# these: the visual geoms, as robosuite's cameras (until 2026-12 the collision geoms were drawn over them too).
+RENDER = "visual geoms"
+
 
 @dataclass
 class CollectConfig:

@@ -3,8 +3,11 @@
 Images come out top-row-first with OpenCV camera poses (docs/conventions.md). With segmentation, a camera costs
 two render passes: a segmentation pass whose depth buffer also gives metric depth, and a colour pass. Without it
 (acting needs no segmentation: closed-loop evaluation), colour and depth come from the one colour pass.
-Reflections, shadows, the skybox and multisampling are turned off, which was measured ~2.5x faster, and geoms
-wholly outside a camera's view are left out of its scene (the same pixels, ~40 % less time on two cameras).
+The cameras draw what a real camera would see, as robosuite's cameras do by default: the visual geoms (robosuite
+puts them in MuJoCo geom group 1), not the collision geoms (group 0: the Panda's collision meshes would show as green
+and blue shapes, the objects' as red boxes). Reflections, shadows, the skybox and multisampling are turned off,
+which was measured ~2.5x faster, and geoms wholly outside a camera's view are left out of its scene (the same
+pixels, ~40 % less time on two cameras).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import numpy as np
 
 ROBOT_LABEL = 255
 HIDDEN_GROUP = 5  # a geom group that is not drawn
+COLLISION_GROUP = 0  # robosuite's collision geoms: not drawn (robosuite's cameras' default; dckp.sim.config.RENDER)
 _GL_TO_CV = np.diag([1.0, -1.0, -1.0])
 
 
@@ -51,6 +55,7 @@ class Cameras:
             flags[flag] = False
         self.option = mujoco.MjvOption()
         self.option.sitegroup[:] = 0  # robosuite's sites (gripper axis, object markers) are not scenery
+        self.option.geomgroup[COLLISION_GROUP] = 0  # the visual geoms only, as robosuite's cameras
         self.geom_labels = np.asarray(geom_labels, dtype=np.uint8)
         extent = model.stat.extent
         self._near, self._far = model.vis.map.znear * extent, model.vis.map.zfar * extent
@@ -138,14 +143,19 @@ class Cameras:
         margin = 1e-4 + 0.01 * np.abs(box[:, 3:]).max(1, keepdims=True)  # cull only what is surely outside
         return (gap > margin).any(1) & (self.model.geom_rbound > 0)  # rbound 0: a plane, unbounded
 
-    def _segmentation(self, scene: mujoco.MjvScene) -> np.ndarray:
+    def geom_ids(self, scene: mujoco.MjvScene) -> np.ndarray:
+        """The geom id of every pixel (bottom row first, -1 where no geom) in the last segmentation pass."""
         ids = self._seg_buf.astype(np.int64)
         segid = ids[..., 0] + (ids[..., 1] << 8) + (ids[..., 2] << 16)
-        lut = np.zeros(scene.ngeom + 2, np.uint8)
+        lut = np.full(scene.ngeom + 2, -1, np.int64)
         for g in scene.geoms[: scene.ngeom]:
             if g.segid >= 0 and g.objtype == mujoco.mjtObj.mjOBJ_GEOM:
-                lut[g.segid + 1] = self.geom_labels[g.objid]
+                lut[g.segid + 1] = g.objid
         return lut[np.minimum(segid, len(lut) - 1)]
+
+    def _segmentation(self, scene: mujoco.MjvScene) -> np.ndarray:
+        ids = self.geom_ids(scene)
+        return np.where(ids >= 0, self.geom_labels[ids], 0).astype(np.uint8)
 
     def _metric_depth(self) -> np.ndarray:
         # Reverse-Z OpenGL depth to metres, as mujoco.Renderer does it.

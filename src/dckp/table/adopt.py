@@ -61,7 +61,7 @@ def _demos_config(src: Path, cfg: RunConfig, sp: str) -> dict:
     with Dataset(src) as ds:
         n = len(ds.episodes)
     with h5py.File(src, "r") as f:
-        collect = json.loads(f.attrs["config"])["collect"]
+        stored = json.loads(f.attrs["config"])
     want = cfg.demos or task.demos[sp]
     if n != want:
         raise DckpError(f"{n} demonstrations, the table wants {want}", path=str(src))
@@ -69,7 +69,9 @@ def _demos_config(src: Path, cfg: RunConfig, sp: str) -> dict:
     if saved.exists() and json.loads(saved.read_text()).get("randomisation") != json.loads(
             json.dumps(task.randomisation)):
         raise DckpError("made with other randomisation ranges than the task's today", path=str(saved))
-    return {"preset": sp, **collect, "demos": cfg.demos}  # the count checked above, in the table's own terms
+    # the count checked above, in the table's own terms; a file from before `render` was stored has images the
+    # table no longer makes (None: not adopted)
+    return {"preset": sp, "render": stored.get("render"), **stored["collect"], "demos": cfg.demos}
 
 
 def _same(theirs: Path, ours: Path) -> bool:

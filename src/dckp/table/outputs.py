@@ -9,9 +9,9 @@ record of its time; a resumed stage otherwise counts the interrupted pieces' tim
 task>.<method>` = the paper's success rate (null: not reported), `stand_in.<task>` = the paper's task it stands in
 for (null: none), `config` = the settings the cells were made with (the run preset and its settings but the episode
 count, which is each cell's `episodes`, the stage presets, the per-encoder policy overrides, the first evaluation
-seed), `don.<task>.<pair type>` = `{pck@5%, wrong_object_rate}` of the task's own DON on its held-out scenes (tasks
-with a DON method). A later run with the same `config` adds its cells to the file's; with another config it replaces
-the file.
+seed, `render`: what the cameras drew, `dckp.sim.config.RENDER`), `don.<task>.<pair type>` = `{pck@5%,
+wrong_object_rate}` of the task's own DON on its held-out scenes (tasks with a DON method). A later run with the
+same `config` adds its cells to the file's; with another config it replaces the file.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def table_config(run: RunConfig, preset: str) -> dict:
     from dckp.evaluation.rollout import EVAL_SEED_START
     from dckp.geometry.config import MASK_PRESETS
     from dckp.policy.config import POLICY_PRESETS
-    from dckp.sim.config import COLLECT_PRESETS, VIEWS_PRESETS
+    from dckp.sim.config import COLLECT_PRESETS, RENDER, VIEWS_PRESETS
 
     sp = "paper" if preset == "paper" else "cpu"
     stages = {"collect": COLLECT_PRESETS, "views": VIEWS_PRESETS, "masks": MASK_PRESETS, "don": DON_PRESETS,
@@ -64,7 +64,7 @@ def table_config(run: RunConfig, preset: str) -> dict:
     del settings["collect"]["workers"]  # how many processes collect does not change the demonstrations
     return {"preset": preset, "run": {k: v for k, v in dataclasses.asdict(run).items() if k not in RUN_ONLY},
             "stage_preset": sp, "stages": settings,
-            "policy_overrides": POLICY_OVERRIDES, "eval_seed_start": EVAL_SEED_START}
+            "policy_overrides": POLICY_OVERRIDES, "eval_seed_start": EVAL_SEED_START, "render": RENDER}
 
 
 def read_cell(folder: Path, method: str) -> dict:
@@ -145,7 +145,7 @@ def caption(data: dict) -> str:
     return (f"Closed-loop success rate per task and policy encoder ({data['config']['preset']} preset, "
             f"{episodes} episodes per cell on seeds from {data['config']['eval_seed_start']:,}, the same for "
             "every method); bars show the 95 % Wilson interval, diamonds the paper's rate on the task ours stands in "
-            "for.")
+            f"for. Images: {data['config']['render']}.")
 
 
 def markdown(data: dict) -> str:

@@ -27,6 +27,7 @@ from dckp.data import Dataset  # noqa: E402
 from dckp.geometry.camera import project, transform, unproject  # noqa: E402
 from dckp.geometry.correspondence import sample_depth  # noqa: E402
 from dckp.keypoints.extract import descriptor_distance, heatmap  # noqa: E402
+from dckp.metrics import pixel_error  # noqa: E402
 from dckp.viz.images import save_video  # noqa: E402
 
 POINT_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b")
@@ -144,7 +145,7 @@ def heatmap_figure(rows: list[dict], temperature: float, path: Path) -> Path:
             else:
                 ax.plot(*r["true_uv"][n], "o", mfc="none", mec="lime" if state == "visible" else "orange",
                         ms=11, mew=2, ls="none")
-                error = float(np.linalg.norm(np.asarray(best, float) - r["true_uv"][n]))
+                error = pixel_error(torch.tensor(best, dtype=torch.float64), torch.as_tensor(r["true_uv"][n])).item()
                 note = f"error {error:.1f} px" + (" (hidden)" if state == "hidden" else "")
             ax.set_title(f"point {n + 1} in {r['stream']} {r['t_b']}\n{note}", fontsize=8,
                          color=POINT_COLOURS[n % len(POINT_COLOURS)])

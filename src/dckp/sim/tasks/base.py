@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+import numpy as np
 
 WRIST, OVERVIEW = "robot0_eye_in_hand", "agentview"
 ANY_YAW = (-math.pi, math.pi)
@@ -50,6 +53,8 @@ class Task:
     joint_noise: float = 0.02  # rad: std of the Gaussian noise on the arm's initial joint angles (robosuite's)
     joint_offset: tuple = (0.0,) * 7  # rad, added to robosuite's initial joint angles (to face the objects)
     ranges: dict = field(default_factory=dict)  # other randomised quantities (name -> [low, high]), for the docs
+    # object name -> the kind of its shape's symmetry (SYMMETRIES), about its pose body's origin; others have none
+    symmetry: dict[str, str] = field(default_factory=dict)
 
     @property
     def objects(self) -> list[str]:
@@ -62,6 +67,31 @@ class Task:
                               for name, p in self.placement.items()},
                 "joint_noise_std": self.joint_noise, "joint_offset": list(self.joint_offset),
                 **{k: list(v) for k, v in self.ranges.items()}}
+
+
+SYMMETRIES = ("cube", "square", "revolution")
+REVOLUTION_STEPS = 360  # a body of revolution's rotations, one per degree: at 5 cm from the axis, 0.4 mm apart
+
+
+def symmetry_rotations(kind: str | None) -> np.ndarray:
+    """`(G, 3, 3)` the rotations that map a shape onto itself, the identity first: `cube` the cube's 24, `square` 4
+    about z, `revolution` rotations about z every degree, None the identity alone."""
+    if kind is None:
+        return np.eye(3)[None]
+    if kind == "cube":  # the signed permutation matrices of determinant +1
+        mats = [np.eye(3)[list(p)] * s for p in itertools.permutations(range(3))
+                for s in itertools.product((1, -1), repeat=3)]
+        mats = [m for m in mats if np.linalg.det(m) > 0]
+        return np.stack(sorted(mats, key=lambda m: not np.array_equal(m, np.eye(3))))
+    if kind in ("square", "revolution"):
+        n = 4 if kind == "square" else REVOLUTION_STEPS
+        angle = 2 * np.pi * np.arange(n) / n
+        mats = np.zeros((n, 3, 3))
+        mats[:, 0, 0], mats[:, 0, 1], mats[:, 1, 0], mats[:, 1, 1] = np.cos(angle), -np.sin(angle), np.sin(angle), \
+            np.cos(angle)
+        mats[:, 2, 2] = 1
+        return mats
+    raise ValueError(f"unknown symmetry {kind!r}; choose from {SYMMETRIES}")
 
 
 def cube_corners(h: float) -> list:

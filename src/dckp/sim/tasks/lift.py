@@ -19,6 +19,6 @@ TASK = Task(
     object_bodies=lambda env: [("cube_main", "cube_main")],
     placement={"ObjectSampler": Placement(x=(-0.03, 0.03), y=(-0.03, 0.03))},
     expert=_lift_expert, success=lambda env: env.env._check_success(),
-    keypoints={"cube": cube_corners(0.02)},
+    keypoints={"cube": cube_corners(0.02)}, symmetry={"cube": "cube"},
     cameras=(WRIST,), horizon=120, demos={"cpu": 14, "paper": 14},
 )

@@ -56,6 +56,7 @@ TASK = Task(
     expert=_nut_expert, success=_nut_success,
     keypoints={"nut": [[0, 0, 0], [0.054, 0, 0], [0.03, 0.03, 0], [-0.03, -0.03, 0]],
                "peg": [[0, 0, 0.1], [0, 0, 0.0]]},
+    symmetry={"nut": "square", "peg": "square"},  # the square ring (not its handle) and the square peg, about z
     workspace=((-0.3, 0.0, 0.79), (0.35, 0.35, 0.97)),  # the nut and the square peg, not the unused round peg
     cameras=(WRIST, OVERVIEW), horizon=350, demos={"cpu": 40, "paper": 140},
 )

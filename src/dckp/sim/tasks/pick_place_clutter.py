@@ -63,6 +63,7 @@ TASK = Task(
     expert=_pick_place_expert, success=_pick_place_success, prepare_model=_hide_visual_objects,
     keypoints={"milk": [[0, 0, 0]], "bread": [[0, 0, 0]], "cereal": [[0, 0, 0]],
                "can": [[0, 0, 0.04], [0, 0, -0.04], [0.03, 0, 0], [-0.03, 0, 0], [0, 0, 0]]},
+    symmetry={"can": "revolution"},  # about its axis, z (the carton, the loaf and the printed box: none)
     workspace=((-0.075, -0.475, 0.79), (0.275, -0.025, 1.0)),  # inside the source bin's walls
     # 40 cpu demonstrations were too few even for ground-truth keypoints (3 of 50 episodes); see policy CPU_STEPS
     cameras=(WRIST, OVERVIEW), horizon=350, demos={"cpu": 140, "paper": 140},

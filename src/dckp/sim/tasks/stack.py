@@ -28,6 +28,6 @@ TASK = Task(
     object_bodies=lambda env: [("cubeA_main", "cubeA_main"), ("cubeB_main", "cubeB_main")],
     placement={"ObjectSampler": Placement(x=(-0.08, 0.08), y=(-0.08, 0.08))},
     expert=_stack_expert, success=lambda env: env.env._check_success(),
-    keypoints={"cubeA": cube_corners(0.02), "cubeB": cube_corners(0.025)},
+    keypoints={"cubeA": cube_corners(0.02), "cubeB": cube_corners(0.025)}, symmetry={"cubeA": "cube", "cubeB": "cube"},
     cameras=(WRIST, OVERVIEW), horizon=300, demos={"cpu": 40, "paper": 140},
 )
