@@ -26,6 +26,8 @@ import json
 import time
 from pathlib import Path
 
+import torch
+
 from dckp.config import atomic_write_bytes, preset, save_json
 from dckp.data import Dataset
 from dckp.evaluation import evaluate_policy
@@ -40,18 +42,22 @@ TASKS = ["nut_assembly", "pick_place_clutter"]
 HEADS = ["rnn-gmm", "diffusion", "lstm"]
 
 
-def cell_config(head: str, steps: int, val_every: int, val_episodes: int):
+def cell_config(head: str, args):
     cfg = preset(POLICY_PRESETS, "converged")
     if head != cfg.head:
         cfg = dataclasses.replace(cfg, head=head, head_options={"seq_len": 10} if head == "lstm" else {})
-    return dataclasses.replace(cfg, steps=steps, val_every=val_every, val_episodes=val_episodes)
+    return dataclasses.replace(cfg, steps=args.steps, val_every=args.val_every, val_episodes=args.val_episodes,
+                               lr=args.lr or cfg.lr)
 
 
-def run_cell(task_dir: Path, encoder: str, head: str, args) -> dict:
-    folder = task_dir / f"{encoder}_{head}"
+def run_cell(task_dir: Path, encoder: str, head: str, args) -> dict | None:
+    """Train (and, with the preset's learning rate, evaluate) one cell; None for an exploration, whose policy is
+    only rolled out on validation seeds."""
+    cfg = cell_config(head, args)
+    explore = cfg.lr != POLICY_PRESETS["converged"].lr
+    folder = task_dir / (f"{encoder}_{head}" + (f"_lr{cfg.lr:g}" if explore else ""))
     spec = {"name": encoder, "options": {},
             "artefacts": {"references": str(task_dir / "references.safetensors")} if encoder == "gt-kp" else {}}
-    cfg = cell_config(head, args.steps, args.val_every, args.val_episodes)
     folder.mkdir(parents=True, exist_ok=True)
     timing = folder / "train_s.json"
     spent = json.loads(timing.read_text())["train_s"] if timing.exists() else 0.0
@@ -64,6 +70,9 @@ def run_cell(task_dir: Path, encoder: str, head: str, args) -> dict:
             save_json({"train_s": spent}, timing)
     else:
         result = json.loads((folder / "policy.json").read_text())
+    if explore:
+        print(json.dumps({"explored": str(folder), "validation": read_records(folder), "train_s": round(spent)}))
+        return None
     ev = evaluate_policy(folder, args.episodes, workers=args.workers, videos=0)
     with Dataset(task_dir / "demos.h5") as ds:
         demos = len(ds.episodes)
@@ -111,13 +120,18 @@ def main() -> None:
     p.add_argument("--demos", type=int, default=140, help="expert demonstrations per task (the paper's 140)")
     p.add_argument("--image-size", type=int, default=128, help="demonstration image size")
     p.add_argument("--steps", type=int, default=POLICY_PRESETS["converged"].steps)
+    p.add_argument("--lr", type=float, default=0.0, help="another learning rate than the preset's: an exploration "
+                   "in <encoder>_<head>_lr<lr>/, rolled out on validation seeds only (no evaluation, no results)")
     p.add_argument("--val-every", type=int, default=POLICY_PRESETS["converged"].val_every)
     p.add_argument("--val-episodes", type=int, default=POLICY_PRESETS["converged"].val_episodes)
     p.add_argument("--episodes", type=int, default=100, help="evaluation episodes per cell (seeds 1,000,000 on)")
     p.add_argument("--workers", type=int, default=2, help="evaluation processes")
+    p.add_argument("--threads", type=int, default=1, help="torch threads of the training (1: steady beside other "
+                   "work on 2 cores, where a 2-thread pool stalls)")
     p.add_argument("--out", default="runs/learner")
     p.add_argument("--results", default="results")
     args = p.parse_args()
+    torch.set_num_threads(args.threads)
     runs, out = Path(args.out), Path(args.results)
     path = out / "learner.json"
     results = json.loads(path.read_text()) if path.exists() else {}
@@ -133,7 +147,10 @@ def main() -> None:
             for head in args.heads:
                 if head in results.get(task, {}).get(encoder, {}):
                     continue
-                results.setdefault(task, {}).setdefault(encoder, {})[head] = run_cell(task_dir, encoder, head, args)
+                cell = run_cell(task_dir, encoder, head, args)
+                if cell is None:
+                    continue
+                results.setdefault(task, {}).setdefault(encoder, {})[head] = cell
                 write(results, out, runs)
                 print(json.dumps({f"{task}.{encoder}.{head}": results[task][encoder][head]}))
 

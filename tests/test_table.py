@@ -288,3 +288,30 @@ def test_markdown_does_not_depend_on_the_order_cells_finished():
     assert markdown(data) == markdown(swapped)
     cost = markdown(data).split("## Cost per cell")[1]
     assert cost.index("| nut_assembly | blind |") < cost.index("| nut_assembly | gt-kp |")
+
+
+def test_protocols_keep_their_policies_and_tables_apart(tmp_path):
+    """A converged (or other-head) run's policies, stages and table files are named apart from the paper's, so both
+    live in one run folder; its cells add the head, the training steps and the step kept."""
+    from dckp.policy import Policy, PolicyConfig, save_policy
+    from dckp.table.outputs import read_cell, table_stem
+
+    paper, lstm = RunConfig(), RunConfig(head="lstm")
+    converged, diffusion = RunConfig(protocol="converged"), RunConfig(protocol="converged", head="diffusion")
+    assert [r.policy_folder("gt-kp") for r in (paper, lstm, converged, diffusion)] == [
+        "policy_gt-kp", "policy_gt-kp", "policy_gt-kp_converged", "policy_gt-kp_converged-diffusion"]
+    assert converged.stage("evaluate", "gt-kp") == "evaluate gt-kp converged"
+    assert paper.stage("policy", "gt-kp") == "policy gt-kp"
+    assert [table_stem(r) for r in (paper, converged)] == ["table1", "table1_converged"]
+    for run, rate in ((paper, 0.5), (converged, 0.75)):
+        folder = tmp_path / run.policy_folder("gt-kp")
+        (folder / "eval").mkdir(parents=True)
+        (folder / "eval" / "eval.json").write_text(json.dumps(
+            {"success_rate": rate, "ci95": [0.1, 0.9], "episodes": 4, "mean_steps": 10.0}))
+        save_policy(Policy(3, 7, PolicyConfig(head="rnn-gmm", head_options={"hidden": 4}, steps=30)), folder, best=20)
+    (tmp_path / "stage_seconds.json").write_text(json.dumps({"policy gt-kp": 1.0, "policy gt-kp converged": 2.0}))
+    assert read_cell(tmp_path, paper, "gt-kp") == {"rate": 0.5, "ci95": [0.1, 0.9], "episodes": 4, "mean_steps": 10.0,
+                                                   "train_s": 1.0, "eval_s": None}
+    assert read_cell(tmp_path, converged, "gt-kp") == {
+        "rate": 0.75, "ci95": [0.1, 0.9], "episodes": 4, "mean_steps": 10.0, "train_s": 2.0, "eval_s": None,
+        "head": "rnn-gmm", "steps": 30, "best_step": 20}

@@ -99,6 +99,21 @@ class RunConfig:
         """The run's encoder, then its baselines."""
         return [self.encoder] + [b for b in dict.fromkeys(self.baselines) if b != self.encoder]
 
+    def variant(self) -> str:
+        """'' for the paper's protocol with its head; else the protocol, and the head where one is named: the
+        suffix of the policies' folders and stages, so that the protocols' policies live side by side in a run."""
+        if self.protocol == "paper" and self.head in ("", "lstm"):
+            return ""
+        return self.protocol + (f"-{self.head}" if self.head else "")
+
+    def policy_folder(self, encoder: str) -> str:
+        """An encoder's policy folder in the run folder: `policy_<encoder>[_<variant>]`."""
+        return f"policy_{encoder}" + (f"_{self.variant()}" if self.variant() else "")
+
+    def stage(self, kind: str, encoder: str) -> str:
+        """The name of an encoder's `policy` or `evaluate` stage: `<kind> <encoder>[ <variant>]`."""
+        return f"{kind} {encoder}" + (f" {self.variant()}" if self.variant() else "")
+
 
 RUN_PRESETS = {
     "cpu": RunConfig(),
@@ -413,7 +428,7 @@ def plan(cfg: RunConfig, out: Path, sp: str) -> list[Stage]:
     def train(name: str):
         from dckp.policy.demos import train_on_demos
 
-        enc, folder = encoder_cfg(name), out / f"policy_{name}"
+        enc, folder = encoder_cfg(name), out / cfg.policy_folder(name)
         save_json({"encoder": dataclasses.asdict(enc), "policy": dataclasses.asdict(policy_config(name))},
                   folder / "train_policy.config.json")
         train_on_demos(demos, enc.spec(), policy_config(name), folder)
@@ -421,7 +436,7 @@ def plan(cfg: RunConfig, out: Path, sp: str) -> list[Stage]:
     def trained(name: str):
         from dckp.policy import load_policy, load_run
 
-        folder = out / f"policy_{name}"
+        folder = out / cfg.policy_folder(name)
         load_policy(folder)
         load_run(folder)
         check_config(folder / "train_policy.config.json",
@@ -431,7 +446,7 @@ def plan(cfg: RunConfig, out: Path, sp: str) -> list[Stage]:
                              "policy.device"))
 
     def evaluation(name: str) -> dict:
-        return {"policy_dir": out / f"policy_{name}", "episodes": cfg.episodes, "seed_start": EVAL_SEED_START,
+        return {"policy_dir": out / cfg.policy_folder(name), "episodes": cfg.episodes, "seed_start": EVAL_SEED_START,
                 "videos": REPORT_VIDEOS if name == cfg.encoder else 0, "max_steps": cfg.max_steps or None,
                 "device": cfg.device}
 
@@ -441,12 +456,13 @@ def plan(cfg: RunConfig, out: Path, sp: str) -> list[Stage]:
         evaluate_policy(workers=cfg.workers, **evaluation(name))
 
     def evaluated(name: str):
-        folder = out / f"policy_{name}" / "eval"
+        folder = out / cfg.policy_folder(name) / "eval"
         ev = _read_json(folder / "eval.json")
         if ev.get("seeds") != list(range(EVAL_SEED_START, EVAL_SEED_START + cfg.episodes)):
             from dckp.evaluation import keep_episodes
 
-            keep_episodes(folder, out / f"policy_{name}")  # an older record's episodes: the evaluation grows from them
+            # an older record's episodes: the evaluation grows from them
+            keep_episodes(folder, out / cfg.policy_folder(name))
             raise DckpError(f"evaluated on other seeds ({len(ev.get('seeds') or [])} episodes, now {cfg.episodes}; "
                             "the episodes recorded are kept)",
                             path=str(folder / "eval.json"), field="seeds")
@@ -504,12 +520,12 @@ def plan(cfg: RunConfig, out: Path, sp: str) -> list[Stage]:
         stages.append(Stage("references", refs, references, references_done,
                             needs=("demonstrations", *(("pretrain",) if need_don else ()))))
     for name in classes:
-        folder = out / f"policy_{name}"
+        folder = out / cfg.policy_folder(name)
         stages += [
-            Stage(f"policy {name}", folder / "policy.safetensors", lambda n=name: train(n), lambda n=name: trained(n),
-                  needs=needs(name), partial=folder / "policy_last.safetensors"),
-            Stage(f"evaluate {name}", folder / "eval" / "eval.json", lambda n=name: evaluate(n),
-                  lambda n=name: evaluated(n), needs=(f"policy {name}",), evaluation=evaluation(name)),
+            Stage(cfg.stage("policy", name), folder / "policy.safetensors", lambda n=name: train(n),
+                  lambda n=name: trained(n), needs=needs(name), partial=folder / "policy_last.safetensors"),
+            Stage(cfg.stage("evaluate", name), folder / "eval" / "eval.json", lambda n=name: evaluate(n),
+                  lambda n=name: evaluated(n), needs=(cfg.stage("policy", name),), evaluation=evaluation(name)),
         ]
     if need_don:
         pics = [pictures / f"demo_0_{n}.png" for n in ("heatmaps", "descriptors")]
@@ -621,7 +637,7 @@ def report_context(out: Path) -> dict:
     task = get_task(cfg.task)
     rows, evals = [], {}
     for name in cfg.encoders():
-        path = out / f"policy_{name}" / "eval" / "eval.json"
+        path = out / cfg.policy_folder(name) / "eval" / "eval.json"
         if not path.exists():
             continue
         ev = evals[name] = _read_json(path)
@@ -636,7 +652,7 @@ def report_context(out: Path) -> dict:
     if main:
         for name in main.get("videos", []):
             seed = int(Path(name).stem.rsplit("_", 1)[1])
-            videos.append({"uri": data_uri(out / f"policy_{cfg.encoder}" / "eval" / Path(name).name),
+            videos.append({"uri": data_uri(out / cfg.policy_folder(cfg.encoder) / "eval" / Path(name).name),
                            **per_seed[cfg.encoder][seed]})
     corr_path = out / "heldout_correspondence.json"
     corr = _read_json(corr_path) if corr_path.exists() else None
@@ -647,7 +663,7 @@ def report_context(out: Path) -> dict:
     timings = _read_json(timings_path) if timings_path.exists() else {}
     order = [s.name for s in plan(cfg, out, "paper" if preset == "paper" else "cpu")]
     timings = sorted(timings.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order))
-    pictures, main_dir = out / "pictures", out / f"policy_{cfg.encoder}"
+    pictures, main_dir = out / "pictures", out / cfg.policy_folder(cfg.encoder)
     return {
         "task": task, "preset": preset, "cfg": cfg, "config_json": json.dumps({"preset": preset, **config}, indent=2),
         "rows": rows, "encoders": list(evals), "episodes": episodes, "videos": videos,

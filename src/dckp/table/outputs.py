@@ -67,13 +67,25 @@ def table_config(run: RunConfig, preset: str) -> dict:
             "policy_overrides": POLICY_OVERRIDES, "eval_seed_start": EVAL_SEED_START, "render": RENDER}
 
 
-def read_cell(folder: Path, method: str) -> dict:
-    """A cell's numbers from a task folder: its eval.json and stage_seconds.json."""
-    ev = json.loads((folder / f"policy_{method}" / "eval" / "eval.json").read_text())
+def table_stem(run: RunConfig) -> str:
+    """`table1` for the paper's protocol, `table1_<variant>` for another (`RunConfig.variant`)."""
+    return "table1" + (f"_{run.variant()}" if run.variant() else "")
+
+
+def read_cell(folder: Path, run: RunConfig, method: str) -> dict:
+    """A cell's numbers from a task folder: its eval.json and stage_seconds.json; for a protocol other than the
+    paper's also the policy's `head`, its training `steps` and the `best_step` kept (policy.json)."""
+    policy = folder / run.policy_folder(method)
+    ev = json.loads((policy / "eval" / "eval.json").read_text())
     path = folder / "stage_seconds.json"
     timings = json.loads(path.read_text()) if path.exists() else {}
-    return {"rate": ev["success_rate"], "ci95": ev["ci95"], "episodes": ev["episodes"],
-            "mean_steps": ev["mean_steps"], "train_s": timings.get(f"policy {method}"), "eval_s": _eval_seconds(ev)}
+    cell = {"rate": ev["success_rate"], "ci95": ev["ci95"], "episodes": ev["episodes"],
+            "mean_steps": ev["mean_steps"], "train_s": timings.get(run.stage("policy", method)),
+            "eval_s": _eval_seconds(ev)}
+    if run.variant():
+        meta = json.loads((policy / "policy.json").read_text())
+        cell.update(head=meta["head"]["name"], steps=meta["config"]["steps"], best_step=meta["best_step"])
+    return cell
 
 
 def _eval_seconds(ev: dict) -> float | None:
@@ -95,25 +107,25 @@ def read_don(folder: Path) -> dict | None:
 
 def write_outputs(out: str | Path, table: TableConfig, run: RunConfig, preset: str, done: list[tuple[str, str]]
                   ) -> dict:
-    """table1.{json,md,png,html} in `table.results` from the cells `done` ((task, method) pairs) of the run
-    folder `out`, merged with the file's earlier cells when they were made with the same config."""
-    out, results = Path(out).resolve(), Path(table.results)
+    """table1.{json,md,png,html} (`table_stem`) in `table.results` from the cells `done` ((task, method) pairs) of
+    the run folder `out`, merged with the file's earlier cells when they were made with the same config."""
+    out, results, stem = Path(out).resolve(), Path(table.results), table_stem(run)
     results.mkdir(parents=True, exist_ok=True)
     config = table_config(run, preset)
-    path = results / "table1.json"
+    path = results / f"{stem}.json"
     old = json.loads(path.read_text()) if path.exists() else {}
     same = old.get("config") == json.loads(json.dumps(config))
     cells = old.get("cells", {}) if same else {}
     don = old.get("don", {}) if same else {}
     for task, method in done:
-        cells.setdefault(task, {})[method] = read_cell(out / task, method)
+        cells.setdefault(task, {})[method] = read_cell(out / task, run, method)
         if (scores := read_don(out / task)) is not None:
             don[task] = scores
     data = {"cells": cells, "paper": PAPER, "stand_in": STAND_IN, "config": config, "don": don}
     save_json(data, path)
-    atomic_write_bytes(results / "table1.md", markdown(data).encode())
-    figure(data, results / "table1.png")
-    atomic_write_bytes(results / "table1.html", page(data, out, results).encode())
+    atomic_write_bytes(results / f"{stem}.md", markdown(data, stem).encode())
+    figure(data, results / f"{stem}.png")
+    atomic_write_bytes(results / f"{stem}.html", page(data, out, results, run, stem).encode())
     return data
 
 
@@ -148,15 +160,16 @@ def caption(data: dict) -> str:
             f"for. Images: {data['config']['render']}.")
 
 
-def markdown(data: dict) -> str:
+def markdown(data: dict, stem: str = "table1") -> str:
     tasks, methods = _order(data)
     head = ["method"]
     for t in tasks:
         head += [t] + ([f"{STAND_IN[t]} (paper)"] if STAND_IN.get(t) else [])
-    lines = ["# Table I: closed-loop success by task and method", "",
+    protocol = data["config"]["run"].get("protocol", "paper")
+    lines = [f"# Table I: closed-loop success by task and method ({protocol} protocol)", "",
              caption(data) + " Made with `dckp table`; cells are success rate [95 % Wilson interval]. The paper "
              "columns are von Hartz et al. 2022, Table I (RLBench, 200 episodes); our task stands in for it (n/r: not "
-             "reported).", "", PAPER_READING, "", "![Table I](table1.png)", "",
+             "reported).", "", PAPER_READING, "", f"![Table I]({stem}.png)", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m in methods:
         row = [m]
@@ -234,7 +247,7 @@ def figure(data: dict, path: Path) -> Path:
     return path
 
 
-def page(data: dict, out: Path, results: Path) -> str:
+def page(data: dict, out: Path, results: Path, run: RunConfig, stem: str = "table1") -> str:
     """table1.html: the table, each cell linked to its task's report.html and its eval.json."""
     tasks, methods = _order(data)
 
@@ -248,7 +261,7 @@ def page(data: dict, out: Path, results: Path) -> str:
             c = data["cells"][t].get(m)
             cells.append("<td>-</td>" if c is None else
                          f"<td>{link(out / t / 'report.html', _rate(c))} "
-                         f"({link(out / t / f'policy_{m}' / 'eval' / 'eval.json', 'eval.json')})</td>")
+                         f"({link(out / t / run.policy_folder(m) / 'eval' / 'eval.json', 'eval.json')})</td>")
         rows.append(f"<tr><th>{html.escape(m)}</th>{''.join(cells)}</tr>")
     head = "".join(f"<th>{html.escape(t)}{f' ({STAND_IN[t]})' if STAND_IN.get(t) else ''}</th>" for t in tasks)
     return ("<!doctype html><html><head><meta charset='utf-8'><title>Table I</title><style>"
@@ -257,5 +270,5 @@ def page(data: dict, out: Path, results: Path) -> str:
             f"<p>{html.escape(caption(data))} Each cell links to its task's report (videos, keypoints, the DON) "
             "and its evaluation record.</p>"
             f"<table><tr><th>method</th>{head}</tr>{''.join(rows)}</table>"
-            f"<p><img src='table1.png' alt='Table I bars' style='max-width:100%'></p>"
-            "<p>See table1.md for the paper's numbers beside each task.</p></body></html>\n")
+            f"<p><img src='{stem}.png' alt='Table I bars' style='max-width:100%'></p>"
+            f"<p>See {stem}.md for the paper's numbers beside each task.</p></body></html>\n")

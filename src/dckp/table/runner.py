@@ -225,7 +225,7 @@ def dry_run(table: TableConfig, run: RunConfig, out: str | Path, preset: str = "
         cfg = task_config(run, task, table.methods)
         stages = plan(cfg, Path(out).resolve() / task, "paper" if preset == "paper" else "cpu")
         todo = decide(stages, remove=False)
-        done = [m for m in cfg.encoders() if not _closure(stages, f"evaluate {m}") & set(todo)]
+        done = [m for m in cfg.encoders() if not _closure(stages, cfg.stage("evaluate", m)) & set(todo)]
         runs = [s.name + (f" (replaces its artefact: {todo[s.name]})" if s.artefact.exists() else
                           " (resumes)" if s.resumes() else "") for s in stages if s.name in todo]
         lines += [f"{task}: {len(done)} of {len(cfg.encoders())} cells done: "
@@ -283,7 +283,7 @@ def run_table(table: TableConfig, run: RunConfig, out: str | Path, preset: str =
                         res["num_cpus"]), {"CPU": res["num_cpus"], "GPU": res["num_gpus"]},
                         2 if stage.name.split(" ")[0] in TRAINING else 1))
             for method in cfg.encoders():
-                cells[task, method] = _closure(stages, f"evaluate {method}")
+                cells[task, method] = _closure(stages, cfg.stage("evaluate", method))
         _wait(jobs, status, cells, out, lambda done: write_outputs(out, table, run, preset, done))
     finally:
         if started:
