@@ -145,7 +145,7 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, presets: dict[st
         origin = typing.get_origin(tp)
         kwargs = {"dest": f.name, "default": None, "help": _help(cls, f, presets, default).replace("%", "%%")}
         if tp is bool:
-            group.add_argument(flag, type=_parse_bool, metavar="{true,false}", **kwargs)
+            group.add_argument(flag, type=_parse_bool, metavar="{true,false}", nargs="?", const=True, **kwargs)
         elif origin in (list, tuple):
             group.add_argument(flag, type=typing.get_args(tp)[0], nargs="+", **kwargs)
         else:
