@@ -73,6 +73,19 @@ class FakeEnv:
                 "cam_depth": np.ones((s, s), np.float32), "cam_K": np.eye(3), "cam_pose": np.eye(4)}
 
 
+def test_act_refuses_a_bad_frame(fake_encoder):
+    policy, obs = _policy(fake_encoder), FakeEnv().observe()
+    assert policy.act(obs).shape == (7,)
+    cases = [("cam_depth", np.full((8, 8), 1000, np.uint16), "cam_depth: depth is uint16"),
+             ("cam_K", np.zeros((3, 3)), "cam_K: not camera intrinsics"),
+             ("cam_pose", np.full((4, 4), np.nan), "cam_pose: pose contains NaN")]
+    for key, value, message in cases:
+        with pytest.raises(DckpError, match=message):
+            policy.act({**obs, key: value})
+    with pytest.raises(DckpError, match="cam_K: missing from the observation"):
+        policy.act({k: v for k, v in obs.items() if k != "cam_K"})
+
+
 def test_wilson_interval_known_values():
     assert wilson_interval(0, 10) == pytest.approx((0.0, 0.27754), abs=1e-4)
     assert wilson_interval(5, 10) == pytest.approx((0.23659, 0.76341), abs=1e-4)
