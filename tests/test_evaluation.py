@@ -4,6 +4,7 @@ and one end-to-end evaluation of an untrained policy on `lift` at 32 px (horizon
 import json
 from types import SimpleNamespace
 
+import h5py
 import imageio.v2 as iio2
 import numpy as np
 import pytest
@@ -185,6 +186,31 @@ def test_bad_policy_folders(tmp_path, fake_encoder):
     assert "\n" not in str(e.value)
     with pytest.raises(DckpError, match="episodes"):
         evaluate_policy(d, episodes=0, progress=False)
+
+
+def test_run_json_must_match_what_the_policy_was_trained_on(tmp_path, fake_encoder):
+    """Its task and cameras are those of its demonstrations (a lift file filmed by the wrist camera alone)."""
+    from test_bad_inputs import _demos
+
+    _demos(tmp_path / "demos.h5")
+    d = _policy_dir(tmp_path, demos="../demos.h5")
+    assert load_run(d)["task"] == "lift"
+    cases = [({"task": "stack"}, r"run\.json:task: names task 'stack', but the policy was trained on demonstrations "
+                                 r"of 'lift' \(.*demos\.h5\): set its task back to 'lift'"),
+             ({"cameras": [WRIST, "agentview"]}, r"run\.json:cameras: \['agentview'\] are not cameras of task lift"),
+             ({"task": "stack", "cameras": [WRIST, "agentview"]}, r"run\.json:task: names task 'stack'")]
+    for change, message in cases:
+        run = json.loads((d / "run.json").read_text())
+        (d / "run.json").write_text(json.dumps({**run, **change}))
+        with pytest.raises(DckpError, match=message):
+            evaluate_policy(d, progress=False)
+        (d / "run.json").write_text(json.dumps(run))
+    with h5py.File(tmp_path / "demos.h5", "a") as f:
+        f.attrs["task"] = "stack"  # a two-camera task's demonstrations, filmed by the wrist camera alone
+    run = json.loads((d / "run.json").read_text())
+    (d / "run.json").write_text(json.dumps({**run, "task": "stack", "cameras": [WRIST, "agentview"]}))
+    with pytest.raises(DckpError, match=r"run\.json:cameras: cameras \['agentview'\] are not in the demonstrations"):
+        load_run(d)
 
 
 def test_evaluate_policy_end_to_end(tmp_path, fake_encoder):

@@ -46,6 +46,19 @@ def check_device(device: str, field: str = "device") -> None:
         raise DckpError(f"must be 'cpu', 'cuda' or 'cuda:N', got {device!r}", field=field)
 
 
+def check_device_here(device: str, field: str = "device") -> None:
+    """`check_device`, and DckpError unless this machine has that CUDA device (torch is imported only for one)."""
+    check_device(device, field)
+    if device == "cpu":
+        return
+    import torch
+
+    index = int(device.partition(":")[2] or 0)
+    if index >= torch.cuda.device_count():
+        have = f"{torch.cuda.device_count()} CUDA devices" if torch.cuda.is_available() else "no CUDA device"
+        raise DckpError(f"this machine has {have} (torch {torch.__version__}); use --device cpu", field=field)
+
+
 def temp_beside(path: Path) -> str:
     """A new empty temp file in `path`'s folder (hidden, `.tmp`), with the mode the user's umask gives new
     files (mkstemp's own is 0600). Rename it over `path` when it is complete."""

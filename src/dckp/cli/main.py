@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
-from dckp.config import add_config_args, apply_args, check_device, preset, save_json
+from dckp.config import add_config_args, apply_args, check_device_here, preset, save_json
 from dckp.errors import DckpError, Interrupted
 
 
@@ -230,7 +230,6 @@ def cmd_keypoints(args) -> None:
 
     _at_least(args, "--per-camera", 1)
     _at_least(args, "--frame", 0)
-    check_device(args.device, "--device")
     with Dataset(args.demos) as ds:  # demonstrations, or the views of a recording (`dckp import`)
         ds.validate()
     if bool(args.workspace_min) != bool(args.workspace_max):
@@ -601,6 +600,8 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv
     received: list[int] = []
     try:
+        if getattr(args, "device", None) and args.command != "table":  # a table's Ray nodes have their own devices
+            check_device_here(args.device, "--device")
         with _signals_as_interrupt(received), contextlib.ExitStack() as outputs:
             for write in getattr(args, "writes", ()):
                 outputs.enter_context(write.lock(args))

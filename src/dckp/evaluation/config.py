@@ -25,5 +25,6 @@ class EvalConfig:
             if getattr(self, name) < 1:
                 raise DckpError(f"must be >= 1, got {getattr(self, name)}", field=name)
         check_device(self.device)
-        if self.videos < 0 or self.max_steps < 0:
-            raise DckpError("videos and max_steps must be >= 0", field="videos" if self.videos < 0 else "max_steps")
+        for name in ("videos", "max_steps", "seed_start"):
+            if getattr(self, name) < 0:
+                raise DckpError(f"must be >= 0, got {getattr(self, name)}", field=name)

@@ -63,6 +63,11 @@ def load_run(policy_dir: str | os.PathLike) -> dict:
             raise DckpError(f"expected an object, got {enc[key]!r}", path=str(path), field=f"encoder.{key}")
     if run["task"] not in TASKS:
         raise DckpError(f"unknown task {run['task']!r}; choose from {sorted(TASKS)}", path=str(path), field="task")
+    task = TASKS[run["task"]]
+    unknown = [c for c in run["cameras"] if c not in task.cameras]
+    if unknown:
+        raise DckpError(f"{unknown} are not cameras of task {task.name} (it has {list(task.cameras)})",
+                        path=str(path), field="cameras")
     for key, value in enc["artefacts"].items():
         enc["artefacts"][key] = str(Path(policy_dir, value).resolve())  # an absolute path stays as it is
         if not Path(enc["artefacts"][key]).exists():
@@ -70,7 +75,27 @@ def load_run(policy_dir: str | os.PathLike) -> dict:
                             path=str(path), field=f"encoder.artefacts.{key}")
     if isinstance(run.get("demos"), str):
         run["demos"] = str(Path(policy_dir, run["demos"]).resolve())
+        _check_trained_on(run, path)
     return run
+
+
+def _check_trained_on(run: dict, path: Path) -> None:
+    """DckpError unless run.json's task and cameras are those of the demonstrations it was trained on (where that
+    file is still there)."""
+    from dckp.data import Dataset
+
+    if not Path(run["demos"]).is_file():
+        return
+    with Dataset(run["demos"]) as ds:
+        if ds.task != run["task"]:
+            raise DckpError(f"names task {run['task']!r}, but the policy was trained on demonstrations of "
+                            f"{ds.task!r} ({run['demos']}): set its task back to {ds.task!r}", path=str(path),
+                            field="task")
+        streams = ds.streams(ds.episodes[0]) if ds.episodes else []
+    missing = [c for c in run["cameras"] if c not in streams]
+    if missing:
+        raise DckpError(f"cameras {missing} are not in the demonstrations the policy was trained on ({run['demos']} "
+                        f"has {streams})", path=str(path), field="cameras")
 
 
 def load_visuomotor_policy(policy_dir: str | os.PathLike, device: str = "cpu"):

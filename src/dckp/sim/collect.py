@@ -105,6 +105,7 @@ class FinishedEpisodes:
             shutil.rmtree(self.folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         key_file.write_text(key)
+        self.kept = len(list(self.folder.glob("*.npz")))
 
     def __iter__(self) -> Iterator[tuple[str, dict[str, np.ndarray], np.ndarray, dict]]:
         """(name, frames, actions, attrs) of each finished episode, in order."""
@@ -132,6 +133,7 @@ class FinishedEpisodes:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+        self.kept = max(self.kept, index + 1)
         return frames
 
     def remove(self) -> None:
@@ -179,7 +181,7 @@ def collect_demos(cfg: CollectConfig, out: str, preset: str = "cpu", progress: b
             summary = {"demos": n, "seeds_tried": next_seed - cfg.seed, "mean_steps": float(np.mean(lengths)),
                        "image_bytes_per_frame": writer.bytes_images / max(writer.frames, 1)}
     except KeyboardInterrupt:
-        raise Interrupted(f"kept the {len(lengths)} finished demonstrations in {finished.folder}, which the same "
+        raise Interrupted(f"kept the {finished.kept} finished demonstrations in {finished.folder}, which the same "
                                 "command resumes from") from None
     except BaseException:
         finished.remove()

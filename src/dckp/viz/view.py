@@ -59,8 +59,9 @@ class ViewConfig:
         for name in ("point_stride", "chunk"):
             if getattr(self, name) < 1:
                 raise DckpError(f"must be >= 1, got {getattr(self, name)}", field=name)
-        if self.max_steps < 0:
-            raise DckpError(f"must be >= 0, got {self.max_steps}", field="max_steps")
+        for name in ("max_steps", "seed"):
+            if getattr(self, name) < 0:
+                raise DckpError(f"must be >= 0, got {getattr(self, name)}", field=name)
         if self.encoder not in ("dckp-3d", "dckp-filter", "dckp-gate"):
             raise DckpError(f"must be dckp-3d, dckp-filter or dckp-gate, got {self.encoder!r}", field="encoder")
         if self.don and not self.references:
