@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import shutil
+import socket
 import traceback
 from pathlib import Path
 from typing import NamedTuple
@@ -117,8 +119,23 @@ def make_bad_inputs(folder: Path) -> dict[str, str]:
     (policy / "run.json").write_text(json.dumps({"task": "lift", "image_size": SIZE, "cameras": [WRIST],
                                                  "encoder": {"name": "gt-kp"}}))
     _truncate(policy / "policy.safetensors", policy / "policy.safetensors")
+    for name, change in (("other_task", {"task": "stack", "demos": "../demos.h5"}),
+                         ("unknown_camera", {"cameras": ["nope"]})):
+        shutil.copytree(policy, folder / f"policy_{name}")
+        run = json.loads((policy / "run.json").read_text())
+        (folder / f"policy_{name}" / "run.json").write_text(json.dumps({**run, **change}))
+    links = {"link_demos": "demos.h5", "link_views": "views.h5", "link_don": "don", "link_policy": "policy_truncated"}
+    for name, target in links.items():
+        (folder / name).symlink_to(folder / target)
+    shutil.copyfile(f["views.h5"], folder / "locked.h5")
+    (folder / "locked_dir").mkdir()
+    for name in ("locked.h5", "locked_dir"):  # written by this process, which is running
+        (folder / f".{name}.lock").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                                          "since": "now", "command": "dckp test"}))
+    more = ("policy_other_task", "policy_unknown_camera", *links, "locked_dir")
     return {name.removesuffix(".h5"): str(path) for name, path in f.items()} | {
-        "tmp": str(folder), "missing": str(folder / "missing.h5")}
+        "tmp": str(folder), "missing": str(folder / "missing.h5"), "locked": str(folder / "locked.h5"),
+        **{name: str(folder / name) for name in more}}
 
 
 H5 = ("truncated", "text", "features")  # unreadable as a dckp dataset, whatever the command
@@ -201,7 +218,84 @@ CASES = [
     Case("evaluate-truncated-policy", ["evaluate", "{policy_truncated}", "--episodes", "1", "--workers", "1",
                                        "--out", "{tmp}/new/e"], "{policy_truncated}/policy.safetensors"),
     Case("evaluate-missing-folder", ["evaluate", "{tmp}/no_policy", "--out", "{tmp}/new/e"], "{tmp}/no_policy"),
+    # run.json against what the policy was trained on
+    *_each(("policy_other_task", "policy_unknown_camera"), "evaluate", ["evaluate", "{BAD}", "--out", "{tmp}/new/e"],
+           "{BAD}/run.json"),
+    *_each(("policy_other_task", "policy_unknown_camera"), "view", ["view", "{BAD}", "--out", "{tmp}/new/v.rrd"],
+           "{BAD}/run.json"),
+    # devices, seeds and sizes
+    *[Case(f"{argv[0]}-no-such-cuda-device", [*argv, "--device", "cuda:99"], "--device: this machine has") for argv in (
+        ["keypoints", "--don", "{don}", "--demos", "{demos}", "--out", "{tmp}/new/r.safetensors"],
+        ["evaluate", "{policy_truncated}", "--out", "{tmp}/new/e"], ["pretrain", "--views", "{views}", "--out",
+                                                                        "{tmp}/new/r"],
+        ["pretrain-representation", "--method", "bvae", "--views", "{views}", "--out", "{tmp}/new/r"],
+        ["train-policy", "--demos", "{demos}", "--encoder", "blind", "--out", "{tmp}/new/p"],
+        ["run", "--out", "{tmp}/new/run"])],
+    Case("view-seed-negative", ["view", "{policy_truncated}", "--seed", "-1", "--out", "{tmp}/new/v.rrd"], "--seed"),
+    Case("evaluate-seed-negative", ["evaluate", "{policy_truncated}", "--seed-start", "-1", "--out", "{tmp}/new/e"],
+         "--seed-start"),
+    Case("collect-a-billion-demos", ["collect", "--demos", "1000000000", "--out", "{tmp}/new/d.h5"],
+         "demos: 1000000000 demonstrations needs about"),
+    Case("fuse-locked", ["fuse", "{locked}"], "{locked} is being written by PID"),
 ]
+
+# Every command's output: below a file, of the wrong kind, there already, one of its inputs (or a link to it), a
+# folder holding an input (with --force), locked by a running writer (with --force too), a bad --force.
+# (name, argv with {OUT}, "file" or "folder", a command that resumes its folder, its inputs a file output could be)
+WRITERS = [
+    ("collect", ["collect", "--demos", "1", "--out", "{OUT}"], "file", False, ()),
+    ("collect-views", ["collect-views", "--out", "{OUT}"], "file", False, ()),
+    ("import", ["import", "{tmp}", "--out", "{OUT}"], "file", False, ()),
+    ("pretrain", ["pretrain", "--views", "{views}", "--out", "{OUT}"], "folder", True, ()),
+    ("pretrain-representation", ["pretrain-representation", "--method", "bvae", "--views", "{views}", "--out",
+                                 "{OUT}"], "folder", True, ()),
+    ("eval-correspondence", ["eval-correspondence", "{don}", "--views", "{views}", "--out", "{OUT}"], "file", False,
+     ("views",)),
+    ("viz-descriptors", ["viz-descriptors", "{don}", "--file", "{demos}", "--out", "{OUT}"], "folder", False,
+     ("don",)),
+    ("keypoints", ["keypoints", "--don", "{don}", "--demos", "{demos}", "--out", "{OUT}"], "file", False, ("demos",)),
+    ("train-policy", ["train-policy", "--demos", "{demos}", "--encoder", "blind", "--out", "{OUT}"], "folder", True,
+     ()),
+    ("evaluate", ["evaluate", "{policy_truncated}", "--out", "{OUT}"], "folder", True, ("policy_truncated",)),
+    ("show", ["show", "{demos}", "--out", "{OUT}"], "folder", False, ()),
+    ("view", ["view", "{demos}", "--out", "{OUT}"], "file", False, ("demos",)),
+    ("export-robomimic", ["export", "{demos}", "--out", "{OUT}"], "file", False, ("demos",)),
+    ("export-folder", ["export", "{demos}", "--format", "folder", "--out", "{OUT}"], "folder", False, ()),
+    ("export-tum", ["export", "{demos}", "--format", "tum", "--out", "{OUT}"], "folder", False, ()),
+    ("pick-references", ["pick-references", "{demos}", "--out", "{OUT}"], "folder", False, ()),
+    ("run", ["run", "--out", "{OUT}"], "folder", True, ()),
+    ("table", ["table", "--out", "{OUT}"], "folder", True, ()),
+    ("table-results", ["table", "--out", "{tmp}/new/t", "--results", "{OUT}"], "folder", True, ()),
+]
+LINKS = {"demos": "link_demos", "views": "link_views", "don": "link_don", "policy_truncated": "link_policy"}
+
+
+def _output_cases(name: str, argv: list[str], kind: str, resumes: bool, inputs: tuple[str, ...]) -> list[Case]:
+    flag = "--results" if name == "table-results" else "--out"
+
+    def case(what: str, out: str, names: str, *extra: str) -> Case:
+        return Case(f"{name}-out-{what}", [a.replace("{OUT}", out) for a in argv] + list(extra), f"{flag}: {names}")
+
+    wrong, there = ("{tmp}", "{views}" if "views" not in inputs else "{demos}") if kind == "file" else (
+        "{views}", "{don}" if "don" not in inputs else "{policy_truncated}")
+    locked = "{locked}" if kind == "file" else "{locked_dir}"
+    cases = [case("below-a-file", "{demos}/x.h5", "{demos} is a file, not a folder"),
+             case("wrong-kind", wrong, f"{wrong} is a {'folder' if kind == 'file' else 'file'}; give a {kind}"),
+             case("locked", locked, f"{locked} is being written by PID"),
+             case("locked-force", locked, f"{locked} is being written by PID", "--force"),
+             case("bad-force", "{tmp}/new/o", "argument --force: expected true or false", "--force", "maybe")]
+    cases[-1] = cases[-1]._replace(names="--force")
+    if not resumes:
+        cases.append(case("exists", there, f"{there} exists; give --force"))
+    for given in inputs:
+        cases += [case("is-input", "{%s}" % given, "is the input"),  # noqa: UP031
+                  case("is-input-link", "{%s}" % LINKS[given], "is the input")]  # noqa: UP031
+    if kind == "folder" and not resumes:
+        cases.append(case("holds-input", "{tmp}", "{tmp} holds the input", "--force"))
+    return cases
+
+
+CASES += [c for writer in WRITERS for c in _output_cases(*writer)]
 
 
 def run_case(case: Case, paths: dict[str, str]) -> tuple[int | None, str]:

@@ -287,3 +287,33 @@ def test_markdown_does_not_depend_on_the_order_cells_finished():
     assert markdown(data) == markdown(swapped)
     cost = markdown(data).split("## Cost per cell")[1]
     assert cost.index("| nut_assembly | blind |") < cost.index("| nut_assembly | gt-kp |")
+
+
+def _train_until_stopped(folder: str) -> str:
+    """A Ray task standing in for a training: steps until its first interrupt, then saves."""
+    import time
+
+    from dckp.training import stop_after_step
+
+    with stop_after_step() as stop:
+        Path(folder, "started").touch()
+        while not stop:
+            time.sleep(0.05)
+    Path(folder, "saved").touch()
+    return "saved"
+
+
+def test_an_interrupted_table_passes_the_signal_on_to_its_running_tasks(tmp_path, local_ray):
+    import time
+
+    import ray
+
+    from dckp.table.runner import _pass_on
+
+    ref = ray.remote(_train_until_stopped).remote(str(tmp_path))
+    deadline = time.time() + 120
+    while not (tmp_path / "started").exists() and time.time() < deadline:
+        time.sleep(0.1)
+    assert (tmp_path / "started").exists() and not (tmp_path / "saved").exists()
+    _pass_on([ref], grace_s=60)
+    assert (tmp_path / "saved").exists()  # the task saved before Ray went down
