@@ -183,3 +183,15 @@ def test_a_killed_collection_resumes_to_the_same_bytes(tiny_lift, tmp_path, sig)
     assert "resuming from the 1 finished demonstrations" in err
     assert out.read_bytes() == tiny_lift[0].read_bytes()
     assert sorted(os.listdir(tmp_path)) == ["lift.config.json", "lift.h5"]
+
+
+def test_a_process_started_by_the_lock_holder_writes_under_its_lock(tmp_path):
+    """As the processes `dckp pretrain --nproc 2` starts write the folder their launcher locked."""
+    views, out = tmp_path / "v.h5", tmp_path / "exported"
+    _views(views, masks=False)
+    with Lock(out, "--out"):
+        child = _dckp("export", views, "--format", "folder", "--out", out)
+        _, err = child.communicate(timeout=120)
+        assert child.returncode == 0, err
+        assert json.loads(lock_path(out).read_text())["pid"] == os.getpid()  # still the holder's
+    assert (out / "scene_0" / "poses.txt").is_file() and _left(tmp_path) == []

@@ -30,6 +30,18 @@ def _started(pid: int) -> str | None:
         return None
 
 
+def _ancestors() -> set[int]:
+    """The PIDs of this process's parent, its parent, and so on (from `/proc`; empty where there is none)."""
+    pids, pid = set(), os.getppid()
+    while pid > 1 and pid not in pids:
+        pids.add(pid)
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            break
+    return pids
+
+
 def _alive(holder: dict) -> bool:
     """Whether the lock's holder may still be running: always on another host (it cannot be checked from here)."""
     if holder.get("host") != socket.gethostname():
@@ -49,11 +61,14 @@ def _alive(holder: dict) -> bool:
 
 class Lock:
     """`with Lock(out, field="--out"):` holds `.NAME.lock` beside `out` (a file or a folder) while the block runs.
-    `taken_over` is the holder of a stale lock that was replaced, else None."""
+    `taken_over` is the holder of a stale lock that was replaced, else None. `nested` is True where the holder is a
+    process this one descends from (the processes `dckp pretrain --nproc` starts write what their launcher
+    locked): the block runs, and the lock stays the holder's."""
 
     def __init__(self, out: str | os.PathLike, field: str | None = None):
         self.out, self.path, self.field = Path(out), lock_path(out), field
         self.taken_over: dict | None = None
+        self.nested = False
 
     def _create(self) -> bool:
         me = {"pid": os.getpid(), "host": socket.gethostname(), "started": _started(os.getpid()),
@@ -87,6 +102,9 @@ class Lock:
             holder = self._holder()
             if holder is None:
                 continue
+            if holder.get("host") == socket.gethostname() and holder.get("pid") in _ancestors():
+                self.nested = True
+                return self
             if holder == {} or _alive(holder):
                 who = (f"PID {holder.get('pid')} on {holder.get('host')} since {holder.get('since')} "
                        f"({holder.get('command')})" if holder else "another process")

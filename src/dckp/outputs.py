@@ -106,12 +106,16 @@ def remove_temps(out: Path) -> int:
 @contextlib.contextmanager
 def writing(out: str | os.PathLike, kind: str, inputs: Iterable[str | os.PathLike] = (), force: bool = False,
             resumes: bool = False, in_place: bool = False, field: str = "--out") -> Iterator[Path]:
-    """Check `out` (`check_output`), lock it, and remove the temp files a killed run left, then run the block.
+    """Check `out` (`check_output`), lock it (unless a process this one descends from holds it: `Lock.nested`),
+    and remove the temp files a killed run left, then run the block.
     With `force`, a folder is replaced whole: a resumable command's is removed (it starts over), another's is set
     aside, put back if the block fails and removed when it succeeds. When the block fails, the temp files of `out`
     are removed (a collection's finished episodes, not temp files, stay for the rerun)."""
     out = check_output(out, kind, inputs, force, resumes, in_place, field)
-    with Lock(out, field):
+    with Lock(out, field) as lock:
+        if lock.nested:  # the launcher that holds the lock has prepared `out` and cleans up after it
+            yield out
+            return
         remove_temps(out)
         aside = None
         if force and kind == "folder" and out.is_dir() and any(out.iterdir()):
