@@ -196,7 +196,7 @@ def test_run_json_must_match_what_the_policy_was_trained_on(tmp_path, fake_encod
     d = _policy_dir(tmp_path, demos="../demos.h5")
     assert load_run(d)["task"] == "lift"
     cases = [({"task": "stack"}, r"run\.json:task: names task 'stack', but the policy was trained on demonstrations "
-                                 r"of 'lift' \(.*demos\.h5\): set its task back to 'lift'"),
+                                 r"of 'lift' \(.*demos\.h5\): set it back, or evaluate on another task on purpose with --task"),
              ({"cameras": [WRIST, "agentview"]}, r"run\.json:cameras: \['agentview'\] are not cameras of task lift"),
              ({"task": "stack", "cameras": [WRIST, "agentview"]}, r"run\.json:task: names task 'stack'")]
     for change, message in cases:
@@ -210,7 +210,23 @@ def test_run_json_must_match_what_the_policy_was_trained_on(tmp_path, fake_encod
     run = json.loads((d / "run.json").read_text())
     (d / "run.json").write_text(json.dumps({**run, "task": "stack", "cameras": [WRIST, "agentview"]}))
     with pytest.raises(DckpError, match=r"run\.json:cameras: cameras \['agentview'\] are not in the demonstrations"):
-        load_run(d)
+        evaluate_policy(d, progress=False)
+
+
+def test_another_task_on_purpose(tmp_path, fake_encoder):
+    """`task` evaluates a lift policy on stack (which has its wrist camera); its episodes are kept apart from those
+    on run.json's task."""
+    from test_bad_inputs import _demos
+
+    _demos(tmp_path / "demos.h5")
+    d = _policy_dir(tmp_path, demos="../demos.h5")
+    with pytest.raises(DckpError, match="task: unknown task 'fly'"):
+        evaluate_policy(d, progress=False, task="fly")
+    lift = evaluate_policy(d, episodes=1, workers=1, videos=0, progress=False, max_steps=2)
+    stack = evaluate_policy(d, episodes=1, workers=1, videos=0, progress=False, max_steps=2, task="stack")
+    assert (lift["task"], stack["task"]) == ("lift", "stack")
+    assert json.loads((d / "eval" / "episodes.json").read_text())["task"] == "stack"
+    assert evaluate_policy(d, episodes=1, workers=1, videos=0, progress=False, max_steps=2)["task"] == "lift"
 
 
 def test_evaluate_policy_end_to_end(tmp_path, fake_encoder):

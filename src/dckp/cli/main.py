@@ -283,7 +283,7 @@ def cmd_evaluate(args) -> None:
 
     cfg = apply_args(EvalConfig(), args)
     r = evaluate_policy(args.policy, cfg.episodes, cfg.seed_start, cfg.workers, cfg.videos, args.out,
-                        max_steps=cfg.max_steps or None, device=cfg.device)
+                        max_steps=cfg.max_steps or None, device=cfg.device, task=cfg.task)
     print(json.dumps({k: r[k] for k in ("task", "episodes", "success_rate", "ci95", "mean_steps", "ms_per_step")},
                      indent=1))
 

@@ -19,6 +19,8 @@ class EvalConfig:
     max_steps: int = option(0, "most control steps per episode (0: the task's horizon)")
     device: str = option("cpu", "torch device of the policy and its encoder: cpu, cuda or cuda:N (the simulator "
                          "stays on the CPU)")
+    task: str = option("", "evaluate on this task instead of the one run.json names, on purpose (it must have the "
+                       "policy's cameras); '': run.json's, checked against the demonstrations it was trained on")
 
     def __post_init__(self):
         for name in ("episodes", "workers"):
