@@ -196,7 +196,8 @@ def test_run_json_must_match_what_the_policy_was_trained_on(tmp_path, fake_encod
     d = _policy_dir(tmp_path, demos="../demos.h5")
     assert load_run(d)["task"] == "lift"
     cases = [({"task": "stack"}, r"run\.json:task: names task 'stack', but the policy was trained on demonstrations "
-                                 r"of 'lift' \(.*demos\.h5\): set it back, or evaluate on another task on purpose with --task"),
+                                 r"of 'lift' \(.*demos\.h5\): set it back, or evaluate on another task on purpose "
+                                 r"with --task"),
              ({"cameras": [WRIST, "agentview"]}, r"run\.json:cameras: \['agentview'\] are not cameras of task lift"),
              ({"task": "stack", "cameras": [WRIST, "agentview"]}, r"run\.json:task: names task 'stack'")]
     for change, message in cases:

@@ -7,6 +7,7 @@ across Ray workers."""
 import dataclasses
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -310,9 +311,10 @@ def test_an_interrupted_table_passes_the_signal_on_to_its_running_tasks(tmp_path
 
     from dckp.table.runner import _pass_on
 
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray's workers cannot import this module
     ref = ray.remote(_train_until_stopped).remote(str(tmp_path))
     deadline = time.time() + 120
-    while not (tmp_path / "started").exists() and time.time() < deadline:
+    while not (tmp_path / "started").exists() and not ray.wait([ref], timeout=0)[0] and time.time() < deadline:
         time.sleep(0.1)
     assert (tmp_path / "started").exists() and not (tmp_path / "saved").exists()
     _pass_on([ref], grace_s=60)

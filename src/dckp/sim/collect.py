@@ -181,8 +181,11 @@ def collect_demos(cfg: CollectConfig, out: str, preset: str = "cpu", progress: b
             summary = {"demos": n, "seeds_tried": next_seed - cfg.seed, "mean_steps": float(np.mean(lengths)),
                        "image_bytes_per_frame": writer.bytes_images / max(writer.frames, 1)}
     except KeyboardInterrupt:
+        if not finished.kept:
+            finished.remove()
+            raise
         raise Interrupted(f"kept the {finished.kept} finished demonstrations in {finished.folder}, which the same "
-                                "command resumes from") from None
+                          "command resumes from") from None
     except BaseException:
         finished.remove()
         raise
