@@ -353,10 +353,15 @@ def cmd_table(args) -> None:
 
 
 def _view_default(args) -> Path:
-    from dckp.viz.view import ViewConfig
+    from dckp.viz.view import ViewConfig, default_out
 
-    path = Path(args.file)
-    return path / f"rollout_{_value(args, 'seed', ViewConfig)}.rrd" if path.is_dir() else path.with_suffix(".rrd")
+    return default_out(args.file, _value(args, "seed", ViewConfig))
+
+
+def _show_default(args) -> Path:
+    from dckp.viz.show import default_out
+
+    return default_out(args.file)
 
 
 def _export_kind(args) -> str:
@@ -509,8 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episode", default=None, help="episode name (default: the first)")
     p.add_argument("--out", default=None, help="folder for the pictures (default: FILE_show beside the file)")
     p.set_defaults(func=cmd_show)
-    _writes(p, Write(kind="folder", inputs=lambda a: [a.file],
-                     default=lambda a: Path(a.file).with_name(Path(a.file).stem + "_show")))
+    _writes(p, Write(kind="folder", inputs=lambda a: [a.file], default=_show_default))
 
     p = sub.add_parser("view", help="a 3D rerun recording (.rrd) of a views or demos file, or of a policy's rollout",
                        configs=[("dckp.viz.view", "ViewConfig", None)])
