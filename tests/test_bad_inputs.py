@@ -413,7 +413,9 @@ def api_cases(paths: dict[str, str]) -> dict[str, Callable[[], object]]:
         inputs = [frame[k] for k in ("rgb", "depth", "K", "pose")]
         cases[f"track-numpy-{name}"] = functools.partial(tracker.track, *inputs, camera=WRIST)
         cases[f"track-torch-{name}"] = functools.partial(tracker.track, *map(torch.as_tensor, inputs), camera=WRIST)
-        cases[f"act-{name}"] = functools.partial(policy.act, {f"{WRIST}_{k}": v for k, v in frame.items()} | proprio)
+        allowed = name.startswith("depth-all-")  # a policy acts on frames without valid depth (a camera against an
+        cases[f"act-{name}" + ("-good" if allowed else "")] = functools.partial(  # object), as its demos hold them
+            policy.act, {f"{WRIST}_{k}": v for k, v in frame.items()} | proprio)
     cases["act-missing-K"] = functools.partial(policy.act, {f"{WRIST}_{k}": v for k, v in _bad_frames()["good"].items()
                                                             if k != "K"} | proprio)
     folder = Path(paths["tmp"]) / "api_poses"

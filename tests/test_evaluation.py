@@ -85,6 +85,7 @@ def test_act_refuses_a_bad_frame(fake_encoder):
             policy.act({**obs, key: value})
     with pytest.raises(DckpError, match="cam_K: missing from the observation"):
         policy.act({k: v for k, v in obs.items() if k != "cam_K"})
+    assert policy.act({**obs, "cam_depth": np.zeros((8, 8), np.float32)}).shape == (7,)  # a camera against an object
 
 
 def test_wilson_interval_known_values():

@@ -30,9 +30,10 @@ def check_rgb(rgb, where: str) -> np.ndarray:
     return rgb
 
 
-def check_depth(depth, where: str) -> np.ndarray:
+def check_depth(depth, where: str, allow_empty: bool = False) -> np.ndarray:
     """`(..., H, W)` float metres, its invalid pixels (NaN, inf, 0) set to 0; DckpError for integer depth (a
-    sensor's millimetres), negative depth, a frame without valid depth, or one in other units than metres."""
+    sensor's millimetres), negative depth, a frame in other units than metres, or (unless `allow_empty`) a frame
+    without valid depth."""
     depth = _array(depth)
     if depth.dtype.kind in "iu":
         raise DckpError(f"depth is {depth.dtype}: give float metres (a sensor's {depth.dtype} millimetres: depth / "
@@ -45,9 +46,10 @@ def check_depth(depth, where: str) -> np.ndarray:
                         "invalid", field=where)
     valid = finite & (depth > 0)
     nearest = np.where(valid, depth, np.inf).min(axis=(-2, -1))
-    if not np.isfinite(nearest).all():
+    if not allow_empty and not np.isfinite(nearest).all():
         raise DckpError("no valid depth in the frame (every pixel NaN, inf or 0)", field=where)
-    if nearest.max() > NEAREST_MAX_M:
+    nearest = nearest[np.isfinite(nearest)]
+    if nearest.size and nearest.max() > NEAREST_MAX_M:
         raise DckpError(f"the nearest depth is {nearest.max():.4g} m: give metres (millimetres: depth / 1000)",
                         field=where)
     return depth if finite.all() else np.where(finite, depth, 0).astype(depth.dtype)
@@ -83,20 +85,22 @@ def check_pose(pose, where: str) -> np.ndarray:
     return pose
 
 
-def check_frame(rgb, depth, K, pose, where: str) -> tuple:
+def check_frame(rgb, depth, K, pose, where: str, allow_empty_depth: bool = False) -> tuple:
     """`(rgb, depth, K, pose)` of one camera, checked (`pose` may be None), with invalid depth set to 0."""
-    return (check_rgb(rgb, f"{where}_rgb"), check_depth(depth, f"{where}_depth"), check_intrinsics(K, f"{where}_K"),
-            None if pose is None else check_pose(pose, f"{where}_pose"))
+    return (check_rgb(rgb, f"{where}_rgb"), check_depth(depth, f"{where}_depth", allow_empty_depth),
+            check_intrinsics(K, f"{where}_K"), None if pose is None else check_pose(pose, f"{where}_pose"))
 
 
 def checked_observation(observation: Mapping, cameras: Sequence[str]) -> dict:
     """A policy's observation with every camera's frame checked (`check_frame`), its invalid depth set to 0;
-    DckpError naming the key that is missing or bad."""
+    DckpError naming the key that is missing or bad. A frame without valid depth is allowed: in closed loop a wrist
+    camera meets them against an object, as its demonstrations did."""
     missing = [f"{c}_{k}" for c in cameras for k in ("rgb", "depth", "K", "pose") if f"{c}_{k}" not in observation]
     if missing:
         raise DckpError(f"missing from the observation (have {sorted(observation)})", field=", ".join(missing))
     checked = dict(observation)
     for cam in cameras:
         keys = [f"{cam}_{k}" for k in ("rgb", "depth", "K", "pose")]
-        checked.update(zip(keys, check_frame(*(observation[k] for k in keys), where=cam), strict=True))
+        checked.update(zip(keys, check_frame(*(observation[k] for k in keys), where=cam, allow_empty_depth=True),
+                           strict=True))
     return checked
