@@ -31,20 +31,22 @@ from test_determinism import ARTEFACTS, FLAGS, digest, outcome  # noqa: E402
 from dckp.config import atomic_write_bytes, save_json  # noqa: E402
 
 
-def _run(out: Path, flags: list[str], stop_at: str | None, sig: int) -> tuple[int, str, list[str]]:
+def _run(out: Path, flags: list[str], stop_at: str | None, sig: int) -> tuple[int, str, list[str], list[str]]:
     """`dckp run` into `out`; with `stop_at`, `sig` is sent as that stage starts. (exit status, the stage it was
-    sent in or "", the last line of stderr)."""
+    sent in or "", the last line of stderr, the stages that ran)."""
     p = subprocess.Popen([sys.executable, "-m", "dckp.cli.main", "run", "--out", str(out), *flags],
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                          env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
-    sent, lines = "", []
+    sent, lines, ran = "", [], []
     for line in p.stderr:
         lines.append(line.rstrip("\n"))
         started = re.match(r"INFO (.+): running$", line.strip())
+        if started:
+            ran.append(started.group(1))
         if started and stop_at is not None and not sent and started.group(1) == stop_at:
             p.send_signal(sig)
             sent = stop_at
-    return p.wait(), sent, [x for x in lines if x.strip()][-1:]
+    return p.wait(), sent, [x for x in lines if x.strip()][-1:], ran
 
 
 def main() -> None:
@@ -54,30 +56,31 @@ def main() -> None:
     parser.add_argument("--signal", default="SIGTERM", choices=["SIGTERM", "SIGINT", "SIGHUP"],
                         help="the signal sent (default: %(default)s)")
     parser.add_argument("--folder", default=str(ROOT / "runs" / "interrupts"),
-                        help="where the two run folders go (default: runs/interrupts)")
+                        help="where the runs go: FOLDER/run, the straight one then moved to FOLDER/straight "
+                        "(default: runs/interrupts)")
     args = parser.parse_args()
     flags = ["--preset", "demo"] if args.preset == "demo" else FLAGS
     sig = signal.Signals[args.signal]
     folder = Path(args.folder)
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    straight, stopped = folder / "straight", folder / "interrupted"
+    stopped, straight = folder / "run", folder / "straight"  # both made at one path, so stored paths agree
 
     start = time.perf_counter()
-    rc, _, _ = _run(straight, flags, None, sig)
+    rc, _, _, stages = _run(stopped, flags, None, sig)
     straight_s = time.perf_counter() - start
     if rc != 0:
         raise SystemExit(f"the straight run failed (exit status {rc})")
-    stages = list(json.loads((straight / "stage_seconds.json").read_text()))
+    shutil.move(stopped, straight)
 
     log, start = [], time.perf_counter()
     for stage in stages:
-        rc, sent, last = _run(stopped, flags, stage, sig)
+        rc, sent, last, _ = _run(stopped, flags, stage, sig)
         log.append({"stage": stage, "signal_sent": bool(sent), "exit_status": rc,
                     "resume_line": bool(last) and last[0].startswith("interrupted: ") and "resume with: dckp run"
                     in last[0], "last_line": last[0] if last else ""})
         print(json.dumps(log[-1]), flush=True)
-    rc, _, _ = _run(stopped, flags, None, sig)
+    rc, _, _, _ = _run(stopped, flags, None, sig)
     interrupted_s = time.perf_counter() - start
     mismatches = [name for name in ARTEFACTS if (straight / name).exists() != (stopped / name).exists()
                   or (straight / name).exists() and digest(straight / name) != digest(stopped / name)]
