@@ -51,8 +51,9 @@ def _value(args, name: str, cls):
 
 
 def _writes(p: argparse.ArgumentParser, *writes: Write) -> None:
-    """`p`'s outputs, and its `--force` flag."""
-    p._configs.append(("dckp.outputs", "OutputConfig", None))
+    """`p`'s outputs, and its `--force` flag where one is not rewritten in place."""
+    if not all(w.in_place for w in writes):
+        p._configs.append(("dckp.outputs", "OutputConfig", None))
     p.set_defaults(writes=writes)
 
 
