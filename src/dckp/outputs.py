@@ -65,7 +65,7 @@ def check_output(out: str | os.PathLike, kind: str, inputs: Iterable[str | os.Pa
         given = Path(given)
         if not given.exists():
             continue
-        if out.exists() and _same(out, given) and not in_place:
+        if out.exists() and _same(out, given):
             raise DckpError(f"{out} is the input {given}; write the output somewhere else", field=field)
         if kind == "folder" and out.exists() and given.resolve().is_relative_to(out.resolve()) and (force or
                                                                                                       not resumes):
