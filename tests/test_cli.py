@@ -125,7 +125,10 @@ TINY_DON = ["--image-size", "32", "--layers", "3", "--descriptor-dim", "3", "--b
             "--n-non-matches", "4", "--arm-fraction", "0", "--min-pose-translation", "0.05"]
 
 
-def test_ctrl_c_in_pretrain_saves_the_current_step(tmp_path, monkeypatch, capsys, caplog):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=["ctrl-c", "SIGTERM", "SIGHUP"])
+def test_ctrl_c_in_pretrain_saves_the_current_step(tmp_path, monkeypatch, capsys, caplog, sig):
+    """SIGTERM (timeout, Slurm, Ray) and SIGHUP as Ctrl-C: the step finishes and is saved, exit status 128 + the
+    signal's number."""
     import dckp.don.train as train
 
     real, calls = train.train_step, []
@@ -133,7 +136,7 @@ def test_ctrl_c_in_pretrain_saves_the_current_step(tmp_path, monkeypatch, capsys
     def step_then_ctrl_c(*args):
         calls.append(1)
         if len(calls) == 3:
-            os.kill(os.getpid(), signal.SIGINT)  # arrives during the third step, which still finishes
+            os.kill(os.getpid(), sig)  # arrives during the third step, which still finishes
         return real(*args)
 
     monkeypatch.setattr(train, "train_step", step_then_ctrl_c)
@@ -141,7 +144,8 @@ def test_ctrl_c_in_pretrain_saves_the_current_step(tmp_path, monkeypatch, capsys
     out = tmp_path / "run"
     argv = ["pretrain", "--views", str(tmp_path / "views.h5"), "--out", str(out), "--steps", "5", *TINY_DON]
     with caplog.at_level(logging.INFO):
-        assert main(argv) == 130
+        assert main(argv) == 128 + sig
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handlers main set are gone
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]  # no backbone weights is the usual case
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == (f"interrupted: saved {out / 'last.safetensors'} at step 3 of 5; resume with: dckp "

@@ -119,6 +119,44 @@ def test_two_processes_resume_exactly(job):
     assert config["world_size"] == 2
 
 
+def _fake_popen(calls: list, interrupt: bool = False):
+    """A stand-in for subprocess.Popen recording the commands (and signals) it gets; `wait` raises KeyboardInterrupt
+    the first time where `interrupt` (the launcher interrupted while torchrun runs)."""
+
+    class Popen:
+        def __init__(self, cmd):
+            calls.append(cmd)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def wait(self):
+            if interrupt and not any(isinstance(c, int) for c in calls):
+                raise KeyboardInterrupt
+            return 0
+
+        def send_signal(self, sig):
+            calls.append(sig)
+
+    return Popen
+
+
+def test_an_interrupted_launcher_passes_sigterm_on_to_torchrun(monkeypatch):
+    import signal
+    import subprocess
+
+    from dckp.distributed import launch
+
+    calls = []
+    monkeypatch.setattr(subprocess, "Popen", _fake_popen(calls, interrupt=True))
+    with pytest.raises(KeyboardInterrupt):
+        launch(2, ["pretrain", "--nproc", "2"])
+    assert calls[1:] == [signal.SIGTERM]  # torchrun got SIGTERM and was waited for
+
+
 def test_cli_nproc_starts_torchrun(tmp_path, monkeypatch):
     """`dckp pretrain --nproc 2` checks the views, then runs itself under torchrun (without --nproc: the processes
     know their number from torchrun)."""
@@ -126,7 +164,7 @@ def test_cli_nproc_starts_torchrun(tmp_path, monkeypatch):
 
     views_file(tmp_path / "views.h5")
     calls = []
-    monkeypatch.setattr(subprocess, "call", lambda cmd: calls.append(cmd) or 0)
+    monkeypatch.setattr(subprocess, "Popen", _fake_popen(calls))
     argv = ["pretrain", "--views", str(tmp_path / "views.h5"), "--nproc", "2", "--out", str(tmp_path / "don")]
     assert main(argv) == 0
     assert calls[0][1:] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m",
@@ -273,7 +311,7 @@ def test_cli_pretrain_representation_nproc_starts_torchrun(representation_job, m
 
     tmp, files, _ = representation_job
     calls = []
-    monkeypatch.setattr(subprocess, "call", lambda cmd: calls.append(cmd) or 0)
+    monkeypatch.setattr(subprocess, "Popen", _fake_popen(calls))
     argv = ["pretrain-representation", "--method", "transporter", "--demos", files["transporter"], "--nproc", "2",
             "--out", str(tmp / "cli")]
     assert main(argv) == 0

@@ -4,6 +4,7 @@ and one end-to-end evaluation of an untrained policy on `lift` at 32 px (horizon
 import json
 from types import SimpleNamespace
 
+import h5py
 import imageio.v2 as iio2
 import numpy as np
 import pytest
@@ -71,6 +72,20 @@ class FakeEnv:
                 "eef_quat": np.array([1, 0, 0, 0], np.float32), "gripper_qpos": np.zeros(2, np.float32),
                 "object_pose": np.eye(4, dtype=np.float32)[None], "cam_rgb": np.full((s, s, 3), 50, np.uint8),
                 "cam_depth": np.ones((s, s), np.float32), "cam_K": np.eye(3), "cam_pose": np.eye(4)}
+
+
+def test_act_refuses_a_bad_frame(fake_encoder):
+    policy, obs = _policy(fake_encoder), FakeEnv().observe()
+    assert policy.act(obs).shape == (7,)
+    cases = [("cam_depth", np.full((8, 8), 1000, np.uint16), "cam_depth: depth is uint16"),
+             ("cam_K", np.zeros((3, 3)), "cam_K: not camera intrinsics"),
+             ("cam_pose", np.full((4, 4), np.nan), "cam_pose: pose contains NaN")]
+    for key, value, message in cases:
+        with pytest.raises(DckpError, match=message):
+            policy.act({**obs, key: value})
+    with pytest.raises(DckpError, match="cam_K: missing from the observation"):
+        policy.act({k: v for k, v in obs.items() if k != "cam_K"})
+    assert policy.act({**obs, "cam_depth": np.zeros((8, 8), np.float32)}).shape == (7,)  # a camera against an object
 
 
 def test_wilson_interval_known_values():
@@ -172,6 +187,48 @@ def test_bad_policy_folders(tmp_path, fake_encoder):
     assert "\n" not in str(e.value)
     with pytest.raises(DckpError, match="episodes"):
         evaluate_policy(d, episodes=0, progress=False)
+
+
+def test_run_json_must_match_what_the_policy_was_trained_on(tmp_path, fake_encoder):
+    """Its task and cameras are those of its demonstrations (a lift file filmed by the wrist camera alone)."""
+    from test_bad_inputs import _demos
+
+    _demos(tmp_path / "demos.h5")
+    d = _policy_dir(tmp_path, demos="../demos.h5")
+    assert load_run(d)["task"] == "lift"
+    cases = [({"task": "stack"}, r"run\.json:task: names task 'stack', but the policy was trained on demonstrations "
+                                 r"of 'lift' \(.*demos\.h5\): set it back, or evaluate on another task on purpose "
+                                 r"with --task"),
+             ({"cameras": [WRIST, "agentview"]}, r"run\.json:cameras: \['agentview'\] are not cameras of task lift"),
+             ({"task": "stack", "cameras": [WRIST, "agentview"]}, r"run\.json:task: names task 'stack'")]
+    for change, message in cases:
+        run = json.loads((d / "run.json").read_text())
+        (d / "run.json").write_text(json.dumps({**run, **change}))
+        with pytest.raises(DckpError, match=message):
+            evaluate_policy(d, progress=False)
+        (d / "run.json").write_text(json.dumps(run))
+    with h5py.File(tmp_path / "demos.h5", "a") as f:
+        f.attrs["task"] = "stack"  # a two-camera task's demonstrations, filmed by the wrist camera alone
+    run = json.loads((d / "run.json").read_text())
+    (d / "run.json").write_text(json.dumps({**run, "task": "stack", "cameras": [WRIST, "agentview"]}))
+    with pytest.raises(DckpError, match=r"run\.json:cameras: cameras \['agentview'\] are not in the demonstrations"):
+        evaluate_policy(d, progress=False)
+
+
+def test_another_task_on_purpose(tmp_path, fake_encoder):
+    """`task` evaluates a lift policy on stack (which has its wrist camera); its episodes are kept apart from those
+    on run.json's task."""
+    from test_bad_inputs import _demos
+
+    _demos(tmp_path / "demos.h5")
+    d = _policy_dir(tmp_path, demos="../demos.h5")
+    with pytest.raises(DckpError, match="task: unknown task 'fly'"):
+        evaluate_policy(d, progress=False, task="fly")
+    lift = evaluate_policy(d, episodes=1, workers=1, videos=0, progress=False, max_steps=2)
+    stack = evaluate_policy(d, episodes=1, workers=1, videos=0, progress=False, max_steps=2, task="stack")
+    assert (lift["task"], stack["task"]) == ("lift", "stack")
+    assert json.loads((d / "eval" / "episodes.json").read_text())["task"] == "stack"
+    assert evaluate_policy(d, episodes=1, workers=1, videos=0, progress=False, max_steps=2)["task"] == "lift"
 
 
 def test_evaluate_policy_end_to_end(tmp_path, fake_encoder):

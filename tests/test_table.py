@@ -7,6 +7,7 @@ across Ray workers."""
 import dataclasses
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -315,3 +316,34 @@ def test_protocols_keep_their_policies_and_tables_apart(tmp_path):
     assert read_cell(tmp_path, converged, "gt-kp") == {
         "rate": 0.75, "ci95": [0.1, 0.9], "episodes": 4, "mean_steps": 10.0, "train_s": 2.0, "eval_s": None,
         "head": "rnn-gmm", "steps": 30, "best_step": 20}
+
+
+def _train_until_stopped(folder: str) -> str:
+    """A Ray task standing in for a training: steps until its first interrupt, then saves."""
+    import time
+
+    from dckp.training import stop_after_step
+
+    with stop_after_step() as stop:
+        Path(folder, "started").touch()
+        while not stop:
+            time.sleep(0.05)
+    Path(folder, "saved").touch()
+    return "saved"
+
+
+def test_an_interrupted_table_passes_the_signal_on_to_its_running_tasks(tmp_path, local_ray):
+    import time
+
+    import ray
+
+    from dckp.table.runner import _pass_on
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray's workers cannot import this module
+    ref = ray.remote(_train_until_stopped).remote(str(tmp_path))
+    deadline = time.time() + 120
+    while not (tmp_path / "started").exists() and not ray.wait([ref], timeout=0)[0] and time.time() < deadline:
+        time.sleep(0.1)
+    assert (tmp_path / "started").exists() and not (tmp_path / "saved").exists()
+    _pass_on([ref], grace_s=60)
+    assert (tmp_path / "saved").exists()  # the task saved before Ray went down

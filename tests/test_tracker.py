@@ -1,5 +1,6 @@
 """`dckp.KeypointTracker`: the policy encoder's keypoints, exactly, for one camera or all, without the simulator."""
 
+import re
 import subprocess
 import sys
 
@@ -83,6 +84,35 @@ def test_tracker_errors(setup):
         tracker.track(rgb, depth[:-1], K, torch.eye(4), camera="front")
     with pytest.raises(DckpError, match="unknown keypoint form"):
         KeypointTracker.load(don, refs, form="3d")
+
+
+def test_tracker_refuses_garbage_and_masks_missing_depth(setup):
+    """The misuses a control loop meets: millimetre depth, NaN in a pose, a zero K, no valid depth, a pose that is
+    not rigid; each one line naming the camera's input. Depth with holes is allowed, its holes invalid (0)."""
+    don, refs, frames = setup
+    tracker = KeypointTracker.load(don, refs, form="world")
+    rgb, depth, K, pose = (frames[f"front_{key}"][0].numpy() for key in ("rgb", "depth", "K", "pose"))
+    nan_pose, stretched = pose.copy(), pose.copy()
+    nan_pose[0, 3] = np.nan
+    stretched[:3, :3] *= 1.1
+    cases = [((rgb, (depth * 1000).astype(np.uint16), K, pose), "front_depth: depth is uint16"),
+             ((rgb, depth * 1000, K, pose), "front_depth: the nearest depth is"),
+             ((rgb, -depth, K, pose), "front_depth: negative depth"),
+             ((rgb, np.full_like(depth, np.nan), K, pose), "front_depth: no valid depth"),
+             ((rgb, depth, np.zeros((3, 3)), pose), "front_K: not camera intrinsics"),
+             ((rgb, depth, K * np.nan, pose), "front_K: K contains NaN"),
+             ((rgb, depth, K, nan_pose), "front_pose: pose contains NaN"),
+             ((rgb, depth, K, stretched), "front_pose: not a rigid camera-to-world transform"),
+             ((rgb.astype(np.float32), depth, K, pose), "front_rgb: expected rgb uint8")]
+    for inputs, message in cases:
+        with pytest.raises(DckpError, match=re.escape(message)) as e:
+            tracker.track(*inputs, camera="front")
+        assert "\n" not in str(e.value)
+    holes, zeros = depth.copy(), depth.copy()
+    holes[::2, ::3], zeros[::2, ::3] = np.nan, 0
+    assert np.isnan(holes).any()
+    with_holes, with_zeros = (tracker.track(rgb, d, K, pose, camera="front") for d in (holes, zeros))
+    assert torch.isfinite(with_holes.points).all() and torch.equal(with_holes.points, with_zeros.points)
 
 
 def test_importing_the_tracker_leaves_the_simulator_out():

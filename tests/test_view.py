@@ -117,7 +117,7 @@ def test_tracked_and_ground_truth_keypoints(don_and_references, tmp_path):
     assert cols["frame"] == list(range(FRAMES))
     tracked = np.array(cols["/world/demo_0/keypoints:Position3D"])
     assert tracked.shape == (FRAMES, 3, 3) and np.isfinite(tracked).all()
-    assert main(["view", str(demos), "--references", str(refs), "--out", str(out)]) == 0  # no DON: ground truth
+    assert main(["view", str(demos), "--references", str(refs), "--out", str(out), "--force"]) == 0  # truth
     truth = np.array(columns(out, {"/world/demo_0/keypoints": ["Position3D"]})["/world/demo_0/keypoints:Position3D"])
     local = load_references(refs)[0][WRIST]["local"].numpy()  # the object stands at the origin, unturned
     np.testing.assert_allclose(truth, np.broadcast_to(local, truth.shape), atol=1e-6)

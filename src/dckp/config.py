@@ -46,6 +46,19 @@ def check_device(device: str, field: str = "device") -> None:
         raise DckpError(f"must be 'cpu', 'cuda' or 'cuda:N', got {device!r}", field=field)
 
 
+def check_device_here(device: str, field: str = "device") -> None:
+    """`check_device`, and DckpError unless this machine has that CUDA device (torch is imported only for one)."""
+    check_device(device, field)
+    if device == "cpu":
+        return
+    import torch
+
+    index = int(device.partition(":")[2] or 0)
+    if index >= torch.cuda.device_count():
+        have = f"{torch.cuda.device_count()} CUDA devices" if torch.cuda.is_available() else "no CUDA device"
+        raise DckpError(f"this machine has {have} (torch {torch.__version__}); use --device cpu", field=field)
+
+
 def temp_beside(path: Path) -> str:
     """A new empty temp file in `path`'s folder (hidden, `.tmp`), with the mode the user's umask gives new
     files (mkstemp's own is 0600). Rename it over `path` when it is complete."""
@@ -145,7 +158,7 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, presets: dict[st
         origin = typing.get_origin(tp)
         kwargs = {"dest": f.name, "default": None, "help": _help(cls, f, presets, default).replace("%", "%%")}
         if tp is bool:
-            group.add_argument(flag, type=_parse_bool, metavar="{true,false}", **kwargs)
+            group.add_argument(flag, type=_parse_bool, metavar="{true,false}", nargs="?", const=True, **kwargs)
         elif origin in (list, tuple):
             group.add_argument(flag, type=typing.get_args(tp)[0], nargs="+", **kwargs)
         else:

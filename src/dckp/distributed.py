@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -165,7 +166,9 @@ def check_resumed_world(config: Path, size: int, batch: str) -> None:
 
 def launch(nproc: int, argv: list[str]) -> int:
     """Run `dckp ARGV` (less its `--nproc`) as a torchrun job of `nproc` processes on this machine (no set-up: a
-    standalone rendezvous on a free local port); returns its exit status."""
+    standalone rendezvous on a free local port); returns its exit status. An interrupt of this process (Ctrl-C,
+    SIGTERM, SIGHUP) is passed on to torchrun as SIGTERM, which passes it on to the processes: each finishes its step
+    and rank 0 saves, as one process does."""
     rest, skip = [], False
     for arg in argv:
         if not skip and not arg.startswith("--nproc"):
@@ -173,4 +176,10 @@ def launch(nproc: int, argv: list[str]) -> int:
         skip = arg == "--nproc"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
            "-m", "dckp.cli.main", *rest]
-    return subprocess.call(cmd)
+    with subprocess.Popen(cmd) as p:
+        try:
+            return p.wait()
+        except KeyboardInterrupt:
+            p.send_signal(signal.SIGTERM)
+            p.wait()
+            raise

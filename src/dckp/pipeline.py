@@ -173,9 +173,9 @@ def run(cfg: RunConfig, out: str | Path, preset: str = "cpu") -> Path:
         if stage.name not in todo:
             log.info("%s: done, skipped", stage.name)
             continue
-        log.info("%s: running", stage.name)
-        seconds = stage.start_piece()  # with an interrupted run's time on the state it resumes from
-        try:
+        try:  # an interrupt from the moment the stage is announced names it
+            log.info("%s: running", stage.name)
+            seconds = stage.start_piece()  # with an interrupted run's time on the state it resumes from
             stage.work()
         except KeyboardInterrupt as e:  # the CLI adds the command that resumes
             saved = str(e) or (f"kept {stage.partial}, which the stage resumes from" if stage.resumes() else "")

@@ -9,7 +9,9 @@ It runs the policy encoder's own code (`DonKeypoints.camera_keypoints`: the DON,
 softmax(-d / T), its mode, the depth lookup), so its keypoints are the ones a `dckp-3d`/`dckp-2d` policy sees.
 Inputs follow docs/conventions.md: `rgb (H, W, 3)` uint8 top row first, `depth (H, W)` float metres (0 invalid),
 `K (3, 3)`, `pose (4, 4)` camera-to-world with OpenCV axes; numpy or torch, optionally with a leading batch
-dimension.
+dimension. They are checked as the CLI checks its files (`dckp.checks`): a bad frame (millimetre depth, NaN in K or
+the pose, a zero focal length, a pose that is not rigid, no valid depth) raises `DckpError` with one line; depth
+that is partly missing (NaN, inf) is masked as invalid.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from dckp.checks import check_frame
 from dckp.encoders.keypoints import FORMS_3D, DonKeypoints, DonKeypoints3d, DonOptions, DonOptions3d
 from dckp.errors import DckpError
 from dckp.keypoints.select import load_references
@@ -98,14 +101,13 @@ class KeypointTracker:
     def _track(self, cams: list[str], inputs: dict) -> dict[str, Keypoints]:
         frames, batched = {}, False
         for cam in cams:
-            rgb, depth, K, pose = (_tensor(x) for x in inputs[cam])
+            if inputs[cam][3] is None and self.form == "world":
+                raise DckpError("world keypoints need the camera pose", field=cam)
+            rgb, depth, K, pose = (_tensor(x) for x in check_frame(*inputs[cam], where=cam))  # invalid depth: 0
             batched = rgb.ndim == 4
-            if rgb.dtype != torch.uint8 or rgb.shape[-1] != 3 or rgb.ndim not in (3, 4):
+            if rgb.ndim not in (3, 4):
                 raise DckpError(f"expected uint8 rgb (H, W, 3), got {rgb.dtype} {tuple(rgb.shape)}", field=cam)
-            if pose is None:
-                if self.form == "world":
-                    raise DckpError("world keypoints need the camera pose", field=cam)
-                pose = torch.eye(4)
+            pose = torch.eye(4) if pose is None else pose
             rgb = rgb if batched else rgb[None]
             B, H, W = rgb.shape[:3]
             for name, x, shape in (("depth", depth, (H, W)), ("K", K, (3, 3)), ("pose", pose, (4, 4))):
@@ -125,4 +127,4 @@ class KeypointTracker:
 
 
 def _tensor(x) -> torch.Tensor | None:
-    return x if x is None or torch.is_tensor(x) else torch.from_numpy(np.ascontiguousarray(x))
+    return None if x is None else torch.from_numpy(np.ascontiguousarray(x))

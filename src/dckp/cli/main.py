@@ -3,17 +3,58 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib
 import json
 import logging
 import shlex
+import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
-from dckp.config import add_config_args, apply_args, check_device, preset, save_json
+from dckp.config import add_config_args, apply_args, check_device_here, preset, save_json
 from dckp.errors import DckpError, Interrupted
+
+
+class Write(NamedTuple):
+    """An output a command writes: `args.<field>` (or `default(args)` when not given), a "file" or a "folder" (or a
+    function of the args giving one), none of `inputs(args)`; checked, locked and cleaned up by
+    `dckp.outputs.writing` before the command's work starts."""
+
+    field: str = "out"
+    kind: str | Callable = "file"
+    inputs: Callable = lambda args: []
+    default: Callable | None = None
+    resumes: bool = False  # a folder the command continues from (--force starts over)
+    in_place: bool = False  # a file the command rewrites in place
+
+    def lock(self, args):
+        from dckp.outputs import writing
+
+        if getattr(args, self.field) is None:
+            setattr(args, self.field, str(self.default(args)))
+        path = getattr(args, self.field)
+        kind = self.kind(args) if callable(self.kind) else self.kind
+        inputs = [p for p in self.inputs(args) if p]
+        flag = self.field if self.in_place else "--" + self.field.replace("_", "-")
+        return writing(path, kind, inputs, getattr(args, "force", False) or False, self.resumes, self.in_place, flag)
+
+
+def _value(args, name: str, cls):
+    """The value of a config field: its flag's, or the dataclass's default."""
+    value = getattr(args, name, None)
+    return getattr(cls(), name) if value is None else value
+
+
+def _writes(p: argparse.ArgumentParser, *writes: Write) -> None:
+    """`p`'s outputs, and its `--force` flag where one is not rewritten in place."""
+    if not all(w.in_place for w in writes):
+        p._configs.append(("dckp.outputs", "OutputConfig", None))
+    p.set_defaults(writes=writes)
 
 
 def _config_path(out: str | Path) -> Path:
@@ -166,10 +207,9 @@ def cmd_eval_correspondence(args) -> None:
     model = load_don(args.don)
     pairs = {path: sample_eval_pairs(path, per_type=args.pairs, seed=args.seed) for path in args.views}
     results = {path: evaluate_model(model, path, p) for path, p in pairs.items()}
-    out = args.out or Path(args.don) / "eval_correspondence.json"
-    save_json(results, out)
+    save_json(results, args.out)
     print(json.dumps(results, indent=1))
-    print(f"wrote {out}")
+    print(f"wrote {args.out}")
 
 
 def cmd_eval_keypoints(args) -> None:
@@ -195,8 +235,7 @@ def cmd_viz_descriptors(args) -> None:
 
     with Dataset(args.file) as ds:
         ds.pick_episode(args.episode)
-    out = args.out or Path(args.don) / "pictures"
-    for line in descriptor_pictures(load_don(args.don), args.file, out, args.episode):
+    for line in descriptor_pictures(load_don(args.don), args.file, args.out, args.episode):
         print(line)
 
 
@@ -208,7 +247,6 @@ def cmd_keypoints(args) -> None:
 
     _at_least(args, "--per-camera", 1)
     _at_least(args, "--frame", 0)
-    check_device(args.device, "--device")
     with Dataset(args.demos) as ds:  # demonstrations, or the views of a recording (`dckp import`)
         ds.validate()
     if bool(args.workspace_min) != bool(args.workspace_max):
@@ -263,7 +301,7 @@ def cmd_evaluate(args) -> None:
 
     cfg = apply_args(EvalConfig(), args)
     r = evaluate_policy(args.policy, cfg.episodes, cfg.seed_start, cfg.workers, cfg.videos, args.out,
-                        max_steps=cfg.max_steps or None, device=cfg.device)
+                        max_steps=cfg.max_steps or None, device=cfg.device, task=cfg.task)
     print(json.dumps({k: r[k] for k in ("task", "episodes", "success_rate", "ci95", "mean_steps", "ms_per_step")},
                      indent=1))
 
@@ -307,8 +345,7 @@ def cmd_run(args) -> None:
 
     start = time.time()
     cfg = apply_args(preset(RUN_PRESETS, args.preset), args)
-    out = args.out or f"runs/{cfg.task}"
-    report = run(cfg, out, preset=args.preset)
+    report = run(cfg, args.out, preset=args.preset)
     print(f"report: {report} ({time.time() - start:.0f} s)")
 
 
@@ -333,6 +370,36 @@ def cmd_table(args) -> None:
                         + "; the same command retries them", field="table")
 
 
+def _view_default(args) -> Path:
+    from dckp.viz.view import ViewConfig, default_out
+
+    return default_out(args.file, _value(args, "seed", ViewConfig))
+
+
+def _show_default(args) -> Path:
+    from dckp.viz.show import default_out
+
+    return default_out(args.file)
+
+
+def _export_kind(args) -> str:
+    from dckp.io.config import ExportConfig
+
+    return "file" if _value(args, "format", ExportConfig) == "robomimic" else "folder"
+
+
+def _run_task(args) -> str:
+    from dckp.pipeline import RUN_PRESETS
+
+    return args.task or preset(RUN_PRESETS, args.preset).task
+
+
+def _table_config():
+    from dckp.table.config import TableConfig
+
+    return TableConfig
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="dckp", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
@@ -345,19 +412,22 @@ def build_parser() -> argparse.ArgumentParser:
                        configs=[("dckp.sim.config", "CollectConfig", "COLLECT_PRESETS")])
     p.add_argument("--preset", default="cpu", **presets)
     p.add_argument("--out", required=True, help="output .h5 file (its config goes beside it)")
-    p.set_defaults(func=cmd_collect, out_is_file=True)
+    p.set_defaults(func=cmd_collect)
+    _writes(p, Write())
 
     p = sub.add_parser("collect-views", help="film static scenes from moving cameras, plus arm-only sequences",
                        configs=[("dckp.sim.config", "ViewsConfig", "VIEWS_PRESETS")])
     p.add_argument("--preset", default="cpu", **presets)
     p.add_argument("--out", required=True, help="output .h5 file (its config goes beside it)")
-    p.set_defaults(func=cmd_collect_views, out_is_file=True)
+    p.set_defaults(func=cmd_collect_views)
+    _writes(p, Write())
 
     p = sub.add_parser("fuse", help="object masks for every frame of a views file, by TSDF fusion and clustering",
                        configs=[("dckp.geometry.config", "MaskConfig", "MASK_PRESETS")])
     p.add_argument("file", help="a views file from `dckp collect-views` (rewritten in place, atomically)")
     p.add_argument("--preset", default="cpu", **presets)
     p.set_defaults(func=cmd_fuse)
+    _writes(p, Write("file", in_place=True))
 
     p = sub.add_parser("import", help="RGB-D recordings (TUM RGB-D or a plain folder) into a views file "
                        "(docs/own-data.md)", configs=[("dckp.io.config", "ImportConfig", "IMPORT_PRESETS")])
@@ -366,7 +436,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sequence folders filming the arm alone, no objects (default: none)")
     p.add_argument("--out", required=True, help="output views .h5 file (its config goes beside it)")
     p.add_argument("--preset", default="cpu", **presets)
-    p.set_defaults(func=cmd_import, out_is_file=True)
+    p.set_defaults(func=cmd_import)
+    _writes(p, Write(inputs=lambda a: [*a.sequences, *a.arm_only]))
 
     p = sub.add_parser("pretrain", help="train a Dense Object Net on fused view files (resumes if interrupted)",
                        configs=[("dckp.don.config", "DonConfig", "DON_PRESETS")])
@@ -379,6 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nproc", type=int, default=1, help="data-parallel processes on this machine, started with "
                    "torchrun: one per GPU, or gloo on the CPU (default: 1)")
     p.set_defaults(func=cmd_pretrain)
+    _writes(p, Write(kind="folder", inputs=lambda a: a.views, resumes=True))
 
     p = sub.add_parser("pretrain-representation", help="pretrain a baseline representation (bvae, transporter, "
                        "monet) on views and demos files (resumes if interrupted)",
@@ -397,6 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nproc", type=int, default=1, help="data-parallel processes on this machine, started with "
                    "torchrun, each of --batch images: one per GPU, or gloo on the CPU (default: 1)")
     p.set_defaults(func=cmd_pretrain_representation)
+    _writes(p, Write(kind="folder", inputs=lambda a: [*a.views, *a.demos], resumes=True))
 
     p = sub.add_parser("eval-correspondence", help="correspondence accuracy of a pretrained DON on held-out views")
     p.add_argument("don", help="a DON run folder (`dckp pretrain --out`)")
@@ -404,7 +477,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pairs", type=int, default=20, help="pairs per pair type (default: 20)")
     p.add_argument("--seed", type=int, default=0, help="seed of the pair sampling (default: 0)")
     p.add_argument("--out", default=None, help="JSON file for the results (default: DON/eval_correspondence.json)")
-    p.set_defaults(func=cmd_eval_correspondence, out_is_file=True)
+    p.set_defaults(func=cmd_eval_correspondence)
+    _writes(p, Write(inputs=lambda a: [a.don, *a.views], default=lambda a: Path(a.don) / "eval_correspondence.json"))
 
     p = sub.add_parser("eval-keypoints", help="keypoint error of a DON on the frames of simulator demonstrations, "
                        "against ground-truth keypoints: median px and mm per camera, visible and occluded, raw and "
@@ -419,6 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episode", default=None, help="episode name (default: the first)")
     p.add_argument("--out", default=None, help="folder (default: DON/pictures)")
     p.set_defaults(func=cmd_viz_descriptors)
+    _writes(p, Write(kind="folder", inputs=lambda a: [a.don, a.file], default=lambda a: Path(a.don) / "pictures"))
 
     p = sub.add_parser("keypoints", help="choose reference keypoints on the first frame of the demonstrations")
     p.add_argument("--don", default=None, help="a DON run folder (`dckp pretrain --out`); without one, references "
@@ -437,7 +512,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help='hand-picked pixels per camera instead: JSON {"uv": [[u, v], ...]} (default: none)')
     p.add_argument("--seed", type=int, default=0, help="seed of the reference sampling (default: 0)")
     p.add_argument("--device", default="cpu", help="where the DON runs: cpu, cuda or cuda:N (default: cpu)")
-    p.set_defaults(func=cmd_keypoints, out_is_file=True)
+    p.set_defaults(func=cmd_keypoints)
+    _writes(p, Write(inputs=lambda a: [a.don, a.demos, *(p.split("=", 1)[-1] for p in a.pixels or [])]))
 
     p = sub.add_parser("train-policy", help="train a policy head and its encoder (frozen or end to end) on "
                        "demonstrations",
@@ -451,24 +527,29 @@ def build_parser() -> argparse.ArgumentParser:
                    "BC-RNN-GMM recipe with validation rollouts (converged) (default: cpu)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: 0, torch's default)")
     p.set_defaults(func=cmd_train_policy)
+    _writes(p, Write(kind="folder", resumes=True, inputs=lambda a: [a.demos, a.references, a.don, a.representation]))
 
     p = sub.add_parser("evaluate", help="closed-loop success rate of a policy folder, with rollout videos",
                        configs=[("dckp.evaluation.config", "EvalConfig", None)])
     p.add_argument("policy", help="a `dckp train-policy` folder")
     p.add_argument("--out", default=None, help="folder for eval.json and videos (default: POLICY/eval)")
     p.set_defaults(func=cmd_evaluate)
+    _writes(p, Write(kind="folder", resumes=True, inputs=lambda a: [a.policy],
+                     default=lambda a: Path(a.policy) / "eval"))
 
     p = sub.add_parser("show", help="summarise a dataset and write a picture grid and a video of an episode")
     p.add_argument("file", help="a demos or views file")
     p.add_argument("--episode", default=None, help="episode name (default: the first)")
     p.add_argument("--out", default=None, help="folder for the pictures (default: FILE_show beside the file)")
     p.set_defaults(func=cmd_show)
+    _writes(p, Write(kind="folder", inputs=lambda a: [a.file], default=_show_default))
 
     p = sub.add_parser("view", help="a 3D rerun recording (.rrd) of a views or demos file, or of a policy's rollout",
                        configs=[("dckp.viz.view", "ViewConfig", None)])
     p.add_argument("file", help="a views or demos file, or a policy folder (one rollout, re-run in the simulator)")
     p.add_argument("--out", default=None, help="the .rrd file (default: FILE.rrd, or POLICY/rollout_SEED.rrd)")
-    p.set_defaults(func=cmd_view, out_is_file=True)
+    p.set_defaults(func=cmd_view)
+    _writes(p, Write(inputs=lambda a: [a.file], default=_view_default))
 
     p = sub.add_parser("export", help="a dckp file in another layout: demonstrations as robomimic's HDF5, or "
                        "frames as RGB-D recordings (plain folder or TUM), one sequence folder per episode",
@@ -476,7 +557,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="a demos file (robomimic), or a views or demos file (folder, tum)")
     p.add_argument("--out", required=True, help="the .hdf5 file (robomimic), or the folder for the sequence "
                    "folders (folder, tum)")
-    p.set_defaults(func=cmd_export, out_is_file=True)
+    p.set_defaults(func=cmd_export)
+    _writes(p, Write(kind=_export_kind, inputs=lambda a: [a.file]))
 
     p = sub.add_parser("pick-references", help="choose reference keypoints by hand on a frame: a matplotlib "
                        "window, or an HTML page without a display; writes the files `dckp keypoints --pixels` reads",
@@ -484,6 +566,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="a demos file, or a views file (`dckp import`)")
     p.add_argument("--out", required=True, help="folder for CAMERA.json per camera (and pick.html without a display)")
     p.set_defaults(func=cmd_pick_references)
+    _writes(p, Write(kind="folder", inputs=lambda a: [a.file]))
 
     p = sub.add_parser("run", help="the whole pipeline for one task, skipping finished stages; ends in report.html",
                        configs=[("dckp.pipeline", "RunConfig", "RUN_PRESETS")])
@@ -491,6 +574,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the settings every flag below starts from (default: cpu)")
     p.add_argument("--out", default=None, help="run folder (default: runs/TASK)")
     p.set_defaults(func=cmd_run)
+    _writes(p, Write(kind="folder", resumes=True, default=lambda a: f"runs/{_run_task(a)}"))
 
     p = sub.add_parser("table", help="Table I: every (task, method) cell trained and evaluated on Ray, skipping "
                        "finished stages; writes results/table1.{json,md,png,html}",
@@ -500,6 +584,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/table", help="run folder: one `dckp run` folder per task (default: "
                    "runs/table)")
     p.set_defaults(func=cmd_table)
+    _writes(p, Write(kind="folder", resumes=True), Write("results", kind="folder", resumes=True,
+                                                         default=lambda a: _value(a, "results", _table_config())))
     return parser
 
 
@@ -544,8 +630,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("OpenGL").setLevel(logging.WARNING)
     created = _new_folders(args)
     args.argv = argv
+    received: list[int] = []
     try:
-        status = args.func(args)
+        if getattr(args, "device", None) and args.command != "table":  # a table's Ray nodes have their own devices
+            check_device_here(args.device, "--device")
+        with _signals_as_interrupt(received), contextlib.ExitStack() as outputs:
+            for write in getattr(args, "writes", ()):
+                outputs.enter_context(write.lock(args))
+            status = args.func(args)
     except BaseException as e:
         _remove_empty(created)
         if isinstance(e, DckpError):
@@ -554,22 +646,52 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(e, KeyboardInterrupt):
             kept = str(e) or "nothing half-written was kept (outputs are renamed into place when complete)"
             again = "resume with" if isinstance(e, Interrupted) else "run again with"
+            if any(w.resumes for w in getattr(args, "writes", ())):  # --force would start over
+                argv = [a for a in argv if a != "--force"]
             print(f"interrupted: {kept}; {again}: dckp {shlex.join(argv)}", file=sys.stderr)
-            return 130
+            return 128 + (received[-1] if received else signal.SIGINT)
         raise
     return status or 0
 
 
+@contextlib.contextmanager
+def _signals_as_interrupt(received: list[int]):
+    """SIGTERM and SIGHUP (what `timeout`, Slurm, Ray and a closed terminal send) are handled as Ctrl-C is: by
+    whatever SIGINT handler is in place when they come (a training saves its step first), their numbers appended
+    to `received`. Outside the main thread, signals stay as they are."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def as_interrupt(signum, frame):
+        received.append(signum)
+        handler = signal.getsignal(signal.SIGINT)
+        if callable(handler):
+            handler(signal.SIGINT, frame)
+        else:
+            raise KeyboardInterrupt
+
+    previous = {s: signal.signal(s, as_interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
 def _new_folders(args) -> list[Path]:
-    """The folders that `--out` (a folder, or a file's folder) will create, deepest first."""
-    if getattr(args, "out", None) is None:
-        return []
-    folder = Path(args.out).absolute()
-    folder = folder.parent if getattr(args, "out_is_file", False) else folder
+    """The folders that the outputs (a folder, or a file's folder) will create, deepest first."""
     new = []
-    while not folder.exists():
-        new.append(folder)
-        folder = folder.parent
+    for write in getattr(args, "writes", ()):
+        if getattr(args, write.field, None) is None or write.in_place:
+            continue
+        folder = Path(getattr(args, write.field)).absolute()
+        folder = folder.parent if (write.kind(args) if callable(write.kind) else write.kind) == "file" else folder
+        while not folder.exists() and folder not in new:
+            new.append(folder)
+            folder = folder.parent
     return new
 
 

@@ -19,11 +19,14 @@ class EvalConfig:
     max_steps: int = option(0, "most control steps per episode (0: the task's horizon)")
     device: str = option("cpu", "torch device of the policy and its encoder: cpu, cuda or cuda:N (the simulator "
                          "stays on the CPU)")
+    task: str = option("", "evaluate on this task instead of the one run.json names, on purpose (it must have the "
+                       "policy's cameras); '': run.json's, checked against the demonstrations it was trained on")
 
     def __post_init__(self):
         for name in ("episodes", "workers"):
             if getattr(self, name) < 1:
                 raise DckpError(f"must be >= 1, got {getattr(self, name)}", field=name)
         check_device(self.device)
-        if self.videos < 0 or self.max_steps < 0:
-            raise DckpError("videos and max_steps must be >= 0", field="videos" if self.videos < 0 else "max_steps")
+        for name in ("videos", "max_steps", "seed_start"):
+            if getattr(self, name) < 0:
+                raise DckpError(f"must be >= 0, got {getattr(self, name)}", field=name)

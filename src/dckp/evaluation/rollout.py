@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from dckp.config import save_json
 from dckp.errors import DckpError
-from dckp.policy.folder import load_run, load_visuomotor_policy
+from dckp.policy.folder import evaluated_on, load_run, load_visuomotor_policy
 from dckp.policy.model import observation_frames
 from dckp.sim.env import SimEnv
 from dckp.sim.tasks import get_task
@@ -146,13 +146,14 @@ def rollout(env, policy, seed: int, record: bool = False, max_steps: int | None 
 class _Evaluator:
     """One process's environment, encoder and policy, built once from a policy folder."""
 
-    def __init__(self, policy_dir: str, out_dir: str, max_steps: int | None, device: str = "cpu", node: str = ""):
+    def __init__(self, policy_dir: str, out_dir: str, max_steps: int | None, device: str = "cpu", node: str = "",
+                 task: str = ""):
         run = load_run(policy_dir)
         self.policy = load_visuomotor_policy(policy_dir, device)
-        self.env = SimEnv(get_task(run["task"]), image_size=run["image_size"], cameras=tuple(run["cameras"]))
+        self.env = SimEnv(get_task(task or run["task"]), image_size=run["image_size"], cameras=tuple(run["cameras"]))
         self.out_dir, self.max_steps = out_dir, max_steps
-        self.run_with = {"policy_sha256": _policy_sha256(policy_dir), "horizon": _horizon(policy_dir, max_steps),
-                         "device": device, "node": node or platform.node()}
+        key = _run_key(policy_dir, max_steps, device, task)
+        self.run_with = {**_episodes_record(key, {}, [], episodes=False), "node": node or platform.node()}
 
     def episode(self, job: tuple[int, bool]) -> dict:
         """One episode; its record is saved at once (`EPISODE_RECORD` in `out_dir`), so that an evaluation stopped
@@ -179,11 +180,11 @@ class _Evaluator:
 _WORKER: _Evaluator | None = None
 
 
-def _init_worker(policy_dir: str, out_dir: str, max_steps: int | None, device: str) -> None:
+def _init_worker(policy_dir: str, out_dir: str, max_steps: int | None, device: str, task: str) -> None:
     global _WORKER
     torch.set_num_threads(1)
     torch.set_num_interop_threads(1)
-    _WORKER = _Evaluator(policy_dir, out_dir, max_steps, device)
+    _WORKER = _Evaluator(policy_dir, out_dir, max_steps, device, task=task)
 
 
 def _run_episode(job: tuple[int, bool]) -> dict:
@@ -194,7 +195,7 @@ def _run_episode(job: tuple[int, bool]) -> dict:
 
 def evaluate_policy(policy_dir: str | os.PathLike, episodes: int = 50, seed_start: int = EVAL_SEED_START,
                     workers: int = 2, videos: int = 3, out_dir: str | os.PathLike | None = None,
-                    progress: bool = True, max_steps: int | None = None, device: str = "cpu") -> dict:
+                    progress: bool = True, max_steps: int | None = None, device: str = "cpu", task: str = "") -> dict:
     """Roll out the policy in `policy_dir` from seeds `seed_start .. seed_start + episodes - 1`.
 
     Episodes run in `workers` spawned processes (each builds its environment, encoder and policy once and uses
@@ -203,8 +204,9 @@ def evaluate_policy(policy_dir: str | os.PathLike, episodes: int = 50, seed_star
     `THIRD_PERSON`; eval.json's `videos` names them relative to `out_dir`). `out_dir` defaults to
     `policy_dir/eval`. `max_steps` replaces the task's horizon (for tests and quick looks). The policy (its encoder
     too) runs on `device`, the simulator on the CPU. Seeds already recorded in `out_dir` for this policy, horizon
-    and device (`recorded_episodes`) are not run again: an evaluation grows. Writes and returns
-    `out_dir/eval.json`.
+    and device (`recorded_episodes`) are not run again: an evaluation grows. The task is run.json's, checked
+    against the demonstrations the policy was trained on, or `task`, given on purpose (`evaluated_on`). Writes and
+    returns `out_dir/eval.json`.
     """
     policy_dir = Path(policy_dir)
     for name, value, low in (("episodes", episodes, 1), ("workers", workers, 1), ("videos", videos, 0),
@@ -213,20 +215,20 @@ def evaluate_policy(policy_dir: str | os.PathLike, episodes: int = 50, seed_star
             raise DckpError(f"{name} must be an integer >= {low}, got {value!r}", field=name)
     if max_steps is not None and (not isinstance(max_steps, int) or max_steps < 1):
         raise DckpError(f"max_steps must be an integer >= 1, got {max_steps!r}", field="max_steps")
-    run = load_run(policy_dir)
-    load_visuomotor_policy(policy_dir)  # fail here, with the file's name, before starting any worker
-    task = get_task(run["task"])
+    name = evaluated_on(policy_dir, task)  # fail here, with the file's name, before starting any worker
+    task = "" if name == load_run(policy_dir)["task"] else name  # "": run.json's
+    load_visuomotor_policy(policy_dir)
     out = Path(out_dir) if out_dir is not None else policy_dir / "eval"
     out.mkdir(parents=True, exist_ok=True)
     seeds = list(range(seed_start, seed_start + episodes))
-    jobs = missing_jobs(out, policy_dir, seeds, videos, max_steps, device)
-    args = (str(policy_dir), str(out), max_steps, device)
+    jobs = missing_jobs(out, policy_dir, seeds, videos, max_steps, device, task)
+    args = (str(policy_dir), str(out), max_steps, device, task)
 
     results: list[dict] = []
-    bar = tqdm(total=len(jobs), desc=f"evaluate {task.name}", unit="episode", disable=not progress or not jobs)
+    bar = tqdm(total=len(jobs), desc=f"evaluate {name}", unit="episode", disable=not progress or not jobs)
     try:
         if len(jobs) <= 1 or workers == 1:
-            results = run_episodes(policy_dir, jobs, out, max_steps, bar, device) if jobs else []
+            results = run_episodes(policy_dir, jobs, out, max_steps, bar, device, task=task) if jobs else []
         else:
             ctx = multiprocessing.get_context("spawn")
             with ctx.Pool(min(workers, len(jobs)), initializer=_init_worker, initargs=args) as pool:
@@ -236,12 +238,12 @@ def evaluate_policy(policy_dir: str | os.PathLike, episodes: int = 50, seed_star
                     bar.update(1)
     finally:
         bar.close()
-    return write_evaluation(results, policy_dir, out, seeds, max_steps, device)
+    return write_evaluation(results, policy_dir, out, seeds, max_steps, device, task=task)
 
 
 def run_episodes(policy_dir: str | os.PathLike, jobs: list[tuple[int, bool]], out_dir: str | os.PathLike,
                  max_steps: int | None = None, bar: tqdm | None = None, device: str = "cpu",
-                 node: str = "") -> list[dict]:
+                 node: str = "", task: str = "") -> list[dict]:
     """The episodes `jobs` (`(seed, record a video)` pairs) of the policy in `policy_dir`, in this process with one
     torch thread (restored afterwards); videos and each episode's record (`EPISODE_RECORD`, naming `node`, by
     default this host) go to `out_dir`. An episode's result depends on its seed alone, not on which episodes ran
@@ -250,7 +252,7 @@ def run_episodes(policy_dir: str | os.PathLike, jobs: list[tuple[int, bool]], ou
     torch.set_num_threads(1)
     evaluator, results = None, []
     try:
-        evaluator = _Evaluator(str(policy_dir), str(out_dir), max_steps, device, node)
+        evaluator = _Evaluator(str(policy_dir), str(out_dir), max_steps, device, node, task)
         for job in jobs:
             results.append(evaluator.episode(job))
             if bar is not None:
@@ -267,8 +269,8 @@ def _policy_sha256(policy_dir: str | os.PathLike) -> str:
     return hashlib.sha256((Path(policy_dir) / "policy.safetensors").read_bytes()).hexdigest()[:16]
 
 
-def _horizon(policy_dir: str | os.PathLike, max_steps: int | None) -> int:
-    return get_task(load_run(policy_dir)["task"]).horizon if max_steps is None else max_steps
+def _horizon(policy_dir: str | os.PathLike, max_steps: int | None, task: str = "") -> int:
+    return get_task(task or load_run(policy_dir)["task"]).horizon if max_steps is None else max_steps
 
 
 def episode_records(out_dir: str | os.PathLike, policy_dir: str | os.PathLike) -> dict | None:
@@ -319,18 +321,20 @@ def _loose_records(out_dir: str | os.PathLike) -> dict[Path, dict]:
 
 
 def _same_run(record: dict, key: tuple) -> bool:
-    return (record.get("policy_sha256"), record.get("horizon"), record.get("device")) == key
+    return (record.get("policy_sha256"), record.get("horizon"), record.get("device"), record.get("task", "")) == key
 
 
-def _run_key(policy_dir: str | os.PathLike, max_steps: int | None, device: str) -> tuple:
-    """What an episode's result depends on besides its seed: the policy's sha256, the horizon and the device."""
-    return _policy_sha256(policy_dir), _horizon(policy_dir, max_steps), device
+def _run_key(policy_dir: str | os.PathLike, max_steps: int | None, device: str, task: str = "") -> tuple:
+    """What an episode's result depends on besides its seed: the policy's sha256, the horizon, the device and the
+    task where it is not run.json's ("" where it is)."""
+    return _policy_sha256(policy_dir), _horizon(policy_dir, max_steps, task), device, task
 
 
-def _episodes_record(key: tuple, by_seed: dict[int, dict], chunks: list[dict]) -> dict:
-    """episodes.json's contents: the run `key`, the episodes by seed (in seed order) and the chunks."""
-    return {"policy_sha256": key[0], "horizon": key[1], "device": key[2],
-            "episodes": [by_seed[s] for s in sorted(by_seed)], "chunks": chunks}
+def _episodes_record(key: tuple, by_seed: dict[int, dict], chunks: list[dict], episodes: bool = True) -> dict:
+    """episodes.json's contents: the run `key` (its task only where it is not run.json's), the episodes by seed (in
+    seed order) and the chunks; without `episodes`, the key alone."""
+    record = {"policy_sha256": key[0], "horizon": key[1], "device": key[2], **({"task": key[3]} if key[3] else {})}
+    return {**record, "episodes": [by_seed[s] for s in sorted(by_seed)], "chunks": chunks} if episodes else record
 
 
 def _merged(out_dir: str | os.PathLike, policy_dir: str | os.PathLike, key: tuple, loose: dict[Path, dict]
@@ -346,21 +350,21 @@ def _merged(out_dir: str | os.PathLike, policy_dir: str | os.PathLike, key: tupl
 
 
 def recorded_episodes(out_dir: str | os.PathLike, policy_dir: str | os.PathLike, max_steps: int | None = None,
-                      device: str = "cpu") -> dict | None:
+                      device: str = "cpu", task: str = "") -> dict | None:
     """`episode_records` of `out_dir` and its episode records not yet folded in (`EPISODE_RECORD`, those of a
     stopped evaluation), of the ones run with this policy (the same policy.safetensors), horizon and device; None
     when there are none (an episode's result depends on its seed alone, so these are what running it again gives).
     """
     if not (Path(policy_dir) / "policy.safetensors").exists():
         return None
-    return _merged(out_dir, policy_dir, _run_key(policy_dir, max_steps, device), _loose_records(out_dir))
+    return _merged(out_dir, policy_dir, _run_key(policy_dir, max_steps, device, task), _loose_records(out_dir))
 
 
 def missing_jobs(out_dir: str | os.PathLike, policy_dir: str | os.PathLike, seeds: list[int], videos: int,
-                 max_steps: int | None = None, device: str = "cpu") -> list[tuple[int, bool]]:
+                 max_steps: int | None = None, device: str = "cpu", task: str = "") -> list[tuple[int, bool]]:
     """The `(seed, record a video)` jobs of `seeds` (the first `videos` recorded) not yet recorded in `out_dir`, or
     recorded without the video now wanted."""
-    records = recorded_episodes(out_dir, policy_dir, max_steps, device)
+    records = recorded_episodes(out_dir, policy_dir, max_steps, device, task)
     have = {e["seed"]: e for e in records["episodes"]} if records else {}
     jobs = [(seed, i < videos) for i, seed in enumerate(seeds)]
     return [(s, v) for s, v in jobs if s not in have or (v and "video" not in have[s])]
@@ -368,16 +372,15 @@ def missing_jobs(out_dir: str | os.PathLike, policy_dir: str | os.PathLike, seed
 
 def write_evaluation(results: list[dict], policy_dir: str | os.PathLike, out_dir: str | os.PathLike,
                      seeds: list[int], max_steps: int | None = None, device: str = "cpu",
-                     chunks: list[dict] | None = None) -> dict:
+                     chunks: list[dict] | None = None, task: str = "") -> dict:
     """`out_dir/eval.json` over `seeds`, from the per-episode results of `run_episodes` (any order) and the episodes
     already recorded there (`recorded_episodes`); `out_dir/episodes.json` keeps every episode recorded, also those
     beyond `seeds`, and `chunks` (which node ran which seeds and its seconds, added to those recorded; an episode
     of a stopped evaluation, from its own record, counts as a chunk of one seed). The episode records are folded
     into episodes.json and removed. Returns eval.json's contents."""
     run = load_run(policy_dir)
-    task = get_task(run["task"])
     out = Path(out_dir)
-    key, loose = _run_key(policy_dir, max_steps, device), _loose_records(out)
+    key, loose = _run_key(policy_dir, max_steps, device, task), _loose_records(out)
     old = _merged(out, policy_dir, key, loose)
     by_seed = {e["seed"]: e for e in (old["episodes"] if old else [])}
     by_seed.update({r["seed"]: {k: v for k, v in r.items() if k in EPISODE_KEYS} for r in results})
@@ -393,7 +396,7 @@ def write_evaluation(results: list[dict], policy_dir: str | os.PathLike, out_dir
     for path in loose:
         path.unlink()
     episodes = [by_seed[s] for s in seeds]
-    report = summarise(episodes, task.name)
+    report = summarise(episodes, task or run["task"])
     report.update(policy=str(policy_dir), encoder=run["encoder"], cameras=run["cameras"],
                   image_size=run["image_size"], horizon=key[1], device=device,
                   videos=[e["video"] for e in episodes if "video" in e])
@@ -452,8 +455,8 @@ def record_rollout(policy_dir, seed: int, max_steps: int = 0) -> dict:
     """One closed-loop episode of a policy folder from `seed` with every observation it acted on, as an episode
     of `dckp.viz.view`: `{"name", "cameras": {cam: {rgb, depth, K, pose}}, "object_pose", "eef_pos", "objects"}`."""
     run = load_run(policy_dir)
+    task = get_task(evaluated_on(policy_dir))
     policy = load_visuomotor_policy(policy_dir)
-    task = get_task(run["task"])
     env = SimEnv(task, image_size=run["image_size"], cameras=tuple(run["cameras"]))
     seen: list[dict] = []
     try:

@@ -38,6 +38,8 @@ class ImportConfig:
     objects: list[str] = option([], "names of the objects in the scenes, stored with their number; none: "
                                 "unknown")
     task: str = option("recording", "name stored as the file's task (not one of the simulator's)")
+    skip_bad_frames: bool = option(False, "leave out frames without valid depth or whose median depth is outside "
+                                   "0.005-20 m (each named in a warning) instead of stopping at the first")
 
     def __post_init__(self):
         if self.layout not in ("auto", *LAYOUTS):

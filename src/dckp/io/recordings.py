@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,12 +24,16 @@ from scipy.spatial.transform import Rotation
 from sklearn.cluster import DBSCAN
 from tqdm import tqdm
 
+from dckp.checks import check_pose
 from dckp.data import DatasetWriter
 from dckp.errors import DckpError
 from dckp.io.config import ImportConfig
 
 FLIP_YZ = np.diag([1.0, -1.0, -1.0, 1.0])  # OpenGL camera axes (y up, z backward) <-> OpenCV (y down, z forward)
-DEPTH_RANGE = (0.1, 5.0)  # metres: a median depth outside it means a wrong depth scale
+DEPTH_RANGE = (0.1, 5.0)  # metres: a sequence's median depth outside it means a wrong depth scale
+FRAME_DEPTH_RANGE = (0.005, 20.0)  # metres: one frame's median depth outside it is a bad frame (a camera 1.3 cm
+# from the arm is a good one)
+SCALE_FRAMES = 5  # frames, evenly spaced, whose depth gives the sequence's median
 COLOUR_SUFFIXES = (".png", ".jpg", ".jpeg")
 VOXEL = 0.005  # metres: the grid the workspace estimate thins the points above the table to
 
@@ -77,15 +82,12 @@ def intrinsics_matrix(fx: float, fy: float, cx: float, cy: float) -> np.ndarray:
     return np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1]], dtype=np.float64)
 
 
-def check_rigid(pose: np.ndarray, path, frame: int, tol: float = 1e-3) -> None:
-    """DckpError unless `pose (4, 4)` is a finite rigid transform (rotation, translation, last row 0 0 0 1)."""
-    if not np.isfinite(pose).all():
-        raise _err("pose contains NaN or inf", path, frame)
-    R = pose[:3, :3]
-    error = np.abs(R.T @ R - np.eye(3)).max()
-    if error > tol or np.linalg.det(R) < 0 or np.abs(pose[3] - [0, 0, 0, 1]).max() > tol:
-        raise _err(f"not a rigid camera-to-world transform (|R^T R - I| = {error:.3g}, det R = "
-                   f"{np.linalg.det(R):.3g}, last row {pose[3].round(4).tolist()})", path, frame)
+def check_rigid(pose: np.ndarray, path, frame: int) -> None:
+    """DckpError naming the file and frame unless `pose (4, 4)` is a finite rigid transform (`check_pose`)."""
+    try:
+        check_pose(pose, "pose")
+    except DckpError as e:
+        raise _err(e.message, path, frame) from None
 
 
 def read_pose_matrices(path: Path) -> np.ndarray:
@@ -95,15 +97,40 @@ def read_pose_matrices(path: Path) -> np.ndarray:
         if path.suffix == ".npy":
             poses = np.load(path, allow_pickle=False)
         else:
-            poses = np.loadtxt(path, comments="#", ndmin=1)
+            poses = _pose_lines(path)
     except FileNotFoundError:
         raise _err("file not found", path) from None
     except ValueError as e:
-        raise _err(f"not a table of numbers ({e})".replace("\n", " "), path) from None
+        raise _err(f"not an array of numbers ({e})".replace("\n", " "), path) from None
     poses = np.asarray(poses, dtype=np.float64)
+    if path.suffix == ".npy" and poses.ndim == 3 and poses.shape[1:] == (3, 4):
+        raise _err(f"poses of shape {poses.shape}: give (T, 4, 4) matrices (append the row 0 0 0 1 to each 3x4)",
+                   path)
+    if path.suffix == ".npy" and poses.ndim >= 2 and poses.shape[-2:] != (4, 4) and poses.shape[-1] != 16:
+        raise _err(f"poses of shape {poses.shape}: give (T, 4, 4) camera-to-world matrices", path)
     if poses.size % 16 or poses.size == 0:
         raise _err(f"{poses.size} numbers, not a whole number of 4x4 matrices (16 numbers each)", path)
     return poses.reshape(-1, 4, 4)
+
+
+def _pose_lines(path: Path) -> np.ndarray:
+    """The numbers of a `poses.txt` (`#` comments), each line 16 numbers or 4; DckpError naming a line that is
+    neither, or holds something else than numbers."""
+    rows = []
+    for number, text in enumerate(path.read_text().splitlines(), start=1):
+        fields = text.split("#", 1)[0].replace(",", " ").split()
+        if not fields:
+            continue
+        if len(fields) not in (4, 16):
+            raise _err(f"{len(fields)} numbers: give 16 per line (a 4x4 matrix row by row) or 4 (one row)", path,
+                       line=number)
+        try:
+            rows.append([float(x) for x in fields])
+        except ValueError:
+            raise _err(f"not numbers: {text.strip()[:60]!r}", path, line=number) from None
+    if any(len(r) != len(rows[0]) for r in rows):
+        raise _err("lines of 16 numbers mixed with lines of 4: give one matrix per line, or four lines of four", path)
+    return np.array(rows, dtype=np.float64)
 
 
 # --- TUM RGB-D ---
@@ -233,8 +260,8 @@ def _intrinsics(root: Path, cfg: ImportConfig) -> tuple[np.ndarray, tuple[int, i
 
 
 def read_sequence(root: str | Path, cfg: ImportConfig) -> Sequence:
-    """A recording's frames and camera, checked (listings, poses, image sizes, depth scale), with every
-    `every`-th frame kept and OpenCV pose axes."""
+    """A recording's frames and camera, checked (listings, poses, image sizes, depth scale, every frame's depth),
+    with every `every`-th frame kept (and bad frames left out with `skip_bad_frames`) and OpenCV pose axes."""
     root = Path(root)
     if not root.is_dir():
         raise _err("not a folder (a sequence is a folder: docs/own-data.md)", root)
@@ -246,8 +273,7 @@ def read_sequence(root: str | Path, cfg: ImportConfig) -> Sequence:
         seq.poses = seq.poses @ FLIP_YZ
     keep = slice(None, None, cfg.every)
     seq = dataclasses.replace(seq, rgb=seq.rgb[keep], depth=seq.depth[keep], poses=seq.poses[keep])
-    check_frames(seq)
-    return seq
+    return check_frames(seq, cfg.skip_bad_frames)
 
 
 # --- frames ---
@@ -290,9 +316,10 @@ def _image_size(path: Path, frame: int) -> tuple[int, int]:
         raise _err(f"unreadable image ({type(e).__name__})", path, frame) from None
 
 
-def check_frames(seq: Sequence) -> None:
-    """Every frame's colour and depth size against frame 0's and the intrinsics' (from the file headers), and
-    frame 0's depth scale: the usual mistakes, found before any image is loaded."""
+def check_frames(seq: Sequence, skip_bad: bool = False) -> Sequence:
+    """Every frame's colour and depth size against frame 0's and the intrinsics' (from the file headers), the
+    sequence's depth scale, and every frame's depth (`bad_depth`): the usual mistakes, found before the images are
+    loaded. Returns the sequence, without its bad frames (each named in a warning) where `skip_bad`."""
     size = _image_size(seq.rgb[0], 0)
     if seq.size is not None and tuple(seq.size) != size:
         raise _err(f"the intrinsics are for {seq.size[0]}x{seq.size[1]} images, but frame 0 is {size[0]}x{size[1]}",
@@ -304,24 +331,55 @@ def check_frames(seq: Sequence) -> None:
         shape = _image_size(d, i)
         if shape != size:
             raise _err(f"depth is {shape[0]}x{shape[1]}, its colour image {size[0]}x{size[1]}", d, i)
-    read_depth(seq, 0)
+    check_depth_scale(seq)
+    keep = []
+    for i, d in enumerate(seq.depth):
+        reason = bad_depth(read_depth(seq, i))
+        if reason and not skip_bad:
+            raise _err(f"{reason}; leave such frames out with --skip-bad-frames", d, i)
+        if reason:
+            print(f"warning: {d}:frame {i}: {reason}; left out", file=sys.stderr)
+        else:
+            keep.append(i)
+    if not keep:
+        raise _err("every frame was left out (--skip-bad-frames)", seq.path)
+    return dataclasses.replace(seq, rgb=[seq.rgb[i] for i in keep], depth=[seq.depth[i] for i in keep],
+                               poses=seq.poses[keep])
+
+
+def check_depth_scale(seq: Sequence) -> None:
+    """DckpError unless the median depth of `SCALE_FRAMES` evenly spaced frames is within DEPTH_RANGE: the depth
+    scale is right (one frame may be far off: a camera close to the arm)."""
+    frames = np.unique(np.linspace(0, len(seq.depth) - 1, SCALE_FRAMES).round().astype(int))
+    valid = [z[z > 0] for z in (read_depth(seq, i) for i in frames)]
+    if not any(len(v) for v in valid):
+        raise _err(f"depth is 0 (invalid) everywhere in frames {frames.tolist()}", seq.depth[0].parent)
+    median = float(np.median(np.concatenate(valid)))
+    if not DEPTH_RANGE[0] <= median <= DEPTH_RANGE[1]:
+        raise _err(f"median depth {median:.3g} m (frames {frames.tolist()}) is outside {DEPTH_RANGE[0]}-"
+                   f"{DEPTH_RANGE[1]} m at depth scale {seq.depth_scale:g} units per metre: is the depth in other "
+                   "units? give --depth-scale (units per metre)", seq.depth[0].parent)
 
 
 def read_depth(seq: Sequence, i: int) -> np.ndarray:
-    """Frame `i`'s depth in metres (0 invalid), its scale checked: a median outside DEPTH_RANGE is an error."""
+    """Frame `i`'s depth in metres (0 invalid)."""
     d = seq.depth[i]
     z = _read_image(d, i)
     if z.ndim != 2 or (d.suffix == ".png" and z.dtype != np.uint16):
         raise _err(f"expected a 16-bit depth PNG or a 2D .npy, got {z.dtype} {z.shape}", d, i)
     z = z.astype(np.float32) / np.float32(seq.depth_scale)
     z[~np.isfinite(z) | (z < 0)] = 0
-    if not (z > 0).any():
-        raise _err("depth is 0 (invalid) everywhere", d, i)
-    median = float(np.median(z[z > 0]))
-    if not DEPTH_RANGE[0] <= median <= DEPTH_RANGE[1]:
-        raise _err(f"median depth {median:.3g} m is outside {DEPTH_RANGE[0]}-{DEPTH_RANGE[1]} m at depth scale "
-                   f"{seq.depth_scale:g} units per metre: is the depth in millimetres? try --depth-scale", d, i)
     return z
+
+
+def bad_depth(z: np.ndarray) -> str | None:
+    """Why a frame's depth (metres, 0 invalid) is unusable, or None: no valid pixel, or a median outside
+    FRAME_DEPTH_RANGE."""
+    if not (z > 0).any():
+        return "depth is 0 (invalid) everywhere"
+    median = float(np.median(z[z > 0]))
+    lo, hi = FRAME_DEPTH_RANGE
+    return None if lo <= median <= hi else f"median depth {median:.3g} m is outside {lo}-{hi} m"
 
 
 def load_frames(seq: Sequence, height: int, progress: bool = True) -> dict[str, np.ndarray]:
@@ -364,7 +422,8 @@ def estimate_workspace(episodes: list[dict[str, np.ndarray]], cfg: ImportConfig,
     and columns thinned to about 160 per image width) within `scene_radius` of where the cameras look; the table
     plane found by RANSAC among near-horizontal planes (world z up); the extent of the points at most
     `max_object_height` above it and over it, in clusters that touch the table (objects resting on it, not an
-    arm above it), plus `workspace_margin`, and down to the margin below the table."""
+    arm above it), plus `workspace_margin`, and down to the margin below the table. Where too few points are near
+    where the cameras look (axes nearly parallel, as a wrist camera's), near the points' median instead."""
     from dckp.geometry.config import MASK_PRESETS
     from dckp.geometry.masks import fit_table
 
@@ -380,9 +439,12 @@ def estimate_workspace(episodes: list[dict[str, np.ndarray]], cfg: ImportConfig,
                            -1) * z[v, u, None]
             points.append(cam @ poses[t, :3, :3].T + poses[t, :3, 3])
     p = np.concatenate(points)
-    centre = look_centre(np.concatenate([obs["free_pose"].astype(np.float64) for obs in episodes]))
-    centre = np.median(p, 0) if centre is None else centre
-    p = p[np.linalg.norm(p - centre, axis=1) < cfg.scene_radius]
+    looked_at = look_centre(np.concatenate([obs["free_pose"].astype(np.float64) for obs in episodes]))
+    for centre in [c for c in (looked_at, np.median(p, 0)) if c is not None]:  # cameras that all look one way (a
+        near = p[np.linalg.norm(p - centre, axis=1) < cfg.scene_radius]  # wrist camera): the points' median
+        if len(near) >= 100:
+            break
+    p = near
     if len(p) < 100:
         raise DckpError(f"too few points ({len(p)}) within {cfg.scene_radius} m of where the cameras look to estimate "
                         "the workspace box: give --workspace-min and --workspace-max, or a larger --scene-radius",

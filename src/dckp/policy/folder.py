@@ -28,7 +28,8 @@ def write_run(folder: Path, task: str, image_size: int, cameras: list[str], spec
 
 
 def load_run(policy_dir: str | os.PathLike) -> dict:
-    """`run.json` of a policy folder, checked, with absolute paths; DckpError naming the file and field."""
+    """`run.json` of a policy folder, checked, with absolute paths; DckpError naming the file and field. What it is
+    evaluated on is checked by `evaluated_on`."""
     from dckp.sim.tasks import TASKS
 
     path = Path(policy_dir) / RUN
@@ -71,6 +72,36 @@ def load_run(policy_dir: str | os.PathLike) -> dict:
     if isinstance(run.get("demos"), str):
         run["demos"] = str(Path(policy_dir, run["demos"]).resolve())
     return run
+
+
+def evaluated_on(policy_dir: str | os.PathLike, task: str = "") -> str:
+    """The task a policy folder is evaluated on: run.json's, checked against the demonstrations the policy was
+    trained on (task and cameras, where that file is still there), or `task`, given on purpose; either way one whose
+    cameras include run.json's. DckpError naming run.json's field otherwise."""
+    from dckp.data import Dataset
+    from dckp.sim.tasks import TASKS
+
+    run, path = load_run(policy_dir), str(Path(policy_dir) / RUN)
+    if task and task not in TASKS:
+        raise DckpError(f"unknown task {task!r}; choose from {sorted(TASKS)}", field="task")
+    name = task or run["task"]
+    unknown = [c for c in run["cameras"] if c not in TASKS[name].cameras]
+    if unknown:
+        raise DckpError(f"{unknown} are not cameras of task {name} (it has {list(TASKS[name].cameras)})", path=path,
+                        field="cameras")
+    if task or not isinstance(run.get("demos"), str) or not Path(run["demos"]).is_file():
+        return name
+    with Dataset(run["demos"]) as ds:
+        if ds.task != run["task"]:
+            raise DckpError(f"names task {run['task']!r}, but the policy was trained on demonstrations of "
+                            f"{ds.task!r} ({run['demos']}): set it back, or evaluate on another task on purpose "
+                            "with --task", path=path, field="task")
+        streams = ds.streams(ds.episodes[0]) if ds.episodes else []
+    missing = [c for c in run["cameras"] if c not in streams]
+    if missing:
+        raise DckpError(f"cameras {missing} are not in the demonstrations the policy was trained on ({run['demos']} "
+                        f"has {streams})", path=path, field="cameras")
+    return name
 
 
 def load_visuomotor_policy(policy_dir: str | os.PathLike, device: str = "cpu"):

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from dckp.checks import checked_observation
 from dckp.errors import DckpError
 from dckp.policy.config import PolicyConfig
 
@@ -108,6 +109,7 @@ class VisuomotorPolicy(nn.Module):
     @torch.no_grad()
     def act(self, observation: Mapping[str, np.ndarray]) -> np.ndarray:
         """The action `(7,)` float64 for one observation (camera images, K, poses and proprioception)."""
+        observation = checked_observation(observation, self.encoder.cameras)  # DckpError on a bad frame
         t0 = time.perf_counter()
         device = self.policy.obs_mean.device  # the whole policy's (`load_visuomotor_policy(device=...)`)
         features = self.encoder({k: v.to(device) for k, v in observation_frames(observation, self.encoder.cameras)

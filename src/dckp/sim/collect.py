@@ -6,17 +6,25 @@ import collections
 import contextlib
 import dataclasses
 import itertools
+import json
+import logging
 import math
 import multiprocessing
+import os
+import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 import mujoco
 import numpy as np
 from scipy.spatial.transform import Rotation
 from tqdm import tqdm
 
+from dckp.config import temp_beside
 from dckp.data import DatasetWriter
-from dckp.errors import DckpError
+from dckp.data.dataset import encode_depth
+from dckp.errors import DckpError, Interrupted
+from dckp.outputs import check_space
 from dckp.sim import experts as ex
 from dckp.sim.config import RENDER, CollectConfig, ViewsConfig
 from dckp.sim.env import SimEnv
@@ -24,7 +32,10 @@ from dckp.sim.render import free_camera
 from dckp.sim.rollout import expert_episode
 from dckp.sim.tasks import OVERVIEW, WRIST, get_task
 
+log = logging.getLogger(__name__)
+
 VIEW_CAMERAS = (WRIST, OVERVIEW)
+MIN_BYTES_PER_PIXEL = 0.25  # of a camera's compressed rgb, depth and seg at a step (lift at 64 px: about 1.1)
 
 
 def _stack(frames: list[dict]) -> dict[str, np.ndarray]:
@@ -81,32 +92,104 @@ def expert_episodes(task: str, image_size: int, seeds: range, workers: int = 1) 
             yield seed, episode
 
 
+class FinishedEpisodes:
+    """The finished episodes of a collection into `out`, kept beside it (`.NAME.episodes/`, one compressed .npz
+    each, renamed into place when complete) until the file is, so that a collection killed part-way resumes from
+    its last complete episode: they are written to the new file again as they were, so it is the same bytes as a
+    collection run straight through. `key` is what the episodes depend on; another key's episodes are removed."""
+
+    def __init__(self, out: str | os.PathLike, key: dict):
+        self.folder = Path(out).with_name(f".{Path(out).name}.episodes")
+        key_file, key = self.folder / "key.json", json.dumps(key, sort_keys=True)
+        if self.folder.exists() and (not key_file.is_file() or key_file.read_text() != key):
+            shutil.rmtree(self.folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        key_file.write_text(key)
+        self.kept = len(list(self.folder.glob("*.npz")))
+
+    def __iter__(self) -> Iterator[tuple[str, dict[str, np.ndarray], np.ndarray, dict]]:
+        """(name, frames, actions, attrs) of each finished episode, in order."""
+        for i in itertools.count():
+            path = self.folder / f"{i:06d}.npz"
+            if not path.exists():
+                return
+            with np.load(path) as f:
+                attrs = json.loads(str(f["attrs"]))
+                frames = {k.removeprefix("obs/"): f[k] for k in f.files if k.startswith("obs/")}
+                yield attrs.pop("name"), frames, f["actions"], attrs
+
+    def add(self, index: int, name: str, frames: dict[str, np.ndarray], actions: np.ndarray, **attrs) -> dict:
+        """Keep episode `index`; returns its frames as they are kept and written (depth encoded)."""
+        frames = {k: encode_depth(v, k) if k.endswith("_depth") and v.dtype != np.uint16 else v
+                  for k, v in frames.items()}
+        path = self.folder / f"{index:06d}.npz"
+        tmp = temp_beside(path)
+        try:
+            with open(tmp, "wb") as f:
+                np.savez_compressed(f, attrs=np.array(json.dumps({"name": name, **attrs})),
+                                    actions=np.asarray(actions, np.float32),
+                                    **{f"obs/{k}": v for k, v in frames.items()})
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        self.kept = max(self.kept, index + 1)
+        return frames
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
 def collect_demos(cfg: CollectConfig, out: str, preset: str = "cpu", progress: bool = True) -> dict:
     """Successful expert demonstrations of `cfg.task` into `out`, the first `demos` successes from seed `cfg.seed`
-    on, run by `cfg.workers` processes. Returns a summary."""
+    on, run by `cfg.workers` processes; a collection into `out` that was interrupted or killed is resumed from its
+    last finished episode (`FinishedEpisodes`). Returns a summary."""
     task = get_task(cfg.task)
     n = cfg.demos or task.demos[preset]
+    check_space(out, n * task.horizon * len(task.cameras) * cfg.image_size**2 * MIN_BYTES_PER_PIXEL,
+                f"{n} demonstrations", "demos")
     attempts = math.ceil(max(n * cfg.max_attempts_factor, n + 5))
-    tried, lengths = 0, []
-    with DatasetWriter(out, "demos", task.name, task.objects, _file_config(task, cfg),
-                       workspace=task.workspace) as writer:
-        seeds = range(cfg.seed, cfg.seed + attempts)
-        with (tqdm(total=n, desc=f"demos {task.name}", disable=not progress) as bar,
-              contextlib.closing(expert_episodes(task.name, cfg.image_size, seeds, cfg.workers)) as episodes):
-            for seed, episode in episodes:
-                tried += 1
-                if episode is not None:
-                    frames, actions, steps = episode
-                    writer.add_episode(f"demo_{len(lengths)}", frames, actions, seed=seed, success=True,
-                                       num_steps=steps)
-                    lengths.append(steps)
-                    bar.update(1)
-                    if len(lengths) == n:
-                        break  # closing the episodes stops the workers
-            else:
-                raise DckpError(f"only {len(lengths)} of {n} demonstrations succeeded in {tried} seeds", field="demos")
-        summary = {"demos": n, "seeds_tried": tried, "mean_steps": float(np.mean(lengths)),
-                   "image_bytes_per_frame": writer.bytes_images / max(writer.frames, 1)}
+    config = _file_config(task, cfg)
+    finished = FinishedEpisodes(out, {**config, "collect": {k: v for k, v in config["collect"].items()
+                                                           if k not in ("demos", "max_attempts_factor")}})
+    lengths, next_seed = [], cfg.seed
+    try:
+        with DatasetWriter(out, "demos", task.name, task.objects, config, workspace=task.workspace) as writer:
+            for name, frames, actions, attrs in itertools.islice(finished, n):
+                writer.add_episode(name, frames, actions, **attrs)
+                lengths.append(attrs["num_steps"])
+                next_seed = attrs["seed"] + 1
+            if lengths:
+                log.info("resuming from the %d finished demonstrations in %s", len(lengths), finished.folder)
+            seeds = range(next_seed, cfg.seed + attempts)
+            with (tqdm(total=n, initial=len(lengths), desc=f"demos {task.name}", disable=not progress) as bar,
+                  contextlib.closing(expert_episodes(task.name, cfg.image_size, seeds, cfg.workers)) as episodes):
+                for seed, episode in episodes if len(lengths) < n else ():
+                    next_seed = seed + 1
+                    if episode is not None:
+                        frames, actions, steps = episode
+                        name, attrs = f"demo_{len(lengths)}", {"seed": seed, "success": True, "num_steps": int(steps)}
+                        frames = finished.add(len(lengths), name, frames, actions, **attrs)
+                        writer.add_episode(name, frames, actions, **attrs)
+                        lengths.append(steps)
+                        bar.update(1)
+                        if len(lengths) == n:
+                            break  # closing the episodes stops the workers
+                if len(lengths) < n:
+                    raise DckpError(f"only {len(lengths)} of {n} demonstrations succeeded in {next_seed - cfg.seed} "
+                                    "seeds", field="demos")
+            summary = {"demos": n, "seeds_tried": next_seed - cfg.seed, "mean_steps": float(np.mean(lengths)),
+                       "image_bytes_per_frame": writer.bytes_images / max(writer.frames, 1)}
+    except KeyboardInterrupt:
+        if not finished.kept:
+            finished.remove()
+            raise
+        raise Interrupted(f"kept the {finished.kept} finished demonstrations in {finished.folder}, which the same "
+                          "command resumes from") from None
+    except BaseException:
+        finished.remove()
+        raise
+    finished.remove()
     return summary
 
 

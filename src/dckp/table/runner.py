@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 OBJECT_STORE_BYTES = 100 * 1024**2  # the stages pass only small results through Ray; their data go through files
 WORKER_ENV = {"MUJOCO_GL": "egl", "PYOPENGL_PLATFORM": "egl", "OMP_NUM_THREADS": "1"}
 TRAINING = ("pretrain", "representation", "policy")  # stages that train a network (a GPU where they run on cuda)
+STOP_GRACE_S = 120.0  # seconds the running tasks of an interrupted table get to save their state
 EVAL_GPU_SHARE = 0.25  # of a GPU per evaluation chunk on cuda: the simulator, on the CPU, is most of a chunk's time
 
 
@@ -365,5 +366,20 @@ def _wait(jobs: list[_Job], status: dict, cells: dict, out: Path, finished: Call
                 path = out / job.key[0] / "stage_seconds.json"
                 timings = json.loads(path.read_text()) if path.exists() else {}
                 save_json({**timings, job.key[1]: results[job.key]["seconds"]}, path)
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM or SIGHUP (the CLI's handlers)
+        _pass_on(list(running))
+        raise
     finally:
         bar.close()
+
+
+def _pass_on(refs: list, grace_s: float = STOP_GRACE_S) -> None:
+    """The driver's interrupt passed on to the running Ray tasks (`ray.cancel`: a KeyboardInterrupt in each task,
+    whose training then saves its step as on Ctrl-C), which get `grace_s` seconds to stop before Ray shuts down."""
+    import ray
+
+    for ref in refs:
+        ray.cancel(ref)
+    if refs:
+        log.warning("interrupted: stopping %d running stage(s); each saves what it can resume from", len(refs))
+        ray.wait(refs, num_returns=len(refs), timeout=grace_s)

@@ -11,11 +11,16 @@ from dckp.data import Dataset
 from dckp.viz.images import depth_rgb, grid, save_png, save_video, seg_rgb
 
 
+def default_out(path: str | os.PathLike) -> Path:
+    """Where `show` writes by default: `<stem>_show/` beside the file."""
+    return Path(path).with_name(Path(path).stem + "_show")
+
+
 def show(path: str | os.PathLike, episode: str | None = None, out: str | os.PathLike | None = None) -> list[str]:
     """Summary lines; writes `<out>/<episode>.png` (rgb, depth, segmentation at a few times per stream)
-    and `<out>/<episode>.mp4` (all streams side by side)."""
+    and `<out>/<episode>.mp4` (all streams side by side); `out` defaults to `default_out`."""
     path = Path(path)
-    out = Path(out) if out is not None else path.with_name(path.stem + "_show")
+    out = Path(out) if out is not None else default_out(path)
     with Dataset(path) as ds:
         episodes = ds.episodes
         episode = ds.pick_episode(episode)

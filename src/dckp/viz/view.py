@@ -59,8 +59,9 @@ class ViewConfig:
         for name in ("point_stride", "chunk"):
             if getattr(self, name) < 1:
                 raise DckpError(f"must be >= 1, got {getattr(self, name)}", field=name)
-        if self.max_steps < 0:
-            raise DckpError(f"must be >= 0, got {self.max_steps}", field="max_steps")
+        for name in ("max_steps", "seed"):
+            if getattr(self, name) < 0:
+                raise DckpError(f"must be >= 0, got {getattr(self, name)}", field=name)
         if self.encoder not in ("dckp-3d", "dckp-filter", "dckp-gate"):
             raise DckpError(f"must be dckp-3d, dckp-filter or dckp-gate, got {self.encoder!r}", field="encoder")
         if self.don and not self.references:
@@ -72,12 +73,17 @@ def has_display() -> bool:
     return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
+def default_out(path: str | os.PathLike, seed: int) -> Path:
+    """Where `view` writes by default: beside a file as `<stem>.rrd`, or `<policy>/rollout_<seed>.rrd`."""
+    path = Path(path)
+    return path / f"rollout_{seed}.rrd" if path.is_dir() else path.with_suffix(".rrd")
+
+
 def view(path: str | os.PathLike, cfg: ViewConfig, out: str | os.PathLike | None = None,
          spawn: bool | None = None, progress: bool = True, rollout: dict | None = None) -> Path:
     """Write the recording of `path` (a demos or views file, or a policy folder with `rollout`, its episode from
-    `dckp.evaluation.rollout.record_rollout`) to `out` (default: beside the file as `<stem>.rrd`, or
-    `<policy>/rollout_<seed>.rrd`), atomically. Opens it in the rerun viewer when `spawn` (default: when a display
-    exists). Returns the file's path."""
+    `dckp.evaluation.rollout.record_rollout`) to `out` (default: `default_out`), atomically. Opens it in the rerun
+    viewer when `spawn` (default: when a display exists). Returns the file's path."""
     import rerun as rr
 
     path = Path(path)
@@ -85,9 +91,7 @@ def view(path: str | os.PathLike, cfg: ViewConfig, out: str | os.PathLike | None
         raise DckpError("file not found", path=str(path))
     if path.is_dir() and rollout is None:
         raise DckpError("a policy folder is viewed through one of its rollouts: run `dckp view` on it", path=str(path))
-    if out is None:
-        out = path / f"rollout_{cfg.seed}.rrd" if rollout else path.with_suffix(".rrd")
-    out = Path(out)
+    out = Path(out) if out is not None else default_out(path, cfg.seed)
     episodes = [rollout] if rollout else _file_episodes(path, cfg)
     keypointer = _keypointer(cfg, path if rollout else None)
 

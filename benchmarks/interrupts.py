@@ -1,0 +1,110 @@
+"""`dckp run` interrupted with a signal in each stage in turn, then run again: whether the run finishes with the same
+bytes as one run straight through. Writes results/interrupts.{json,md}.
+
+    python benchmarks/interrupts.py                       # tiny sizes (tests/test_determinism.py's): ~5 min
+    python benchmarks/interrupts.py --preset demo         # `make demo`'s settings: hours on 2 cores
+
+One run folder goes straight through; another is started, sent the signal (SIGTERM by default) as each stage starts
+(its `STAGE: running` log line), started again, and so on through every stage, then run to the end. Compared: the
+artefacts of tests/test_determinism.py and each evaluation's record (timings aside). Each interrupted run must exit
+with 128 + the signal's number and print its resume line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from test_determinism import ARTEFACTS, FLAGS, digest, outcome  # noqa: E402
+
+from dckp.config import atomic_write_bytes, save_json  # noqa: E402
+
+
+def _run(out: Path, flags: list[str], stop_at: str | None, sig: int) -> tuple[int, str, list[str], list[str]]:
+    """`dckp run` into `out`; with `stop_at`, `sig` is sent as that stage starts. (exit status, the stage it was
+    sent in or "", the last line of stderr, the stages that ran)."""
+    p = subprocess.Popen([sys.executable, "-m", "dckp.cli.main", "run", "--out", str(out), *flags],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    sent, lines, ran = "", [], []
+    for line in p.stderr:
+        lines.append(line.rstrip("\n"))
+        started = re.match(r"INFO (.+): running$", line.strip())
+        if started:
+            ran.append(started.group(1))
+        if started and stop_at is not None and not sent and started.group(1) == stop_at:
+            p.send_signal(sig)
+            sent = stop_at
+    return p.wait(), sent, [x for x in lines if x.strip()][-1:], ran
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="tiny", choices=["tiny", "demo"],
+                        help="tiny: tests/test_determinism.py's flags; demo: `make demo`'s (default: %(default)s)")
+    parser.add_argument("--signal", default="SIGTERM", choices=["SIGTERM", "SIGINT", "SIGHUP"],
+                        help="the signal sent (default: %(default)s)")
+    parser.add_argument("--folder", default=str(ROOT / "runs" / "interrupts"),
+                        help="where the runs go: FOLDER/run, the straight one then moved to FOLDER/straight "
+                        "(default: runs/interrupts)")
+    args = parser.parse_args()
+    flags = ["--preset", "demo"] if args.preset == "demo" else FLAGS
+    sig = signal.Signals[args.signal]
+    folder = Path(args.folder)
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    stopped, straight = folder / "run", folder / "straight"  # both made at one path, so stored paths agree
+
+    start = time.perf_counter()
+    rc, _, _, stages = _run(stopped, flags, None, sig)
+    straight_s = time.perf_counter() - start
+    if rc != 0:
+        raise SystemExit(f"the straight run failed (exit status {rc})")
+    shutil.move(stopped, straight)
+
+    log, start = [], time.perf_counter()
+    for stage in stages:
+        rc, sent, last, _ = _run(stopped, flags, stage, sig)
+        log.append({"stage": stage, "signal_sent": bool(sent), "exit_status": rc,
+                    "resume_line": bool(last) and last[0].startswith("interrupted: ") and "resume with: dckp run"
+                    in last[0], "last_line": last[0] if last else ""})
+        print(json.dumps(log[-1]), flush=True)
+    rc, _, _, _ = _run(stopped, flags, None, sig)
+    interrupted_s = time.perf_counter() - start
+    mismatches = [name for name in ARTEFACTS if (straight / name).exists() != (stopped / name).exists()
+                  or (straight / name).exists() and digest(straight / name) != digest(stopped / name)]
+    mismatches += [f"policy_{e}/eval/eval.json" for e in ("dckp-3d", "gt-kp")
+                   if outcome(straight / f"policy_{e}" / "eval" / "eval.json")
+                   != outcome(stopped / f"policy_{e}" / "eval" / "eval.json")]
+    results = {"preset": args.preset, "signal": args.signal, "stages": len(stages),
+               "interrupted_in_each": all(e["signal_sent"] and e["exit_status"] == 128 + sig and e["resume_line"]
+                                          for e in log),
+               "final_exit_status": rc, "same_bytes": rc == 0 and not mismatches, "mismatches": mismatches,
+               "straight_s": round(straight_s, 1), "interrupted_s": round(interrupted_s, 1), "log": log}
+    save_json(results, ROOT / "results" / "interrupts.json")
+    lines = ["# A run interrupted in each stage", "", f"`python benchmarks/interrupts.py --preset {args.preset} "
+             f"--signal {args.signal}` on this 2-core machine: `dckp run` sent {args.signal} as each of its "
+             f"{len(stages)} stages starts, in turn, each time started again, then run to the end.", "",
+             f"- every interrupted run exited {128 + sig} with its resume line: {results['interrupted_in_each']}",
+             f"- the final run's artefacts and evaluation records equal a run straight through: "
+             f"{results['same_bytes']} {' '.join(mismatches)}",
+             f"- wall time: straight {straight_s / 60:.1f} min; interrupted {len(stages)} times and finished "
+             f"{interrupted_s / 60:.1f} min", "", "| stage | exit status | resume line |", "|---|---|---|",
+             *(f"| {e['stage']} | {e['exit_status']} | {e['last_line']} |" for e in log)]
+    atomic_write_bytes(ROOT / "results" / "interrupts.md", ("\n".join(lines) + "\n").encode())
+    print(json.dumps({k: v for k, v in results.items() if k != "log"}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
