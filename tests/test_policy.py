@@ -190,3 +190,30 @@ def test_encoder_registry(fake_encoder, capsys):
     frames = {f"{c}_rgb": torch.zeros(2, 4, 4, 3, dtype=torch.uint8) for c in ("b", "a")}
     enc = fake_encoder(["b", "a"], 4)
     assert enc.cameras == ["a", "b"] and enc(frames).shape == (2, enc.output_dim()) == (2, 6)
+
+
+def test_an_interrupt_saves_the_step_and_the_rerun_resumes(tmp_path, monkeypatch):
+    """Ctrl-C (or SIGTERM, which the CLI turns into one) during training: the step finishes, policy_last is saved
+    at it, and the same call resumes from there to the losses of an uninterrupted run."""
+    import contextlib
+
+    import dckp.policy.train as train
+    from dckp.errors import Interrupted
+
+    feats, acts = demos()
+    cfg = PolicyConfig(head_options=lstm(), batch_size=2, steps=6, checkpoint_every=100)
+    train_policy(feats, acts, cfg, tmp_path / "full", progress=False)
+
+    class StopAtThird(list):  # as if Ctrl-C came during the third step
+        checks = 0
+
+        def __bool__(self):
+            self.checks += 1
+            return self.checks >= 3
+
+    monkeypatch.setattr(train, "stop_after_step", lambda: contextlib.nullcontext(StopAtThird()))
+    with pytest.raises(Interrupted, match="at step 3 of 6"):
+        train_policy(feats, acts, cfg, tmp_path / "cut", progress=False)
+    monkeypatch.undo()
+    assert train_policy(feats, acts, cfg, tmp_path / "cut", progress=False)["resumed_from"] == 3
+    assert losses(tmp_path / "cut") == losses(tmp_path / "full")

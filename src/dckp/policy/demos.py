@@ -146,7 +146,7 @@ def train_on_demos(demos: str | os.PathLike, encoder_spec: dict, cfg: PolicyConf
         return train_policy(obs, actions, cfg, out, progress=progress, validator=validator)
     finally:
         if validator is not None:
-            validator.pool.shutdown(cancel_futures=True)
+            validator.terminate()  # after close(), or an interrupt: the next run rolls out what is left
 
 
 def _features(encoder, encoder_spec: dict, demos, cameras: list[str], cfg: PolicyConfig, out: Path,

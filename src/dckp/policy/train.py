@@ -34,12 +34,19 @@ import torch
 from tqdm import tqdm
 
 from dckp.config import atomic_write_bytes, from_dict, save_json
-from dckp.errors import DckpError
+from dckp.errors import DckpError, Interrupted
 from dckp.policy.config import PolicyConfig
 from dckp.policy.heads.base import head_class
 from dckp.policy.model import Policy
 from dckp.policy.validate import best_step, kept_folder
-from dckp.training import load_optimizer_tensors, log_lines_before, optimizer_tensors, prefixed, read_checkpoint
+from dckp.training import (
+    load_optimizer_tensors,
+    log_lines_before,
+    optimizer_tensors,
+    prefixed,
+    read_checkpoint,
+    stop_after_step,
+)
 
 WEIGHTS, META, LAST = "policy.safetensors", "policy.json", "policy_last.safetensors"
 LOG, PLOT = "train_log.jsonl", "policy_loss.png"
@@ -93,7 +100,7 @@ def train_policy(features: list[np.ndarray], actions: list[np.ndarray], cfg: Pol
     span = cls.window(options)
     model.train()
     with open(out / LOG, "a") as logf, tqdm(total=cfg.steps, initial=start, disable=not progress,
-                                            desc=f"policy {cfg.head}", unit="step") as bar:
+                                            desc=f"policy {cfg.head}", unit="step") as bar, stop_after_step() as stop:
         for step in range(start, cfg.steps):
             index, first, n = _windows(lengths, span, cfg, step)
             o, a, mask = _gather(obs, act, lengths, index, first, n)
@@ -110,14 +117,16 @@ def train_policy(features: list[np.ndarray], actions: list[np.ndarray], cfg: Pol
             logf.write(json.dumps(history[-1]) + "\n")
             bar.update()
             bar.set_postfix(loss=f"{history[-1]['loss']:.3g}")
-            done = step + 1
+            done, stopping = step + 1, bool(stop)  # a first Ctrl-C (or SIGTERM, SIGHUP in the CLI): save and stop
             if cfg.val_every and (done % cfg.val_every == 0 or done == cfg.steps):
                 folder = kept_folder(out, done)
                 save_policy(model, folder, encoder, threads, best=done)
                 validator.submit(done, folder)
-            if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+            if done % cfg.checkpoint_every == 0 or done == cfg.steps or stopping:
                 logf.flush()
                 _save_last(out / LAST, model, opt, cfg, done, threads, encoder)
+            if stopping:
+                raise Interrupted(f"saved {out / LAST} at step {done} of {cfg.steps}")
             if validator is not None:
                 for r in validator.poll():
                     bar.write(f"validation: step {r['step']}: {r['successes']}/{r['episodes']}")

@@ -9,9 +9,9 @@ no line yet, and an evaluation stopped part-way keeps the episodes it finished.
 
 from __future__ import annotations
 
-import concurrent.futures
 import json
 import multiprocessing
+import signal
 from collections.abc import Callable
 from pathlib import Path
 
@@ -46,17 +46,22 @@ def read_records(out: Path) -> dict[int, dict]:
     return records
 
 
+def _ignore_interrupts() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the training process decides what an interrupt stops
+
+
 class Validator:
     """Submits kept checkpoints to `workers` spawned processes (`run` is `validate_folder` or a stand-in with its
     signature) and records their results as they finish. `prepare(folder)` completes a kept folder first (its
-    `run.json`)."""
+    `run.json`). `close()` waits for the rollouts; `terminate()` (an interrupted training) stops them, and the
+    next `Validator` on the folder submits them again."""
 
     def __init__(self, out: Path, episodes: int, workers: int, prepare: Callable[[Path], None],
                  run: Callable[[str, int], dict] = validate_folder):
         self.out, self.episodes, self.prepare, self.run = Path(out), episodes, prepare, run
         self.records = read_records(self.out)
-        self.pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-        self.pending: dict[int, concurrent.futures.Future] = {}
+        self.pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_ignore_interrupts)
+        self.pending: dict[int, multiprocessing.pool.AsyncResult] = {}
         for folder in sorted((self.out / KEPT).glob("step_*")):
             step = int(folder.name[len("step_"):])
             if step not in self.records and (folder / "policy.json").exists():
@@ -64,14 +69,14 @@ class Validator:
 
     def submit(self, step: int, folder: Path) -> None:
         self.prepare(folder)
-        self.pending[step] = self.pool.submit(self.run, str(folder), self.episodes)
+        self.pending[step] = self.pool.apply_async(self.run, (str(folder), self.episodes))
 
     def poll(self, wait: bool = False) -> list[dict]:
         """Record the results finished by now (all of them with `wait`); the new records."""
         new = []
         for step, future in sorted(self.pending.items()):
-            if wait or future.done():
-                new.append({"step": step, **future.result()})
+            if wait or future.ready():
+                new.append({"step": step, **future.get()})
                 del self.pending[step]
         with open(self.out / RECORDS, "a") as f:
             for record in new:
@@ -84,8 +89,12 @@ class Validator:
         try:
             self.poll(wait=True)
         finally:
-            self.pool.shutdown(cancel_futures=True)
+            self.terminate()
         return dict(sorted(self.records.items()))
+
+    def terminate(self) -> None:
+        self.pool.terminate()
+        self.pool.join()
 
 
 def best_step(records: dict[int, dict]) -> int:
