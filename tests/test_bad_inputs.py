@@ -412,7 +412,7 @@ def api_cases(paths: dict[str, str]) -> dict[str, Callable[[], object]]:
     from dckp import KeypointTracker
     from dckp.encoders import build_encoder
     from dckp.io.recordings import read_pose_matrices
-    from dckp.policy import LSTMPolicy, PolicyConfig, VisuomotorPolicy
+    from dckp.policy import Policy, PolicyConfig, VisuomotorPolicy
 
     refs = Path(paths["tmp"]) / "api_refs.safetensors"
     refs.write_bytes(save({f"{WRIST}.descriptors": torch.randn(3, 3), f"{WRIST}.uv": torch.zeros(3, 2),
@@ -420,7 +420,7 @@ def api_cases(paths: dict[str, str]) -> dict[str, Callable[[], object]]:
                           metadata={"dckp": "{}"}))
     tracker = KeypointTracker.load(paths["don"], refs, form="world")
     policy = VisuomotorPolicy(build_encoder({"name": "blind"}, [WRIST], SIZE),
-                              LSTMPolicy(9, 7, PolicyConfig(hidden=8, layers=1))).eval()
+                              Policy(9, 7, PolicyConfig(head_options={"hidden": 8, "layers": 1}))).eval()
     proprio = {"joint_pos": np.zeros(7), "eef_pos": np.zeros(3), "eef_quat": np.array([1.0, 0, 0, 0]),
                "gripper_qpos": np.zeros(2)}
     cases = {}

@@ -165,7 +165,7 @@ def markdown(data: dict, stem: str = "table1") -> str:
     head = ["method"]
     for t in tasks:
         head += [t] + ([f"{STAND_IN[t]} (paper)"] if STAND_IN.get(t) else [])
-    protocol = data["config"]["run"].get("protocol", "paper")
+    protocol = data["config"].get("run", {}).get("protocol", "paper")  # tables before protocols: the paper's
     lines = [f"# Table I: closed-loop success by task and method ({protocol} protocol)", "",
              caption(data) + " Made with `dckp table`; cells are success rate [95 % Wilson interval]. The paper "
              "columns are von Hartz et al. 2022, Table I (RLBench, 200 episodes); our task stands in for it (n/r: not "
