@@ -1,5 +1,5 @@
 """`dckp run` interrupted with a signal in each stage in turn, then run again: whether the run finishes with the same
-bytes as one run straight through. Writes results/interrupts.{json,md}.
+bytes as one run straight through. Writes results/interrupts_PRESET.{json,md}.
 
     python benchmarks/interrupts.py                       # tiny sizes (tests/test_determinism.py's): ~5 min
     python benchmarks/interrupts.py --preset demo         # `make demo`'s settings: hours on 2 cores
@@ -92,7 +92,7 @@ def main() -> None:
                                           for e in log),
                "final_exit_status": rc, "same_bytes": rc == 0 and not mismatches, "mismatches": mismatches,
                "straight_s": round(straight_s, 1), "interrupted_s": round(interrupted_s, 1), "log": log}
-    save_json(results, ROOT / "results" / "interrupts.json")
+    save_json(results, ROOT / "results" / f"interrupts_{args.preset}.json")
     lines = ["# A run interrupted in each stage", "", f"`python benchmarks/interrupts.py --preset {args.preset} "
              f"--signal {args.signal}` on this 2-core machine: `dckp run` sent {args.signal} as each of its "
              f"{len(stages)} stages starts, in turn, each time started again, then run to the end.", "",
@@ -102,7 +102,7 @@ def main() -> None:
              f"- wall time: straight {straight_s / 60:.1f} min; interrupted {len(stages)} times and finished "
              f"{interrupted_s / 60:.1f} min", "", "| stage | exit status | resume line |", "|---|---|---|",
              *(f"| {e['stage']} | {e['exit_status']} | {e['last_line']} |" for e in log)]
-    atomic_write_bytes(ROOT / "results" / "interrupts.md", ("\n".join(lines) + "\n").encode())
+    atomic_write_bytes(ROOT / "results" / f"interrupts_{args.preset}.md", ("\n".join(lines) + "\n").encode())
     print(json.dumps({k: v for k, v in results.items() if k != "log"}, indent=1))
 
 

@@ -195,3 +195,17 @@ def test_a_process_started_by_the_lock_holder_writes_under_its_lock(tmp_path):
         assert child.returncode == 0, err
         assert json.loads(lock_path(out).read_text())["pid"] == os.getpid()  # still the holder's
     assert (out / "scene_0" / "poses.txt").is_file() and _left(tmp_path) == []
+
+
+def test_a_dry_run_touches_no_output(tmp_path, capsys):
+    """`dckp table --dry-run --force` neither replaces, locks nor cleans its folders."""
+    out, results = tmp_path / "t", tmp_path / "r"
+    for folder in (out, results):
+        folder.mkdir()
+        (folder / "mine.txt").write_text("kept")
+        (folder / ".x.json.abcd1234.tmp").write_text("not this run's to remove")
+    before = sorted(tmp_path.rglob("*"))
+    argv = ["table", "--tasks", "lift", "--methods", "blind", "--out", str(out), "--results", str(results)]
+    assert main([*argv, "--dry-run", "--force"]) == 0
+    assert "lift: 0 of 1 cells done" in capsys.readouterr().out
+    assert sorted(tmp_path.rglob("*")) == before

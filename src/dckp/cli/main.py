@@ -31,6 +31,7 @@ class Write(NamedTuple):
     default: Callable | None = None
     resumes: bool = False  # a folder the command continues from (--force starts over)
     in_place: bool = False  # a file the command rewrites in place
+    skip: Callable = lambda args: False  # nothing is written this time (a dry run): not checked, locked or touched
 
     def lock(self, args):
         from dckp.outputs import writing
@@ -584,8 +585,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/table", help="run folder: one `dckp run` folder per task (default: "
                    "runs/table)")
     p.set_defaults(func=cmd_table)
-    _writes(p, Write(kind="folder", resumes=True), Write("results", kind="folder", resumes=True,
-                                                         default=lambda a: _value(a, "results", _table_config())))
+    dry = {"skip": lambda a: bool(a.dry_run)}
+    _writes(p, Write(kind="folder", resumes=True, **dry), Write("results", kind="folder", resumes=True, **dry,
+                                                                default=lambda a: _value(a, "results",
+                                                                                         _table_config())))
     return parser
 
 
@@ -636,7 +639,8 @@ def main(argv: list[str] | None = None) -> int:
             check_device_here(args.device, "--device")
         with _signals_as_interrupt(received), contextlib.ExitStack() as outputs:
             for write in getattr(args, "writes", ()):
-                outputs.enter_context(write.lock(args))
+                if not write.skip(args):
+                    outputs.enter_context(write.lock(args))
             status = args.func(args)
     except BaseException as e:
         _remove_empty(created)
