@@ -103,7 +103,8 @@ def write(results: dict, out: Path, runs: Path) -> None:
         for folder in sorted((runs / task).glob("*_*")):
             records = read_records(folder)
             if records:
-                ax.plot(list(records), [r["rate"] for r in records.values()], marker="o", label=folder.name)
+                lr = "" if "_lr" in folder.name else f"_lr{POLICY_PRESETS['converged'].lr:g}"
+                ax.plot(list(records), [r["rate"] for r in records.values()], marker="o", label=folder.name + lr)
         ax.set(xlabel="training step", ylabel="validation success", ylim=(-0.02, 1.02), title=f"{task}: validation "
                "rollouts (seeds from 2,000,000)")
         ax.legend(fontsize=8)
