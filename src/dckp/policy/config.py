@@ -116,11 +116,12 @@ def add_policy_args(parser: argparse.ArgumentParser) -> None:
     add_config_args(parser, PolicyConfig, POLICY_PRESETS, skip=("head_options",))
     seen: set[str] = set()
     for name, cls in sorted(registry().items()):
-        fields = {f.name for f in dataclasses.fields(cls.options)}
-        if fields - seen:
-            add_config_args(parser, cls.options, title=f"{name} head options (defaults: the head's own)",
-                            skip=seen)
-        seen |= fields
+        fields = dataclasses.fields(cls.options)
+        shared = [f"--{f.name.replace('_', '-')} (default {f.default})" for f in fields if f.name in seen]
+        title = f"{name} head options" + (f"; it also takes {', '.join(shared)}, listed above" if shared else "")
+        if {f.name for f in fields} - seen:
+            add_config_args(parser, cls.options, title=title, skip=seen)
+        seen |= {f.name for f in fields}
 
 
 def policy_from_args(preset_name: str, args: argparse.Namespace) -> PolicyConfig:
