@@ -347,3 +347,24 @@ def test_an_interrupted_table_passes_the_signal_on_to_its_running_tasks(tmp_path
     assert (tmp_path / "started").exists() and not (tmp_path / "saved").exists()
     _pass_on([ref], grace_s=60)
     assert (tmp_path / "saved").exists()  # the task saved before Ray went down
+
+
+def test_the_page_shows_both_protocols_with_the_change(tmp_path):
+    from dckp.table.outputs import protocols
+
+    def cell(rate, low, high, **extra):
+        return {"rate": rate, "ci95": [low, high], "episodes": 100, "mean_steps": 1.0, "train_s": None,
+                "eval_s": None, **extra}
+
+    (tmp_path / "table1.json").write_text(json.dumps({"cells": {"stack": {
+        "gt-kp": cell(0.6, 0.5, 0.7), "blind": cell(0.04, 0.01, 0.1)}}}))
+    assert protocols(tmp_path) == ""  # one protocol: nothing to compare
+    (tmp_path / "table1_converged.json").write_text(json.dumps({"cells": {"stack": {
+        "gt-kp": cell(0.9, 0.82, 0.95, head="rnn-gmm", steps=10, best_step=8),
+        "blind": cell(0.08, 0.03, 0.15, head="rnn-gmm", steps=10, best_step=4)}}}))
+    section = protocols(tmp_path)
+    gt = section.split("<th>gt-kp</th>")[1].split("</tr>")[0]
+    assert "0.60 [0.50, 0.70]" in gt and "0.90 [0.82, 0.95] (rnn-gmm, best step 8)" in gt
+    assert "+0.30</td>" in gt and "0.720" in gt  # apart intervals; the paper's GT-KP on Phone
+    blind = section.split("<th>blind</th>")[1].split("</tr>")[0]
+    assert "+0.04 (intervals overlap)" in blind

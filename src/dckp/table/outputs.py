@@ -126,7 +126,39 @@ def write_outputs(out: str | Path, table: TableConfig, run: RunConfig, preset: s
     atomic_write_bytes(results / f"{stem}.md", markdown(data, stem).encode())
     figure(data, results / f"{stem}.png")
     atomic_write_bytes(results / f"{stem}.html", page(data, out, results, run, stem).encode())
+    if stem != "table1" and (results / "table1.json").exists():  # the paper's page shows both protocols
+        paper_run = dataclasses.replace(run, protocol="paper", head="")
+        atomic_write_bytes(results / "table1.html", page(json.loads((results / "table1.json").read_text()), out,
+                                                         results, paper_run).encode())
     return data
+
+
+def protocols(results: Path) -> str:
+    """An HTML table of the paper protocol's cells beside the converged protocol's (where both tables exist in
+    `results`): per task and method both rates with their 95 % intervals, the change, whether the intervals
+    overlap, and the paper's rate."""
+    paths = [results / "table1.json", results / "table1_converged.json"]
+    if not all(p.exists() for p in paths):
+        return ""
+    paper, converged = (json.loads(p.read_text()) for p in paths)
+    tasks, methods = _order({"cells": {t: {**paper["cells"].get(t, {}), **c} for t, c in converged["cells"].items()}})
+    rows = []
+    for t in tasks:
+        for m in methods:
+            a, b = paper["cells"].get(t, {}).get(m), converged["cells"][t].get(m)
+            if b is None:
+                continue
+            change = "-" if a is None else (f"{b['rate'] - a['rate']:+.2f}" + (
+                " (intervals overlap)" if a["ci95"][1] >= b["ci95"][0] and b["ci95"][1] >= a["ci95"][0] else ""))
+            theirs = _paper(PAPER[STAND_IN[t]].get(m)) if STAND_IN.get(t) and m in PAPER_METHODS else ""
+            rows.append(f"<tr><td>{html.escape(t)}</td><th>{html.escape(m)}</th><td>{_rate(a)}</td><td>{_rate(b)} "
+                        f"({html.escape(b.get('head', '?'))}, best step {b.get('best_step')})</td><td>{change}</td>"
+                        f"<td>{theirs}</td></tr>")
+    return ("<h2>The two protocols</h2><p>Each method under the paper's protocol (table1.json) and the converged one "
+            "(table1_converged.json: the converged policy preset, the checkpoint best on validation seeds), with "
+            "95 % Wilson intervals, and the paper's rate on the task ours stands in for.</p><table><tr><th>task</th>"
+            "<th>method</th><th>paper protocol</th><th>converged</th><th>change</th><th>paper</th></tr>"
+            + "".join(rows) + "</table>")
 
 
 def _order(data: dict) -> tuple[list[str], list[str]]:
@@ -271,4 +303,4 @@ def page(data: dict, out: Path, results: Path, run: RunConfig, stem: str = "tabl
             "and its evaluation record.</p>"
             f"<table><tr><th>method</th>{head}</tr>{''.join(rows)}</table>"
             f"<p><img src='{stem}.png' alt='Table I bars' style='max-width:100%'></p>"
-            f"<p>See {stem}.md for the paper's numbers beside each task.</p></body></html>\n")
+            f"<p>See {stem}.md for the paper's numbers beside each task.</p>{protocols(results)}</body></html>\n")
