@@ -82,10 +82,12 @@ def run_cell(task_dir: Path, encoder: str, head: str, args) -> dict | None:
 
 def write(results: dict, out: Path, runs: Path) -> None:
     save_json(results, out / "learner.json")
+    p = POLICY_PRESETS["converged"]
     lines = ["# Policy learner on the multi-object tasks", "",
-             "`python benchmarks/learner.py`: the `converged` recipe (windows, Adam 1e-4, batch 100, best of the kept "
-             "checkpoints on validation rollouts from seed 2,000,000), evaluated on seeds 1,000,000 on. "
-             "2-core CPU; `train_s` includes the validation rollouts that ran beside the training.", "",
+             f"`python benchmarks/learner.py`: the `converged` recipe (windows, Adam {p.lr:g}, batch {p.batch_size}, "
+             f"the best of the checkpoints kept every {p.val_every} steps on {p.val_episodes} validation rollouts from "
+             "seed 2,000,000), evaluated on seeds 1,000,000 on. 2-core CPU; `train_s` includes the validation "
+             "rollouts that ran beside the training.", "",
              "| task | encoder | head | success [95 % CI] | episodes | demos | steps | best step | train min |",
              "|---|---|---|---|---|---|---|---|---|"]
     for task, encoders in results.items():
@@ -94,6 +96,13 @@ def write(results: dict, out: Path, runs: Path) -> None:
                 lines.append(f"| {task} | {encoder} | {head} | {r['rate']:.2f} [{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}]"
                              f" | {r['episodes']} | {r['demos']} | {r['steps']} | {r['best_step']} | "
                              f"{r['train_s'] / 60:.0f} |")
+    explored = [(task, folder) for task in results for folder in sorted((runs / task).glob("*_lr*"))]
+    if explored:
+        lines += ["", "Explorations (`--lr`), rolled out on validation seeds only: successes of 20 per kept step.", ""]
+        lines += [f"- {task} {folder.name}: " + ", ".join(f"{s}: {r['successes']}" for s, r in
+                                                          read_records(folder).items()) for task, folder in explored]
+    for task in results:
+        lines += ["", f"![{task}](learner_{task}.png)"]
     atomic_write_bytes(out / "learner.md", ("\n".join(lines) + "\n").encode())
     from matplotlib.figure import Figure
 
