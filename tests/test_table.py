@@ -119,6 +119,10 @@ def test_table_broken_cell_resume_and_skip(tmp_path, local_ray, capsys, monkeypa
     assert lines[0] == "lift: 0 of 2 cells done: none"
     assert lines[1].startswith("  would run: policy blind (replaces its artefact: ")
     assert "train_policy.config.json: made with other settings: policy.steps 2 (now 3)); evaluate blind" in lines[1]
+    # the converged protocol in the same run folder: its own policies, every shared stage and the paper's kept
+    lines = dry_run(TableConfig(tasks=["lift"], methods=METHODS), dataclasses.replace(run, protocol="converged"), out)
+    assert lines == ["lift: 0 of 2 cells done: none", "  would run: policy blind converged; evaluate blind converged; "
+                     "policy cnn converged; evaluate cnn converged"]
     assert _stamps(out) == stamps
 
     # lift's cells grown to 4 episodes: only their 2 new seeds run (one chunk), the table keeps stack's cells; then
