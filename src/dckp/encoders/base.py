@@ -26,15 +26,13 @@ An encoder may keep state across an episode; `reset()` is called at each episode
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import pkgutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import ClassVar
 
 from torch import Tensor, nn
 
-from dckp.errors import DckpError
+from dckp.registry import import_modules, lookup
 
 INPUTS = ("rgb", "depth", "object_pose")
 ARTEFACTS = ("don", "references", "representation")
@@ -106,15 +104,10 @@ def unregister(name: str) -> None:
 def registry() -> dict[str, type[Encoder]]:
     """Every registered encoder by name: the built-in ones (every module of this package, imported here, registers
     its encoders) and any registered since."""
-    for module in pkgutil.iter_modules([str(Path(__file__).parent)]):
-        if module.name not in _SUPPORT:
-            importlib.import_module(f"{__package__}.{module.name}")
+    import_modules(__package__, Path(__file__).parent, _SUPPORT)
     return dict(_REGISTRY)
 
 
 def encoder_class(name: str) -> type[Encoder]:
     """The encoder class registered as `name`; DckpError for an unknown name."""
-    encoders = registry()
-    if name not in encoders:
-        raise DckpError(f"unknown encoder {name!r}; choose from {sorted(encoders)}", field="encoder")
-    return encoders[name]
+    return lookup(registry(), name, "encoder")

@@ -22,15 +22,13 @@ A head that samples (a GMM, diffusion) draws from its own generator, seeded at `
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import pkgutil
 from pathlib import Path
 from typing import ClassVar
 
 import torch
 from torch import nn
 
-from dckp.errors import DckpError
+from dckp.registry import import_modules, lookup
 
 _SUPPORT = {"base"}  # modules of this package that define no head
 
@@ -90,18 +88,13 @@ def unregister(name: str) -> None:
 def registry() -> dict[str, type[Head]]:
     """Every registered head by name: the built-in ones (every module of this package registers its heads) and
     any registered since."""
-    for module in pkgutil.iter_modules([str(Path(__file__).parent)]):
-        if module.name not in _SUPPORT:
-            importlib.import_module(f"{__package__}.{module.name}")
+    import_modules(__package__, Path(__file__).parent, _SUPPORT)
     return dict(_REGISTRY)
 
 
 def head_class(name: str) -> type[Head]:
     """The head class registered as `name`; DckpError for an unknown name."""
-    heads = registry()
-    if name not in heads:
-        raise DckpError(f"unknown head {name!r}; choose from {sorted(heads)}", field="head")
-    return heads[name]
+    return lookup(registry(), name, "head")
 
 
 def masked_mean(per_step: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
