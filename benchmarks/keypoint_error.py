@@ -6,8 +6,8 @@ its longest occlusion, results/keypoint_error_<task>_occlusion.png.
     python benchmarks/keypoint_error.py --demos data/stack.h5 --don runs/don_stack \
         --references runs/policies/stack/references.safetensors
 
-The measurement is `dckp eval-keypoints`' (`dckp.keypoints.error`, docs/metrics.md): the references' pixels, moved
-with their objects' true poses (`gt-kp`), are the ground truth, frame by frame over the first `--episodes`
+The measurement is `dckp eval-keypoints`' (`dckp.evaluation.keypoint_error`, docs/metrics.md): the references'
+pixels, moved with their objects' true poses (`gt-kp`), are the ground truth, frame by frame over the first `--episodes`
 demonstrations; the gate and the filter run each demonstration from its start, as in closed loop, with their
 default options. Per camera: the share of keypoints inside the image, then over those the median pixel error (and
 for the mode the share within 5 % of the image size), for visible keypoints near the camera (closer than `--near`
@@ -36,8 +36,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from dckp.config import atomic_write_bytes, save_json  # noqa: E402
-from dckp.keypoints.config import METHODS, KeypointErrorConfig  # noqa: E402
-from dckp.keypoints.error import SPLITS, measure, summarise  # noqa: E402
+from dckp.evaluation.keypoint_error import SPLITS, measure, summarise  # noqa: E402
+from dckp.evaluation.keypoint_error_config import METHODS, KeypointErrorConfig  # noqa: E402
 
 RAW_SPLITS = SPLITS[:4]  # the raw mode's rows: all, visible near, visible far, occluded
 BY_METHOD = ("keypoints", "median_px", "median_mm", "median_px_sym", "median_mm_sym")
@@ -124,8 +124,8 @@ def markdown(results: dict) -> list[str]:
 
 
 def occlusion_plot(measured: dict, task: str, path: Path) -> Path:
-    """Pixel error of each method over time (`dckp.keypoints.error.measure`'s) for the keypoint with the longest
-    occlusion that it enters and leaves in view (a visible in-image step just before and just after)."""
+    """Pixel error of each method over time (`dckp.evaluation.keypoint_error.measure`'s) for the keypoint with
+    the longest occlusion that it enters and leaves in view (a visible in-image step just before and just after)."""
     err, inside, seen = measured["errors"], measured["inside"], measured["visible"]
     best = (0, None)
     for cam in inside:

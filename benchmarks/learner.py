@@ -1,6 +1,6 @@
 """The policy learner on the multi-object tasks: each head with ground-truth keypoints (the upper reference, which
 separates the learner from vision), and proprioception alone (blind), under the `converged` recipe
-(`dckp.policy.config.POLICY_PRESETS["converged"]`: windows, Adam 1e-4, batch 100, the checkpoint with the best
+(`dckp.policy.config.POLICY_PRESETS["converged"]`: windows, Adam 1e-3, batch 100, the checkpoint with the best
 success on validation rollouts, seeds 2,000,000 on), evaluated on the table's seeds (1,000,000 on).
 
     python benchmarks/learner.py                                  # every cell (hours on 2 cores)
@@ -23,6 +23,7 @@ import argparse
 import dataclasses
 import io
 import json
+import signal
 import time
 from pathlib import Path
 
@@ -32,9 +33,9 @@ from dckp.config import atomic_write_bytes, preset, save_json
 from dckp.data import Dataset
 from dckp.evaluation import evaluate_policy
 from dckp.keypoints.select import select_references
+from dckp.learn import train_on_demos
 from dckp.policy.config import POLICY_PRESETS
-from dckp.policy.demos import train_on_demos
-from dckp.policy.validate import read_records
+from dckp.policy.kept import read_records
 from dckp.sim.collect import collect_demos
 from dckp.sim.config import CollectConfig
 
@@ -141,6 +142,9 @@ def main() -> None:
     p.add_argument("--out", default="runs/learner")
     p.add_argument("--results", default="results")
     args = p.parse_args()
+    # SIGTERM (`timeout`, a closed session) stops as Ctrl-C does: a collection keeps its finished episodes and a
+    # training saves its step, so the same command resumes
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     torch.set_num_threads(args.threads)
     runs, out = Path(args.out), Path(args.results)
     path = out / "learner.json"

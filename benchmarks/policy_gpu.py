@@ -17,8 +17,8 @@ import time
 import torch
 from safetensors.torch import load_file
 
+from dckp.learn import train_on_demos
 from dckp.policy.config import POLICY_PRESETS
-from dckp.policy.demos import train_on_demos
 
 demos = sys.argv[1]
 out = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__}

@@ -29,8 +29,8 @@ from dckp.config import atomic_write_bytes, save_json
 from dckp.encoders.config import EncoderConfig
 from dckp.evaluation import evaluate_policy, wilson_interval
 from dckp.keypoints.select import select_references
+from dckp.learn import train_on_demos
 from dckp.policy.config import POLICY_PRESETS, default_steps
-from dckp.policy.demos import train_on_demos
 from dckp.sim.collect import collect_demos
 from dckp.sim.config import COLLECT_PRESETS
 from dckp.sim.env import SimEnv

@@ -158,8 +158,8 @@ def test_cnn_trains_end_to_end_and_a_frozen_encoder_does_not(setup):
     import hashlib
 
     from dckp.encoders import encoder_class
+    from dckp.learn import train_on_demos
     from dckp.policy import Policy, PolicyConfig
-    from dckp.policy.demos import train_on_demos
 
     tmp, demos, refs_path, _ = setup
     cam = "robot0_eye_in_hand"
@@ -195,8 +195,8 @@ def test_end_to_end_policy_overfits_one_trajectory(setup, tmp_path):
     import math
 
     from dckp.data import DatasetWriter
+    from dckp.learn import train_on_demos
     from dckp.policy import PolicyConfig
-    from dckp.policy.demos import train_on_demos
     from dckp.policy.heads.lstm import LSTMOptions, action_std
 
     _, demos, _, _ = setup
@@ -217,7 +217,8 @@ def test_trainable_encoder_round_trip_gives_the_same_actions(setup):
 
     from dckp.encoders import build_encoder
     from dckp.policy import PolicyConfig, VisuomotorPolicy, load_policy, load_visuomotor_policy, train_policy
-    from dckp.policy.demos import FrameWindows, proprioception
+    from dckp.policy.demos import FrameWindows
+    from dckp.policy.model import proprioception
 
     tmp, demos, _, _ = setup
     cam = "robot0_eye_in_hand"

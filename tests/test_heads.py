@@ -11,10 +11,11 @@ from safetensors.torch import load_file
 
 from dckp.cli.main import main
 from dckp.errors import DckpError
+from dckp.evaluation.validation import VAL_SEED_START, Validator, validate_folder
 from dckp.policy import Policy, PolicyConfig, train_policy
 from dckp.policy.heads.base import Head, head_class, registry, unregister
 from dckp.policy.heads.rnn_gmm import gmm_nll
-from dckp.policy.validate import VAL_SEED_START, Validator, best_step, kept_folder, validate_folder
+from dckp.policy.kept import best_step, kept_folder
 
 
 def test_registry_lists_the_heads_and_a_new_one_registers_itself(capsys):
@@ -146,14 +147,14 @@ def test_validation_rollouts_use_the_validation_seeds_only(monkeypatch, tmp_path
         calls.append(range(seed_start, seed_start + episodes))
         return {"success_rate": 0.5, "episodes": episodes}
 
-    monkeypatch.setattr("dckp.evaluation.evaluate_policy", fake_evaluate)
+    monkeypatch.setattr("dckp.evaluation.rollout.evaluate_policy", fake_evaluate)
     assert validate_folder(str(tmp_path), 6) == {"successes": 3, "episodes": 6, "rate": 0.5}
     assert calls == [range(VAL_SEED_START, VAL_SEED_START + 6)]
 
 
 def test_validation_rolls_out_in_worker_processes(tiny_lift, tmp_path):
     """train_on_demos with val_every: real rollouts of each kept checkpoint in a spawned worker, seeds 2,000,000 on."""
-    from dckp.policy.demos import train_on_demos
+    from dckp.learn import train_on_demos
 
     demos, _ = tiny_lift
     cfg = PolicyConfig(head="rnn-gmm", head_options={"hidden": 8, "seq_len": 3}, steps=4, batch_size=2,

@@ -1,4 +1,5 @@
-"""The package has no import cycle: no module imports (at the top or inside a function) one that imports it back."""
+"""The package has no import cycle: no module imports (at the top or inside a function) one that imports it back,
+and no subpackage (`dckp.don`, `dckp.policy`, ...) imports one that imports it back: folders follow the data flow."""
 
 import ast
 from pathlib import Path
@@ -24,9 +25,7 @@ def _graph() -> dict[str, set[str]]:
     return graph
 
 
-def test_no_import_cycle():
-    graph = _graph()
-    assert len(graph) > 40 and "dckp.encoders.base" in graph["dckp.encoders.blind"]
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     state: dict[str, int] = {}
     path: list[str] = []
     cycles = []
@@ -45,7 +44,37 @@ def test_no_import_cycle():
     for module in sorted(graph):
         if module not in state:
             visit(module)
-    assert cycles == []
+    return cycles
+
+
+def _packages(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """The graph of `dckp.<first level>`: a top-level module (`dckp.pipeline`) or subpackage (`dckp.policy`)."""
+    def top(module):
+        return ".".join(module.split(".")[:2])
+
+    packages = {top(m): set() for m in graph}
+    for module, targets in graph.items():
+        packages[top(module)] |= {top(t) for t in targets} - {top(module)}
+    return packages
+
+
+def test_no_import_cycle():
+    graph = _graph()
+    assert len(graph) > 40 and "dckp.encoders.base" in graph["dckp.encoders.blind"]
+    assert _cycles(graph) == []
+
+
+def test_no_cycle_between_subpackages():
+    packages = _packages(_graph())
+    assert "dckp.keypoints" in packages["dckp.encoders"] and "dckp.policy" in packages["dckp.evaluation"]
+    assert _cycles(packages) == []
+
+
+def test_a_cycle_is_found():
+    """The check itself: a cycle through three modules, and one through two packages, are reported."""
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == [["a", "b", "c", "a"]]
+    packages = _packages({"dckp.x.one": {"dckp.y.two"}, "dckp.y.two": set(), "dckp.y.three": {"dckp.x.one"}})
+    assert _cycles(packages) == [["dckp.x", "dckp.y", "dckp.x"]]
 
 
 def test_training_commands_import_neither_mujoco_nor_robosuite(tmp_path):

@@ -12,7 +12,7 @@ from dckp.cli.main import main
 from dckp.config import atomic_write_bytes
 from dckp.data import Dataset
 from dckp.encoders.keypoints import DonKeypoints, GroundTruthKeypoints
-from dckp.keypoints.error import SPLITS, symmetric_twins
+from dckp.evaluation.keypoint_error import SPLITS, symmetric_twins
 from dckp.keypoints.select import load_references, select_references
 from dckp.metrics import error_mm, median, pixel_error, symmetric_error
 from dckp.policy.demos import frames_of

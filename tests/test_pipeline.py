@@ -46,7 +46,7 @@ def test_run_pipeline_skip_corrupt_interrupt_move(tmp_path, monkeypatch, capsys,
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("dckp.policy.demos.train_on_demos", interrupt)
+    monkeypatch.setattr("dckp.learn.train_on_demos", interrupt)
     capsys.readouterr()
     assert main(argv) == 130
     err = capsys.readouterr().err.splitlines()[-1]  # after the progress bars

@@ -318,8 +318,8 @@ def _sha(path) -> str:
 
 
 def test_frozen_encoders_features_per_camera_and_unchanged_weights(data, bvae_run, transporter_run, monet_run):
+    from dckp.learn import train_on_demos
     from dckp.policy import PolicyConfig
-    from dckp.policy.demos import train_on_demos
 
     rgb, _, _ = moving_square(seed=7, T=6)
     big = np.repeat(np.repeat(rgb, 2, 1), 2, 2)  # the cameras at 64 px: the encoder resizes to the run's 32

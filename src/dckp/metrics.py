@@ -34,6 +34,24 @@ PCK_FRACTIONS = (0.01, 0.02, 0.05, 0.10)
 ARM_LABEL = 255  # the segmentation label of the robot (dckp.sim.render.ROBOT_LABEL)
 
 
+def sample_descriptors(desc: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
+    """Bilinear descriptors `(B, N, D)` of `desc (B, D, H, W)` at pixel coordinates `uv (B, N, 2)` = (col, row):
+    exact at integer coordinates, clamped to the pixel centres at the border. The DON's loss reads them so too."""
+    B, D, H, W = desc.shape
+    u, v = uv[..., 0].clamp(0, W - 1), uv[..., 1].clamp(0, H - 1)
+    u0, v0 = u.floor(), v.floor()
+    fu, fv = (u - u0)[:, None], (v - v0)[:, None]
+    u0, v0 = u0.long(), v0.long()
+    u1, v1 = (u0 + 1).clamp(max=W - 1), (v0 + 1).clamp(max=H - 1)
+    flat = desc.flatten(2)
+
+    def at(uu, vv):
+        return flat.gather(2, (vv * W + uu)[:, None].expand(B, D, -1))
+
+    out = (at(u0, v0) * (1 - fu) + at(u1, v0) * fu) * (1 - fv) + (at(u0, v1) * (1 - fu) + at(u1, v1) * fu) * fv
+    return out.transpose(1, 2)
+
+
 def median(values: torch.Tensor) -> float | None:
     """The median of the values (any shape); of an even number, the midpoint of the two middle ones."""
     values = values.flatten().double().sort().values  # (torch.quantile refuses more than 2^24 values)
@@ -93,8 +111,6 @@ def match(desc_a: torch.Tensor, desc_b: torch.Tensor, uv_a: torch.Tensor, uv_b: 
     if len(uv_a) == 0 or uv_a.shape != uv_b.shape:
         raise DckpError(f"need N >= 1 matches with uv_a and uv_b of one shape, got {tuple(uv_a.shape)} and "
                         f"{tuple(uv_b.shape)}", field="uv_a")
-    from dckp.don.loss import sample_descriptors
-
     uv_a, uv_b = uv_a.to(desc_a), uv_b.to(desc_b)
     query = sample_descriptors(desc_a[None], uv_a[None])[0]  # (N, D)
     true_d2 = ((query - sample_descriptors(desc_b[None], uv_b[None])[0]) ** 2).sum(-1)

@@ -426,7 +426,7 @@ def plan(cfg: RunConfig, out: Path, sp: str) -> list[Stage]:
                              else "")
 
     def train(name: str):
-        from dckp.policy.demos import train_on_demos
+        from dckp.learn import train_on_demos
 
         enc, folder = encoder_cfg(name), out / cfg.policy_folder(name)
         save_json({"encoder": dataclasses.asdict(enc), "policy": dataclasses.asdict(policy_config(name))},
@@ -479,13 +479,13 @@ def plan(cfg: RunConfig, out: Path, sp: str) -> list[Stage]:
 
     def keypoint_config():
         """The DON's mode (dckp-3d's keypoints), and the trackers among the run's encoders."""
-        from dckp.keypoints.config import KeypointErrorConfig
+        from dckp.evaluation.keypoint_error_config import KeypointErrorConfig
 
         trackers = [m for m, name in (("gate", "dckp-gate"), ("filter", "dckp-filter")) if name in classes]
         return KeypointErrorConfig(don=str(don), references=str(refs), demos=str(demos), methods=["mode", *trackers])
 
     def keypoint_error():
-        from dckp.keypoints.error import keypoint_error
+        from dckp.evaluation.keypoint_error import keypoint_error
 
         save_json(keypoint_error(keypoint_config()), errors)
         save_json(dataclasses.asdict(keypoint_config()), _config_path(errors))

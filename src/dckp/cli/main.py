@@ -214,8 +214,8 @@ def cmd_eval_correspondence(args) -> None:
 
 
 def cmd_eval_keypoints(args) -> None:
-    from dckp.keypoints.config import KeypointErrorConfig
-    from dckp.keypoints.error import keypoint_error, lines
+    from dckp.evaluation.keypoint_error import keypoint_error, lines
+    from dckp.evaluation.keypoint_error_config import KeypointErrorConfig
 
     try:
         cfg = KeypointErrorConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(KeypointErrorConfig)
@@ -269,8 +269,8 @@ def cmd_train_policy(args) -> None:
     from dckp.don.checkpoint import load_checkpoint_config
     from dckp.encoders.config import EncoderConfig, options_from_args
     from dckp.keypoints.select import load_references
+    from dckp.learn import train_on_demos
     from dckp.policy.config import default_steps, policy_from_args
-    from dckp.policy.demos import train_on_demos
 
     _at_least(args, "--threads", 0)
     try:
@@ -484,7 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval-keypoints", help="keypoint error of a DON on the frames of simulator demonstrations, "
                        "against ground-truth keypoints: median px and mm per camera, visible and occluded, raw and "
                        "symmetry-aware (docs/metrics.md)",
-                       configs=[("dckp.keypoints.config", "add_keypoint_error_args", None)])
+                       configs=[("dckp.evaluation.keypoint_error_config", "add_keypoint_error_args", None)])
     p.add_argument("--out", default=None, help="JSON file for the results (default: DON/keypoint_error.json)")
     p.set_defaults(func=cmd_eval_keypoints, out_is_file=True)
 

@@ -7,7 +7,6 @@ from dckp.lazy import lazy_exports
 __getattr__, __all__ = lazy_exports(__name__, {
     "dckp.don.checkpoint": ("load_checkpoint", "load_checkpoint_config", "save_checkpoint"),
     "dckp.don.config": ("BACKBONES", "DON_PRESETS", "DonConfig"),
-    "dckp.don.loss": ("BATCH_KEYS", "collate_pairs", "contrastive_loss", "make_optimizer", "sample_descriptors",
-                      "train_step"),
+    "dckp.don.loss": ("BATCH_KEYS", "collate_pairs", "contrastive_loss", "make_optimizer", "train_step"),
     "dckp.don.model": ("DenseObjectNet", "load_backbone_weights"),
 })

@@ -18,7 +18,7 @@ N_o (N_b) is the number of valid object (background) non-matches, or, with `norm
 number of hard negatives among them: those with a non-zero hinge (at least 1), as in the authors' released
 code. Over a batch the sums and counts run over all valid entries of all pairs (m is the total of valid
 matches). Descriptors are read at subpixel (u, v) by bilinear interpolation of the 4 neighbouring pixels
-(exact at integer coordinates; coordinates are clamped to the pixel centres at the border). d at exactly
+(`dckp.metrics.sample_descriptors`, shared with the correspondence measures). d at exactly
 zero has gradient 0 (torch's norm), so identical descriptors give no push apart but no NaN either.
 """
 
@@ -29,25 +29,9 @@ from torch import nn
 
 from dckp.distributed import all_reduce_sum, world_size
 from dckp.don.config import DonConfig
+from dckp.metrics import sample_descriptors
 
 BATCH_KEYS = ("uv_a", "uv_b", "match_valid", "nm_object", "nm_object_valid", "nm_background", "nm_background_valid")
-
-
-def sample_descriptors(desc: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
-    """Bilinear descriptors `(B, N, D)` of `desc (B, D, H, W)` at pixel coordinates `uv (B, N, 2)` = (col, row)."""
-    B, D, H, W = desc.shape
-    u, v = uv[..., 0].clamp(0, W - 1), uv[..., 1].clamp(0, H - 1)
-    u0, v0 = u.floor(), v.floor()
-    fu, fv = (u - u0)[:, None], (v - v0)[:, None]
-    u0, v0 = u0.long(), v0.long()
-    u1, v1 = (u0 + 1).clamp(max=W - 1), (v0 + 1).clamp(max=H - 1)
-    flat = desc.flatten(2)
-
-    def at(uu, vv):
-        return flat.gather(2, (vv * W + uu)[:, None].expand(B, D, -1))
-
-    out = (at(u0, v0) * (1 - fu) + at(u1, v0) * fu) * (1 - fv) + (at(u0, v1) * (1 - fu) + at(u1, v1) * fu) * fv
-    return out.transpose(1, 2)
 
 
 def _non_match_hinges(f_a, desc_b, uv, valid, margin, D):

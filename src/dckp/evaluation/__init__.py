@@ -1,4 +1,6 @@
-"""Closed-loop policy evaluation: seeded rollouts, success rate with a Wilson interval, timings and videos.
+"""Closed-loop policy evaluation: seeded rollouts, success rate with a Wilson interval, timings and videos
+(`rollout`); validation rollouts of kept checkpoints while a policy trains (`validation`); the error of keypoints
+on the frames of demonstrations (`keypoint_error`, `dckp eval-keypoints`).
 
 Names are imported on first use, so `dckp.evaluation.config` loads without torch (the CLI builds its flags from
 it)."""

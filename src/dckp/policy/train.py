@@ -12,7 +12,7 @@ Files in `out_dir` (all written atomically; no pickle anywhere):
   `torch_threads` and the optimiser's `param_groups` and scalars. If it exists, `train_policy` continues from it
   (the config may differ only in `steps`, `checkpoint_every`, `device` and the validation's settings).
 - with `val_every > 0`: `checkpoints/step_<steps>/`, a policy folder every `val_every` steps and at the end,
-  rolled out on validation seeds (`dckp.policy.validate`; results in `validation.jsonl`); the best is copied to
+  rolled out on validation seeds (`dckp.evaluation.validation`; results in `validation.jsonl`); the best is copied to
   `policy.safetensors`. Without, the last step's weights are kept.
 - `train_log.jsonl`: one `{"step": s, "loss": l}` line per step; `policy_loss.png`: the loss curve and, with
   validation, the validation success against steps.
@@ -37,8 +37,8 @@ from dckp.config import atomic_write_bytes, from_dict, save_json
 from dckp.errors import DckpError, Interrupted
 from dckp.policy.config import PolicyConfig
 from dckp.policy.heads.base import head_class
+from dckp.policy.kept import best_step, kept_folder
 from dckp.policy.model import Policy
-from dckp.policy.validate import best_step, kept_folder
 from dckp.training import (
     load_optimizer_tensors,
     log_lines_before,
@@ -63,7 +63,7 @@ def train_policy(features: list[np.ndarray], actions: list[np.ndarray], cfg: Pol
     With a trainable `encoder` (`dckp.encoders.Encoder`), `features` are the proprioception alone and the
     encoder is trained with the policy: each step encodes the batch's frames, read by `frames.batch(index,
     first, n, length)` (a `dckp.policy.demos.FrameWindows`), and puts its features before the proprioception.
-    With `cfg.val_every`, `validator` (a `dckp.policy.validate.Validator`) rolls out each kept checkpoint.
+    With `cfg.val_every`, `validator` (a `dckp.evaluation.validation.Validator`) rolls out each kept checkpoint.
 
     Returns `{"steps", "resumed_from", "obs_dim", "loss_start", "loss_end", "best_step"}` (first and last
     logged loss; `best_step` the step of the weights kept).

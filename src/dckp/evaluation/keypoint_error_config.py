@@ -1,4 +1,5 @@
-"""`dckp eval-keypoints`' settings (`dckp.keypoints.error`), importable without torch for the command's flags."""
+"""`dckp eval-keypoints`' settings (`dckp.evaluation.keypoint_error`), importable without torch for the
+command's flags."""
 
 from __future__ import annotations
 

@@ -1,10 +1,10 @@
-"""Validation rollouts of kept policy checkpoints, in background processes while training goes on.
+"""Validation rollouts of kept policy checkpoints (`dckp.policy.kept`), in background processes while training
+goes on.
 
-A kept checkpoint is a policy folder `checkpoints/step_<steps>/` (weights, `policy.json` and `run.json`). Each is
-rolled out from the validation seeds `VAL_SEED_START ..` (never the evaluation seeds, `EVAL_SEED_START ..`) by
-`dckp.evaluation.evaluate_policy` in a worker process; its result is one line of `validation.jsonl` in the policy
-folder: `{"step", "successes", "episodes", "rate"}`. A resumed training re-submits the kept checkpoints that have
-no line yet, and an evaluation stopped part-way keeps the episodes it finished.
+Each kept checkpoint is rolled out from the validation seeds `VAL_SEED_START ..` (never the evaluation seeds,
+`EVAL_SEED_START ..`) by `evaluate_policy` in a worker process, and its result recorded in `validation.jsonl`. A
+resumed training re-submits the kept checkpoints that have no line yet, and an evaluation stopped part-way keeps
+the episodes it finished.
 """
 
 from __future__ import annotations
@@ -15,35 +15,20 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
+from dckp.policy.kept import KEPT, RECORDS, read_records
+
 VAL_SEED_START = 2_000_000
-KEPT, RECORDS = "checkpoints", "validation.jsonl"
-
-
-def kept_folder(out: Path, step: int) -> Path:
-    return Path(out) / KEPT / f"step_{step:07d}"
 
 
 def validate_folder(folder: str, episodes: int) -> dict:
-    """Roll out the policy folder from `episodes` validation seeds, in this process."""
-    from dckp.evaluation import evaluate_policy
+    """Roll out the policy folder from `episodes` validation seeds, in this process (the simulator is imported
+    here, in the worker, not in the training process)."""
+    from dckp.evaluation.rollout import evaluate_policy
 
     r = evaluate_policy(folder, episodes, seed_start=VAL_SEED_START, workers=1, videos=0,
                         out_dir=Path(folder) / "validation", progress=False)
     return {"successes": round(r["success_rate"] * r["episodes"]), "episodes": r["episodes"],
             "rate": r["success_rate"]}
-
-
-def read_records(out: Path) -> dict[int, dict]:
-    """The validation results recorded in `out`, by step (a line cut short by a kill is left out)."""
-    path, records = Path(out) / RECORDS, {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            records[int(record["step"])] = record
-    return records
 
 
 def _ignore_interrupts() -> None:
@@ -95,8 +80,3 @@ class Validator:
     def terminate(self) -> None:
         self.pool.terminate()
         self.pool.join()
-
-
-def best_step(records: dict[int, dict]) -> int:
-    """The kept step with the highest validation success; of equal ones the latest (the longest trained)."""
-    return max(records, key=lambda s: (records[s]["rate"], s))

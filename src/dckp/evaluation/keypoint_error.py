@@ -22,7 +22,7 @@ import dataclasses
 import torch
 
 from dckp.errors import DckpError
-from dckp.keypoints.config import KeypointErrorConfig
+from dckp.evaluation.keypoint_error_config import KeypointErrorConfig
 
 SPLITS = ("all", "visible_near", "visible_far", "occluded", "occluded_after_seen")
 ERRORS = ("px", "mm", "px_sym", "mm_sym")

@@ -1,0 +1,93 @@
+"""Train a policy on a demonstrations file, through its encoder: frozen encoders are run once over every
+demonstration and their features cached; trainable ones train with the policy on frames read lazily from the HDF5
+file. With `val_every`, kept checkpoints are rolled out on validation seeds in background processes
+(`dckp.evaluation.validation`) while training goes on, and the best is kept.
+
+The policy folder gets `run.json` (`dckp.policy.folder`: task, image size, cameras and the encoder spec,
+everything that rebuilds the observation), for a frozen encoder `features.h5` (its output for every
+demonstration step, reused while the encoder spec and the demonstrations are unchanged), and the policy files of
+`train_policy`.
+
+This module sits above `dckp.policy` and `dckp.evaluation`: training with validation rollouts needs both.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+from dckp.data import Dataset
+from dckp.encoders import build_encoder
+from dckp.evaluation.validation import Validator
+from dckp.policy.config import PolicyConfig
+from dckp.policy.demos import FrameWindows, encode_demos
+from dckp.policy.folder import write_run
+from dckp.policy.model import proprioception
+from dckp.policy.train import train_policy
+
+
+def _cached(path: Path, key: str) -> list[np.ndarray] | None:
+    if not path.exists():
+        return None
+    with h5py.File(path, "r") as f:
+        if f.attrs.get("key") != key:
+            return None
+        return [f[f"demo_{i}"][()] for i in range(len(f))]
+
+
+def train_on_demos(demos: str | os.PathLike, encoder_spec: dict, cfg: PolicyConfig, out_dir: str | os.PathLike,
+                   progress: bool = True) -> dict:
+    """Train the policy of encoder `encoder_spec` (`EncoderConfig.spec()`) on a demonstrations file; with
+    `cfg.val_every`, kept checkpoints are rolled out on validation seeds in background processes."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with Dataset(demos) as ds:
+        task, cameras = ds.task, ds.streams(ds.episodes[0])
+        image_size = int(ds.frames(ds.episodes[0], cameras[0], "rgb", 0, 1).shape[1])
+        actions = [ds.actions(ep) for ep in ds.episodes]
+        proprio = [proprioception({k: ds.array(ep, k) for k in ("joint_pos", "eef_pos", "eef_quat", "gripper_qpos")},
+                                  cfg.proprio) for ep in ds.episodes]
+    with torch.random.fork_rng(devices=[]):  # a trainable encoder's initial weights depend on the seed alone
+        torch.manual_seed(cfg.seed)
+        encoder = build_encoder(encoder_spec, cameras, image_size)
+    write_run(out, task, image_size, cameras, encoder_spec, demos)
+    validator = None
+    if cfg.val_every:
+        validator = Validator(out, cfg.val_episodes, cfg.val_workers,
+                              lambda folder: write_run(folder, task, image_size, cameras, encoder_spec, demos))
+    try:
+        if encoder.trainable:
+            with FrameWindows(demos, cameras, encoder.inputs) as frames:
+                return train_policy(proprio, actions, cfg, out, progress, encoder, frames, validator)
+        features = _features(encoder, encoder_spec, demos, cameras, cfg, out, progress)
+        obs = [np.concatenate([f, p], 1) for f, p in zip(features, proprio, strict=True)]
+        return train_policy(obs, actions, cfg, out, progress=progress, validator=validator)
+    finally:
+        if validator is not None:
+            validator.terminate()  # after close(), or an interrupt: the next run rolls out what is left
+
+
+def _features(encoder, encoder_spec: dict, demos, cameras: list[str], cfg: PolicyConfig, out: Path,
+              progress: bool) -> list[np.ndarray]:
+    """A frozen encoder's features of every demonstration, from `features.h5` while the encoder spec and the
+    demonstrations are unchanged, else computed and saved there."""
+    absolute = {**encoder_spec, "artefacts": {k: str(Path(v).resolve())
+                                              for k, v in encoder_spec.get("artefacts", {}).items()}}
+    key = json.dumps({"demos": str(Path(demos).resolve()), "mtime": os.path.getmtime(demos), "encoder": absolute},
+                     sort_keys=True)
+    cache = out / "features.h5"
+    features = _cached(cache, key)
+    if features is None:
+        features = encode_demos(encoder, str(demos), cameras, progress=progress, device=cfg.device)
+        tmp = cache.with_name(".features.h5.tmp")
+        with h5py.File(tmp, "w") as f:
+            f.attrs["key"] = key
+            for i, x in enumerate(features):
+                f[f"demo_{i}"] = x
+        os.replace(tmp, cache)
+    return features
