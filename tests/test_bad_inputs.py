@@ -302,7 +302,7 @@ def _output_cases(name: str, argv: list[str], kind: str, resumes: bool, inputs: 
              case("wrong-kind", wrong, f"{wrong} is a {'folder' if kind == 'file' else 'file'}; give a {kind}"),
              case("locked", locked, f"{locked} is being written by PID"),
              case("locked-force", locked, f"{locked} is being written by PID", "--force"),
-             case("bad-force", "{tmp}/new/o", "argument --force: expected true or false", "--force", "maybe")]
+             case("bad-force", "{tmp}/new/o", "argument --force: expected true or false", "--force=maybe")]
     cases[-1] = cases[-1]._replace(names="--force")
     if not resumes:
         cases.append(case("exists", there, f"{there} exists; give --force"))

@@ -67,6 +67,20 @@ def test_the_input_given_as_the_output_is_refused(tmp_path, capsys):
     assert demos.read_bytes() == before and _left(tmp_path) == []
 
 
+def test_a_bare_switch_leaves_the_next_argument_to_the_command(tmp_path, capsys):
+    """`--force` (a bool flag) before a positional is the switch: the positional stays the command's input; a value
+    (true/false) after it is still the flag's."""
+    views, out = tmp_path / "v.h5", tmp_path / "exported"
+    _views(views, masks=False)
+    out.mkdir()
+    (out / "old").write_text("x")
+    assert main(["export", "--force", str(views), "--format", "folder", "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["scene_0"]
+    capsys.readouterr()
+    assert main(["export", "--force", "false", str(views), "--format", "folder", "--out", str(out)]) == 2
+    _one_line(capsys, f"--out: {out} exists; give --force")
+
+
 def test_an_existing_output_needs_force_and_a_folder_is_replaced_whole(tmp_path, capsys):
     views, out = tmp_path / "v.h5", tmp_path / "exported"
     _views(views, masks=False)

@@ -158,7 +158,7 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, presets: dict[st
         origin = typing.get_origin(tp)
         kwargs = {"dest": f.name, "default": None, "help": _help(cls, f, presets, default).replace("%", "%%")}
         if tp is bool:
-            group.add_argument(flag, type=_parse_bool, metavar="{true,false}", nargs="?", const=True, **kwargs)
+            group.add_argument(flag, type=parse_bool, metavar="{true,false}", nargs="?", const=True, **kwargs)
         elif origin in (list, tuple):
             group.add_argument(flag, type=typing.get_args(tp)[0], nargs="+", **kwargs)
         else:
@@ -204,12 +204,24 @@ def _scalar(tp: Any):
     return tp
 
 
-def _parse_bool(s: str) -> bool:
-    if s.lower() in ("1", "true", "yes"):
+TRUE, FALSE = ("1", "true", "yes"), ("0", "false", "no")
+
+
+def parse_bool(s: str) -> bool:
+    """A bool flag's value: true/false, yes/no or 1/0."""
+    if s.lower() in TRUE:
         return True
-    if s.lower() in ("0", "false", "no"):
+    if s.lower() in FALSE:
         return False
     raise argparse.ArgumentTypeError(f"expected true or false, got {s!r}")
+
+
+def bare_switches(parser: argparse.ArgumentParser, args: list[str]) -> list[str]:
+    """`args` with each bool flag of `parser` that is not followed by a value (true/false, ...) given as
+    `--flag=true`, so that `--force runs/x` is the switch and the positional `runs/x`, not a bad value of it."""
+    flags = {s for a in parser._actions if a.type is parse_bool and a.nargs == "?" for s in a.option_strings}
+    return [f"{a}=true" if a in flags and (i + 1 == len(args) or args[i + 1].lower() not in TRUE + FALSE) else a
+            for i, a in enumerate(args)]
 
 
 def apply_args(cfg: C, args: argparse.Namespace) -> C:

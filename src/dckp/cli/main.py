@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
-from dckp.config import add_config_args, apply_args, check_device_here, preset, save_json
+from dckp.config import add_config_args, apply_args, bare_switches, check_device_here, preset, save_json
 from dckp.errors import DckpError, Interrupted
 
 
@@ -613,7 +613,7 @@ class _Parser(argparse.ArgumentParser):
 
     def parse_known_args(self, args=None, namespace=None):
         self._add_configs()
-        return super().parse_known_args(args, namespace)
+        return super().parse_known_args(None if args is None else bare_switches(self, list(args)), namespace)
 
     def format_help(self) -> str:
         self._add_configs()

@@ -13,7 +13,7 @@ import dataclasses
 import typing
 from dataclasses import dataclass
 
-from dckp.config import _parse_bool, _scalar, _show, apply_args, check_device, option, preset
+from dckp.config import _scalar, _show, apply_args, check_device, option, parse_bool, preset
 from dckp.errors import DckpError
 
 METHODS = ("bvae", "transporter", "monet")
@@ -166,7 +166,7 @@ def add_representation_args(parser: argparse.ArgumentParser) -> None:
                   "help": f"{f.metadata['help']} (default: {default})".replace("%", "%%")}
         flag = "--" + name.replace("_", "-")
         if tp is bool:
-            group.add_argument(flag, type=_parse_bool, metavar="{true,false}", **kwargs)
+            group.add_argument(flag, type=parse_bool, metavar="{true,false}", **kwargs)
         elif typing.get_origin(tp) in (list, tuple):
             group.add_argument(flag, type=typing.get_args(tp)[0], nargs="+", **kwargs)
         else:
