@@ -159,6 +159,33 @@ def test_a_second_writer_is_refused_and_a_stale_lock_taken_over(tmp_path, capsys
     assert _left(tmp_path) == []
 
 
+def test_a_writer_inside_or_around_a_locked_output_is_refused(tmp_path, capsys):
+    """Locks nest: an output inside a folder that another process writes is refused, and so is a folder holding an
+    output that another process writes (which `--force` would delete under it)."""
+    from dckp.lock import _started
+
+    views = tmp_path / "v.h5"
+    _views(views, masks=False)
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        holder = json.dumps({"pid": other.pid, "host": socket.gethostname(), "started": _started(other.pid),
+                             "since": "now", "command": "dckp run --out runs"})
+        runs = tmp_path / "runs"
+        (runs / "x" / "policy").mkdir(parents=True)
+        lock_path(runs).write_text(holder)
+        assert main(["export", str(views), "--format", "folder", "--out", str(runs / "x" / "exported")]) == 2
+        _one_line(capsys, f"{runs / 'x' / 'exported'} is inside {runs}, which is being written by PID {other.pid}")
+        lock_path(runs).unlink()
+        lock_path(runs / "x" / "policy").write_text(holder)
+        assert main(["export", str(views), "--format", "folder", "--out", str(runs / "x"), "--force"]) == 2
+        _one_line(capsys, f"{runs / 'x'} holds {runs / 'x' / 'policy'}, which is being written by PID {other.pid}")
+        assert (runs / "x" / "policy").is_dir() and not lock_path(runs / "x").exists()
+    finally:
+        other.kill()
+        other.wait()
+    assert main(["export", str(views), "--format", "folder", "--out", str(runs / "x" / "exported")]) == 0  # gone
+
+
 def test_pretrain_into_a_file_or_below_one(tmp_path, capsys):
     views = tmp_path / "v.h5"
     _views(views, masks=True)

@@ -1,6 +1,7 @@
 """Output locks: while a command writes an output, a lock file beside it (`.NAME.lock`) holds the writer's PID,
-host, process start time and command. A second writer gets one line naming the holder; a lock whose holder is gone
-(killed, or its machine restarted) is taken over with a warning."""
+host, process start time and command. A second writer gets one line naming the holder, also where one output holds
+the other (`dckp train-policy --out runs/x/policy` while `dckp run --out runs/x` writes); a lock whose holder is
+gone (killed, or its machine restarted) is taken over with a warning."""
 
 from __future__ import annotations
 
@@ -59,6 +60,26 @@ def _alive(holder: dict) -> bool:
     return holder.get("started") is None or started is None or started == holder["started"]
 
 
+def _holder(path: Path) -> dict | None:
+    """A lock file's holder; None without one; {} when it is unreadable (being created, or its writer was killed
+    then)."""
+    try:
+        text = path.read_text()
+        age = time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        return None
+    try:
+        holder = json.loads(text)
+        return holder if isinstance(holder, dict) else {}
+    except json.JSONDecodeError:
+        return {} if age < STALE_EMPTY_S else {"pid": None, "host": socket.gethostname()}
+
+
+def _who(holder: dict) -> str:
+    return (f"PID {holder.get('pid')} on {holder.get('host')} since {holder.get('since')} ({holder.get('command')})"
+            if holder else "another process")
+
+
 class Lock:
     """`with Lock(out, field="--out"):` holds `.NAME.lock` beside `out` (a file or a folder) while the block runs.
     `taken_over` is the holder of a stale lock that was replaced, else None. `nested` is True where the holder is a
@@ -81,35 +102,42 @@ class Lock:
             f.write(json.dumps(me) + "\n")
         return True
 
-    def _holder(self) -> dict | None:
-        """The lock file's holder; {} when it is unreadable (being created, or its writer was killed then)."""
-        try:
-            text = self.path.read_text()
-            age = time.time() - self.path.stat().st_mtime
-        except FileNotFoundError:
-            return None
-        try:
-            holder = json.loads(text)
-            return holder if isinstance(holder, dict) else {}
-        except json.JSONDecodeError:
-            return {} if age < STALE_EMPTY_S else {"pid": None, "host": socket.gethostname()}
+    def _nesting_writer(self) -> tuple[Path, dict] | None:
+        """A live writer, other than this process and those it descends from, of a folder that holds `out` or of
+        an output inside `out`: (that output, its holder)."""
+        out = self.out.absolute()
+        locks = [lock_path(p) for p in out.parents if p.name]
+        if out.is_dir():
+            locks += sorted(out.rglob(".*.lock"))
+        mine = {os.getpid(), *_ancestors()}
+        for path in locks:
+            holder = _holder(path)
+            if holder is None or (holder.get("host") == socket.gethostname() and holder.get("pid") in mine):
+                continue
+            if holder == {} or _alive(holder):
+                return path.with_name(path.name[1:].removesuffix(".lock")), holder
+        return None
 
     def __enter__(self) -> Lock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(3):  # another writer may take or drop the lock between the checks
             if self._create():
+                other = self._nesting_writer()
+                if other is not None:
+                    self.__exit__()
+                    where = "holds" if other[0].is_relative_to(self.out.absolute()) else "is inside"
+                    raise DckpError(f"{self.out} {where} {other[0]}, which is being written by {_who(other[1])}; "
+                                    "wait for it to finish, or write somewhere else", field=self.field)
                 return self
-            holder = self._holder()
+            holder = _holder(self.path)
             if holder is None:
                 continue
             if holder.get("host") == socket.gethostname() and holder.get("pid") in _ancestors():
                 self.nested = True
                 return self
             if holder == {} or _alive(holder):
-                who = (f"PID {holder.get('pid')} on {holder.get('host')} since {holder.get('since')} "
-                       f"({holder.get('command')})" if holder else "another process")
-                raise DckpError(f"{self.out} is being written by {who}; wait for it to finish, or stop it (if that "
-                                f"process is gone, remove {self.path})", field=self.field)
+                raise DckpError(f"{self.out} is being written by {_who(holder)}; wait for it to finish, or stop it "
+                                f"(if that process is gone, remove {self.path})", field=self.field)
             print(f"warning: {self.out}: taking over the lock of PID {holder.get('pid')} on {holder.get('host')}, "
                   "which is no longer running", file=sys.stderr)
             self.taken_over = holder

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
 
 import mujoco
 import numpy as np
@@ -11,6 +13,20 @@ from dckp.sim.render import HIDDEN_GROUP, ROBOT_LABEL, Cameras
 
 ROBOT_PREFIXES = ("robot0_", "gripper0_", "fixed_mount0_")
 PROPRIO_KEYS = ("joint_pos", "eef_pos", "eef_quat", "gripper_qpos")
+
+
+_STOPS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+
+
+@contextlib.contextmanager
+def _between_steps():
+    """Ctrl-C, SIGTERM and SIGHUP wait until the block ends: robosuite's controllers are numba code, which turns an
+    exception that a signal handler raises inside it into a SystemError (a traceback instead of an interrupt)."""
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def _import_robosuite():
@@ -67,14 +83,16 @@ class SimEnv:
         self.env.rng = np.random.default_rng(seed)
         for sampler in _samplers(self.env.placement_initializer):
             sampler.rng = self.env.rng
-        self.env.reset()
+        with _between_steps():
+            self.env.reset()
         self.task.on_reset(self, np.random.default_rng([seed, 1]))
         mujoco.mj_forward(self.model, self.data)
         for _ in range(self.task.settle_steps):
             self.step(np.r_[np.zeros(6), -1.0])
 
     def step(self, action: np.ndarray) -> None:
-        self.env.step(np.asarray(action, dtype=np.float64))
+        with _between_steps():
+            self.env.step(np.asarray(action, dtype=np.float64))
 
     def success(self) -> bool:
         return bool(self.task.success(self))
