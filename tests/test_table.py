@@ -112,17 +112,25 @@ def test_table_broken_cell_resume_and_skip(tmp_path, local_ray, capsys, monkeypa
 
     capsys.readouterr()
     assert main([*argv, "--dry-run", "true"]) == 0
-    assert capsys.readouterr().out.splitlines() == ["lift: 2 of 2 cells done: blind, cnn", "  would run: nothing",
-                                                    "stack: 2 of 2 cells done: blind, cnn", "  would run: nothing"]
+    assert capsys.readouterr().out.splitlines() == [
+        "lift: 2 of 2 cells done: blind, cnn", "  would run: nothing", "stack: 2 of 2 cells done: blind, cnn",
+        "  would run: nothing", "trainings to run: 0, estimated 0.0 h for the 0 with an estimate; pending: 0"]
     stamps = _stamps(out)
     lines = dry_run(TableConfig(tasks=["lift"], methods=METHODS), dataclasses.replace(run, policy_steps=3), out)
     assert lines[0] == "lift: 0 of 2 cells done: none"
     assert lines[1].startswith("  would run: policy blind (replaces its artefact: ")
     assert "train_policy.config.json: made with other settings: policy.steps 2 (now 3)); evaluate blind" in lines[1]
+    # each training estimated from the finished ones like it: this task's lstm policies, 2 steps each
+    seconds = json.loads((out / "lift" / "stage_seconds.json").read_text())
+    for method in METHODS:
+        assert f"  training {method}: {seconds[f'policy {method}'] / 2 * 3 / 3600:.1f} h" in lines
     # the converged protocol in the same run folder: its own policies, every shared stage and the paper's kept
     lines = dry_run(TableConfig(tasks=["lift"], methods=METHODS), dataclasses.replace(run, protocol="converged"), out)
+    unknown = "unknown (no training of its head and encoder kind has finished)"
     assert lines == ["lift: 0 of 2 cells done: none", "  would run: policy blind converged; evaluate blind converged; "
-                     "policy cnn converged; evaluate cnn converged"]
+                     "policy cnn converged; evaluate cnn converged", f"  training blind: {unknown}",
+                     f"  training cnn: {unknown}", "trainings to run: 2, estimated 0.0 h for the 0 with an estimate; "
+                     "pending: 0"]
     assert _stamps(out) == stamps
 
     # lift's cells grown to 4 episodes: only their 2 new seeds run (one chunk), the table keeps stack's cells; then
@@ -372,3 +380,46 @@ def test_the_page_shows_both_protocols_with_the_change(tmp_path):
     assert "+0.30</td>" in gt and "0.720" in gt  # apart intervals; the paper's GT-KP on Phone
     blind = section.split("<th>blind</th>")[1].split("</tr>")[0]
     assert "+0.04 (intervals overlap)" in blind
+
+
+def test_trainings_are_estimated_from_finished_ones_and_left_pending_over_budget(tmp_path):
+    """A cell's training estimate is its steps times the seconds per step of finished trainings of its head and
+    encoder kind (the same task first); over `max_cell_hours` it stays pending, in the converged table's `pending`
+    until it is done."""
+    from dckp.policy import Policy, PolicyConfig, save_policy
+    from dckp.table import cost
+    from dckp.table.outputs import write_outputs
+    from dckp.table.runner import dry_run, trainings
+
+    out, run = tmp_path / "run", RunConfig(protocol="converged")
+    done = out / "nut_assembly" / run.policy_folder("gt-kp")
+    save_policy(Policy(3, 7, PolicyConfig(head="rnn-gmm", head_options={"hidden": 4}, steps=10000)), done, best=1)
+    (out / "nut_assembly" / "stage_seconds.json").write_text(json.dumps({run.stage("policy", "gt-kp"): 3000.0}))
+    rates = cost.measured(out, ["nut_assembly", "stack"], ["gt-kp", "blind"], [run, RunConfig()])
+    assert rates == {("nut_assembly", "rnn-gmm", "frozen"): [0.3]}
+    assert cost.estimate_s(rates, run, "nut_assembly", "blind", "cpu") == 3000.0  # the preset's 10000 steps
+    assert cost.estimate_s(rates, run, "stack", "blind", "cpu") == 3000.0  # another task's, of the same kind
+    assert cost.estimate_s(rates, run, "stack", "cnn", "cpu") is None  # trained end to end: nothing like it yet
+    assert cost.estimate_s(rates, dataclasses.replace(run, head="diffusion"), "stack", "blind", "cpu") is None
+
+    table = TableConfig(tasks=["nut_assembly", "stack"], methods=["blind", "cnn"], max_cell_hours=0.5,
+                        results=str(tmp_path / "results"))
+    _, train = trainings(table, run, out, "cpu")
+    assert train[("stack", "blind")] == {"estimate_s": 3000.0, "pending": True}
+    assert train[("stack", "cnn")] == {"estimate_s": None, "pending": False}  # unknown: it runs, and is measured
+    lines = dry_run(table, run, out)
+    assert "  training blind: 0.8 h (pending: over --max-cell-hours)" in lines
+    assert lines[-1] == "trainings to run: 2, estimated 0.0 h for the 0 with an estimate; pending: 2"
+
+    pending = {cell: t["estimate_s"] for cell, t in train.items() if t["pending"]}
+    data = write_outputs(out, table, run, "cpu", [], pending)
+    assert data["pending"] == {task: {"blind": {"estimate_h": 0.83}} for task in ("nut_assembly", "stack")}
+    assert "| stack | blind | 0.83 |" in (tmp_path / "results" / "table1_converged.md").read_text()
+    folder = out / "stack" / run.policy_folder("blind")
+    (folder / "eval").mkdir(parents=True)
+    (folder / "eval" / "eval.json").write_text(json.dumps({"success_rate": 0.5, "ci95": [0.1, 0.9], "episodes": 4,
+                                                           "mean_steps": 10.0}))
+    save_policy(Policy(3, 7, PolicyConfig(head="rnn-gmm", head_options={"hidden": 4}, steps=10000)), folder, best=1)
+    data = write_outputs(out, table, run, "cpu", [("stack", "blind")])
+    assert data["pending"] == {"nut_assembly": {"blind": {"estimate_h": 0.83}}}  # done later: no longer pending
+    assert "pending" not in write_outputs(out, table, RunConfig(), "cpu", [])  # the paper's table keeps its keys

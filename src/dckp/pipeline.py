@@ -126,6 +126,22 @@ RUN_PRESETS = {
 }
 
 
+def policy_settings(cfg: RunConfig, sp: str):
+    """The `PolicyConfig` a run trains its policies with (before per-encoder overrides): the protocol's preset
+    (`sp`, the stage preset, for the paper's; `converged`), the run's seed, device and steps, and its head."""
+    from dckp.config import preset
+    from dckp.policy.config import POLICY_PRESETS, default_steps
+    from dckp.sim.tasks import get_task
+
+    policy_preset = sp if cfg.protocol == "paper" else "converged"
+    policy_cfg = dataclasses.replace(preset(POLICY_PRESETS, policy_preset), seed=cfg.seed, device=cfg.device,
+                                     steps=cfg.policy_steps or default_steps(len(get_task(cfg.task).cameras),
+                                                                             cfg.task, policy_preset))
+    if cfg.head and cfg.head != policy_cfg.head:
+        policy_cfg = dataclasses.replace(policy_cfg, head=cfg.head, head_options={})
+    return policy_cfg
+
+
 @dataclass
 class Stage:
     name: str
@@ -280,7 +296,6 @@ def plan(cfg: RunConfig, out: Path, sp: str) -> list[Stage]:
     from dckp.evaluation.rollout import EVAL_SEED_START
     from dckp.geometry.masks import MASK_PRESETS
     from dckp.metrics import VERSION as METRICS_VERSION
-    from dckp.policy.config import POLICY_PRESETS, default_steps
     from dckp.sim.config import COLLECT_PRESETS, RENDER, VIEWS_PRESETS
     from dckp.sim.tasks import get_task
 
@@ -298,12 +313,7 @@ def plan(cfg: RunConfig, out: Path, sp: str) -> list[Stage]:
     don_cfg = dataclasses.replace(preset(DON_PRESETS, sp), image_size=cfg.image_size, seed=cfg.seed, device=cfg.device,
                                   workers=cfg.don_workers,
                                   **({"steps": cfg.don_steps} if cfg.don_steps else {}))
-    policy_preset = sp if cfg.protocol == "paper" else "converged"
-    policy_cfg = dataclasses.replace(preset(POLICY_PRESETS, policy_preset), seed=cfg.seed, device=cfg.device,
-                                     steps=cfg.policy_steps or default_steps(len(task.cameras), cfg.task,
-                                                                             policy_preset))
-    if cfg.head and cfg.head != policy_cfg.head:
-        policy_cfg = dataclasses.replace(policy_cfg, head=cfg.head, head_options={})
+    policy_cfg = policy_settings(cfg, sp)
     head_fields = {f.name for f in dataclasses.fields(policy_cfg.options())}
 
     def policy_config(name: str):

@@ -33,6 +33,9 @@ class TableConfig:
                        "--address)")
     train_cpus: int = option(1, "CPUs each training stage (its torch threads) and each task's demonstrations (their "
                              "worker processes) ask Ray for")
+    max_cell_hours: float = option(0.0, "leave a cell whose training is estimated longer than this (hours, from the "
+                                    "finished cells' time per step: dckp.table.cost) pending, with its estimate, "
+                                    "instead of running it (0: run every cell)")
     results: str = option("results", "folder for table1.json, table1.md, table1.png and table1.html")
     dry_run: bool = option(False, "print each task's cells done and the stages that would run, with why, then stop "
                            "(nothing is run or removed)")
@@ -52,6 +55,8 @@ class TableConfig:
         for name in ("chunk", "train_cpus"):
             if getattr(self, name) < 1:
                 raise DckpError(f"must be >= 1, got {getattr(self, name)}", field=name)
+        if self.max_cell_hours < 0:
+            raise DckpError(f"must be >= 0, got {self.max_cell_hours}", field="max_cell_hours")
         if self.cpus < 0:
             raise DckpError(f"must be >= 0, got {self.cpus}", field="cpus")
         if self.cpus and self.address:

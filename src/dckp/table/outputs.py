@@ -10,8 +10,10 @@ task>.<method>` = the paper's success rate (null: not reported), `stand_in.<task
 for (null: none), `config` = the settings the cells were made with (the run preset and its settings but the episode
 count, which is each cell's `episodes`, the stage presets, the per-encoder policy overrides, the first evaluation
 seed, `render`: what the cameras drew, `dckp.sim.config.RENDER`), `don.<task>.<pair type>` = `{pck@5%,
-wrong_object_rate}` of the task's own DON on its held-out scenes (tasks with a DON method). A later run with the
-same `config` adds its cells to the file's; with another config it replaces the file.
+wrong_object_rate}` of the task's own DON on its held-out scenes (tasks with a DON method); for a protocol other
+than the paper's, `pending.<task>.<method>` = `{estimate_h}`: a cell left to run over `--max-cell-hours`, with its
+estimated training hours (null: unknown; `dckp.table.cost`). A later run with the same `config` adds its cells to
+the file's; with another config it replaces the file.
 """
 
 from __future__ import annotations
@@ -105,10 +107,12 @@ def read_don(folder: Path) -> dict | None:
     return {kind: {"pck@5%": r["pck@5%"], "wrong_object_rate": r["wrong_object_rate"]} for kind, r in results.items()}
 
 
-def write_outputs(out: str | Path, table: TableConfig, run: RunConfig, preset: str, done: list[tuple[str, str]]
-                  ) -> dict:
+def write_outputs(out: str | Path, table: TableConfig, run: RunConfig, preset: str, done: list[tuple[str, str]],
+                  pending: dict[tuple[str, str], float | None] | None = None) -> dict:
     """table1.{json,md,png,html} (`table_stem`) in `table.results` from the cells `done` ((task, method) pairs) of
-    the run folder `out`, merged with the file's earlier cells when they were made with the same config."""
+    the run folder `out`, merged with the file's earlier cells when they were made with the same config; for a
+    protocol other than the paper's also `pending`: the cells left to run over `--max-cell-hours`, with their
+    estimated training seconds (None: unknown)."""
     out, results, stem = Path(out).resolve(), Path(table.results), table_stem(run)
     results.mkdir(parents=True, exist_ok=True)
     config = table_config(run, preset)
@@ -117,14 +121,21 @@ def write_outputs(out: str | Path, table: TableConfig, run: RunConfig, preset: s
     same = old.get("config") == json.loads(json.dumps(config))
     cells = old.get("cells", {}) if same else {}
     don = old.get("don", {}) if same else {}
+    waiting = old.get("pending", {}) if same else {}
+    for (task, method), seconds in (pending or {}).items():
+        waiting.setdefault(task, {})[method] = {"estimate_h": None if seconds is None else round(seconds / 3600, 2)}
     for task, method in done:
         cells.setdefault(task, {})[method] = read_cell(out / task, run, method)
+        waiting.get(task, {}).pop(method, None)
         if (scores := read_don(out / task)) is not None:
             don[task] = scores
     data = {"cells": cells, "paper": PAPER, "stand_in": STAND_IN, "config": config, "don": don}
+    if run.variant():
+        data["pending"] = {task: per for task, per in waiting.items() if per}
     save_json(data, path)
     atomic_write_bytes(results / f"{stem}.md", markdown(data, stem).encode())
-    figure(data, results / f"{stem}.png")
+    if cells:  # not while every cell is pending
+        figure(data, results / f"{stem}.png")
     atomic_write_bytes(results / f"{stem}.html", page(data, out, results, run, stem).encode())
     if stem != "table1" and (results / "table1.json").exists():  # the paper's page shows both protocols
         paper_run = dataclasses.replace(run, protocol="paper", head="")
@@ -185,7 +196,8 @@ def _paper(value: float | None) -> str:
 
 def caption(data: dict) -> str:
     counts = sorted({c["episodes"] for per in data["cells"].values() for c in per.values()})
-    episodes = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}-{counts[-1]} (see each cell)"
+    episodes = ("no" if not counts else f"{counts[0]}" if len(counts) == 1 else
+                f"{counts[0]}-{counts[-1]} (see each cell)")
     return (f"Closed-loop success rate per task and policy encoder ({data['config']['preset']} preset, "
             f"{episodes} episodes per cell on seeds from {data['config']['eval_seed_start']:,}, the same for "
             "every method); bars show the 95 % Wilson interval, diamonds the paper's rate on the task ours stands in "
@@ -229,6 +241,12 @@ def markdown(data: dict, stem: str = "table1") -> str:
             c = data["cells"][t][m]
             lines.append(f"| {t} | {m} | {c['episodes']} | {c['mean_steps']:.0f} | {_minutes(c['train_s'])} | "
                          f"{_minutes(c['eval_s'])} |")
+    if data.get("pending"):
+        lines += ["", "## Cells still to run", "", "Left pending by `--max-cell-hours`: each training's estimate "
+                  "on the machine that made the finished cells (dckp.table.cost).", "", "| task | method | "
+                  "estimated training h |", "|---|---|---|"]
+        lines += [f"| {t} | {m} | {'unknown' if p['estimate_h'] is None else p['estimate_h']} |"
+                  for t, per in data["pending"].items() for m, p in per.items()]
     if data["don"]:
         kinds = sorted({k for per in data["don"].values() for k in per})
         lines += ["", f"## Each task's DON on its held-out scenes ({HELDOUT_PAIRS} pairs per type)", "",

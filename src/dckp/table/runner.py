@@ -31,8 +31,10 @@ from pathlib import Path
 from tqdm import tqdm
 
 from dckp.config import save_json
+from dckp.encoders.config import encoder_names
 from dckp.errors import DckpError
 from dckp.pipeline import RunConfig, Stage, decide, plan, write_report
+from dckp.table import cost
 from dckp.table.config import TableConfig
 
 log = logging.getLogger(__name__)
@@ -217,20 +219,46 @@ def _placeable(ready: list[_Job], used: dict, capacity: dict, idle: bool) -> lis
     return chosen
 
 
+def trainings(table: TableConfig, run: RunConfig, out: str | Path, preset: str, remove: bool = False
+              ) -> tuple[dict, dict]:
+    """Per task its plan and the stages to run (`decide`), and per cell whose policy would train: its estimated
+    training seconds (`dckp.table.cost`) and whether it stays pending (over `table.max_cell_hours`)."""
+    out, sp = Path(out).resolve(), "paper" if preset == "paper" else "cpu"
+    rates = cost.measured(out, table.tasks, encoder_names(), [run, dataclasses.replace(run, protocol="paper",
+                                                                                       head="")])
+    plans, train = {}, {}
+    for task in table.tasks:
+        cfg = task_config(run, task, table.methods)
+        stages = plan(cfg, out / task, sp)
+        plans[task] = (cfg, stages, decide(stages, remove=remove))
+        for method in cfg.encoders():
+            if cfg.stage("policy", method) in plans[task][2]:
+                seconds = cost.estimate_s(rates, cfg, task, method, sp)
+                over = bool(table.max_cell_hours) and seconds is not None and seconds > table.max_cell_hours * 3600
+                train[task, method] = {"estimate_s": seconds, "pending": over}
+    return plans, train
+
+
 def dry_run(table: TableConfig, run: RunConfig, out: str | Path, preset: str = "cpu") -> list[str]:
     """Per task, a line of its cells done and one of the stages `run_table` would run now: a stage whose artefact is
     there says why it runs again (the table removes that artefact first, `decide`), and one that continues from an
-    interrupted run's state says so. Nothing is run, written or removed."""
+    interrupted run's state says so; then each training's estimated time, and the cells left pending over
+    `max_cell_hours`. Nothing is run, written or removed."""
+    plans, train = trainings(table, run, out, preset)
     lines = []
-    for task in table.tasks:
-        cfg = task_config(run, task, table.methods)
-        stages = plan(cfg, Path(out).resolve() / task, "paper" if preset == "paper" else "cpu")
-        todo = decide(stages, remove=False)
+    for task, (cfg, stages, todo) in plans.items():
         done = [m for m in cfg.encoders() if not _closure(stages, cfg.stage("evaluate", m)) & set(todo)]
         runs = [s.name + (f" (replaces its artefact: {todo[s.name]})" if s.artefact.exists() else
                           " (resumes)" if s.resumes() else "") for s in stages if s.name in todo]
         lines += [f"{task}: {len(done)} of {len(cfg.encoders())} cells done: "
                   f"{', '.join(done) or 'none'}", f"  would run: {'; '.join(runs) or 'nothing'}"]
+        lines += [f"  training {m}: {cost.hours(t['estimate_s'])}" + (" (pending: over --max-cell-hours)"
+                                                                       if t["pending"] else "")
+                  for (tk, m), t in train.items() if tk == task]
+    known = [t["estimate_s"] for t in train.values() if t["estimate_s"] is not None and not t["pending"]]
+    lines.append(f"trainings to run: {sum(not t['pending'] for t in train.values())}, estimated "
+                 f"{sum(known) / 3600:.1f} h for the {len(known)} with an estimate; pending: "
+                 f"{sum(t['pending'] for t in train.values())}")
     return lines
 
 
@@ -238,7 +266,8 @@ def run_table(table: TableConfig, run: RunConfig, out: str | Path, preset: str =
     """Make every cell of `table` that is not done, in `out/<task>/`, with the stage settings of `run` (and the
     `paper` stage presets for `preset="paper"`, else `cpu`), writing `table.results`/table1.* as cells finish (those
     already done first), so a long run's partial table can be read and committed. Returns `{"cells": {(task,
-    method): "done" | error}, "stages": {(task, stage): "skipped" | "ran" | error}}`."""
+    method): "done" | "pending" | error}, "stages": {(task, stage): "skipped" | "ran" | error}}`: a cell whose
+    training is estimated over `table.max_cell_hours` stays pending, its estimate in the table's `pending`."""
     import ray
 
     from dckp.table.outputs import write_outputs
@@ -253,14 +282,19 @@ def run_table(table: TableConfig, run: RunConfig, out: str | Path, preset: str =
         jobs: list[_Job] = []
         status: dict[tuple[str, str], str] = {}
         cells: dict[tuple[str, str], set[str]] = {}  # (task, method) -> the stages it needs
-        for task in table.tasks:
-            cfg = task_config(run, task, table.methods)
+        plans, train = trainings(table, run, out, preset, remove=True)
+        pending = {cell: t["estimate_s"] for cell, t in train.items() if t["pending"]}
+        for (task, method), seconds in pending.items():
+            log.info("%s/%s: pending, its training estimated at %s is over --max-cell-hours %g", task, method,
+                     cost.hours(seconds), table.max_cell_hours)
+        for task, (cfg, stages, todo) in plans.items():
             folder = out / task
             folder.mkdir(parents=True, exist_ok=True)
             save_json({"preset": preset, **dataclasses.asdict(cfg)}, folder / "run.config.json")
-            stages = plan(cfg, folder, sp)
-            todo = decide(stages)
+            left = {cfg.stage(kind, m) for t, m in pending if t == task for kind in ("policy", "evaluate")}
             for stage in stages:
+                if stage.name in left:
+                    continue
                 if stage.name not in todo:
                     status[task, stage.name] = "skipped"
                     continue
@@ -284,8 +318,9 @@ def run_table(table: TableConfig, run: RunConfig, out: str | Path, preset: str =
                         res["num_cpus"]), {"CPU": res["num_cpus"], "GPU": res["num_gpus"]},
                         2 if stage.name.split(" ")[0] in TRAINING else 1))
             for method in cfg.encoders():
-                cells[task, method] = _closure(stages, cfg.stage("evaluate", method))
-        _wait(jobs, status, cells, out, lambda done: write_outputs(out, table, run, preset, done))
+                if (task, method) not in pending:
+                    cells[task, method] = _closure(stages, cfg.stage("evaluate", method))
+        _wait(jobs, status, cells, out, lambda done: write_outputs(out, table, run, preset, done, pending))
     finally:
         if started:
             ray.shutdown()
@@ -294,7 +329,7 @@ def run_table(table: TableConfig, run: RunConfig, out: str | Path, preset: str =
             write_report(out / task)
         except DckpError as e:  # a failed stage can leave the report without its inputs
             log.warning("%s: no report.html (%s)", task, e)
-    cell_status = {}
+    cell_status = {cell: "pending" for cell in pending}
     for (task, method), needs in cells.items():
         errors = [status[task, n] for n in sorted(needs) if status.get((task, n)) not in ("skipped", "ran")]
         cell_status[task, method] = errors[0] if errors else "done"

@@ -1,0 +1,63 @@
+"""What a table's cells cost to train: the time each finished cell's training took, and an estimate for each cell
+still to run.
+
+An estimate is the cell's training steps times the seconds per step of the finished trainings most like it, from
+the run folder's own records (`stage_seconds.json` and each policy's `policy.json`): of the same task, head and
+kind of encoder (frozen, whose features are computed once; or trained end to end with the policy) first, else of
+the same head and kind on any task, the median of their seconds per step. A training's seconds include the
+encoder's pass over the demonstrations and the validation rollouts run beside it, on the machine that ran it. None
+where no such training has finished yet.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+from pathlib import Path
+
+from dckp.pipeline import RunConfig, policy_settings
+
+Key = tuple[str, str, str]  # (task, head, encoder kind)
+
+
+def kind(method: str) -> str:
+    from dckp.encoders.base import encoder_class
+
+    return "end-to-end" if encoder_class(method).trainable else "frozen"
+
+
+def measured(out: Path, tasks: list[str], methods: list[str], runs: list[RunConfig]) -> dict[Key, list[float]]:
+    """Seconds per training step of every finished policy in the task folders `out/<task>` (of each method, under
+    each of `runs`' protocols), by (task, head, encoder kind); trainings with no recorded time are left out."""
+    rates: dict[Key, list[float]] = {}
+    for task in tasks:
+        path = out / task / "stage_seconds.json"
+        seconds = json.loads(path.read_text()) if path.exists() else {}
+        for run in runs:
+            for method in methods:
+                meta_path = out / task / run.policy_folder(method) / "policy.json"
+                spent = seconds.get(run.stage("policy", method))
+                if spent is None or not meta_path.exists():
+                    continue
+                meta = json.loads(meta_path.read_text())
+                steps = meta.get("config", {}).get("steps")
+                head = meta.get("head", {}).get("name", "lstm")  # policies before heads: the paper's lstm
+                if steps:
+                    rates.setdefault((task, head, kind(method)), []).append(spent / steps)
+    return rates
+
+
+def estimate_s(rates: dict[Key, list[float]], run: RunConfig, task: str, method: str, sp: str) -> float | None:
+    """Seconds that training `method`'s policy on `task` under `run` (stage preset `sp`) is expected to take."""
+    policy = policy_settings(dataclasses.replace(run, task=task), sp)
+    k = kind(method)
+    same_task = rates.get((task, policy.head, k))
+    any_task = [r for (_, head, kk), rs in rates.items() if head == policy.head and kk == k for r in rs]
+    basis = same_task or any_task
+    return round(policy.steps * statistics.median(basis), 1) if basis else None
+
+
+def hours(seconds: float | None) -> str:
+    return "unknown (no training of its head and encoder kind has finished)" if seconds is None else \
+        f"{seconds / 3600:.1f} h"
