@@ -212,7 +212,10 @@ def test_end_to_end_policy_overfits_one_trajectory(setup, tmp_path):
     assert result["loss_end"] - floor < (result["loss_start"] - floor) / 20, result
 
 
-def test_trainable_encoder_round_trip_gives_the_same_actions(setup):
+@pytest.mark.parametrize("head,options", [("lstm", {"hidden": 16, "layers": 1}),
+                                          ("rnn-gmm", {"hidden": 16, "layers": 1, "seq_len": 3})])
+def test_trainable_encoder_round_trip_gives_the_same_actions(setup, head, options):
+    """An end-to-end encoder trains with the lstm and rnn-gmm heads, and the saved policy acts as the trained one."""
     import numpy as np
 
     from dckp.encoders import build_encoder
@@ -222,7 +225,7 @@ def test_trainable_encoder_round_trip_gives_the_same_actions(setup):
 
     tmp, demos, _, _ = setup
     cam = "robot0_eye_in_hand"
-    out = tmp / "policy_cnnd"
+    out = tmp / f"policy_cnnd_{head}"
     spec = {"name": "cnnd", "options": {"shift": 2}}
     enc = build_encoder(spec, [cam], SIZE)
     with Dataset(demos) as ds:
@@ -239,9 +242,8 @@ def test_trainable_encoder_round_trip_gives_the_same_actions(setup):
 
     write_run(out, "lift", SIZE, [cam], spec, demos)
     with FrameWindows(demos, [cam], enc.inputs) as windows:
-        train_policy(proprio, actions, PolicyConfig(head_options={"hidden": 16, "layers": 1}, steps=4, batch_size=2),
-                     out, progress=False,
-                     encoder=enc, frames=windows)
+        train_policy(proprio, actions, PolicyConfig(head=head, head_options=options, steps=4, batch_size=2), out,
+                     progress=False, encoder=enc, frames=windows)
     trained = VisuomotorPolicy(enc, load_policy(out)).eval()
     loaded = load_visuomotor_policy(out)
     assert loaded.encoder.opts.shift == 2 and not loaded.encoder.training
