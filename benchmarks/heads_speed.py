@@ -6,7 +6,8 @@ preset's batch (`lstm`: the `cpu` preset's, the others `converged`'s) on windows
     python benchmarks/heads_speed.py --threads 2                 # results/heads_speed.{json,md}
     python benchmarks/heads_speed.py --device cuda --out $OUT     # on a lent GPU: one prepared run, about a minute
 
-Writes `heads_speed.json`: `<device>.<head>` = `{train_steps_per_s, act_ms_median, act_ms_max, batch, window}`.
+Writes `heads_speed.json`: `<device>.<head>` = `{train_steps_per_s, act_ms_median, act_ms_max, batch, window}`;
+with `--sample-steps K ...` also `<device>.diffusion-ddim<K>`, the diffusion head planning in K DDIM steps.
 """
 
 from __future__ import annotations
@@ -36,8 +37,10 @@ def config(head: str):
     return dataclasses.replace(POLICY_PRESETS["converged"], head=head, head_options={})
 
 
-def measure(head: str, device: str, steps: int, acts: int) -> dict:
+def measure(head: str, device: str, steps: int, acts: int, options: dict | None = None) -> dict:
     cfg = config(head)
+    if options:
+        cfg = dataclasses.replace(cfg, head_options={**cfg.head_options, **options})
     length, before, after = head_class(head).window(cfg.options())
     window = length or 180  # lstm's whole demonstrations: nut_assembly's expert takes about 180 steps
     torch.manual_seed(0)
@@ -82,6 +85,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=20, help="timed training steps per head")
     p.add_argument("--acts", type=int, default=32, help="timed control steps per head (4 diffusion plans)")
     p.add_argument("--heads", nargs="+", default=["lstm", "rnn-gmm", "diffusion"])
+    p.add_argument("--sample-steps", type=int, nargs="*", default=[], help="also the diffusion head with these "
+                   "DDIM steps per plan (rows `diffusion-ddim<K>`)")
     p.add_argument("--out", default="results")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -89,7 +94,10 @@ def main() -> None:
     path = out / "heads_speed.json"
     results = json.loads(path.read_text()) if path.exists() else {}
     name = torch.cuda.get_device_name() if args.device != "cpu" else f"{platform.machine()} CPU, {args.threads} threads"
-    results[args.device] = {"machine": name, **{h: measure(h, args.device, args.steps, args.acts) for h in args.heads}}
+    rows = {h: measure(h, args.device, args.steps, args.acts) for h in args.heads}
+    rows.update({f"diffusion-ddim{k}": measure("diffusion", args.device, args.steps, args.acts, {"sample_steps": k})
+                 for k in args.sample_steps})
+    results[args.device] = {"machine": name, **rows}
     save_json(results, path)
     lines = ["# Policy heads: training and control cost", "",
              f"Frozen features of width {FEATURES} (nut_assembly's gt-kp), each head at its preset's batch and window. "

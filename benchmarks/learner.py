@@ -23,6 +23,7 @@ import argparse
 import dataclasses
 import io
 import json
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -32,6 +33,7 @@ import torch
 from dckp.config import atomic_write_bytes, preset, save_json
 from dckp.data import Dataset
 from dckp.evaluation import evaluate_policy
+from dckp.evaluation.validation import VAL_SEED_START, validate_folder
 from dckp.keypoints.select import select_references
 from dckp.learn import train_on_demos
 from dckp.policy.config import POLICY_PRESETS
@@ -40,6 +42,7 @@ from dckp.sim.collect import collect_demos
 from dckp.sim.config import CollectConfig
 
 TASKS = ["nut_assembly", "pick_place_clutter"]
+SWEEP_SEED_START = VAL_SEED_START + 10_000  # validation seeds apart from the checkpoint choice's
 HEADS = ["rnn-gmm", "diffusion", "lstm"]
 
 
@@ -81,6 +84,31 @@ def run_cell(task_dir: Path, encoder: str, head: str, args) -> dict | None:
             "steps": cfg.steps, "best_step": result["best_step"], "demos": demos}
 
 
+def sampler_sweep(task_dir: Path, encoder: str, steps: list[int], args) -> None:
+    """The trained diffusion cell's kept weights rolled out with each DDIM step count in `steps` (fewer: a faster
+    planning step), each as a policy folder `<encoder>_diffusion_ddim<K>/`, on `--val-episodes` validation seeds
+    from SWEEP_SEED_START: other seeds than those its checkpoint was chosen on, so that the default count is not
+    favoured by the choice."""
+    cell = task_dir / f"{encoder}_diffusion"
+    if not (cell / "policy.safetensors").exists():
+        return
+    meta = json.loads((cell / "policy.json").read_text())
+    for k in steps:
+        folder = task_dir / f"{encoder}_diffusion_ddim{k}"
+        if read_records(folder):
+            continue
+        folder.mkdir(exist_ok=True)
+        shutil.copyfile(cell / "policy.safetensors", folder / "policy.safetensors")
+        shutil.copyfile(cell / "run.json", folder / "run.json")
+        save_json({**meta, "head": {**meta["head"], "options": {**meta["head"]["options"], "sample_steps": k}}},
+                  folder / "policy.json")
+        r = validate_folder(str(folder), args.val_episodes, seed_start=SWEEP_SEED_START, workers=args.workers)
+        save_json({"step": meta["best_step"], **r}, folder / "sweep.json")
+        with open(folder / "validation.jsonl", "a") as f:
+            f.write(json.dumps({"step": meta["best_step"], **r}) + "\n")
+        print(json.dumps({"swept": str(folder), **r}))
+
+
 def write(results: dict, out: Path, runs: Path) -> None:
     save_json(results, out / "learner.json")
     p = POLICY_PRESETS["converged"]
@@ -102,6 +130,12 @@ def write(results: dict, out: Path, runs: Path) -> None:
         lines += ["", "Explorations (`--lr`), rolled out on validation seeds only: successes of 20 per kept step.", ""]
         lines += [f"- {task} {folder.name}: " + ", ".join(f"{s}: {r['successes']}" for s, r in
                                                           read_records(folder).items()) for task, folder in explored]
+    swept = [(task, folder) for task in results for folder in sorted((runs / task).glob("*_ddim*"))]
+    if swept:
+        lines += ["", f"The diffusion cells' kept weights sampled with fewer DDIM steps per plan (`--sample-steps`), "
+                  f"on validation seeds from {SWEEP_SEED_START:,} (not those the checkpoint was chosen on):", ""]
+        lines += [f"- {task} {folder.name}: {r['successes']}/{r['episodes']}" for task, folder in swept
+                  for r in read_records(folder).values()]
     for task in results:
         lines += ["", f"![{task}](learner_{task}.png)"]
     atomic_write_bytes(out / "learner.md", ("\n".join(lines) + "\n").encode())
@@ -110,7 +144,7 @@ def write(results: dict, out: Path, runs: Path) -> None:
     for task in results:
         fig = Figure(figsize=(6, 4))
         ax = fig.add_subplot()
-        for folder in sorted((runs / task).glob("*_*")):
+        for folder in sorted(f for f in (runs / task).glob("*_*") if "_ddim" not in f.name):  # curves only
             records = read_records(folder)
             if records:
                 lr = "" if "_lr" in folder.name else f"_lr{POLICY_PRESETS['converged'].lr:g}"
@@ -133,6 +167,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=POLICY_PRESETS["converged"].steps)
     p.add_argument("--lr", type=float, default=0.0, help="another learning rate than the preset's: an exploration "
                    "in <encoder>_<head>_lr<lr>/, rolled out on validation seeds only (no evaluation, no results)")
+    p.add_argument("--sample-steps", type=int, nargs="*", default=[], help="diffusion cells: also roll the kept "
+                   "weights out with these DDIM steps per plan, on validation seeds (a faster planning step; "
+                   "<encoder>_diffusion_ddim<K>/, no evaluation)")
     p.add_argument("--val-every", type=int, default=POLICY_PRESETS["converged"].val_every)
     p.add_argument("--val-episodes", type=int, default=POLICY_PRESETS["converged"].val_episodes)
     p.add_argument("--episodes", type=int, default=100, help="evaluation episodes per cell (seeds 1,000,000 on)")
@@ -167,6 +204,9 @@ def main() -> None:
                 results.setdefault(task, {}).setdefault(encoder, {})[head] = cell
                 write(results, out, runs)
                 print(json.dumps({f"{task}.{encoder}.{head}": results[task][encoder][head]}))
+            if "diffusion" in args.heads and args.sample_steps:
+                sampler_sweep(task_dir, encoder, args.sample_steps, args)
+                write(results, out, runs)
 
 
 if __name__ == "__main__":

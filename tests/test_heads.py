@@ -150,6 +150,10 @@ def test_validation_rollouts_use_the_validation_seeds_only(monkeypatch, tmp_path
     monkeypatch.setattr("dckp.evaluation.rollout.evaluate_policy", fake_evaluate)
     assert validate_folder(str(tmp_path), 6) == {"successes": 3, "episodes": 6, "rate": 0.5}
     assert calls == [range(VAL_SEED_START, VAL_SEED_START + 6)]
+    validate_folder(str(tmp_path), 2, seed_start=VAL_SEED_START + 10_000)  # another block of validation seeds
+    assert calls[-1] == range(VAL_SEED_START + 10_000, VAL_SEED_START + 10_002)
+    with pytest.raises(ValueError, match="validation seeds start at"):
+        validate_folder(str(tmp_path), 2, seed_start=rollout.EVAL_SEED_START)
 
 
 def test_validation_rolls_out_in_worker_processes(tiny_lift, tmp_path):

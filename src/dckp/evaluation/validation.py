@@ -20,12 +20,14 @@ from dckp.policy.kept import KEPT, RECORDS, read_records
 VAL_SEED_START = 2_000_000
 
 
-def validate_folder(folder: str, episodes: int) -> dict:
-    """Roll out the policy folder from `episodes` validation seeds, in this process (the simulator is imported
-    here, in the worker, not in the training process)."""
+def validate_folder(folder: str, episodes: int, seed_start: int = VAL_SEED_START, workers: int = 1) -> dict:
+    """Roll out the policy folder from `episodes` validation seeds (`seed_start` on: VAL_SEED_START or above), in
+    this process (the simulator is imported here, in the worker, not in the training process) or `workers`."""
     from dckp.evaluation.rollout import evaluate_policy
 
-    r = evaluate_policy(folder, episodes, seed_start=VAL_SEED_START, workers=1, videos=0,
+    if seed_start < VAL_SEED_START:
+        raise ValueError(f"validation seeds start at {VAL_SEED_START}, got {seed_start}")
+    r = evaluate_policy(folder, episodes, seed_start=seed_start, workers=workers, videos=0,
                         out_dir=Path(folder) / "validation", progress=False)
     return {"successes": round(r["success_rate"] * r["episodes"]), "episodes": r["episodes"],
             "rate": r["success_rate"]}
