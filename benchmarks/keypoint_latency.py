@@ -9,10 +9,10 @@ over all 2 x 16 keypoints in both cameras, stepped frame after frame; for the en
 in eval mode) plus the policy head (`Policy.act`; the `cpu` preset's lstm for every encoder),
 on one frame, after warm-up; median and p95 over `--steps` steps. `heads.<head>`: dckp-3d's control step with each
 head (`--heads`, with the presets' options: lstm `cpu`, rnn-gmm `converged`, diffusion its defaults); the
-diffusion head plans every 8 steps (10 DDIM passes) and pops a planned action in between, so its p95 and `max`
-are the planning steps'. The weights do not change the cost, so the
-networks are randomly initialised with the `cpu` presets. Also the throughput of batched encoding (frames/s), as
-when encoding demonstrations. The top-level keys are dckp-3d's; `encoders` holds every encoder's.
+diffusion head plans every 8 steps (10 DDIM passes; with `--sample-steps K ...` also `heads.diffusion-ddim<K>`)
+and pops a planned action in between, so its p95 and `max` are the planning steps'. The weights do not change the
+cost, so the networks are randomly initialised with the `cpu` presets. Also the throughput of batched encoding
+(frames/s), as when encoding demonstrations. The top-level keys are dckp-3d's; `encoders` holds every encoder's.
 
 `tracker.<device>_<cameras>cam_<px>`: one `dckp.KeypointTracker.track` call on numpy frames (as from a camera) of 1
 or 2 cameras at `--tracker-sizes` px, DON keypoints in the depth form back on the CPU: median and p95 ms per call,
@@ -63,6 +63,8 @@ def main() -> None:
     parser.add_argument("--encoders", nargs="*", default=list(ENCODERS), help="default: %(default)s")
     parser.add_argument("--heads", nargs="*", default=["lstm", "rnn-gmm", "diffusion"],
                         help="heads timed with dckp-3d (default: %(default)s)")
+    parser.add_argument("--sample-steps", type=int, nargs="*", default=[], help="also the diffusion head planning in "
+                        "these DDIM steps (rows `diffusion-ddim<K>`)")
     parser.add_argument("--tracker-sizes", nargs="*", type=int, default=[128, 256],
                         help="image sizes (px) at which KeypointTracker is timed; none: skip it (default: %(default)s)")
     parser.add_argument("--out", default="results")
@@ -92,7 +94,7 @@ def main() -> None:
             per[name] = step_latency(encoder, cfg.image_size, args.steps)
             print(name, per[name], flush=True)
             if name == "dckp-3d":
-                for head in args.heads:
+                for head in [*args.heads, *(f"diffusion-ddim{k}" for k in args.sample_steps)]:
                     heads[head] = step_latency(encoder, cfg.image_size, args.steps, head)
                     print(name, head, heads[head], flush=True)
         tracker = {}
@@ -126,7 +128,8 @@ def main() -> None:
               "control step."]
     if heads:
         lines += ["", "## Policy heads", "", "dckp-3d on 2 cameras with each head; the diffusion head samples a plan "
-                  "(10 DDIM passes) every 8 steps, so its p95 and max are its planning steps.", "",
+                  "(10 DDIM passes; `diffusion-ddim<K>`: K) every 8 steps, so its p95 and max are its planning steps.",
+                  "",
                   "| head | control step median ms | p95 ms | max ms | head median ms | head max ms |",
                   "|---|---|---|---|---|---|"]
         for head, r in heads.items():
@@ -147,7 +150,10 @@ def main() -> None:
 
 def head_config(head: str):
     """The policy config a head is timed with: lstm the cpu preset's, rnn-gmm the converged preset's, others their
-    options' defaults."""
+    options' defaults; `diffusion-ddim<K>` the diffusion head planning in K DDIM steps."""
+    if head.startswith("diffusion-ddim"):
+        return dataclasses.replace(POLICY_PRESETS["converged"], head="diffusion",
+                                   head_options={"sample_steps": int(head.removeprefix("diffusion-ddim"))})
     for name in ("cpu", "converged"):
         if POLICY_PRESETS[name].head == head:
             return POLICY_PRESETS[name]
