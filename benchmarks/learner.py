@@ -130,7 +130,8 @@ def write(results: dict, out: Path, runs: Path) -> None:
         lines += ["", "Explorations (`--lr`), rolled out on validation seeds only: successes of 20 per kept step.", ""]
         lines += [f"- {task} {folder.name}: " + ", ".join(f"{s}: {r['successes']}" for s, r in
                                                           read_records(folder).items()) for task, folder in explored]
-    swept = [(task, folder) for task in results for folder in sorted((runs / task).glob("*_ddim*"))]
+    swept = [(task, folder) for task in results for folder in sorted(
+        (runs / task).glob("*_ddim*"), key=lambda f: (f.name.split("_ddim")[0], int(f.name.split("_ddim")[1])))]
     if swept:
         lines += ["", f"The diffusion cells' kept weights sampled with fewer DDIM steps per plan (`--sample-steps`), "
                   f"on validation seeds from {SWEEP_SEED_START:,} (not those the checkpoint was chosen on):", ""]
