@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
+import threading
 
 import mujoco
 import numpy as np
@@ -15,18 +16,27 @@ ROBOT_PREFIXES = ("robot0_", "gripper0_", "fixed_mount0_")
 PROPRIO_KEYS = ("joint_pos", "eef_pos", "eef_quat", "gripper_qpos")
 
 
-_STOPS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+_STOPS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 @contextlib.contextmanager
 def _between_steps():
-    """Ctrl-C, SIGTERM and SIGHUP wait until the block ends: robosuite's controllers are numba code, which turns an
-    exception that a signal handler raises inside it into a SystemError (a traceback instead of an interrupt)."""
-    before = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)
+    """Ctrl-C, SIGTERM and SIGHUP that come during the block are recorded and raised again when it ends, for the
+    handlers in place before it: robosuite's controllers are numba code, which turns an exception that a handler
+    raises inside it into a SystemError (a traceback instead of an interrupt). Only in the main thread, where
+    Python runs signal handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    before = {s: signal.signal(s, lambda n, _: received.append(n)) for s in _STOPS}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+        for s, handler in before.items():
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
+        for s in dict.fromkeys(received):
+            signal.raise_signal(s)
 
 
 def _import_robosuite():
