@@ -24,14 +24,16 @@ import dataclasses
 import io
 import json
 import shutil
-import signal
+import sys
 import time
 from pathlib import Path
 
 import torch
 
+from dckp.cli.main import signals_as_interrupt
 from dckp.config import atomic_write_bytes, preset, save_json
 from dckp.data import Dataset
+from dckp.errors import Interrupted
 from dckp.evaluation import evaluate_policy
 from dckp.evaluation.validation import VAL_SEED_START, validate_folder
 from dckp.keypoints.select import select_references
@@ -180,13 +182,20 @@ def main() -> None:
     p.add_argument("--out", default="runs/learner")
     p.add_argument("--results", default="results")
     args = p.parse_args()
-    # SIGTERM (`timeout`, a closed session) stops as Ctrl-C does: a collection keeps its finished episodes and a
-    # training saves its step, so the same command resumes
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
     torch.set_num_threads(args.threads)
     runs, out = Path(args.out), Path(args.results)
     path = out / "learner.json"
     results = json.loads(path.read_text()) if path.exists() else {}
+    # SIGTERM and SIGHUP (`timeout`, a closed session) stop as Ctrl-C does, through whatever SIGINT handler is in
+    # place (a training finishes and saves its step), so the same command resumes
+    try:
+        with signals_as_interrupt([]):
+            run(args, runs, out, results)
+    except (Interrupted, KeyboardInterrupt) as e:
+        sys.exit(f"interrupted: {e or 'stopped'}; the same command resumes")
+
+
+def run(args, runs: Path, out: Path, results: dict) -> None:
     for task in args.tasks:
         task_dir = runs / task
         demos = task_dir / "demos.h5"

@@ -637,7 +637,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if getattr(args, "device", None) and args.command != "table":  # a table's Ray nodes have their own devices
             check_device_here(args.device, "--device")
-        with _signals_as_interrupt(received), contextlib.ExitStack() as outputs:
+        with signals_as_interrupt(received), contextlib.ExitStack() as outputs:
             for write in getattr(args, "writes", ()):
                 if not write.skip(args):
                     outputs.enter_context(write.lock(args))
@@ -659,7 +659,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 @contextlib.contextmanager
-def _signals_as_interrupt(received: list[int]):
+def signals_as_interrupt(received: list[int]):
     """SIGTERM and SIGHUP (what `timeout`, Slurm, Ray and a closed terminal send) are handled as Ctrl-C is: by
     whatever SIGINT handler is in place when they come (a training saves its step first), their numbers appended
     to `received`. Outside the main thread, signals stay as they are."""
