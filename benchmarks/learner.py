@@ -105,7 +105,6 @@ def sampler_sweep(task_dir: Path, encoder: str, steps: list[int], args) -> None:
         save_json({**meta, "head": {**meta["head"], "options": {**meta["head"]["options"], "sample_steps": k}}},
                   folder / "policy.json")
         r = validate_folder(str(folder), args.val_episodes, seed_start=SWEEP_SEED_START, workers=args.workers)
-        save_json({"step": meta["best_step"], **r}, folder / "sweep.json")
         with open(folder / "validation.jsonl", "a") as f:
             f.write(json.dumps({"step": meta["best_step"], **r}) + "\n")
         print(json.dumps({"swept": str(folder), **r}))
