@@ -250,3 +250,16 @@ def test_a_dry_run_touches_no_output(tmp_path, capsys):
     assert main([*argv, "--dry-run", "--force"]) == 0
     assert "lift: 0 of 1 cells done" in capsys.readouterr().out
     assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_signals_blocked_by_the_parent_still_stop_a_command():
+    """A command started with SIGTERM blocked (a signal mask is inherited from the parent process) still
+    stops on it: the CLI unblocks the stop signals (before, `dckp collect` ran to the end through a SIGTERM)."""
+    from dckp.cli.main import signals_as_interrupt
+
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGHUP})
+    try:
+        with signals_as_interrupt([]):
+            assert not {signal.SIGTERM, signal.SIGHUP} & signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)

@@ -678,6 +678,8 @@ def signals_as_interrupt(received: list[int]):
             raise KeyboardInterrupt
 
     previous = {s: signal.signal(s, as_interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
+    # a process started with them blocked (the mask is inherited) would otherwise never see them
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
     try:
         yield
     finally:
