@@ -2,7 +2,9 @@
 
 A phase's target (end-effector position and rotation) is computed once, when the phase begins, from the
 simulator's true state. The action is proportional control clipped to the controller's limits
-(0.05 m and 0.5 rad per step). A phase ends when the target is reached within `tol` or after `max_steps`.
+(0.05 m and 0.5 rad per step). A phase ends when the target is reached within `tol` or after `max_steps`; `Expert.ended` records which. A phase
+that ends on its step limit with the hand still short of the target ends at a moment no observation marks, which a
+policy cannot learn to reproduce: a task's targets should be reachable.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class Expert:
     def __init__(self, phases: list[Phase]):
         self.phases = phases
         self.index, self.steps, self.goal = 0, 0, None
+        self.ended: list[tuple[str, int, bool]] = []  # each ended phase: name, steps, whether its target was reached
 
     @property
     def done(self) -> bool:
@@ -46,6 +49,7 @@ class Expert:
             reached = phase.tol is not None and np.linalg.norm(self.goal[0] - pos) < phase.tol \
                 and rotation_error(self.goal[1], rot) < 0.05
             if self.steps >= phase.max_steps or reached:
+                self.ended.append((phase.name, self.steps, reached))
                 self.index, self.goal = self.index + 1, None
                 continue
             self.steps += 1
