@@ -1,10 +1,10 @@
 """Scripted experts on privileged state: a list of phases, each servoing to a target frozen at its start.
 
 A phase's target (end-effector position and rotation) is computed once, when the phase begins, from the
-simulator's true state. The action is proportional control clipped to the controller's limits
-(0.05 m and 0.5 rad per step). A phase ends when the target is reached within `tol` or after `max_steps`; `Expert.ended` records which. A phase
-that ends on its step limit with the hand still short of the target ends at a moment no observation marks, which a
-policy cannot learn to reproduce: a task's targets should be reachable.
+simulator's true state. The action is proportional control clipped to the controller's limits (0.05 m and 0.5 rad
+per step). A phase ends when the target is reached within `tol` or after `max_steps`; `Expert.ended` records
+which. A phase that ends on its step limit with the hand still short of its target ends at a moment no observation
+marks, which a policy cannot learn to reproduce: a task's targets should be reachable.
 """
 
 from __future__ import annotations
