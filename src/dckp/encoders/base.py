@@ -32,7 +32,7 @@ from typing import ClassVar
 
 from torch import Tensor, nn
 
-from dckp.registry import import_modules, lookup
+from dckp.registry import Registry
 
 INPUTS = ("rgb", "depth", "object_pose")
 ARTEFACTS = ("don", "references", "representation")
@@ -82,32 +82,13 @@ class Encoder(nn.Module):
         raise NotImplementedError
 
 
-_REGISTRY: dict[str, type[Encoder]] = {}
-
-
-def register(cls: type[Encoder]) -> type[Encoder]:
-    """Add an encoder class under `cls.name` (defining a subclass with a `name` does this)."""
-    if cls.name in _REGISTRY:
-        raise ValueError(f"encoder {cls.name!r} is already registered (by {_REGISTRY[cls.name].__qualname__})")
+def _check(cls: type[Encoder]) -> str:
     bad = [i for i in cls.inputs if i not in INPUTS] + [a for a in cls.artefacts if a not in ARTEFACTS]
-    if bad or not dataclasses.is_dataclass(cls.options):
-        raise ValueError(f"encoder {cls.name!r}: unknown inputs or artefacts {bad}, or options not a dataclass")
-    _REGISTRY[cls.name] = cls
-    return cls
+    return f"unknown inputs or artefacts {bad}, or options not a dataclass" \
+        if bad or not dataclasses.is_dataclass(cls.options) else ""
 
 
-def unregister(name: str) -> None:
-    """Remove an encoder from the registry (for tests that register their own)."""
-    del _REGISTRY[name]
-
-
-def registry() -> dict[str, type[Encoder]]:
-    """Every registered encoder by name: the built-in ones (every module of this package, imported here, registers
-    its encoders) and any registered since."""
-    import_modules(__package__, Path(__file__).parent, _SUPPORT)
-    return dict(_REGISTRY)
-
-
-def encoder_class(name: str) -> type[Encoder]:
-    """The encoder class registered as `name`; DckpError for an unknown name."""
-    return lookup(registry(), name, "encoder")
+_REGISTRY: Registry[Encoder] = Registry("encoder", __package__, Path(__file__).parent, _SUPPORT, _check)
+register, unregister = _REGISTRY.register, _REGISTRY.unregister
+registry = _REGISTRY.all  # every encoder by name, the built-in ones and any registered since
+encoder_class = _REGISTRY.get  # the encoder class registered as a name; DckpError for an unknown name

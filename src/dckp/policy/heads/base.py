@@ -28,7 +28,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from dckp.registry import import_modules, lookup
+from dckp.registry import Registry
 
 _SUPPORT = {"base"}  # modules of this package that define no head
 
@@ -68,33 +68,12 @@ class Head(nn.Module):
         """Called after each optimiser step; most heads do nothing."""
 
 
-_REGISTRY: dict[str, type[Head]] = {}
-
-
-def register(cls: type[Head]) -> type[Head]:
-    if cls.name in _REGISTRY:
-        raise ValueError(f"head {cls.name!r} is already registered (by {_REGISTRY[cls.name].__qualname__})")
-    if not dataclasses.is_dataclass(getattr(cls, "options", None)):
-        raise ValueError(f"head {cls.name!r}: options is not a dataclass")
-    _REGISTRY[cls.name] = cls
-    return cls
-
-
-def unregister(name: str) -> None:
-    """Remove a head from the registry (for tests that register their own)."""
-    del _REGISTRY[name]
-
-
-def registry() -> dict[str, type[Head]]:
-    """Every registered head by name: the built-in ones (every module of this package registers its heads) and
-    any registered since."""
-    import_modules(__package__, Path(__file__).parent, _SUPPORT)
-    return dict(_REGISTRY)
-
-
-def head_class(name: str) -> type[Head]:
-    """The head class registered as `name`; DckpError for an unknown name."""
-    return lookup(registry(), name, "head")
+_REGISTRY: Registry[Head] = Registry(
+    "head", __package__, Path(__file__).parent, _SUPPORT,
+    lambda cls: "" if dataclasses.is_dataclass(getattr(cls, "options", None)) else "options is not a dataclass")
+register, unregister = _REGISTRY.register, _REGISTRY.unregister
+registry = _REGISTRY.all  # every head by name, the built-in ones and any registered since
+head_class = _REGISTRY.get  # the head class registered as a name; DckpError for an unknown name
 
 
 def masked_mean(per_step: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
