@@ -41,8 +41,7 @@ def expert_phases(name: str, seeds: int) -> dict:
                 moved = np.linalg.norm(env.eef_pose()[0] - before)
                 if moved < STALL_M and np.linalg.norm(action[:3]) > COMMANDED and not expert.done:
                     stalled[expert.phases[expert.index].name] += 1
-            targeted = {p.name for p in expert.phases if p.tol is not None}
-            limits.update({phase for phase, _, reached in expert.ended if phase in targeted and not reached})
+            limits.update({phase for phase, _ in expert.short_of_target()})
             successes += env.success()
             steps.append(t)
     finally:

@@ -35,6 +35,11 @@ class Expert:
         self.index, self.steps, self.goal = 0, 0, None
         self.ended: list[tuple[str, int, bool]] = []  # each ended phase: name, steps, whether its target was reached
 
+    def short_of_target(self) -> list[tuple[str, int]]:
+        """`(name, steps)` of each ended phase with a target (`tol`) that ended on its step limit, not reaching it."""
+        tol = {p.name: p.tol for p in self.phases}
+        return [(name, steps) for name, steps, reached in self.ended if tol[name] is not None and not reached]
+
     @property
     def done(self) -> bool:
         return self.index >= len(self.phases)
