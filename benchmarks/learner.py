@@ -166,6 +166,7 @@ def main() -> None:
     p.add_argument("--heads", nargs="+", default=HEADS)
     p.add_argument("--demos", type=int, default=140, help="expert demonstrations per task (the paper's 140)")
     p.add_argument("--image-size", type=int, default=128, help="demonstration image size")
+    p.add_argument("--noise", type=float, default=0.0, help="DART noise of the demonstrations (CollectConfig.noise)")
     p.add_argument("--steps", type=int, default=POLICY_PRESETS["converged"].steps)
     p.add_argument("--lr", type=float, default=0.0, help="another learning rate than the preset's: an exploration "
                    "in <encoder>_<head>_lr<lr>/, rolled out on validation seeds only (no evaluation, no results)")
@@ -199,8 +200,13 @@ def run(args, runs: Path, out: Path, results: dict) -> None:
         task_dir = runs / task
         demos = task_dir / "demos.h5"
         if not demos.exists():
-            collect_demos(CollectConfig(task=task, demos=args.demos, image_size=args.image_size, workers=args.workers),
-                          str(demos))
+            collect_demos(CollectConfig(task=task, demos=args.demos, image_size=args.image_size, workers=args.workers,
+                                        noise=args.noise), str(demos))
+        with Dataset(demos) as ds:
+            noise = ds.config["collect"].get("noise", 0.0)
+        if noise != args.noise:
+            sys.exit(f"{demos}: collected with --noise {noise}, not {args.noise}; give --noise {noise} or another "
+                     "--out")
         if not (task_dir / "references.safetensors").exists():
             select_references(None, demos, task_dir / "references.safetensors")
         for encoder in args.encoders:

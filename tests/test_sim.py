@@ -118,6 +118,23 @@ def test_demos_in_two_processes_are_the_same_file(demos, tmp_path):
     assert path.read_bytes() == demos.read_bytes()
 
 
+def test_dart_noise_moves_the_arm_off_the_experts_path():
+    """With `noise` the arm is pushed off the clean path (its hand positions differ), the same way for the same
+    seed, and the task still succeeds; a noise outside [0, 1] is refused."""
+    env = SimEnv(get_task("lift"), image_size=0)
+    try:
+        clean = expert_episode(env, 0, record=True)
+        noisy, again = (expert_episode(env, 0, record=True, noise=0.2) for _ in range(2))
+    finally:
+        env.close()
+    assert clean.success and noisy.success
+    np.testing.assert_array_equal(np.stack(noisy.actions), np.stack(again.actions))
+    hand = [np.stack([f["eef_pos"] for f in ep.frames[:20]]) for ep in (clean, noisy)]
+    assert np.abs(hand[0] - hand[1]).max() > 0.005
+    with pytest.raises(DckpError, match="noise"):
+        CollectConfig(task="lift", noise=2.0)
+
+
 @pytest.mark.parametrize("name", sorted(TASKS))
 def test_expert_succeeds(name):
     env = SimEnv(get_task(name), image_size=0)

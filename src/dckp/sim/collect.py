@@ -51,24 +51,26 @@ def _file_config(task, cfg) -> dict:
 # --- expert episodes, in this process or in worker processes ---------------------------------------------------
 
 _ENV: SimEnv | None = None
+_NOISE = 0.0
 
 
-def _init_worker(task: str, image_size: int) -> None:
-    global _ENV
-    _ENV = SimEnv(get_task(task), image_size)
+def _init_worker(task: str, image_size: int, noise: float) -> None:
+    global _ENV, _NOISE
+    _ENV, _NOISE = SimEnv(get_task(task), image_size), noise
 
 
-def _expert(env: SimEnv, seed: int) -> tuple[dict[str, np.ndarray], np.ndarray, int] | None:
+def _expert(env: SimEnv, seed: int, noise: float) -> tuple[dict[str, np.ndarray], np.ndarray, int] | None:
     """A recorded expert episode from `seed` (its frames, actions and steps), or None where it failed."""
-    ep = expert_episode(env, seed, record=True)
+    ep = expert_episode(env, seed, record=True, noise=noise)
     return (_stack(ep.frames), np.stack(ep.actions), ep.steps) if ep.success else None
 
 
 def _worker_expert(seed: int):
-    return _expert(_ENV, seed)
+    return _expert(_ENV, seed, _NOISE)
 
 
-def expert_episodes(task: str, image_size: int, seeds: range, workers: int = 1) -> Iterator[tuple[int, tuple | None]]:
+def expert_episodes(task: str, image_size: int, seeds: range, workers: int = 1,
+                    noise: float = 0.0) -> Iterator[tuple[int, tuple | None]]:
     """`(seed, _expert(...))` for each of `seeds`, in seed order: in this process (`workers=1`) or in `workers`
     spawned processes, each with its own environment, that run at most 2 episodes each ahead of the one consumed
     (an episode's frames are large). An episode depends on its seed alone, so any `workers` gives the same
@@ -77,12 +79,12 @@ def expert_episodes(task: str, image_size: int, seeds: range, workers: int = 1) 
         env = SimEnv(get_task(task), image_size)
         try:
             for seed in seeds:
-                yield seed, _expert(env, seed)
+                yield seed, _expert(env, seed, noise)
         finally:
             env.close()
         return
     todo = iter(seeds)
-    with multiprocessing.get_context("spawn").Pool(workers, _init_worker, (task, image_size)) as pool:
+    with multiprocessing.get_context("spawn").Pool(workers, _init_worker, (task, image_size, noise)) as pool:
         running = collections.deque((s, pool.apply_async(_worker_expert, (s,))) for s in itertools.islice(todo,
                                                                                                       2 * workers))
         while running:
@@ -163,7 +165,8 @@ def collect_demos(cfg: CollectConfig, out: str, preset: str = "cpu", progress: b
                 log.info("resuming from the %d finished demonstrations in %s", len(lengths), finished.folder)
             seeds = range(next_seed, cfg.seed + attempts)
             with (tqdm(total=n, initial=len(lengths), desc=f"demos {task.name}", disable=not progress) as bar,
-                  contextlib.closing(expert_episodes(task.name, cfg.image_size, seeds, cfg.workers)) as episodes):
+                  contextlib.closing(expert_episodes(task.name, cfg.image_size, seeds, cfg.workers,
+                                                     cfg.noise)) as episodes):
                 for seed, episode in episodes if len(lengths) < n else ():
                     next_seed = seed + 1
                     if episode is not None:

@@ -24,6 +24,8 @@ class CollectConfig:
     demos: int = option(0, "successful demonstrations to collect (0: the task's number for the preset)")
     image_size: int = option(128, "camera image height and width in pixels")
     seed: int = option(0, "first episode seed; failed episodes are skipped")
+    noise: float = option(0.0, "DART: std of Gaussian noise on the executed translation (fraction of the "
+                          "controller's range); the expert's correcting action is recorded (0: none)")
     max_attempts_factor: float = option(2.0, "give up after this many times `demos` seeds")
     workers: int = option(1, "worker processes running expert episodes (1: in this process; any number gives the "
                           "same file)")
@@ -38,6 +40,8 @@ class CollectConfig:
             raise DckpError(f"must be >= 0, got {self.seed}", field="seed")
         if self.workers < 1:
             raise DckpError(f"must be >= 1, got {self.workers}", field="workers")
+        if not 0 <= self.noise <= 1:
+            raise DckpError(f"must be in [0, 1], got {self.noise}", field="noise")
         if self.max_attempts_factor < 1:
             raise DckpError(f"must be >= 1, got {self.max_attempts_factor}", field="max_attempts_factor")
 

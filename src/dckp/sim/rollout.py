@@ -17,10 +17,16 @@ class Episode:
     actions: list[np.ndarray] = field(default_factory=list)
 
 
-def expert_episode(env: SimEnv, seed: int, record: bool = False) -> Episode:
-    """Reset to `seed` and run the expert until it has finished all its phases or the horizon."""
+def expert_episode(env: SimEnv, seed: int, record: bool = False, noise: float = 0.0) -> Episode:
+    """Reset to `seed` and run the expert until it has finished all its phases or the horizon.
+
+    `noise` > 0 (DART, Laskey et al. 2017): the arm executes the expert's translation plus Gaussian noise of that
+    std (a fraction of the controller's range, drawn from `seed`), while the expert's own action, which corrects
+    the drift from the state reached, is what is recorded. A policy then sees states off the expert's path, with
+    the way back, as it will when its own errors take it there."""
     env.reset(seed)
     expert = env.task.expert(env)
+    rng = np.random.default_rng(seed)
     episode = Episode(False, 0)
     while episode.steps < env.task.horizon:
         action = expert.act(env)
@@ -29,6 +35,8 @@ def expert_episode(env: SimEnv, seed: int, record: bool = False) -> Episode:
         if record:
             episode.frames.append(env.observe())
             episode.actions.append(action)
+        if noise > 0:
+            action = np.r_[np.clip(action[:3] + rng.normal(0, noise, 3), -1, 1), action[3:]]
         env.step(action)
         episode.steps += 1
     episode.success = env.success()
