@@ -145,15 +145,13 @@ def test_expert_succeeds(name):
     assert sum(r.success for r in results) >= 2, [(r.success, r.steps) for r in results]
 
 
-@pytest.mark.parametrize("name, seeds", [("pick_place_clutter", (0, 1, 2)), ("nut_assembly", (2, 4))])
-def test_expert_reaches_every_target(name, seeds):
-    """Each phase with a target ends by reaching it, not on its step limit, where the hand sits still until an
-    unobservable moment to let go. pick_place_clutter's can goal was at the edge of the arm's reach (every carry,
-    align and lower ended on its limit); nut_assembly's lower did, in these seeds (the handle beside the peg), with
-    the hand short of an unreachable x and the nut already down."""
-    env = SimEnv(get_task(name), image_size=0)
+def test_pick_place_clutter_expert_reaches_every_target():
+    """Each phase with a target ends by reaching it, not on its step limit (which, with the can's goal at the edge
+    of the arm's reach, every carry, align and lower phase did: the hand then sat still until an unobservable
+    moment to let go)."""
+    env = SimEnv(get_task("pick_place_clutter"), image_size=0)
     try:
-        for seed in seeds:
+        for seed in range(3):
             env.reset(seed)
             expert = env.task.expert(env)
             while (action := expert.act(env)) is not None:

@@ -27,7 +27,6 @@ class Phase:
     max_steps: int
     tol: float | None = 0.01  # metres; None runs all max_steps (e.g. while the gripper closes)
     speed: float = 1.0  # fraction of the controller's per-step limits
-    arrived: Callable | None = None  # env -> bool: when given, the target is reached when this holds, not by the hand
 
 
 class Expert:
@@ -52,11 +51,8 @@ class Expert:
             if self.goal is None:
                 self.goal, self.steps = phase.target(env), 0
             pos, rot = env.eef_pose()
-            if phase.arrived is not None:
-                reached = phase.arrived(env)
-            else:
-                reached = phase.tol is not None and np.linalg.norm(self.goal[0] - pos) < phase.tol \
-                    and rotation_error(self.goal[1], rot) < 0.05
+            reached = phase.tol is not None and np.linalg.norm(self.goal[0] - pos) < phase.tol \
+                and rotation_error(self.goal[1], rot) < 0.05
             if self.steps >= phase.max_steps or reached:
                 self.ended.append((phase.name, self.steps, reached))
                 self.index, self.goal = self.index + 1, None

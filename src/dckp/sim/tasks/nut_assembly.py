@@ -14,12 +14,6 @@ def _nut_handle(env) -> tuple[np.ndarray, float]:
     return T[:3, :3] @ [0.054, 0, 0] + T[:3, 3], ex.yaw_of(T[:3, :3]) + np.pi / 2
 
 
-RELEASE_HEIGHT = 0.03  # metres: the nut's centre over the peg's base when the hand reaches its lower target
-SEATED = 0.04  # metres: lowering ends once the nut's centre is this low over the peg's base. With the handle beside
-# the peg the hand's target (x 0.232) is beyond its reach at that height: the hand stalled 1.1-1.4 cm short, its
-# lower phase ended on the step limit in 10 of 20 episodes, the nut already down, before an unmarked release.
-
-
 def _nut_expert(env):
     """Grasp the handle, turn the nut square to the peg, carry it above the peg, lower it on, let go.
 
@@ -45,9 +39,10 @@ def _nut_expert(env):
     peg = lambda e: e.data.body("peg1").xpos.copy()  # noqa: E731
     pick = ex.pick_phases(lambda e: _nut_handle(e)[0], lambda e: _nut_handle(e)[1], np.pi)
     pick[1].speed, pick[1].max_steps = 0.25, 60  # slow descent: a fast one drifts off the handle near the base
-    place = ex.place_phases(nut, peg, release_height=RELEASE_HEIGHT, carry_height=0.15)
-    place[2].arrived = lambda e: nut(e)[2] - peg(e)[2] < SEATED  # lower: the nut is down the peg
-    return ex.Expert(pick + [ex.Phase("turn", turn, ex.CLOSED, 40)] + place)
+    return ex.Expert(
+        pick + [ex.Phase("turn", turn, ex.CLOSED, 40)]
+        + ex.place_phases(nut, peg, release_height=0.03, carry_height=0.15)
+    )
 
 
 def _nut_success(env) -> bool:
