@@ -209,7 +209,7 @@ def main() -> None:
 def run(args, runs: Path, out: Path, results: dict) -> None:
     for task in args.tasks:
         task_dir = runs / task
-        demos, want = task_dir / "demos.h5", NOISE[task] if args.noise is None else args.noise
+        demos, want = task_dir / "demos.h5", NOISE.get(task, 0.0) if args.noise is None else args.noise
         if not demos.exists():
             collect_demos(CollectConfig(task=task, demos=args.demos, image_size=args.image_size, workers=args.workers,
                                         noise=want), str(demos))

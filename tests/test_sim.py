@@ -120,14 +120,22 @@ def test_demos_in_two_processes_are_the_same_file(demos, tmp_path):
 
 def test_dart_noise_moves_the_arm_off_the_experts_path():
     """With `noise` the arm is pushed off the clean path (its hand positions differ), the same way for the same
-    seed, and the task still succeeds; a noise outside [0, 1] is refused."""
+    seed, and the task still succeeds; what is recorded is the expert's action, not the noisy one executed; a noise
+    outside [0, 1] is refused."""
     env = SimEnv(get_task("lift"), image_size=0)
+    executed, step = [], env.step
     try:
         clean = expert_episode(env, 0, record=True)
-        noisy, again = (expert_episode(env, 0, record=True, noise=0.2) for _ in range(2))
+        env.step = lambda a: (executed.append(a), step(a))
+        noisy = expert_episode(env, 0, record=True, noise=0.2)
+        env.step = step
+        again = expert_episode(env, 0, record=True, noise=0.2)
     finally:
         env.close()
     assert clean.success and noisy.success
+    recorded, executed = np.stack(noisy.actions), np.stack(executed[-len(noisy.actions):])  # after reset's own steps
+    assert np.abs(recorded[:, :3] - executed[:, :3]).mean() > 0.05  # the noisy command is executed, not recorded
+    np.testing.assert_array_equal(recorded[:, 3:], executed[:, 3:])
     np.testing.assert_array_equal(np.stack(noisy.actions), np.stack(again.actions))
     hand = [np.stack([f["eef_pos"] for f in ep.frames[:20]]) for ep in (clean, noisy)]
     assert np.abs(hand[0] - hand[1]).max() > 0.005
