@@ -42,7 +42,7 @@ from dckp.learn import train_on_demos
 from dckp.policy.config import POLICY_PRESETS
 from dckp.policy.kept import read_records
 from dckp.sim.collect import collect_demos
-from dckp.sim.config import CollectConfig
+from dckp.sim.config import COLLECT_ADDED, CollectConfig
 
 TASKS = ["nut_assembly", "pick_place_clutter"]
 SWEEP_SEED_START = VAL_SEED_START + 10_000  # validation seeds apart from the checkpoint choice's
@@ -116,7 +116,7 @@ def sampler_sweep(task_dir: Path, encoder: str, steps: list[int], args) -> None:
 
 def demo_noise(demos: Path) -> float:
     with Dataset(demos) as ds:
-        return ds.config["collect"].get("noise", 0.0)
+        return ds.config["collect"].get("noise", COLLECT_ADDED["noise"])
 
 
 def write(results: dict, out: Path, runs: Path) -> None:

@@ -35,6 +35,10 @@ def test_run_pipeline_skip_corrupt_interrupt_move(tmp_path, monkeypatch, capsys,
 
     stamps = {p: p.stat().st_mtime_ns for p in (out / "demos.h5", out / "don" / "don.safetensors",
                                                   out / "policy_dckp-3d" / "policy.safetensors")}
+    # a run folder from before CollectConfig.noise: its demonstrations were noiseless, so they are kept
+    saved = json.loads((out / "demos.config.json").read_text())
+    assert saved.pop("noise") == 0.0
+    (out / "demos.config.json").write_text(json.dumps(saved))
     assert main(argv) == 0
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())  # finished stages are skipped
     assert json.loads((out / "stage_seconds.json").read_text()) == timings  # earlier timings kept
@@ -91,6 +95,10 @@ def test_encoders_and_config_check(tmp_path):
     check_config(path, {"a": 1, "b": {"c": "q", "d": 2}}, ignore=("b.c",))
     with pytest.raises(DckpError, match=r"x\.config\.json: made with other settings: b\.d 2 \(now 3\)"):
         check_config(path, {"a": 1, "b": {"c": "p", "d": 3}})
+    # a setting added since the file was saved reads as the value given for it, and only that value passes
+    check_config(path, {"a": 1, "b": {"c": "p", "d": 2}, "e": 0}, added={"e": 0})
+    with pytest.raises(DckpError, match=r"e 0 \(now 1\)"):
+        check_config(path, {"a": 1, "b": {"c": "p", "d": 2}, "e": 1}, added={"e": 0})
     path.write_text("{")
     with pytest.raises(DckpError, match="invalid JSON"):
         check_config(path, {})

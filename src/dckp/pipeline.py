@@ -248,9 +248,10 @@ def _flat(d: dict, prefix: str = "") -> dict:
             for k2, v2 in (_flat(v, f"{prefix}{k}.").items() if isinstance(v, dict) else [(prefix + k, v)])}
 
 
-def check_config(path: Path, expected: dict, ignore: tuple[str, ...] = ()) -> None:
-    """DckpError unless the JSON config at `path` equals `expected` (nested keys as `a.b`) outside `ignore`."""
-    saved, now = _flat(_read_json(path)), _flat(json.loads(json.dumps(expected)))
+def check_config(path: Path, expected: dict, ignore: tuple[str, ...] = (), added: dict | None = None) -> None:
+    """DckpError unless the JSON config at `path` equals `expected` (nested keys as `a.b`) outside `ignore`. `added`:
+    settings added since configs were saved without them, with the value that made what those configs describe."""
+    saved, now = {**(added or {}), **_flat(_read_json(path))}, _flat(json.loads(json.dumps(expected)))
     differ = sorted(k for k in set(saved) | set(now) if k not in ignore and saved.get(k) != now.get(k))
     if differ:
         changes = ", ".join(f"{k} {saved.get(k)!r} (now {now.get(k)!r})" for k in differ)
@@ -296,7 +297,7 @@ def plan(cfg: RunConfig, out: Path, sp: str) -> list[Stage]:
     from dckp.evaluation.rollout import EVAL_SEED_START
     from dckp.geometry.masks import MASK_PRESETS
     from dckp.metrics import VERSION as METRICS_VERSION
-    from dckp.sim.config import COLLECT_PRESETS, RENDER, VIEWS_PRESETS
+    from dckp.sim.config import COLLECT_ADDED, COLLECT_PRESETS, RENDER, VIEWS_PRESETS
     from dckp.sim.tasks import get_task
 
     task = get_task(cfg.task)
@@ -335,7 +336,8 @@ def plan(cfg: RunConfig, out: Path, sp: str) -> list[Stage]:
 
     def collected(stage_cfg, path: Path, kind: str):
         check_dataset(path, kind, cfg.task)
-        check_config(_config_path(path), collected_config(stage_cfg), ignore=("workers",))
+        check_config(_config_path(path), collected_config(stage_cfg), ignore=("workers",),
+                     added=COLLECT_ADDED if kind == "demos" else None)
 
     def fuse():
         from dckp.geometry.fuse import fuse_file

@@ -14,6 +14,10 @@ from dckp.sim.tasks import TASKS, get_task
 RENDER = "visual geoms"
 
 
+# fields added to CollectConfig since demonstrations were collected without them, with the value that made those
+COLLECT_ADDED = {"noise": 0.0}
+
+
 @dataclass
 class CollectConfig:
     """Expert demonstrations: seeds from `seed` upwards until `demos` successes (failures are skipped).
