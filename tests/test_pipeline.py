@@ -8,7 +8,8 @@ import pytest
 
 from dckp.cli.main import main
 from dckp.errors import DckpError
-from dckp.pipeline import RunConfig, check_config, check_metrics
+from dckp.pipeline import RunConfig, check_config, check_metrics, plan
+from dckp.sim.tasks import get_task
 
 FLAGS = ["--task", "lift", "--demos", "2", "--scenes", "1", "--arm-only", "0", "--heldout-scenes", "1",
          "--image-size", "64", "--don-steps", "2", "--policy-steps", "2", "--episodes", "1", "--workers", "1",
@@ -110,6 +111,26 @@ def test_encoders_and_config_check(tmp_path):
         check_metrics(scores)
     scores.write_text(json.dumps({"metrics": 2, "results": {}}))
     assert check_metrics(scores) == {"metrics": 2, "results": {}}
+
+
+def test_demonstrations_noise_follows_the_protocol(tmp_path, capsys):
+    ppc = dict(task="pick_place_clutter", encoder="gt-kp", baselines=[])
+    assert RunConfig(**ppc).demo_noise() == 0.0  # the paper's protocol: the expert's own path
+    assert RunConfig(**ppc, protocol="converged").demo_noise() == get_task("pick_place_clutter").dart_noise == 0.3
+    assert RunConfig(task="lift", protocol="converged").demo_noise() == get_task("lift").dart_noise == 0.0
+    assert RunConfig(**ppc, protocol="converged", noise=0.1).demo_noise() == 0.1
+    with pytest.raises(DckpError, match="noise: must be in"):
+        RunConfig(noise=1.5)
+    assert main(["run", "--noise", "-0.5", "--out", str(tmp_path / "x")]) == 2
+    assert "noise" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    # noiseless demonstrations (the paper protocol's) are never replaced by the converged protocol's noisy ones
+    (tmp_path / "demos.h5").write_bytes(b"")
+    (tmp_path / "demos.config.json").write_text(json.dumps({"task": "pick_place_clutter"}))  # from before noise
+    assert [s.name for s in plan(RunConfig(**ppc), tmp_path, "cpu")][0] == "demonstrations"
+    with pytest.raises(DckpError, match=r"demos\.h5: collected with DART noise 0\.0, this run's is 0\.3 \(the "
+                       r"converged protocol's for pick_place_clutter\); give --noise 0\.0, or another --out"):
+        plan(RunConfig(**ppc, protocol="converged"), tmp_path, "cpu")
+    plan(RunConfig(**ppc, protocol="converged", noise=0.0), tmp_path, "cpu")
 
 
 def test_run_with_an_end_to_end_encoder_trains_no_don(tmp_path):

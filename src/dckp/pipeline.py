@@ -65,6 +65,8 @@ class RunConfig:
                            "checkpoint) or converged (`dckp train-policy --preset converged`: rnn-gmm, windows, "
                            "the best checkpoint on validation rollouts)", choices=("paper", "converged"))
     head: str = option("", "policy head ('': the protocol's; see `dckp train-policy --help`)")
+    noise: float = option(-1.0, "DART noise of the demonstrations (`dckp collect --noise`; -1: the protocol's: none "
+                          "for paper, the task's converged-noise for converged, see `dckp tasks`)")
     policy_steps: int = option(0, "policy Adam steps (0: the protocol's: 1000 for one-camera tasks, 1500 for the "
                                "two-camera multi-object ones; converged: its preset's)")
     episodes: int = option(50, "closed-loop evaluation episodes per encoder (the same seeds for each)")
@@ -94,6 +96,16 @@ class RunConfig:
         check_device(self.device)
         if self.protocol not in ("paper", "converged"):
             raise DckpError(f"must be paper or converged, got {self.protocol!r}", field="protocol")
+        if not (self.noise == -1 or 0 <= self.noise <= 1):
+            raise DckpError(f"must be in [0, 1], or -1 for the protocol's, got {self.noise}", field="noise")
+
+    def demo_noise(self) -> float:
+        """The DART noise the demonstrations are collected with: `noise`, or the protocol's."""
+        from dckp.sim.tasks import get_task
+
+        if self.noise >= 0:
+            return self.noise
+        return get_task(self.task).dart_noise if self.protocol == "converged" else 0.0
 
     def encoders(self) -> list[str]:
         """The run's encoder, then its baselines."""
@@ -305,7 +317,16 @@ def plan(cfg: RunConfig, out: Path, sp: str) -> list[Stage]:
     don, refs, pictures = out / "don", out / "references.safetensors", out / "pictures"
     errors = out / "keypoint_error.json"
     collect_cfg = dataclasses.replace(preset(COLLECT_PRESETS, sp), task=cfg.task, demos=cfg.demos,
-                                      image_size=cfg.image_size, seed=cfg.seed, workers=cfg.workers)
+                                      image_size=cfg.image_size, seed=cfg.seed, workers=cfg.workers,
+                                      noise=cfg.demo_noise())
+    # demonstrations of another noise are another protocol's, which its policies were trained on: never replaced
+    if demos.exists() and _config_path(demos).exists():
+        made = _read_json(_config_path(demos)).get("noise", COLLECT_ADDED["noise"])
+        if made != collect_cfg.noise:
+            why = f"--noise {cfg.noise:g}" if cfg.noise >= 0 else f"the {cfg.protocol} protocol's for {cfg.task}"
+            raise DckpError(f"collected with DART noise {made}, this run's is {collect_cfg.noise} ({why}); give "
+                            f"--noise {made}, or another --out for the new demonstrations (dckp.table.adopt copies "
+                            "the views and DON there)", path=str(demos))
     views_cfg = dataclasses.replace(preset(VIEWS_PRESETS, sp), task=cfg.task, scenes=cfg.scenes,
                                     arm_only=cfg.arm_only, image_size=cfg.image_size)
     heldout_cfg = dataclasses.replace(views_cfg, scenes=cfg.heldout_scenes, arm_only=0, seed=HELDOUT_SEED)

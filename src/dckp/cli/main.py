@@ -67,11 +67,12 @@ def cmd_tasks(args) -> None:
     from dckp.sim.tasks import TASKS
     from dckp.sim.tasks.base import describe_randomisation
 
-    print(f"{'task':20} {'stands in for':20} {'objects':28} {'cameras':30} horizon demos(cpu/paper)")
+    print(f"{'task':20} {'stands in for':20} {'objects':28} {'cameras':30} horizon demos(cpu/paper) "
+          "converged-noise")
     print("    initial-state randomisation")
     for t in TASKS.values():
         print(f"{t.name:20} {t.stands_in_for:20} {','.join(t.objects):28} {','.join(t.cameras):30} "
-              f"{t.horizon:7} {t.demos['cpu']}/{t.demos['paper']}")
+              f"{t.horizon:7} {t.demos['cpu']:>6}/{t.demos['paper']:<9} {t.dart_noise:g}")
         print(f"    {describe_randomisation(t.randomisation)}")
 
 

@@ -55,6 +55,9 @@ class Task:
     ranges: dict = field(default_factory=dict)  # other randomised quantities (name -> [low, high]), for the docs
     # object name -> the kind of its shape's symmetry (SYMMETRIES), about its pose body's origin; others have none
     symmetry: dict[str, str] = field(default_factory=dict)
+    # DART noise (CollectConfig.noise) of the demonstrations the converged protocol learns from, chosen on validation
+    # rollouts of gt-kp (benchmarks/learner.py); the paper's protocol collects without noise
+    dart_noise: float = 0.0
 
     @property
     def objects(self) -> list[str]:
