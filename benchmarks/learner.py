@@ -15,7 +15,9 @@ results is not run again.
 
 Writes `results/learner.json` (`<task>.<encoder>.<head>` = `{rate, ci95, episodes, train_s, steps, best_step,
 demos}`; `train_s` is this run's training wall time, validation rollouts included, summed over sittings),
-`results/learner.md` and `results/learner_<task>.png` (validation success against steps, per head).
+`results/learner_fit.json` (`<task>.<encoder>.<head>` = the kept policy's mean |action error| per action dimension,
+teacher-forced on its first 20 demonstrations: `fit_error`), `results/learner.md` and `results/learner_<task>.png`
+(validation success against steps, per head).
 """
 
 from __future__ import annotations
@@ -112,6 +114,29 @@ def sampler_sweep(task_dir: Path, encoder: str, steps: list[int], args) -> None:
         print(json.dumps({"swept": str(folder), **r}))
 
 
+def fit_error(folder: Path, demos: Path, n: int = 20) -> list[float]:
+    """The mean |action error| per action dimension when the policy in `folder` acts, from a reset, on each of its
+    first `n` demonstrations' own observations in turn (teacher-forced: how well the head fits what it was trained
+    on, apart from closed-loop drift)."""
+    import h5py
+    import numpy as np
+
+    from dckp.policy.model import proprioception
+    from dckp.policy.train import load_policy
+
+    policy = load_policy(folder).eval()
+    errors = []
+    with Dataset(demos) as ds, h5py.File(folder / "features.h5", "r") as f:
+        for i, ep in enumerate(ds.episodes[:n]):
+            proprio = proprioception({k: ds.array(ep, k) for k in ("joint_pos", "eef_pos", "eef_quat", "gripper_qpos")},
+                                     policy.cfg.proprio)
+            obs = torch.from_numpy(np.concatenate([f[f"demo_{i}"][()], proprio], 1)).float()
+            policy.reset()
+            acted = torch.cat([policy.act(o[None]) for o in obs]).numpy()
+            errors.append(np.abs(acted - ds.actions(ep)))
+    return np.concatenate(errors).mean(0).astype(float).round(4).tolist()
+
+
 def demo_noise(demos: Path) -> float:
     with Dataset(demos) as ds:
         return ds.config["collect"].get("noise", COLLECT_ADDED["noise"])
@@ -146,6 +171,20 @@ def write(results: dict, out: Path, runs: Path) -> None:
                   f"on validation seeds from {SWEEP_SEED_START:,} (not those the checkpoint was chosen on):", ""]
         lines += [f"- {task} {folder.name}: {r['successes']}/{r['episodes']}" for task, folder in swept
                   for r in read_records(folder).values()]
+    fit_path = out / "learner_fit.json"  # measured where the cell's policy is, kept for every other machine
+    fit = json.loads(fit_path.read_text()) if fit_path.exists() else {}
+    for task, encoders in results.items():
+        for encoder, heads in encoders.items():
+            for head in heads:
+                folder = runs / task / f"{encoder}_{head}"
+                if f"{task}.{encoder}.{head}" not in fit and (folder / "policy.safetensors").exists():
+                    fit[f"{task}.{encoder}.{head}"] = fit_error(folder, runs / task / "demos.h5")
+    save_json(fit, fit_path)
+    lines += ["", "Fit (`learner_fit.json`, per action dimension): each cell's mean |action error| when its policy "
+              "acts on its first 20 demonstrations' own observations (teacher-forced, from a reset; actions in [-1, "
+              "1]): how well the head fits its training data, apart from closed-loop drift.", "",
+              "| cell | translation | rotation | gripper |", "|---|---|---|---|"]
+    lines += [f"| {cell} | {sum(e[:3]) / 3:.3f} | {sum(e[3:6]) / 3:.3f} | {e[6]:.3f} |" for cell, e in fit.items()]
     for task in results:
         lines += ["", f"![{task}](learner_{task}.png)"]
     atomic_write_bytes(out / "learner.md", ("\n".join(lines) + "\n").encode())
@@ -230,7 +269,8 @@ def run(args, runs: Path, out: Path, results: dict) -> None:
                 print(json.dumps({f"{task}.{encoder}.{head}": results[task][encoder][head]}))
             if "diffusion" in args.heads and args.sample_steps:
                 sampler_sweep(task_dir, encoder, args.sample_steps, args)
-                write(results, out, runs)
+    if results:
+        write(results, out, runs)
 
 
 if __name__ == "__main__":
