@@ -241,7 +241,7 @@ def main() -> None:
         with signals_as_interrupt([]):
             run(args, runs, out, results)
     except (Interrupted, KeyboardInterrupt) as e:
-        sys.exit(f"interrupted: {e or 'stopped'}; the same command resumes")
+        sys.exit(f"interrupted: {str(e) or 'stopped'}; the same command resumes")
 
 
 def run(args, runs: Path, out: Path, results: dict) -> None:
