@@ -163,7 +163,9 @@ def write(results: dict, out: Path, runs: Path) -> None:
     if explored:
         lines += ["", "Explorations (`--lr`), rolled out on validation seeds only: successes of 20 per kept step.", ""]
         lines += [f"- {task} {folder.name}: " + ", ".join(f"{s}: {r['successes']}" for s, r in
-                                                          read_records(folder).items()) for task, folder in explored]
+                                                          read_records(folder).items())
+                  + ("" if (folder / "policy.safetensors").exists() else " (stopped before its last step)")
+                  for task, folder in explored]
     swept = [(task, folder) for task in results for folder in sorted(
         (runs / task).glob("*_ddim*"), key=lambda f: (f.name.split("_ddim")[0], int(f.name.split("_ddim")[1])))]
     if swept:
@@ -182,9 +184,12 @@ def write(results: dict, out: Path, runs: Path) -> None:
     save_json(fit, fit_path)
     lines += ["", "Fit (`learner_fit.json`, per action dimension): each cell's mean |action error| when its policy "
               "acts on its first 20 demonstrations' own observations (teacher-forced, from a reset; actions in [-1, "
-              "1]): how well the head fits its training data, apart from closed-loop drift.", "",
+              "1]): how well the head fits its training data, apart from closed-loop drift. On demonstrations with "
+              "DART noise it also counts, for a head that executes chunks of actions (diffusion: 8), the corrections "
+              "of noise that came after the chunk was planned, which it cannot foresee.", "",
               "| cell | translation | rotation | gripper |", "|---|---|---|---|"]
-    lines += [f"| {cell} | {sum(e[:3]) / 3:.3f} | {sum(e[3:6]) / 3:.3f} | {e[6]:.3f} |" for cell, e in fit.items()]
+    lines += [f"| {cell} | {sum(e[:3]) / 3:.3f} | {sum(e[3:6]) / 3:.3f} | {e[6]:.3f} |"
+              for cell, e in sorted(fit.items())]
     for task in results:
         lines += ["", f"![{task}](learner_{task}.png)"]
     atomic_write_bytes(out / "learner.md", ("\n".join(lines) + "\n").encode())
