@@ -179,7 +179,7 @@ def write(results: dict, out: Path, runs: Path) -> None:
         for encoder, heads in encoders.items():
             for head in heads:
                 folder = runs / task / f"{encoder}_{head}"
-                if f"{task}.{encoder}.{head}" not in fit and (folder / "policy.safetensors").exists():
+                if f"{task}.{encoder}.{head}" not in fit and (folder / "features.h5").exists():  # frozen encoders
                     fit[f"{task}.{encoder}.{head}"] = fit_error(folder, runs / task / "demos.h5")
     save_json(fit, fit_path)
     lines += ["", "Fit (`learner_fit.json`, per action dimension): each cell's mean |action error| when its policy "
