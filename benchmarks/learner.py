@@ -118,19 +118,18 @@ def fit_error(folder: Path, demos: Path, n: int = 20) -> list[float]:
     """The mean |action error| per action dimension when the policy in `folder` acts, from a reset, on each of its
     first `n` demonstrations' own observations in turn (teacher-forced: how well the head fits what it was trained
     on, apart from closed-loop drift)."""
-    import h5py
     import numpy as np
 
-    from dckp.policy.model import proprioception
+    from dckp.learn import cached_features
+    from dckp.policy.model import PROPRIO_KEYS, proprioception
     from dckp.policy.train import load_policy
 
     policy = load_policy(folder).eval()
     errors = []
-    with Dataset(demos) as ds, h5py.File(folder / "features.h5", "r") as f:
-        for i, ep in enumerate(ds.episodes[:n]):
-            proprio = proprioception({k: ds.array(ep, k) for k in ("joint_pos", "eef_pos", "eef_quat", "gripper_qpos")},
-                                     policy.cfg.proprio)
-            obs = torch.from_numpy(np.concatenate([f[f"demo_{i}"][()], proprio], 1)).float()
+    with Dataset(demos) as ds:
+        for ep, features in zip(ds.episodes[:n], cached_features(folder / "features.h5"), strict=False):
+            proprio = proprioception({k: ds.array(ep, k) for k in PROPRIO_KEYS}, policy.cfg.proprio)
+            obs = torch.from_numpy(np.concatenate([features, proprio], 1)).float()
             policy.reset()
             acted = torch.cat([policy.act(o[None]) for o in obs]).numpy()
             errors.append(np.abs(acted - ds.actions(ep)))

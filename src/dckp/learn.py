@@ -27,15 +27,17 @@ from dckp.evaluation.validation import Validator
 from dckp.policy.config import PolicyConfig
 from dckp.policy.demos import FrameWindows, encode_demos
 from dckp.policy.folder import write_run
-from dckp.policy.model import proprioception
+from dckp.policy.model import PROPRIO_KEYS, proprioception
 from dckp.policy.train import train_policy
 
 
-def _cached(path: Path, key: str) -> list[np.ndarray] | None:
+def cached_features(path: Path, key: str | None = None) -> list[np.ndarray] | None:
+    """The per-demonstration features cached in a policy folder's `features.h5`; None when it is missing or, given
+    `key`, was made for another encoder spec or demonstrations file."""
     if not path.exists():
         return None
     with h5py.File(path, "r") as f:
-        if f.attrs.get("key") != key:
+        if key is not None and f.attrs.get("key") != key:
             return None
         return [f[f"demo_{i}"][()] for i in range(len(f))]
 
@@ -50,8 +52,7 @@ def train_on_demos(demos: str | os.PathLike, encoder_spec: dict, cfg: PolicyConf
         task, cameras = ds.task, ds.streams(ds.episodes[0])
         image_size = int(ds.frames(ds.episodes[0], cameras[0], "rgb", 0, 1).shape[1])
         actions = [ds.actions(ep) for ep in ds.episodes]
-        proprio = [proprioception({k: ds.array(ep, k) for k in ("joint_pos", "eef_pos", "eef_quat", "gripper_qpos")},
-                                  cfg.proprio) for ep in ds.episodes]
+        proprio = [proprioception({k: ds.array(ep, k) for k in PROPRIO_KEYS}, cfg.proprio) for ep in ds.episodes]
     with torch.random.fork_rng(devices=[]):  # a trainable encoder's initial weights depend on the seed alone
         torch.manual_seed(cfg.seed)
         encoder = build_encoder(encoder_spec, cameras, image_size)
@@ -81,7 +82,7 @@ def _features(encoder, encoder_spec: dict, demos, cameras: list[str], cfg: Polic
     key = json.dumps({"demos": str(Path(demos).resolve()), "mtime": os.path.getmtime(demos), "encoder": absolute},
                      sort_keys=True)
     cache = out / "features.h5"
-    features = _cached(cache, key)
+    features = cached_features(cache, key)
     if features is None:
         features = encode_demos(encoder, str(demos), cameras, progress=progress, device=cfg.device)
         tmp = cache.with_name(".features.h5.tmp")
