@@ -102,7 +102,7 @@ def test_bf16_autocast_trains_with_nearly_the_losses_of_fp32():
         model = DenseObjectNet(cfg)
         optimizer, _ = make_optimizer(model, cfg)
         batch = collate_pairs([_pair(20, size=32), _pair(16, size=32)])
-        losses[bf16] = [train_step(model, optimizer, batch, cfg)["loss"] for _ in range(2)]
+        losses[bf16] = [train_step(model, optimizer, batch, cfg)["loss"].item() for _ in range(2)]
     assert np.isfinite(losses[True]).all()
     assert losses[True][0] == pytest.approx(losses[False][0], rel=0.05)
     assert losses[True][0] != losses[False][0]  # autocast did run in bf16

@@ -9,6 +9,7 @@ from safetensors.torch import save_file
 
 from dckp.config import from_dict, load_json
 from dckp.don import (
+    BATCH_KEYS,
     DON_PRESETS,
     DenseObjectNet,
     DonConfig,
@@ -131,6 +132,48 @@ def test_loss_matches_hand_computed_value():
     assert loss.item() == pytest.approx(0.05 + 0.0225 + 0.1825, abs=1e-12)
 
 
+def _per_pair_loss(desc_a, desc_b, batch, cfg):
+    """The loss of loss.py's docstring, written out pair by pair and match by match (integer pixels)."""
+    D = desc_a.shape[1]
+    sums, counts = [0.0, 0.0, 0.0], [0, 0, 0]
+    for p in range(len(desc_a)):
+        for i in torch.nonzero(batch["match_valid"][p]).flatten().tolist():
+            (ua, va), (ub, vb) = batch["uv_a"][p, i].long().tolist(), batch["uv_b"][p, i].long().tolist()
+            f_a = desc_a[p, :, va, ua]
+            sums[0] += ((f_a - desc_b[p, :, vb, ub]) ** 2).sum().item() / D
+            counts[0] += 1
+            for term, kind, margin in ((1, "object", cfg.margin_object), (2, "background", cfg.margin_background)):
+                for j in torch.nonzero(batch[f"nm_{kind}_valid"][p, i]).flatten().tolist():
+                    u, v = batch[f"nm_{kind}"][p, i, j].long().tolist()
+                    hinge = max(0.0, margin - (f_a - desc_b[p, :, v, u]).norm().item() / D**0.5) ** 2
+                    sums[term] += hinge
+                    counts[term] += hinge > 0 if cfg.normalise_hard_negatives else 1
+    return sum(s / max(c, 1) for s, c in zip(sums, counts, strict=True))
+
+
+@pytest.mark.parametrize("hard", [False, True])
+def test_batched_loss_equals_the_per_pair_loss(hard):
+    """The loss of a whole batch, in batched tensor operations with no loop over pairs or matches, equals the
+    per-pair, per-match sums (relative 1e-5) on a fixed batch of 3 pairs padded to the same number of matches."""
+    cfg = dataclasses.replace(TINY, normalise_hard_negatives=hard)
+    g = torch.Generator().manual_seed(0)
+    B, m, n, H, W, D = 3, 12, 5, 9, 11, 4
+    desc_a, desc_b = torch.rand(B, D, H, W, generator=g) * 0.4, torch.rand(B, D, H, W, generator=g) * 0.4
+
+    def uv(*shape):
+        return torch.stack([torch.randint(0, W, shape, generator=g), torch.randint(0, H, shape, generator=g)],
+                           -1).float()
+
+    batch = {"uv_a": uv(B, m), "uv_b": uv(B, m), "match_valid": torch.arange(m) < torch.tensor([[12], [7], [3]]),
+             "nm_object": uv(B, m, n), "nm_object_valid": torch.rand(B, m, n, generator=g) < 0.7,
+             "nm_background": uv(B, m, n), "nm_background_valid": torch.rand(B, m, n, generator=g) < 0.9}
+    loss, parts = contrastive_loss(desc_a, desc_b, *(batch[k] for k in BATCH_KEYS), cfg)
+    expected = _per_pair_loss(desc_a, desc_b, batch, cfg)
+    assert 0 < parts["hard_object"].item() < 1  # both hinged and free non-matches in the batch
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    assert (parts["match"] + parts["object"] + parts["background"]).item() == pytest.approx(expected, rel=1e-5)
+
+
 def test_loss_gradient_pulls_matches_and_pushes_non_matches():
     # D = 2, 1 x 4 images; one match (a:0 -> b:0), one object (b:1) and one background (b:2) non-match, both
     # inside their margins and on the far side of f_a from the match (so every term moves f_a the same way):
@@ -244,7 +287,7 @@ def _pair(m, size=32, n=4):
 def _train(model, optimizer, scheduler, steps):
     losses = []
     for _ in range(steps):
-        losses.append(train_step(model, optimizer, collate_pairs([_pair(20), _pair(13)]), TINY)["loss"])
+        losses.append(train_step(model, optimizer, collate_pairs([_pair(20), _pair(13)]), TINY)["loss"].item())
         scheduler.step()
     return losses
 

@@ -1,5 +1,6 @@
 """Reference selection, keypoint encoders and policy training through them, on a tiny simulated demo."""
 
+import dataclasses
 import json
 
 import pytest
@@ -191,6 +192,25 @@ def test_cnn_trains_end_to_end_and_a_frozen_encoder_does_not(setup):
     assert not any(k.startswith("encoder.") for k in load_file(tmp / "policy_frozen" / "policy.safetensors"))
 
 
+def test_end_to_end_training_resumed_is_bit_identical(setup, tmp_path, monkeypatch):
+    """A cnnd policy trained 4 steps straight, and 2 steps then resumed for 2 more (losses read from the device
+    every 3 steps), gives the same log and the same weights, bit for bit."""
+    from dckp.learn import train_on_demos
+    from dckp.policy import PolicyConfig
+
+    monkeypatch.setattr("dckp.policy.train.READ_EVERY", 3)
+    _, demos, _, _ = setup
+    cfg = PolicyConfig(head_options={"hidden": 8, "layers": 1}, steps=4, checkpoint_every=4, batch_size=2)
+    train_on_demos(demos, {"name": "cnnd", "options": {"shift": 2}}, cfg, tmp_path / "straight", progress=False)
+    cut = dataclasses.replace(cfg, steps=2, checkpoint_every=2)
+    train_on_demos(demos, {"name": "cnnd", "options": {"shift": 2}}, cut, tmp_path / "resumed", progress=False)
+    result = train_on_demos(demos, {"name": "cnnd", "options": {"shift": 2}}, cfg, tmp_path / "resumed",
+                            progress=False)
+    assert result["resumed_from"] == 2
+    for name in ("train_log.jsonl", "policy.safetensors"):
+        assert (tmp_path / "straight" / name).read_bytes() == (tmp_path / "resumed" / name).read_bytes(), name
+
+
 def test_end_to_end_policy_overfits_one_trajectory(setup, tmp_path):
     import math
 
@@ -253,7 +273,20 @@ def test_trainable_encoder_round_trip_gives_the_same_actions(setup, head, option
     assert main(["evaluate", str(out), "--episodes", "1", "--workers", "1", "--videos", "0", "--max-steps", "3"]) == 0
 
 
-def test_frame_windows_read_the_same_frames_cached_or_not(setup, monkeypatch):
+def _assembled(ds, cameras, inputs, index, first, n, length):
+    """The windows as FrameWindows assembled them before the frame-index gather: each window read, padded with
+    its last frame and concatenated, window by window."""
+    from dckp.policy.demos import frames_of
+
+    out = {}
+    for i, f, k in zip(index, first, n, strict=True):
+        window = frames_of(ds, ds.episodes[i], cameras, f, f + k, inputs)
+        for key, v in window.items():
+            out.setdefault(key, []).append(torch.cat([v, v[k - 1:].expand(length - k, *v.shape[1:])]))
+    return {key: torch.cat(v) for key, v in out.items()}
+
+
+def test_frame_windows_gather_the_windows_of_the_window_by_window_assembly(setup, monkeypatch):
     import numpy as np
 
     from dckp.policy import demos as demos_module
@@ -261,36 +294,31 @@ def test_frame_windows_read_the_same_frames_cached_or_not(setup, monkeypatch):
 
     _, demos, _, _ = setup
     cam = "robot0_eye_in_hand"
-    index, first, n = np.array([1, 0, 1]), np.array([3, 0, 1]), np.array([4, 2, 4])
-    with FrameWindows(demos, [cam], ("rgb", "depth"), cache_bytes=0) as plain, \
-            FrameWindows(demos, [cam], ("rgb", "depth")) as cached:
-        a = plain.batch(index, first, n, 4)
-        cached.batch(index, first, n, 4)  # fills the cache
-        b = cached.batch(index, first, n, 4)
-        assert not plain.cache and len(cached.cache) == 2
-    assert a.keys() == b.keys() == {f"{cam}_{k}" for k in ("rgb", "depth", "K", "pose")}
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    with Dataset(demos) as ds:  # row j of window w: step first + min(j, n - 1) (padded with its last frame)
-        for w, (i, f, k) in enumerate(zip(index, first, n, strict=True)):
-            for j in range(4):
-                frame = ds.frame(f"demo_{i}", cam, f + min(j, k - 1))
-                assert all(torch.equal(a[f"{cam}_{key}"][4 * w + j], torch.from_numpy(frame[key]))
-                           for key in ("rgb", "depth"))
-
-    # room for demo 1 alone: it is cached whole, and demo 0 is read a window at a time, the same frames
+    index, first, n = np.array([1, 0, 1, 1]), np.array([3, 0, 1, 0]), np.array([4, 2, 4, 1])
+    with Dataset(demos) as ds:
+        expected = _assembled(ds, [cam], ("rgb", "depth"), index, first, n, 4)
+        lengths = [len(ds.actions(ep)) for ep in ds.episodes]
+    assert expected[f"{cam}_rgb"].dtype == torch.uint8 and len(expected[f"{cam}_rgb"]) == 16
     reads = []
     monkeypatch.setattr(demos_module, "frames_of", lambda ds, ep, cams, start, stop, inputs: reads.append(
         (ep, start, stop)) or frames_of(ds, ep, cams, start, stop, inputs))
-    with Dataset(demos) as ds:
-        len_1 = len(ds.actions("demo_1"))
     with FrameWindows(demos, [cam], ("rgb", "depth")) as probe:
-        size = len_1 * probe.step_bytes
-    reads.clear()
-    with FrameWindows(demos, [cam], ("rgb", "depth"), cache_bytes=size) as tight:
-        c = tight.batch(index, first, n, 4)
-        assert list(tight.cache) == [1]
-    assert all(torch.equal(a[k], c[k]) for k in a)
-    assert reads == [("demo_0", 0, 1), ("demo_1", 0, len_1), ("demo_0", 0, 2)]
+        step_bytes = probe.step_bytes
+    # everything stored: each demonstration decoded once, whole; nothing stored: every window read from the file,
+    # at every batch; demo 0 alone stored (the prefix that fits): demo 1's windows read from the file
+    whole = [("demo_0", 0, lengths[0]), ("demo_1", 0, lengths[1])]
+    demo_1_windows = [("demo_1", 3, 7), ("demo_1", 1, 5), ("demo_1", 0, 1)]
+    for budget, stored, expected_reads in (
+            (None, [True, True], whole),
+            (0, [False, False], 2 * [("demo_1", 3, 7), ("demo_0", 0, 2), ("demo_1", 1, 5), ("demo_1", 0, 1)]),
+            (lengths[0] * step_bytes, [True, False], whole[:1] + 2 * demo_1_windows)):
+        with FrameWindows(demos, [cam], ("rgb", "depth"), cache_bytes=budget) as windows:
+            reads.clear()
+            for _ in range(2):
+                got = windows.batch(index, first, n, 4)
+                assert got.keys() == expected.keys() == {f"{cam}_{k}" for k in ("rgb", "depth", "K", "pose")}
+                assert all(torch.equal(got[k], expected[k]) for k in expected), budget
+            assert windows.stored.tolist()[:2] == stored and reads == expected_reads, budget
 
 
 def test_cnn_input_is_channels_last_with_the_numbers_of_channels_first():

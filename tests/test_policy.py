@@ -120,7 +120,8 @@ def test_lstm_step_by_step_equals_the_whole_sequence():
     assert torch.allclose(steps, whole, atol=1e-6)
 
 
-def test_resume_repeats_the_uninterrupted_run(tmp_path):
+def test_resume_repeats_the_uninterrupted_run(tmp_path, monkeypatch):
+    monkeypatch.setattr("dckp.policy.train.READ_EVERY", 3)  # losses read from the device at steps 3, 4, 7 and 8
     feats, acts = demos()
     cfg = PolicyConfig(head_options=lstm(seq_len=6), batch_size=2, steps=8, checkpoint_every=4)
     train_policy(feats, acts, cfg, tmp_path / "full", progress=False)

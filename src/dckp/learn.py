@@ -63,7 +63,7 @@ def train_on_demos(demos: str | os.PathLike, encoder_spec: dict, cfg: PolicyConf
                               lambda folder: write_run(folder, task, image_size, cameras, encoder_spec, demos))
     try:
         if encoder.trainable:
-            with FrameWindows(demos, cameras, encoder.inputs) as frames:
+            with FrameWindows(demos, cameras, encoder.inputs, device=cfg.device) as frames:
                 return train_policy(proprio, actions, cfg, out, progress, encoder, frames, validator)
         features = _features(encoder, encoder_spec, demos, cameras, cfg, out, progress)
         obs = [np.concatenate([f, p], 1) for f, p in zip(features, proprio, strict=True)]

@@ -1,6 +1,7 @@
 """What the resumable training loops share (DON, representations, policy): stopping after the current step on a
-first Ctrl-C, reading back a log whose last line an interrupt may have cut short, reading a checkpoint, and how
-many bytes of decoded frames a training process may keep in memory."""
+first Ctrl-C, reading the losses of several steps from the device at once, reading back a log whose last line an
+interrupt may have cut short, reading a checkpoint, and how many bytes of decoded frames a training process may
+keep in memory."""
 
 from __future__ import annotations
 
@@ -34,6 +35,23 @@ def stop_after_step():
         yield stop
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+READ_EVERY = 25  # steps between reads of the losses from the device (each read waits for the device)
+
+
+def read_pending(pending: list[tuple[dict, dict[str, torch.Tensor]]]) -> list[dict]:
+    """The log records of steps not read yet, each `(fields, losses)` with `losses` 0-d tensors: the fields and
+    the losses as floats, read back from the device at once, so a GPU loop waits once per `READ_EVERY` steps
+    instead of at every step. Empties `pending`."""
+    if not pending:
+        return []
+    names = list(pending[0][1])
+    values = torch.stack([torch.stack([losses[k].detach().double() for k in names]) for _, losses in pending])
+    records = [{**fields, **dict(zip(names, row, strict=True))}
+               for (fields, _), row in zip(pending, values.tolist(), strict=True)]
+    pending.clear()
+    return records
 
 
 def log_lines_before(path: Path, step: int) -> list[str]:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.profiler import record_function
 
 from dckp.distributed import all_reduce_sum, world_size
 from dckp.don.config import DonConfig
@@ -47,11 +48,12 @@ def contrastive_loss(desc_a, desc_b, uv_a, uv_b, match_valid, nm_object, nm_obje
 
     desc_a, desc_b: `(B, D, H, W)`; uv_a, uv_b: `(B, m, 2)` pixel coordinates (col, row); match_valid `(B, m)`;
     nm_object, nm_background: `(B, m, n, 2)` pixels of I_b, each the non-match of match i, with validity
-    `(B, m, n)`. Returns the loss and floats `match`, `object`, `background` (the three terms) and
-    `hard_object`, `hard_background` (fraction of valid non-matches with a non-zero hinge).
+    `(B, m, n)`. Returns the loss and 0-d tensors (detached, on the loss's device: nothing is read back to the
+    host, so a GPU step never waits) `match`, `object`, `background` (the three terms) and `hard_object`,
+    `hard_background` (fraction of valid non-matches with a non-zero hinge).
 
     In a data-parallel run (`dckp.distributed`) each process holds part of the batch: the counts that divide the
-    sums are those of the whole batch, so the processes' losses add up to the whole batch's loss, and the floats
+    sums are those of the whole batch, so the processes' losses add up to the whole batch's loss, and the parts
     returned are the whole batch's."""
     D = desc_a.shape[1]
     f_a = sample_descriptors(desc_a, uv_a)
@@ -66,10 +68,10 @@ def contrastive_loss(desc_a, desc_b, uv_a, uv_b, match_valid, nm_object, nm_obje
                                          (hard_bg if hard else valid_bg).sum(), hard_obj.sum(), valid_obj.sum(),
                                          hard_bg.sum(), valid_bg.sum()]))
     terms = torch.stack([d2.sum(), h_obj.sum(), h_bg.sum()]) / counts[:3].clamp(min=1)
-    whole = all_reduce_sum(terms.detach()).tolist()
-    n = counts.tolist()
+    whole = all_reduce_sum(terms.detach()).double()
+    hard_parts = counts[3::2].double() / counts[4::2].clamp(min=1)
     parts = {"match": whole[0], "object": whole[1], "background": whole[2],
-             "hard_object": n[3] / max(n[4], 1), "hard_background": n[5] / max(n[6], 1)}
+             "hard_object": hard_parts[0], "hard_background": hard_parts[1]}
     return terms.sum(), parts
 
 
@@ -99,14 +101,20 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: dict[s
     """One optimiser step on a batch: `image_a`, `image_b` `(B, 3, H, W)` in [0, 1] and the `BATCH_KEYS`
     tensors of `contrastive_loss` (see `collate_pairs`), all on the model's device. Both images of every pair
     go through the model in one forward pass (shared batch-norm statistics), under bf16 autocast with `cfg.bf16`.
-    Returns `loss` and its parts (of the whole batch in a data-parallel run, where `model` is DDP-wrapped)."""
+    Its phases are labelled `forward`, `loss`, `backward` and `optim` for torch.profiler
+    (benchmarks/train_step_profile.py).
+    Returns `loss` and its parts as 0-d tensors (of the whole batch in a data-parallel run, where `model` is
+    DDP-wrapped); reading them (`.item()`) waits for the device, so a loop reads them every few steps."""
     model.train()
     B = batch["image_a"].shape[0]
     images = torch.cat([batch["image_a"], batch["image_b"]])
-    with torch.autocast(images.device.type, torch.bfloat16, enabled=cfg.bf16):
+    with record_function("forward"), torch.autocast(images.device.type, torch.bfloat16, enabled=cfg.bf16):
         desc = model(images)
-    loss, parts = contrastive_loss(desc[:B].float(), desc[B:].float(), *(batch[k] for k in BATCH_KEYS), cfg)
-    optimizer.zero_grad(set_to_none=True)
-    (loss * world_size()).backward()  # DDP averages the processes' gradients: this makes it their sum
-    optimizer.step()
+    with record_function("loss"):
+        loss, parts = contrastive_loss(desc[:B].float(), desc[B:].float(), *(batch[k] for k in BATCH_KEYS), cfg)
+    with record_function("backward"):
+        optimizer.zero_grad(set_to_none=True)
+        (loss * world_size()).backward()  # DDP averages the processes' gradients: this makes it their sum
+    with record_function("optim"):
+        optimizer.step()
     return {"loss": parts["match"] + parts["object"] + parts["background"], **parts}

@@ -21,6 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel  # noqa: E402
+from torch.profiler import record_function  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from dckp.config import atomic_write_bytes, save_json  # noqa: E402
@@ -39,7 +40,7 @@ from dckp.don.loss import make_optimizer, train_step  # noqa: E402
 from dckp.don.model import DenseObjectNet, load_backbone_weights  # noqa: E402
 from dckp.don.pairs import check_views  # noqa: E402
 from dckp.errors import Interrupted  # noqa: E402
-from dckp.training import log_lines_before, stop_after_step  # noqa: E402
+from dckp.training import READ_EVERY, log_lines_before, read_pending, stop_after_step  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -84,18 +85,27 @@ def pretrain(views: list[str], cfg: DonConfig, don: str | Path, checkpoint_every
             save_json({"views": [str(v) for v in views], "world_size": w.size, **dataclasses.asdict(cfg)},
                       out / "pretrain_config.json")
         model.train()
+        pending: list = []  # the steps whose losses are not read yet
+        loader = iter(batch_loader(views, cfg, start, w.rank))
         with tqdm(total=cfg.steps, initial=start, desc="pretrain", disable=not (progress and w.main)) as bar, \
                 stop_after_step() as stop:
-            for step, batch in zip(range(start, cfg.steps), batch_loader(views, cfg, start, w.rank), strict=True):
-                stats = train_step(net, optimizer, {k: v.to(device, non_blocking=True)
-                                                    for k, v in checked(batch).items()}, cfg)
+            for step in range(start, cfg.steps):
+                with record_function("data"):
+                    batch = checked(next(loader))
+                with record_function("h2d"):
+                    batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+                stats = train_step(net, optimizer, batch, cfg)
                 scheduler.step()
-                lines.append(json.dumps({"step": step, "lr": scheduler.get_last_lr()[0], **stats}))
-                bar.set_postfix(loss=f"{stats['loss']:.4f}")
+                pending.append(({"step": step, "lr": scheduler.get_last_lr()[0]}, stats))
                 bar.update(1)
                 stopping = bool(stop) if w.size == 1 else bool(  # every process stops at the same step
                     all_reduce_sum(torch.tensor(len(stop), device=device)))
-                if w.main and ((step + 1) % checkpoint_every == 0 or step + 1 == cfg.steps or stopping):
+                saving = (step + 1) % checkpoint_every == 0 or step + 1 == cfg.steps or stopping
+                if saving or len(pending) == READ_EVERY:
+                    records = read_pending(pending)
+                    lines += [json.dumps(r) for r in records]
+                    bar.set_postfix(loss=f"{records[-1]['loss']:.4f}")
+                if w.main and saving:
                     atomic_write_bytes(log_path, ("\n".join(lines) + "\n").encode())
                     save_checkpoint(last, model, cfg, step + 1, optimizer, scheduler)
                 if stopping:

@@ -14,8 +14,12 @@ Files in `out_dir` (all written atomically; no pickle anywhere):
 - with `val_every > 0`: `checkpoints/step_<steps>/`, a policy folder every `val_every` steps and at the end,
   rolled out on validation seeds (`dckp.evaluation.validation`; results in `validation.jsonl`); the best is copied to
   `policy.safetensors`. Without, the last step's weights are kept.
-- `train_log.jsonl`: one `{"step": s, "loss": l}` line per step; `policy_loss.png`: the loss curve and, with
+- `train_log.jsonl`: one `{"step": s, "loss": l}` line per step (the losses are read from the device every
+  `dckp.training.READ_EVERY` steps and at every checkpoint); `policy_loss.png`: the loss curve and, with
   validation, the validation success against steps.
+
+A step's phases are labelled `data`, `h2d`, `forward` (a trainable encoder), `loss` (the head's forward and loss),
+`backward` and `optim` for torch.profiler (benchmarks/train_step_profile.py).
 
 Step `s` draws its batch from `numpy.random.default_rng([seed, s])` and seeds torch from `[seed, s, 1]`, so a
 resumed run repeats exactly the losses of an uninterrupted one.
@@ -31,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import safetensors.torch
 import torch
+from torch.profiler import record_function
 from tqdm import tqdm
 
 from dckp.config import atomic_write_bytes, from_dict, save_json
@@ -40,11 +45,13 @@ from dckp.policy.heads.base import head_class
 from dckp.policy.kept import best_step, kept_folder
 from dckp.policy.model import Policy
 from dckp.training import (
+    READ_EVERY,
     load_optimizer_tensors,
     log_lines_before,
     optimizer_tensors,
     prefixed,
     read_checkpoint,
+    read_pending,
     stop_after_step,
 )
 
@@ -99,30 +106,44 @@ def train_policy(features: list[np.ndarray], actions: list[np.ndarray], cfg: Pol
     atomic_write_bytes(out / LOG, "".join(json.dumps(r) + "\n" for r in history).encode())
     span = cls.window(options)
     model.train()
+    pending: list = []  # the steps whose losses are not read yet
     with open(out / LOG, "a") as logf, tqdm(total=cfg.steps, initial=start, disable=not progress,
                                             desc=f"policy {cfg.head}", unit="step") as bar, stop_after_step() as stop:
         for step in range(start, cfg.steps):
-            index, first, n = _windows(lengths, span, cfg, step)
-            o, a, mask = _gather(obs, act, lengths, index, first, n)
+            with record_function("data"):
+                index, first, n = _windows(lengths, span, cfg, step)
+                o, a, mask = _gather(obs, act, lengths, index, first, n)
+                images = frames.batch(index, first, n, o.shape[1]) if encoder is not None else None
+            with record_function("h2d"):
+                o, a, mask = (x.to(device, non_blocking=True) for x in (o, a, mask))
+                if images is not None:
+                    images = {k: v.to(device, non_blocking=True) for k, v in images.items()}
             torch.manual_seed(_step_seed(cfg.seed, step))
-            if encoder is not None:
-                f = encoder(frames.batch(index, first, n, o.shape[1]))
-                o = torch.cat([f.view(*o.shape[:2], -1), o.to(device)], -1)
-            loss = model.loss({"obs": o.to(device), "action": a.to(device), "mask": mask.to(device)})
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            model.head.after_step()
-            history.append({"step": step, "loss": loss.item()})
-            logf.write(json.dumps(history[-1]) + "\n")
+            if images is not None:
+                with record_function("forward"):
+                    o = torch.cat([encoder(images).view(*o.shape[:2], -1), o], -1)
+            with record_function("loss"):
+                loss = model.loss({"obs": o, "action": a, "mask": mask})
+            with record_function("backward"):
+                opt.zero_grad()
+                loss.backward()
+            with record_function("optim"):
+                opt.step()
+                model.head.after_step()
+            pending.append(({"step": step}, {"loss": loss.detach()}))
             bar.update()
-            bar.set_postfix(loss=f"{history[-1]['loss']:.3g}")
             done, stopping = step + 1, bool(stop)  # a first Ctrl-C (or SIGTERM, SIGHUP in the CLI): save and stop
+            saving = done % cfg.checkpoint_every == 0 or done == cfg.steps or stopping
+            if saving or len(pending) == READ_EVERY:
+                read = read_pending(pending)
+                history += read
+                logf.write("".join(json.dumps(r) + "\n" for r in read))
+                bar.set_postfix(loss=f"{history[-1]['loss']:.3g}")
             if cfg.val_every and (done % cfg.val_every == 0 or done == cfg.steps):
                 folder = kept_folder(out, done)
                 save_policy(model, folder, encoder, threads, best=done)
                 validator.submit(done, folder)
-            if done % cfg.checkpoint_every == 0 or done == cfg.steps or stopping:
+            if saving:
                 logf.flush()
                 _save_last(out / LAST, model, opt, cfg, done, threads, encoder)
             if stopping:
