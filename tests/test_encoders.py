@@ -211,6 +211,27 @@ def test_end_to_end_training_resumed_is_bit_identical(setup, tmp_path, monkeypat
         assert (tmp_path / "straight" / name).read_bytes() == (tmp_path / "resumed" / name).read_bytes(), name
 
 
+def test_compiled_encoder_trains_as_the_plain_one(setup, tmp_path):
+    """--compile (here dynamo's `eager` backend: the graph capture, without inductor's code generation, minutes on
+    this CPU) trains the end-to-end encoder to the same weights; the config records it."""
+    from dckp.learn import train_on_demos
+    from dckp.policy import PolicyConfig
+
+    _, demos, _, _ = setup
+    cfg = PolicyConfig(head_options={"hidden": 8, "layers": 1}, steps=2, checkpoint_every=2, batch_size=2)
+    for name, backend in (("plain", ""), ("compiled", "eager")):
+        train_on_demos(demos, {"name": "cnn"}, dataclasses.replace(cfg, compile=backend), tmp_path / name,
+                       progress=False)
+    assert (tmp_path / "plain" / "policy.safetensors").read_bytes() == \
+        (tmp_path / "compiled" / "policy.safetensors").read_bytes()
+    assert json.loads((tmp_path / "compiled" / "policy.json").read_text())["config"]["compile"] == "eager"
+    from dckp.don import DonConfig
+
+    for config in (PolicyConfig, DonConfig):
+        with pytest.raises(DckpError, match="compile: must be one of"):
+            config(compile="fast")
+
+
 def test_end_to_end_policy_overfits_one_trajectory(setup, tmp_path):
     import math
 

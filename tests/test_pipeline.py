@@ -40,6 +40,10 @@ def test_run_pipeline_skip_corrupt_interrupt_move(tmp_path, monkeypatch, capsys,
     saved = json.loads((out / "demos.config.json").read_text())
     assert saved.pop("noise") == 0.0
     (out / "demos.config.json").write_text(json.dumps(saved))
+    # and a policy from before PolicyConfig.compile (how it ran, not what it learnt): kept too
+    saved = json.loads((out / "policy_dckp-3d" / "train_policy.config.json").read_text())
+    assert saved["policy"].pop("compile") == ""
+    (out / "policy_dckp-3d" / "train_policy.config.json").write_text(json.dumps(saved))
     assert main(argv) == 0
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())  # finished stages are skipped
     assert json.loads((out / "stage_seconds.json").read_text()) == timings  # earlier timings kept

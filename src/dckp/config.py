@@ -46,6 +46,15 @@ def check_device(device: str, field: str = "device") -> None:
         raise DckpError(f"must be 'cpu', 'cuda' or 'cuda:N', got {device!r}", field=field)
 
 
+COMPILE_BACKENDS = ("", "inductor", "cudagraphs", "aot_eager", "eager")  # "": not compiled
+
+
+def check_compile(backend: str, field: str = "compile") -> None:
+    """Raise `DckpError` on `field` unless `backend` is one of `COMPILE_BACKENDS`."""
+    if backend not in COMPILE_BACKENDS:
+        raise DckpError(f"must be one of {list(COMPILE_BACKENDS)} ('' = off), got {backend!r}", field=field)
+
+
 def check_device_here(device: str, field: str = "device") -> None:
     """`check_device`, and DckpError unless this machine has that CUDA device (torch is imported only for one)."""
     check_device(device, field)

@@ -382,7 +382,7 @@ def plan(cfg: RunConfig, out: Path, sp: str) -> list[Stage]:
 
         saved = dataclasses.asdict(load_checkpoint_config(don / "don.safetensors"))
         differ = sorted(k for k, v in dataclasses.asdict(don_cfg).items()
-                        if saved[k] != v and k not in ("device", "workers"))  # where it ran does not matter
+                        if saved[k] != v and k not in ("device", "workers", "compile"))  # where and how it ran
         if differ:
             raise DckpError(f"made with other settings: {', '.join(f'{k} {saved[k]!r}' for k in differ)}",
                             path=str(don / "don.safetensors"))
@@ -476,7 +476,7 @@ def plan(cfg: RunConfig, out: Path, sp: str) -> list[Stage]:
                      {"encoder": dataclasses.asdict(encoder_cfg(name)),
                       "policy": dataclasses.asdict(policy_config(name))},
                      ignore=("encoder.don", "encoder.references", "encoder.representation",  # the folder layout
-                             "policy.device"))
+                             "policy.device", "policy.compile"))  # where and how it ran
 
     def evaluation(name: str) -> dict:
         return {"policy_dir": out / cfg.policy_folder(name), "episodes": cfg.episodes, "seed_start": EVAL_SEED_START,

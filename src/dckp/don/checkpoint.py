@@ -25,7 +25,7 @@ from dckp.training import load_optimizer_tensors, optimizer_tensors, prefixed, r
 
 FORMAT = "dckp-don-checkpoint-v1"
 # config fields a resumed run may set differently
-RESUME_MAY_CHANGE = ("steps", "backbone_weights", "device", "workers")
+RESUME_MAY_CHANGE = ("steps", "backbone_weights", "device", "workers", "compile")
 
 Generators = dict[str, np.random.Generator | torch.Generator]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dckp.config import check_device, option
+from dckp.config import COMPILE_BACKENDS, check_compile, check_device, option
 from dckp.errors import DckpError
 
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
@@ -53,6 +53,8 @@ class DonConfig:
                           "the same pairs either way)")
     bf16: bool = option(False, "bf16 autocast for the network (mixed precision; its effect on correspondence "
                         "accuracy: benchmarks/gpu.py)")
+    compile: str = option("", "torch.compile the network with this backend ('' = off, inductor = torch's "
+                          "compiler; what it buys: results/train_step_profile.md)", choices=COMPILE_BACKENDS)
 
     def __post_init__(self):
         if self.backbone not in BACKBONES:
@@ -78,6 +80,7 @@ class DonConfig:
         if not 0 <= self.arm_fraction <= 1:
             raise DckpError(f"must be in [0, 1], got {self.arm_fraction}", field="arm_fraction")
         check_device(self.device)
+        check_compile(self.compile)
         if self.workers < 0:
             raise DckpError(f"must be >= 0, got {self.workers}", field="workers")
         if not 0 <= self.jitter < 1:

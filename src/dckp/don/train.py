@@ -69,6 +69,8 @@ def pretrain(views: list[str], cfg: DonConfig, don: str | Path, checkpoint_every
         if w.size > 1:
             sync_batch_norm(model)
         model.to(device)
+        if cfg.compile:
+            model.compile(backend=cfg.compile)  # in place: the weights keep their names
         optimizer, scheduler = make_optimizer(model, cfg)
         start = 0
         if last.exists():

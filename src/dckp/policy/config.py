@@ -16,7 +16,7 @@ import argparse
 import dataclasses
 from dataclasses import dataclass
 
-from dckp.config import add_config_args, apply_args, check_device, from_dict, option
+from dckp.config import COMPILE_BACKENDS, add_config_args, apply_args, check_compile, check_device, from_dict, option
 from dckp.errors import DckpError
 
 PROPRIO = ("joint_pos", "eef_pose")
@@ -53,6 +53,8 @@ class PolicyConfig:
     val_workers: int = option(1, "processes running validation rollouts beside the training")
     seed: int = option(0, "seed of the network's initialisation and of the batches")
     device: str = option("cpu", "torch device of policy training: cpu or cuda (features are cached on the CPU)")
+    compile: str = option("", "torch.compile a trainable encoder with this backend ('' = off, inductor = torch's "
+                          "compiler; what it buys: results/train_step_profile.md)", choices=COMPILE_BACKENDS)
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "checkpoint_every", "val_episodes", "val_workers"):
@@ -64,6 +66,7 @@ class PolicyConfig:
             if getattr(self, name) < 0:
                 raise DckpError(f"{name} must be >= 0, got {getattr(self, name)}", field=name)
         check_device(self.device)
+        check_compile(self.compile)
         if self.proprio not in PROPRIO:
             raise DckpError(f"proprio must be one of {list(PROPRIO)}, got {self.proprio!r}", field="proprio")
         if not isinstance(self.head_options, dict):

@@ -10,7 +10,7 @@ Files in `out_dir` (all written atomically; no pickle anywhere):
   `dckp.training` (as the DON's and the representations'): `model/<name>` tensors (those of `policy.safetensors`),
   `optimizer/<param index>/<name>` Adam state, metadata `dckp`: JSON of `step` (steps done), `config`, `obs_dim`,
   `torch_threads` and the optimiser's `param_groups` and scalars. If it exists, `train_policy` continues from it
-  (the config may differ only in `steps`, `checkpoint_every`, `device` and the validation's settings).
+  (the config may differ only in `steps`, `checkpoint_every`, `device`, `compile` and the validation's settings).
 - with `val_every > 0`: `checkpoints/step_<steps>/`, a policy folder every `val_every` steps and at the end,
   rolled out on validation seeds (`dckp.evaluation.validation`; results in `validation.jsonl`); the best is copied to
   `policy.safetensors`. Without, the last step's weights are kept.
@@ -58,7 +58,7 @@ from dckp.training import (
 WEIGHTS, META, LAST = "policy.safetensors", "policy.json", "policy_last.safetensors"
 LOG, PLOT = "train_log.jsonl", "policy_loss.png"
 # config fields that may change when resuming
-_RESUMABLE = ("steps", "checkpoint_every", "device", "val_every", "val_episodes", "val_workers")
+_RESUMABLE = ("steps", "checkpoint_every", "device", "compile", "val_every", "val_episodes", "val_workers")
 
 
 def train_policy(features: list[np.ndarray], actions: list[np.ndarray], cfg: PolicyConfig, out_dir,
@@ -97,6 +97,8 @@ def train_policy(features: list[np.ndarray], actions: list[np.ndarray], cfg: Pol
     params = [p for p in model.parameters() if p.requires_grad]
     if encoder is not None:
         encoder.to(device).train()
+        if cfg.compile:
+            encoder.compile(backend=cfg.compile)  # in place: the weights keep their names
         params += list(encoder.parameters())
     opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     start, threads = _load_last(out / LAST, model, opt, cfg, encoder) if (out / LAST).exists() else (0, {})

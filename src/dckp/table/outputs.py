@@ -64,6 +64,8 @@ def table_config(run: RunConfig, preset: str) -> dict:
               "policy": POLICY_PRESETS}
     settings = {k: dataclasses.asdict(v[sp]) for k, v in stages.items()}
     del settings["collect"]["workers"]  # how many processes collect does not change the demonstrations
+    for stage in ("don", "policy"):  # nor does compiling the networks change what they learn (beyond rounding)
+        del settings[stage]["compile"]
     return {"preset": preset, "run": {k: v for k, v in dataclasses.asdict(run).items() if k not in RUN_ONLY},
             "stage_preset": sp, "stages": settings,
             "policy_overrides": POLICY_OVERRIDES, "eval_seed_start": EVAL_SEED_START, "render": RENDER}
