@@ -69,13 +69,14 @@ class FrameWindows:
         rows = torch.from_numpy((self.offsets[index][:, None] + steps).ravel()).to(where)
         out = {key: torch.empty((len(rows), *v.shape[1:]), dtype=v.dtype, device=where, pin_memory=self.pin)
                for key, v in self.store.items()}
-        stored = torch.from_numpy(np.repeat(self.stored[index], length)).to(where)
+        stored = np.repeat(self.stored[index], length)
         if stored.all():  # the common case: one gather per key
             for key, v in self.store.items():
                 torch.index_select(v, 0, rows, out=out[key])
             return out
+        kept = torch.from_numpy(np.flatnonzero(stored)).to(where)
         for key, v in self.store.items():
-            out[key][stored] = v[rows[stored]]
+            out[key][kept] = v[rows[kept]]
         for b in np.flatnonzero(~self.stored[index]):  # read from the file, the rows' step range
             lo, hi = int(steps[b].min()), int(steps[b].max()) + 1
             window = frames_of(self.ds, self.episodes[index[b]], self.cameras, lo, hi, self.inputs)
