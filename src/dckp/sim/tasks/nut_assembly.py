@@ -59,4 +59,6 @@ TASK = Task(
     symmetry={"nut": "square", "peg": "square"},  # the square ring (not its handle) and the square peg, about z
     workspace=((-0.3, 0.0, 0.79), (0.35, 0.35, 0.97)),  # the nut and the square peg, not the unused round peg
     cameras=(WRIST, OVERVIEW), horizon=350, demos={"cpu": 40, "paper": 140},
+    # gt-kp rnn-gmm succeeded in 0.65 of 100 validation seeds with noise 0.2, 0.54 without (benchmarks/learner.py)
+    dart_noise=0.2,
 )
