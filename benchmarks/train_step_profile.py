@@ -10,8 +10,8 @@ Two trainings, each through its real loop (`dckp.don.train.pretrain`, `dckp.lear
 
 **Phases.** The loops label each step's phases for torch.profiler (`record_function`: data, h2d, forward, loss,
 backward, optim). Here those labels are timed instead, waiting for the device at each boundary so that each phase
-holds its own work: the mean ms per step over the steps after `--warmup`, and `other_ms`, the rest of a step
-(logging, the progress bar, checkpoints) against the unprofiled steps/s.
+holds its own work: the mean ms per step over the steps after `--warmup` (the last step left out: it ends the
+run), and `other_ms`, the rest of a step (seeding, logging, the progress bar) in the same run.
 
 **Syncs per step.** Calls that make the host wait for the device: reading a tensor back (`item`, `tolist`,
 `__bool__`, `__float__`, `__int__`, `cpu`, `numpy`) or an output whose shape depends on the data (`nonzero`,
@@ -19,10 +19,11 @@ holds its own work: the mean ms per step over the steps after `--warmup`, and `o
 process (the DON's pairs drawn by one loader process, as on a GPU; torch.optim's reads of its CPU step counts left
 out); the same calls on the CPU, where they cost nothing.
 
-**Steps/s** of an unprofiled run: (T(warmup + steps) - T(warmup)) / steps for two fresh runs of the same seed, so
-start-up, the first decoding of the demonstrations and (with `--compile`) compilation cancel out. With
+**Steps/s** of an unprofiled run: (T(warmup + steps) - T(warmup)) / steps for two fresh runs of the same seed, after
+a first, untimed run of `--warmup` steps in the same process (which takes the process's one-off costs), so start-up,
+the first decoding of the demonstrations and (with `--compile`) compilation cancel out. With
 `--before-src`, each measurement of the older code runs in a subprocess beside the same one of this code, in
-turns, best of `--repeats`. Take it on a quiet machine.
+turns (the order flipped each time), the median of `--repeats` (all are kept). Take it on a quiet machine.
 """
 
 from __future__ import annotations
@@ -111,14 +112,17 @@ def _boolean_index(a) -> bool:
     return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in items)
 
 
-def measure(kind: str, args) -> dict:
-    """steps/s and (not compiled) syncs per step of the code on sys.path (one worker process runs this)."""
+def speed(kind: str, args) -> dict:
+    """Steps/s of the code on sys.path (one worker process runs this)."""
     w, n = args.warmup, args.steps
-    seconds = _seconds(kind, w + n, args) - _seconds(kind, w, args)
-    if args.compile:
-        return {"steps_per_s": round(n / seconds, 3)}
-    syncs = (_syncs(kind, w + n, args) - _syncs(kind, w, args)) / n
-    return {"steps_per_s": round(n / seconds, 3), "syncs_per_step": round(syncs, 2)}
+    _seconds(kind, w, args)  # the process's one-off costs (thread pools, allocator, kernels' first use) go here
+    return {"steps_per_s": round(n / (_seconds(kind, w + n, args) - _seconds(kind, w, args)), 3)}
+
+
+def syncs(kind: str, args) -> dict:
+    """Syncs per step of the code on sys.path (one worker process runs this)."""
+    w, n = args.warmup, args.steps
+    return {"syncs_per_step": round((_syncs(kind, w + n, args) - _syncs(kind, w, args)) / n, 2)}
 
 
 def phases(kind: str, args) -> dict:
@@ -128,11 +132,14 @@ def phases(kind: str, args) -> dict:
     import dckp.policy.train
 
     times: dict[str, list[float]] = {p: [] for p in PHASES}
+    starts: list[float] = []  # of each step (its data phase)
 
     @contextlib.contextmanager
     def timed(label):
         _sync(args.device)
         start = time.perf_counter()
+        if label == "data":
+            starts.append(start)
         yield
         _sync(args.device)
         times[label].append(time.perf_counter() - start)
@@ -141,13 +148,15 @@ def phases(kind: str, args) -> dict:
         module.record_function = timed
     with tempfile.TemporaryDirectory() as tmp:
         _train(kind, args.warmup + args.steps, tmp, args)
-    return {f"{p}_ms": round(1000 * statistics.fmean(t[args.warmup:]), 2) if t[args.warmup:] else 0.0
-            for p, t in times.items()}
+    w = args.warmup
+    out = {f"{p}_ms": round(1000 * statistics.fmean(t[w:-1]), 2) if t[w:-1] else 0.0 for p, t in times.items()}
+    step = 1000 * statistics.fmean(b - a for a, b in zip(starts[w:-1], starts[w + 1:], strict=True))
+    return {**out, "other_ms": round(step - sum(out.values()), 2)}
 
 
 def _worker(src: str, what: str, kind: str, compile: str = "") -> dict:
-    """`what` (measure or phases) of `kind` by the dckp in `src`, compiled with backend `compile` ('': not), in a
-    fresh process."""
+    """`what` (speed, syncs or phases) of `kind` by the dckp in `src`, compiled with backend `compile` ('': not), in
+    a fresh process."""
     argv = [sys.executable, __file__, *sys.argv[1:], "--worker", what, kind, "--compile", compile]
     env = {**os.environ, "PYTHONPATH": src}
     done = subprocess.run(argv, env=env, capture_output=True, text=True)
@@ -167,14 +176,14 @@ def main() -> None:
     parser.add_argument("--compile", default="", help="also measure this code with this torch.compile backend")
     parser.add_argument("--warmup", type=int, default=5, help="steps before the measured ones")
     parser.add_argument("--steps", type=int, default=20, help="measured steps")
-    parser.add_argument("--repeats", type=int, default=2, help="steps/s: the best of this many measurements")
+    parser.add_argument("--repeats", type=int, default=3, help="steps/s: the median of this many measurements")
     parser.add_argument("--before-src", default="", help="the src/ of older code, measured beside this one")
     parser.add_argument("--results", default="results", help="folder of the results files")
     parser.add_argument("--worker", nargs=2, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         what, kind = args.worker
-        print(json.dumps(measure(kind, args) if what == "measure" else phases(kind, args)))
+        print(json.dumps({"speed": speed, "syncs": syncs, "phases": phases}[what](kind, args)))
         return
 
     import torch
@@ -187,18 +196,15 @@ def main() -> None:
            "views": Path(args.views).name, "demos": Path(args.demos).name, "kinds": {}}
     for kind in args.kinds:
         entry = {"phases": _worker(here, "phases", kind)}
-        runs: dict[str, list[dict]] = {v: [] for v in versions}
-        for _ in range(args.repeats):
-            for version, src in versions.items():
-                runs[version].append(_worker(src, "measure", kind))
+        runs: dict[str, list[float]] = {v: [] for v in versions}
+        for r in range(args.repeats):  # in turns, the order flipped every repeat
+            for version in list(versions)[::(-1) ** r]:
+                runs[version].append(_worker(versions[version], "speed", kind)["steps_per_s"])
         for version, rs in runs.items():
-            entry[version] = {"steps_per_s": max(r["steps_per_s"] for r in rs),
-                              "syncs_per_step": rs[0]["syncs_per_step"]}
-        if args.compile:
-            entry[f"after_compile_{args.compile}"] = max((_worker(here, "measure", kind, args.compile)
-                                                          for _ in range(args.repeats)), key=lambda r: r["steps_per_s"])
-        step_ms = 1000 / entry["after"]["steps_per_s"]
-        entry["phases"]["other_ms"] = round(step_ms - sum(entry["phases"].values()), 2)
+            entry[version] = {"steps_per_s": statistics.median(rs), "all_steps_per_s": rs,
+                              **_worker(versions[version], "syncs", kind)}
+        if args.compile:  # once: compiling takes minutes on a CPU
+            entry[f"after_compile_{args.compile}"] = _worker(here, "speed", kind, args.compile)
         out["kinds"][kind] = entry
         print(kind, json.dumps(entry), flush=True)
         write(out, device, Path(args.results))  # after each training: a run cut short keeps what it measured
@@ -224,10 +230,10 @@ def write(out: dict, device: str, results: Path) -> None:
     lines = ["# Where a training step's time goes", "",
              "`python benchmarks/train_step_profile.py --views V --demos D --before-src OLD/src` (issue #43). Each "
              "training runs through its real loop; a phase's time waits for the device at its boundaries; `other` is "
-             "the rest of a step (logging, progress, checkpoints) against the unprofiled steps/s; syncs are the "
+             "the rest of a step in the same run (seeding, logging, the progress bar); syncs are the "
              "calls per step that make the host wait for a GPU (the same calls on a CPU, where they cost nothing). "
-             "`before`/`after`: the older code's steps/s beside this code's, measured in the same run, in turns, "
-             "best of the repeats.", ""]
+             "`before`/`after`: the older code's steps/s beside this code's, measured in the same run, in turns (the "
+             "order flipped each time): the median, and every measurement in brackets.", ""]
     for dev, o in data.items():
         lines += [f"## {dev}: {o['device']}, {o['threads']} torch threads, torch {o['torch']}", "",
                   f"Views {o['views']}, demonstrations {o['demos']}; mean over {o['steps']} steps after "
@@ -241,9 +247,15 @@ def write(out: dict, device: str, results: Path) -> None:
             before = e.get("before", {})
             lines.append(f"| {kind} | " + " | ".join(str(e["phases"][f"{p}_ms"]) for p in (*PHASES, "other"))
                          + f" | {before.get('syncs_per_step', '–')} -> {e['after']['syncs_per_step']} | "
-                         f"{before.get('steps_per_s', '–')} | {e['after']['steps_per_s']} | {compiled} |")
+                         f"{_runs(before)} | {_runs(e['after'])} | {compiled} |")
         lines.append("")
     (results / "train_step_profile.md").write_text("\n".join(lines))
+
+
+def _runs(entry: dict) -> str:
+    if not entry:
+        return "–"
+    return f"{entry['steps_per_s']:.2f} ({', '.join(f'{v:.2f}' for v in entry['all_steps_per_s'])})"
 
 
 if __name__ == "__main__":
