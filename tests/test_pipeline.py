@@ -135,6 +135,17 @@ def test_demonstrations_noise_follows_the_protocol(tmp_path, capsys):
                        r"converged protocol's for pick_place_clutter\); give --noise 0\.0, or another --out"):
         plan(RunConfig(**ppc, protocol="converged"), tmp_path, "cpu")
     plan(RunConfig(**ppc, protocol="converged", noise=0.0), tmp_path, "cpu")
+    # the converged protocol's number of demonstrations is the paper's; where it differs from the preset's (stack
+    # and nut_assembly: 140 against 40), the paper protocol's are not replaced either
+    stack = dict(task="stack", encoder="gt-kp", baselines=[])
+    assert RunConfig(**stack).demo_count("cpu") == 0 and RunConfig(**ppc, protocol="converged").demo_count("cpu") == 0
+    assert RunConfig(**stack, protocol="converged").demo_count("cpu") == get_task("stack").demos["paper"] == 140
+    assert RunConfig(**stack, protocol="converged", demos=7).demo_count("cpu") == 7
+    (tmp_path / "demos.config.json").write_text(json.dumps({"task": "stack", "noise": 0.0, "demos": 0}))
+    with pytest.raises(DckpError, match=r"demos\.h5: 40 demonstrations, the converged protocol's for stack are 140; "
+                       r"give --demos 40, or another --out"):
+        plan(RunConfig(**stack, protocol="converged"), tmp_path, "cpu")
+    plan(RunConfig(**stack, protocol="converged", demos=40), tmp_path, "cpu")
 
 
 def test_run_with_an_end_to_end_encoder_trains_no_don(tmp_path):

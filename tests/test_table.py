@@ -190,6 +190,12 @@ def test_table_broken_cell_resume_and_skip(tmp_path, local_ray, capsys, monkeypa
     assert result["policy cnn"].startswith("runs: not there (not adopted: ")
     assert result["policy cnn"].endswith("train_policy.config.json: made with other settings: policy.steps 2 (now 3))")
     assert result["demonstrations"] == "adopted" and not (tmp_path / "third" / "lift" / "policy_cnn").exists()
+    # into a converged table, a policy goes to that protocol's folder and stages, and one trained under the
+    # paper's protocol is refused there
+    result = adopt(tmp_path / "fourth" / "lift", dataclasses.replace(cfg, protocol="converged"), **sources)
+    assert result["policy cnn converged"].startswith("runs: not there (not adopted: ")
+    assert "made with other settings" in result["policy cnn converged"] and "policy cnn" not in result
+    assert not (tmp_path / "fourth" / "lift" / "policy_cnn_converged").exists()
 
     # a demonstrations file made with an explicit count (here 1) is adopted into a table that asks for the task's
     # number (demos=0) when the file holds that number, and refused when it does not

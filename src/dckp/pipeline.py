@@ -50,7 +50,8 @@ class RunConfig:
     on a DON, reference keypoints for a keypoint encoder (chosen on the object masks alone without a DON)."""
 
     task: str = option("lift", "simulated task (see `dckp tasks`)", choices=TASKS)
-    demos: int = option(0, "successful demonstrations (0: the task's number for the stage preset, see `dckp tasks`)")
+    demos: int = option(0, "successful demonstrations (0: the task's number, see `dckp tasks`: the stage preset's; "
+                        "the paper's for the converged protocol)")
     scenes: int = option(10, "pretraining view scenes")
     arm_only: int = option(2, "pretraining sequences with every object removed (the arm as its own object)")
     heldout_scenes: int = option(2, "held-out view scenes for the DON's correspondence accuracy")
@@ -98,6 +99,17 @@ class RunConfig:
             raise DckpError(f"must be paper or converged, got {self.protocol!r}", field="protocol")
         if not (self.noise == -1 or 0 <= self.noise <= 1):
             raise DckpError(f"must be in [0, 1], or -1 for the protocol's, got {self.noise}", field="noise")
+
+    def demo_count(self, sp: str) -> int:
+        """`demos` as the demonstrations stage stores it (0: the stage preset `sp`'s number). Under the converged
+        protocol 0 means the task's paper number (140 on stack and the multi-object tasks), which the learner
+        benchmark chose its recipe with; where that is the preset's number too, it stays 0."""
+        from dckp.sim.tasks import get_task
+
+        task = get_task(self.task)
+        if self.demos or self.protocol != "converged" or task.demos["paper"] == task.demos[sp]:
+            return self.demos
+        return task.demos["paper"]
 
     def demo_noise(self) -> float:
         """The DART noise the demonstrations are collected with: `noise`, or the protocol's."""
@@ -316,17 +328,23 @@ def plan(cfg: RunConfig, out: Path, sp: str) -> list[Stage]:
     demos, views, heldout = out / "demos.h5", out / "views.h5", out / "heldout.h5"
     don, refs, pictures = out / "don", out / "references.safetensors", out / "pictures"
     errors = out / "keypoint_error.json"
-    collect_cfg = dataclasses.replace(preset(COLLECT_PRESETS, sp), task=cfg.task, demos=cfg.demos,
+    collect_cfg = dataclasses.replace(preset(COLLECT_PRESETS, sp), task=cfg.task, demos=cfg.demo_count(sp),
                                       image_size=cfg.image_size, seed=cfg.seed, workers=cfg.workers,
                                       noise=cfg.demo_noise())
     # demonstrations of another noise are another protocol's, which its policies were trained on: never replaced
+    # demonstrations another protocol's policies were trained on (its noise or its number) are never replaced
     if demos.exists() and _config_path(demos).exists():
-        made = _read_json(_config_path(demos)).get("noise", COLLECT_ADDED["noise"])
-        if made != collect_cfg.noise:
+        made = _read_json(_config_path(demos))
+        noise, count = made.get("noise", COLLECT_ADDED["noise"]), made.get("demos", 0) or task.demos[sp]
+        if noise != collect_cfg.noise:
             why = f"--noise {cfg.noise:g}" if cfg.noise >= 0 else f"the {cfg.protocol} protocol's for {cfg.task}"
-            raise DckpError(f"collected with DART noise {made}, this run's is {collect_cfg.noise} ({why}); give "
-                            f"--noise {made}, or another --out for the new demonstrations (dckp.table.adopt copies "
+            raise DckpError(f"collected with DART noise {noise}, this run's is {collect_cfg.noise} ({why}); give "
+                            f"--noise {noise}, or another --out for the new demonstrations (dckp.table.adopt copies "
                             "the views and DON there)", path=str(demos))
+        if not cfg.demos and count != (collect_cfg.demos or task.demos[sp]):
+            raise DckpError(f"{count} demonstrations, the {cfg.protocol} protocol's for {cfg.task} are "
+                            f"{collect_cfg.demos}; give --demos {count}, or another --out for the new demonstrations "
+                            "(dckp.table.adopt copies the views and DON there)", path=str(demos))
     views_cfg = dataclasses.replace(preset(VIEWS_PRESETS, sp), task=cfg.task, scenes=cfg.scenes,
                                     arm_only=cfg.arm_only, image_size=cfg.image_size)
     heldout_cfg = dataclasses.replace(views_cfg, scenes=cfg.heldout_scenes, arm_only=0, seed=HELDOUT_SEED)

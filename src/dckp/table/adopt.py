@@ -62,7 +62,7 @@ def _demos_config(src: Path, cfg: RunConfig, sp: str) -> dict:
         n = len(ds.episodes)
     with h5py.File(src, "r") as f:
         stored = json.loads(f.attrs["config"])
-    want = cfg.demos or task.demos[sp]
+    want = cfg.demo_count(sp) or task.demos[sp]
     if n != want:
         raise DckpError(f"{n} demonstrations, the table wants {want}", path=str(src))
     saved = src.with_name("tasks.config.json")
@@ -71,7 +71,7 @@ def _demos_config(src: Path, cfg: RunConfig, sp: str) -> dict:
         raise DckpError("made with other randomisation ranges than the task's today", path=str(saved))
     # the count checked above, in the table's own terms; a file from before `render` was stored has images the
     # table no longer makes (None: not adopted)
-    return {"preset": sp, "render": stored.get("render"), **stored["collect"], "demos": cfg.demos}
+    return {"preset": sp, "render": stored.get("render"), **stored["collect"], "demos": cfg.demo_count(sp)}
 
 
 def _same(theirs: Path, ours: Path) -> bool:
@@ -108,7 +108,8 @@ def _policy_files(src: Path, dst: Path, name: str, folder: Path) -> None:
         enc = {"name": name, "options": dataclasses.asdict(cls.options(**kwargs))}
     if enc.get("name") != name:
         raise DckpError(f"a policy of encoder {enc.get('name')!r}, expected {name!r}", path=str(src / RUN))
-    if enc.get("options", {}) != dataclasses.asdict(cls.options()):
+    if dataclasses.asdict(cls.options(**enc.get("options", {}))) != dataclasses.asdict(cls.options()):  # omitted:
+        # the default, as loading reads them
         raise DckpError(f"encoder options {enc.get('options')}, the table's are {dataclasses.asdict(cls.options())}",
                         path=str(src / RUN), field="encoder.options")
     local = {"don": folder / "don", "references": folder / "references.safetensors"}
@@ -181,14 +182,13 @@ def adopt(folder: str | Path, cfg: RunConfig, sp: str = "cpu", demos: str | None
     for name, src in (representations or {}).items():
         take([f"representation {name}"], [(Path(src), folder / f"representation_{name}")])
     seconds = {}
-    for name, src in (policies or {}).items():
-        dst = folder / f"policy_{name}"
-        take([f"policy {name}", f"evaluate {name}"], [(Path(src), dst)],
-             lambda s=Path(src), d=dst, n=name: _policy_files(s, d, n, folder))
-        if result.get(f"policy {name}") == "adopted" and name in (train_s or {}):
-            seconds[f"policy {name}"] = train_s[name]
-        if result.get(f"evaluate {name}") == "adopted" and verify:
-            result[f"evaluate {name}"] = _verify(stages[f"evaluate {name}"], verify)
+    for name, src in (policies or {}).items():  # into the protocol's folder and stages (RunConfig.variant)
+        dst, train, evaluate = folder / cfg.policy_folder(name), cfg.stage("policy", name), cfg.stage("evaluate", name)
+        take([train, evaluate], [(Path(src), dst)], lambda s=Path(src), d=dst, n=name: _policy_files(s, d, n, folder))
+        if result.get(train) == "adopted" and name in (train_s or {}):
+            seconds[train] = train_s[name]
+        if result.get(evaluate) == "adopted" and verify:
+            result[evaluate] = _verify(stages[evaluate], verify)
     if seconds:
         path = folder / "stage_seconds.json"
         save_json({**(json.loads(path.read_text()) if path.exists() else {}), **seconds}, path)
