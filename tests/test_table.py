@@ -133,6 +133,24 @@ def test_table_broken_cell_resume_and_skip(tmp_path, local_ray, capsys, monkeypa
                      "pending: 0"]
     assert _stamps(out) == stamps
 
+    # on another machine (a new run folder) the cells recorded in the committed results are not made again, nor the
+    # shared stages only they need; a cell missing from them is made, with what it needs
+    table = TableConfig(tasks=TASKS, methods=METHODS, chunk=2, results=str(results))
+    lines = dry_run(table, run, tmp_path / "moved")
+    assert lines[:2] == [f"lift: 0 of 2 cells done: none; recorded in {results}, not made here: blind, cnn",
+                         "  would run: nothing"]
+    status = run_table(table, run, tmp_path / "moved")
+    assert set(status["cells"].values()) == {"recorded"} and set(status["stages"].values()) == {"skipped"}
+    assert json.loads((results / "table1.json").read_text())["cells"] == data["cells"]
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    del data["cells"]["stack"]["cnn"]
+    (partial / "table1.json").write_text(json.dumps(data))
+    lines = dry_run(dataclasses.replace(table, results=str(partial)), run, tmp_path / "moved")
+    assert lines[2:4] == [f"stack: 0 of 2 cells done: none; recorded in {partial}, not made here: blind",
+                          "  would run: demonstrations; policy cnn; evaluate cnn"]
+    assert not list((tmp_path / "moved").rglob("*.h5"))  # nothing was made there
+
     # lift's cells grown to 4 episodes: only their 2 new seeds run (one chunk), the table keeps stack's cells; then
     # asked 2 again, they report the first 2 without running any
     grow = ["table", "--tasks", "lift", *FLAGS[FLAGS.index("--methods"):], "--out", str(out), "--results",
@@ -365,6 +383,26 @@ def test_an_interrupted_table_passes_the_signal_on_to_its_running_tasks(tmp_path
     assert (tmp_path / "started").exists() and not (tmp_path / "saved").exists()
     _pass_on([ref], grace_s=60)
     assert (tmp_path / "saved").exists()  # the task saved before Ray went down
+
+
+def test_ray_keeps_the_signal_handlers_in_place(local_ray):
+    # ray.init installs its own SIGTERM handler (exit at once), which would skip the CLI's interrupt: the running
+    # tasks would not be told to save. The handlers in place before it are kept.
+    import signal
+
+    import ray
+
+    from dckp.table import start_ray
+
+    ray.shutdown()
+    mine = {s: (lambda *_: None) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    before = {s: signal.signal(s, h) for s, h in mine.items()}
+    try:
+        assert start_ray(cpus=2)
+        assert all(signal.getsignal(s) is h for s, h in mine.items())
+    finally:
+        for s, h in before.items():
+            signal.signal(s, h)
 
 
 def test_the_page_shows_both_protocols_with_the_change(tmp_path):

@@ -76,6 +76,19 @@ def table_stem(run: RunConfig) -> str:
     return "table1" + (f"_{run.variant()}" if run.variant() else "")
 
 
+def recorded(table: TableConfig, run: RunConfig, preset: str) -> set[tuple[str, str]]:
+    """The (task, method) cells the table's json in `table.results` holds with this run's config and at least its
+    episodes: made before, maybe on another machine whose run folder is gone. Committed, they are what a table
+    moved to another machine goes on from (`run_table` does not make them again)."""
+    path = Path(table.results) / f"{table_stem(run)}.json"
+    if not path.exists():
+        return set()
+    data = json.loads(path.read_text())
+    if data.get("config") != json.loads(json.dumps(table_config(run, preset))):
+        return set()
+    return {(t, m) for t, per in data.get("cells", {}).items() for m, c in per.items() if c["episodes"] >= run.episodes}
+
+
 def read_cell(folder: Path, run: RunConfig, method: str) -> dict:
     """A cell's numbers from a task folder: its eval.json and stage_seconds.json; for a protocol other than the
     paper's also the policy's `head`, its training `steps` and the `best_step` kept (policy.json)."""

@@ -23,7 +23,9 @@ import functools
 import json
 import logging
 import os
+import signal
 import socket
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -36,6 +38,7 @@ from dckp.errors import DckpError
 from dckp.pipeline import RunConfig, Stage, decide, plan, write_report
 from dckp.table import cost
 from dckp.table.config import TableConfig
+from dckp.table.outputs import recorded
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +67,18 @@ def start_ray(address: str = "", cpus: int = 0) -> bool:
     env = {k: os.environ.get(k, v) for k, v in WORKER_ENV.items()}
     local = {} if address else {"num_cpus": cpus or os.cpu_count(), "object_store_memory": OBJECT_STORE_BYTES,
                                 "include_dashboard": False}
+    # Ray's driver handlers (SIGTERM: exit at once) would skip the interrupt that passes the signal on to the running
+    # tasks, which then save: the handlers in place before (the CLI's, SIGTERM as Ctrl-C) are put back
+    kept = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         ray.init(address=address or "local", runtime_env={"env_vars": env}, log_to_driver=False,
                  configure_logging=False, **local)
     except ConnectionError as e:
         raise DckpError(f"cannot reach the Ray cluster ({e})".replace("\n", " "), field="--address") from None
+    if threading.current_thread() is threading.main_thread():
+        for s, handler in kept.items():
+            if handler is not None:
+                signal.signal(s, handler)
     return True
 
 
@@ -221,18 +231,33 @@ def _placeable(ready: list[_Job], used: dict, capacity: dict, idle: bool) -> lis
 
 def trainings(table: TableConfig, run: RunConfig, out: str | Path, preset: str, remove: bool = False
               ) -> tuple[dict, dict]:
-    """Per task its plan and the stages to run (`decide`), and per cell whose policy would train: its estimated
-    training seconds (`dckp.table.cost`) and whether it stays pending (over `table.max_cell_hours`)."""
+    """Per task its plan and the stages to run (`decide`; none for a cell recorded in the table's json whose
+    policy folder is not here, `outputs.recorded`, and none at all for a task with only such cells left), and per cell
+    whose policy would train: its estimated training seconds (`dckp.table.cost`) and whether it stays pending (over
+    `table.max_cell_hours`)."""
     out, sp = Path(out).resolve(), "paper" if preset == "paper" else "cpu"
     rates = cost.measured(out, table.tasks, encoder_names(), [run, dataclasses.replace(run, protocol="paper",
                                                                                        head="")])
+    made = recorded(table, run, preset)
     plans, train = {}, {}
     for task in table.tasks:
         cfg = task_config(run, task, table.methods)
         stages = plan(cfg, out / task, sp)
-        plans[task] = (cfg, stages, decide(stages, remove=remove))
+        todo = decide(stages, remove=False)  # nothing removed yet: what only recorded cells need is not touched
+        here = out / task
+        elsewhere = {m for m in cfg.encoders() if (task, m) in made and not (here / cfg.policy_folder(m)).exists()}
+        if elsewhere:  # their stages, and the shared ones only they need, do not run (nor any, if no cell does)
+            cell = {m: _closure(stages, cfg.stage("evaluate", m)) for m in cfg.encoders()}
+            ends = [cfg.stage("evaluate", m) for m, c in cell.items() if m not in elsewhere and c & set(todo)]
+            ends += [s.name for s in stages if s.name not in set().union(*cell.values())] if ends else []  # reports
+            keep = set().union(*(_closure(stages, n) for n in ends))
+            stages_left = [s for s in stages if s.name in keep or s.name not in todo]  # not removed: the others
+            todo = {n: why for n, why in todo.items() if n in keep}
+        if remove and todo:
+            todo = decide(stages_left if elsewhere else stages, remove=True)
+        plans[task] = (cfg, stages, todo, elsewhere)
         for method in cfg.encoders():
-            if cfg.stage("policy", method) in plans[task][2]:
+            if cfg.stage("policy", method) in todo:
                 seconds = cost.estimate_s(rates, cfg, task, method, sp)
                 over = bool(table.max_cell_hours) and seconds is not None and seconds > table.max_cell_hours * 3600
                 train[task, method] = {"estimate_s": seconds, "pending": over}
@@ -246,12 +271,14 @@ def dry_run(table: TableConfig, run: RunConfig, out: str | Path, preset: str = "
     `max_cell_hours`. Nothing is run, written or removed."""
     plans, train = trainings(table, run, out, preset)
     lines = []
-    for task, (cfg, stages, todo) in plans.items():
-        done = [m for m in cfg.encoders() if not _closure(stages, cfg.stage("evaluate", m)) & set(todo)]
+    for task, (cfg, stages, todo, elsewhere) in plans.items():
+        done = [m for m in cfg.encoders()
+                if m not in elsewhere and not _closure(stages, cfg.stage("evaluate", m)) & set(todo)]
         runs = [s.name + (f" (replaces its artefact: {todo[s.name]})" if s.artefact.exists() else
                           " (resumes)" if s.resumes() else "") for s in stages if s.name in todo]
-        lines += [f"{task}: {len(done)} of {len(cfg.encoders())} cells done: "
-                  f"{', '.join(done) or 'none'}", f"  would run: {'; '.join(runs) or 'nothing'}"]
+        lines += [f"{task}: {len(done)} of {len(cfg.encoders())} cells done: {', '.join(done) or 'none'}"
+                  + (f"; recorded in {table.results}, not made here: {', '.join(sorted(elsewhere))}"
+                     if elsewhere else ""), f"  would run: {'; '.join(runs) or 'nothing'}"]
         lines += [f"  training {m}: {cost.hours(t['estimate_s'])}" + (" (pending: over --max-cell-hours)"
                                                                        if t["pending"] else "")
                   for (tk, m), t in train.items() if tk == task]
@@ -287,7 +314,7 @@ def run_table(table: TableConfig, run: RunConfig, out: str | Path, preset: str =
         for (task, method), seconds in pending.items():
             log.info("%s/%s: pending, its training estimated at %s is over --max-cell-hours %g", task, method,
                      cost.hours(seconds), table.max_cell_hours)
-        for task, (cfg, stages, todo) in plans.items():
+        for task, (cfg, stages, todo, elsewhere) in plans.items():
             folder = out / task
             folder.mkdir(parents=True, exist_ok=True)
             save_json({"preset": preset, **dataclasses.asdict(cfg)}, folder / "run.config.json")
@@ -318,7 +345,7 @@ def run_table(table: TableConfig, run: RunConfig, out: str | Path, preset: str =
                         res["num_cpus"]), {"CPU": res["num_cpus"], "GPU": res["num_gpus"]},
                         2 if stage.name.split(" ")[0] in TRAINING else 1))
             for method in cfg.encoders():
-                if (task, method) not in pending:
+                if (task, method) not in pending and method not in elsewhere:
                     cells[task, method] = _closure(stages, cfg.stage("evaluate", method))
         _wait(jobs, status, cells, out, lambda done: write_outputs(out, table, run, preset, done, pending))
     finally:
@@ -330,6 +357,7 @@ def run_table(table: TableConfig, run: RunConfig, out: str | Path, preset: str =
         except DckpError as e:  # a failed stage can leave the report without its inputs
             log.warning("%s: no report.html (%s)", task, e)
     cell_status = {cell: "pending" for cell in pending}
+    cell_status.update({(task, m): "recorded" for task, (*_, elsewhere) in plans.items() for m in elsewhere})
     for (task, method), needs in cells.items():
         errors = [status[task, n] for n in sorted(needs) if status.get((task, n)) not in ("skipped", "ran")]
         cell_status[task, method] = errors[0] if errors else "done"
