@@ -286,6 +286,25 @@ def test_resume_after_ctrl_c_gives_identical_losses(data, method, monkeypatch, c
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
 
 
+def test_a_loss_that_is_not_finite_stops_before_any_save(data, monkeypatch, capsys):
+    # the losses are read from the device every few steps (not at each): a non-finite one still stops the run with
+    # its step named, before a checkpoint holds its weights
+    loss, calls = METHODS["bvae"].loss, []
+
+    def nan_from_step_2(*args):
+        calls.append(1)
+        total, stats = loss(*args)
+        return (total * float("nan"), {**stats, "loss": stats["loss"] * float("nan")}) if len(calls) > 2 else (
+            total, stats)
+
+    monkeypatch.setattr(METHODS["bvae"], "loss", nan_from_step_2)
+    out = data["tmp"] / "nan"
+    assert cli("bvae", data["grey"], out, 5, "--checkpoint-every", "10") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].endswith("lr: the loss became nan at step 2; try a lower --lr"), err
+    assert not (out / "last.safetensors").exists()
+
+
 def test_bad_input_is_one_line_naming_file_or_flag(data, capsys):
     tmp = data["tmp"] / "bad"
     cases = [  # (argv after the method, what the line names)

@@ -76,7 +76,7 @@ def kl_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
 
 
 def loss(model: BetaVae, images: torch.Tensor, cfg: Config, noise_of: Callable[..., torch.Tensor]
-         ) -> tuple[torch.Tensor, dict[str, float]]:
+         ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """reconstruction + beta * KL of a batch `(B, 3, S, S)`; the noise is `noise_of(*shape)`: standard normal
     `(B, *shape)` on the CPU."""
     noise = noise_of(cfg.latent_dim).to(images.device)
@@ -84,7 +84,7 @@ def loss(model: BetaVae, images: torch.Tensor, cfg: Config, noise_of: Callable[.
     reconstruction = ((recon - images) ** 2).sum((1, 2, 3)).mean()
     kl = kl_normal(mu, logvar).sum(1).mean()
     total = reconstruction + cfg.beta * kl
-    return total, {"loss": total.item(), "reconstruction": reconstruction.item(), "kl": kl.item()}
+    return total, {"loss": total.detach(), "reconstruction": reconstruction.detach(), "kl": kl.detach()}
 
 
 @torch.no_grad()

@@ -157,7 +157,7 @@ def feature_dim(cfg: Config) -> int:
 
 
 def loss(model: Monet, images: torch.Tensor, cfg: Config, noise_of: Callable[..., torch.Tensor]
-         ) -> tuple[torch.Tensor, dict[str, float]]:
+         ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Mixture negative log-likelihood (offset to be 0 at best) + beta KL_z + gamma KL_mask of a batch; the noise
     is `noise_of(*shape)`: standard normal `(B, *shape)` on the CPU."""
     noise = noise_of(cfg.slots, cfg.latent_dim).to(images.device)
@@ -173,7 +173,8 @@ def loss(model: Monet, images: torch.Tensor, cfg: Config, noise_of: Callable[...
     log_m = out["log_masks"]
     kl_mask = (log_m.exp() * (log_m - out["mask_logits"].log_softmax(1))).sum((1, 2, 3, 4)).mean()
     total = nll + cfg.beta * kl_z + cfg.gamma * kl_mask
-    return total, {"loss": total.item(), "likelihood": nll.item(), "kl_z": kl_z.item(), "kl_mask": kl_mask.item()}
+    return total, {"loss": total.detach(), "likelihood": nll.detach(), "kl_z": kl_z.detach(),
+                   "kl_mask": kl_mask.detach()}
 
 
 @torch.no_grad()

@@ -43,11 +43,13 @@ from dckp.representations.config import RepresentationConfig
 from dckp.representations.data import FrameSource
 from dckp.representations.plots import curves
 from dckp.training import (
+    READ_EVERY,
     load_optimizer_tensors,
     log_lines_before,
     optimizer_tensors,
     prefixed,
     read_checkpoint,
+    read_pending,
     stop_after_step,
 )
 
@@ -204,6 +206,7 @@ def pretrain_representation(method: str, files: list[str | os.PathLike], cfg: Re
                        **dataclasses.asdict(cfg)}, out / "pretrain_config.json")
         mine, whole = slice(w.rank * cfg.batch, (w.rank + 1) * cfg.batch), w.size * cfg.batch
         model.train()
+        pending: list = []  # the steps whose losses are not read yet
         with tqdm(total=cfg.steps, initial=start, desc=f"pretrain {method}", disable=not (progress and w.main)) \
                 as bar, stop_after_step() as stop, _deterministic_cudnn():
             for step in range(start, cfg.steps):
@@ -215,20 +218,23 @@ def pretrain_representation(method: str, files: list[str | os.PathLike], cfg: Re
                 optimizer.zero_grad()
                 total, stats = module.loss(net, batch, cfg, _noise_of(generator, whole, mine))
                 if w.size > 1:  # the whole batch's: the mean of the processes' (equal shares)
-                    stats = dict(zip(stats, (all_reduce_sum(torch.tensor(list(stats.values()), dtype=torch.float64,
-                                                                          device=device)) / w.size).tolist(),
-                                     strict=True))
-                if not np.isfinite(stats["loss"]):
-                    raise DckpError(f"the loss became {stats['loss']} at step {step}; try a lower --lr",
-                                    path=str(out), field="lr")
+                    mean = all_reduce_sum(torch.stack([v.double() for v in stats.values()])) / w.size
+                    stats = dict(zip(stats, mean.unbind(), strict=True))
                 total.backward()  # DDP averages the processes' gradients: those of the whole batch's mean loss
                 optimizer.step()
-                lines.append(json.dumps({"step": step, **stats}))
-                bar.set_postfix(loss=f"{stats['loss']:.4g}")
+                pending.append(({"step": step}, stats))  # read every READ_EVERY steps: no wait for the device
                 bar.update(1)
                 stopping = bool(stop) if w.size == 1 else bool(  # every process stops at the same step
                     all_reduce_sum(torch.tensor(len(stop), device=device)))
-                if w.main and ((step + 1) % checkpoint_every == 0 or step + 1 == cfg.steps or stopping):
+                saving = (step + 1) % checkpoint_every == 0 or step + 1 == cfg.steps or stopping
+                if saving or len(pending) == READ_EVERY:
+                    records = read_pending(pending)
+                    if bad := next((r for r in records if not np.isfinite(r["loss"])), None):  # before any save
+                        raise DckpError(f"the loss became {bad['loss']} at step {bad['step']}; try a lower --lr",
+                                        path=str(out), field="lr")
+                    lines += [json.dumps(r) for r in records]
+                    bar.set_postfix(loss=f"{records[-1]['loss']:.4g}")
+                if w.main and saving:
                     atomic_write_bytes(log_path, ("\n".join(lines) + "\n").encode())
                     save_state(last, method, model, cfg, step + 1, optimizer)
                 if stopping:

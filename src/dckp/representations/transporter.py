@@ -127,12 +127,12 @@ def feature_dim(cfg: Config) -> int:
 
 
 def loss(model: Transporter, pair: tuple[torch.Tensor, torch.Tensor], cfg: Config,
-         noise_of: Callable[..., torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+         noise_of: Callable[..., torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Mean squared error of the target's reconstruction from a `(source, target)` batch (`noise_of`: unused,
     the Transporter draws no noise)."""
     source, target = pair
     reconstruction = F.mse_loss(model(source, target), target)
-    return reconstruction, {"loss": reconstruction.item()}
+    return reconstruction, {"loss": reconstruction.detach()}
 
 
 @torch.no_grad()
