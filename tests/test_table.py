@@ -327,6 +327,26 @@ def test_markdown_does_not_depend_on_the_order_cells_finished():
     assert cost.index("| nut_assembly | blind |") < cost.index("| nut_assembly | gt-kp |")
 
 
+def test_the_ranking_is_compared_with_the_papers_pair_by_pair():
+    from dckp.table.outputs import agreement, markdown
+
+    def c(rate, lo, hi):
+        return {"rate": rate, "ci95": [lo, hi], "episodes": 100, "mean_steps": 100, "train_s": 1.0, "eval_s": 1.0}
+
+    ours = {"gt-kp": c(0.8, 0.7, 0.9), "monet": c(0.1, 0.05, 0.2), "dckp-3d": c(0.5, 0.4, 0.6),
+            "blind": c(0.45, 0.35, 0.55), "cnnd": c(0.3, 0.2, 0.4)}
+    paper = {"gt-kp": 0.885, "monet": 0.76, "dckp-3d": 0.59, "blind": None, "cnnd": None, "cnn": 0.245}
+    # pairs both rate: gt-kp/monet (same order), gt-kp/dckp-3d (same), monet/dckp-3d (ours the other way round,
+    # intervals apart); blind and cnnd the paper does not rate, cnn we do not
+    assert agreement(ours, paper) == (3, 2, ["dckp-3d > monet"])
+    assert agreement({**ours, "dckp-3d": c(0.15, 0.05, 0.3)}, paper) == (3, 2, [])  # overlapping: not listed
+    assert agreement({"gt-kp": ours["gt-kp"], "monet": c(0.8, 0.7, 0.9)}, paper) == (0, 0, [])  # a tie: no order
+    data = {"cells": {"pick_place_clutter": ours}, "paper": {"Rubbish": paper}, "don": {},
+            "config": {"preset": "cpu", "eval_seed_start": 1_000_000, "render": "visual geoms"}}
+    assert ("  - order: 2 of 3 pairs of methods as in the paper; the other way round, with our 95 % intervals "
+            "apart: dckp-3d > monet\n") in markdown(data)
+
+
 def test_protocols_keep_their_policies_and_tables_apart(tmp_path):
     """A converged (or other-head) run's policies, stages and table files are named apart from the paper's, so both
     live in one run folder; its cells add the head, the training steps and the step kept."""

@@ -76,6 +76,25 @@ def table_stem(run: RunConfig) -> str:
     return "table1" + (f"_{run.variant()}" if run.variant() else "")
 
 
+def agreement(ours: dict[str, dict], paper: dict[str, float]) -> tuple[int, int, list[str]]:
+    """How a task's ranking agrees with the paper's: over the pairs of methods both rate (a tie on either side gives
+    no order), how many pairs, how many in the paper's order, and the pairs in the other order ("a > b", ours) whose
+    95 % intervals do not overlap: those the sampling alone does not explain."""
+    both = sorted(m for m in ours if paper.get(m) is not None)
+    pairs, same, apart = 0, 0, []
+    for i, a in enumerate(both):
+        for b in both[i + 1:]:
+            if ours[a]["rate"] == ours[b]["rate"] or paper[a] == paper[b]:
+                continue
+            pairs += 1
+            hi, lo = (a, b) if ours[a]["rate"] > ours[b]["rate"] else (b, a)
+            if paper[hi] > paper[lo]:
+                same += 1
+            elif ours[hi]["ci95"][0] > ours[lo]["ci95"][1]:
+                apart.append(f"{hi} > {lo}")
+    return pairs, same, apart
+
+
 def recorded(table: TableConfig, run: RunConfig, preset: str) -> set[tuple[str, str]]:
     """The (task, method) cells the table's json in `table.results` holds with this run's config and at least its
     episodes: made before, maybe on another machine whose run folder is gone. Committed, they are what a table
@@ -245,6 +264,10 @@ def markdown(data: dict, stem: str = "table1") -> str:
             paper = sorted(((m, v) for m, v in data["paper"][STAND_IN[t]].items() if v is not None),
                            key=lambda kv: (-kv[1], kv[0]))
             lines.append(f"  - paper, {STAND_IN[t]}: " + " > ".join(f"{m} {v:.3f}" for m, v in paper))
+            pairs, same, apart = agreement(data["cells"][t], dict(paper))
+            if pairs:
+                lines.append(f"  - order: {same} of {pairs} pairs of methods as in the paper" + (
+                    f"; the other way round, with our 95 % intervals apart: {', '.join(apart)}" if apart else ""))
     lines += ["", "## Cost per cell", "", "Wall time on the table's workers (a cell's evaluation chunks run in "
               "parallel; their times are added up); - where the stage, or some of a cell's "
               "episodes, ran before the table did (adopted), or where the stage resumed from an interrupted run's "
