@@ -227,7 +227,8 @@ def main() -> None:
     p.add_argument("--sample-steps", type=int, nargs="*", default=[], help="diffusion cells: also roll the kept "
                    "weights out with these DDIM steps per plan, on validation seeds (a faster planning step; "
                    "<encoder>_diffusion_ddim<K>/, no evaluation)")
-    p.add_argument("--val-every", type=int, default=POLICY_PRESETS["converged"].val_every)
+    p.add_argument("--val-every", type=int, default=1000, help="steps between kept checkpoints (default: 1000, "
+                   "what results/learner.json was measured with; the converged preset now keeps every 2000)")
     p.add_argument("--val-episodes", type=int, default=POLICY_PRESETS["converged"].val_episodes)
     p.add_argument("--episodes", type=int, default=100, help="evaluation episodes per cell (seeds 1,000,000 on)")
     p.add_argument("--workers", type=int, default=2, help="evaluation processes")
