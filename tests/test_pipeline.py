@@ -146,6 +146,9 @@ def test_demonstrations_noise_follows_the_protocol(tmp_path, capsys):
                        r"give --demos 40, or another --out"):
         plan(RunConfig(**stack, protocol="converged"), tmp_path, "cpu")
     plan(RunConfig(**stack, protocol="converged", demos=40), tmp_path, "cpu")
+    (tmp_path / "demos.config.json").write_text(json.dumps({"task": "stack", "noise": 0.0, "demos": 140}))
+    with pytest.raises(DckpError, match=r"140 demonstrations, the paper protocol's for stack are 40; give --demos 140"):
+        plan(RunConfig(**stack), tmp_path, "cpu")
 
 
 def test_run_with_an_end_to_end_encoder_trains_no_don(tmp_path):

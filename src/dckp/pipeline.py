@@ -331,7 +331,6 @@ def plan(cfg: RunConfig, out: Path, sp: str) -> list[Stage]:
     collect_cfg = dataclasses.replace(preset(COLLECT_PRESETS, sp), task=cfg.task, demos=cfg.demo_count(sp),
                                       image_size=cfg.image_size, seed=cfg.seed, workers=cfg.workers,
                                       noise=cfg.demo_noise())
-    # demonstrations of another noise are another protocol's, which its policies were trained on: never replaced
     # demonstrations another protocol's policies were trained on (its noise or its number) are never replaced
     if demos.exists() and _config_path(demos).exists():
         made = _read_json(_config_path(demos))
@@ -341,9 +340,9 @@ def plan(cfg: RunConfig, out: Path, sp: str) -> list[Stage]:
             raise DckpError(f"collected with DART noise {noise}, this run's is {collect_cfg.noise} ({why}); give "
                             f"--noise {noise}, or another --out for the new demonstrations (dckp.table.adopt copies "
                             "the views and DON there)", path=str(demos))
-        if not cfg.demos and count != (collect_cfg.demos or task.demos[sp]):
+        if not cfg.demos and count != (want := collect_cfg.demos or task.demos[sp]):
             raise DckpError(f"{count} demonstrations, the {cfg.protocol} protocol's for {cfg.task} are "
-                            f"{collect_cfg.demos}; give --demos {count}, or another --out for the new demonstrations "
+                            f"{want}; give --demos {count}, or another --out for the new demonstrations "
                             "(dckp.table.adopt copies the views and DON there)", path=str(demos))
     views_cfg = dataclasses.replace(preset(VIEWS_PRESETS, sp), task=cfg.task, scenes=cfg.scenes,
                                     arm_only=cfg.arm_only, image_size=cfg.image_size)
