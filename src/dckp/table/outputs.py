@@ -99,13 +99,14 @@ def recorded(table: TableConfig, run: RunConfig, preset: str) -> set[tuple[str, 
     """The (task, method) cells the table's json in `table.results` holds with this run's config and at least its
     episodes: made before, maybe on another machine whose run folder is gone. Committed, they are what a table
     moved to another machine goes on from (`run_table` does not make them again)."""
-    path = Path(table.results) / f"{table_stem(run)}.json"
-    if not path.exists():
-        return set()
-    data = json.loads(path.read_text())
-    if data.get("config") != json.loads(json.dumps(table_config(run, preset))):
-        return set()
+    data = _same_config(Path(table.results) / f"{table_stem(run)}.json", table_config(run, preset))
     return {(t, m) for t, per in data.get("cells", {}).items() for m, c in per.items() if c["episodes"] >= run.episodes}
+
+
+def _same_config(path: Path, config: dict) -> dict:
+    """The table json at `path` when it was made with `config`; else (or missing) {}."""
+    old = json.loads(path.read_text()) if path.exists() else {}
+    return old if old.get("config") == json.loads(json.dumps(config)) else {}
 
 
 def read_cell(folder: Path, run: RunConfig, method: str) -> dict:
@@ -151,11 +152,8 @@ def write_outputs(out: str | Path, table: TableConfig, run: RunConfig, preset: s
     results.mkdir(parents=True, exist_ok=True)
     config = table_config(run, preset)
     path = results / f"{stem}.json"
-    old = json.loads(path.read_text()) if path.exists() else {}
-    same = old.get("config") == json.loads(json.dumps(config))
-    cells = old.get("cells", {}) if same else {}
-    don = old.get("don", {}) if same else {}
-    waiting = old.get("pending", {}) if same else {}
+    old = _same_config(path, config)
+    cells, don, waiting = old.get("cells", {}), old.get("don", {}), old.get("pending", {})
     for (task, method), seconds in (pending or {}).items():
         waiting.setdefault(task, {})[method] = {"estimate_h": None if seconds is None else round(seconds / 3600, 2)}
     for task, method in done:

@@ -243,18 +243,15 @@ def trainings(table: TableConfig, run: RunConfig, out: str | Path, preset: str, 
     for task in table.tasks:
         cfg = task_config(run, task, table.methods)
         stages = plan(cfg, out / task, sp)
-        todo = decide(stages, remove=False)  # nothing removed yet: what only recorded cells need is not touched
         here = out / task
         elsewhere = {m for m in cfg.encoders() if (task, m) in made and not (here / cfg.policy_folder(m)).exists()}
-        if elsewhere:  # their stages, and the shared ones only they need, do not run (nor any, if no cell does)
+        if elsewhere:  # their stages, and the shared ones only they need, are not decided on, run or removed
             cell = {m: _closure(stages, cfg.stage("evaluate", m)) for m in cfg.encoders()}
-            ends = [cfg.stage("evaluate", m) for m, c in cell.items() if m not in elsewhere and c & set(todo)]
+            ends = [cfg.stage("evaluate", m) for m in cfg.encoders() if m not in elsewhere]
             ends += [s.name for s in stages if s.name not in set().union(*cell.values())] if ends else []  # reports
             keep = set().union(*(_closure(stages, n) for n in ends))
-            stages_left = [s for s in stages if s.name in keep or s.name not in todo]  # not removed: the others
-            todo = {n: why for n, why in todo.items() if n in keep}
-        if remove and todo:
-            todo = decide(stages_left if elsewhere else stages, remove=True)
+            stages_left = [s for s in stages if s.name in keep]
+        todo = decide(stages_left if elsewhere else stages, remove=remove)
         plans[task] = (cfg, stages, todo, elsewhere)
         for method in cfg.encoders():
             if cfg.stage("policy", method) in todo:
