@@ -1,9 +1,11 @@
 """Simulated tasks: camera geometry of stored frames, expert success, collection."""
 
 import os
+import signal
 import subprocess
 import sys
 
+import mujoco
 import numpy as np
 import pytest
 
@@ -254,6 +256,28 @@ def test_single_pass_rendering_gives_the_same_colour_and_depth():
             assert (one["depth"] > 0).mean() > 0.5
         obs = env.observe(segmentation=False)
         assert not any(k.endswith("_seg") for k in obs) and all(f"{c}_depth" in obs for c in env.cameras)
+    finally:
+        env.close()
+
+
+def test_ctrl_c_during_a_render_comes_after_it_as_an_interrupt(monkeypatch):
+    """A signal that lands inside an EGL call (ctypes) would come out as a ctypes.ArgumentError, a traceback: the
+    render finishes and the interrupt comes after it, for the CLI to save and print how to resume."""
+    env = SimEnv(get_task("lift"), image_size=32)
+    try:
+        env.reset(0)
+        mjr_render, finished = mujoco.mjr_render, []
+
+        def interrupted_render(*args):
+            signal.raise_signal(signal.SIGINT)  # as the user's Ctrl-C would, in the middle of the GL calls
+            mjr_render(*args)
+            finished.append(True)
+
+        monkeypatch.setattr(mujoco, "mjr_render", interrupted_render)
+        with pytest.raises(KeyboardInterrupt):
+            env.render(env.cameras[0], segmentation=False)
+        assert finished == [True]
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler before is put back
     finally:
         env.close()
 

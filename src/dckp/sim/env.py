@@ -23,8 +23,8 @@ _STOPS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 def _between_steps():
     """Ctrl-C, SIGTERM and SIGHUP that come during the block are recorded and raised again when it ends, for the
     handlers in place before it: robosuite's controllers are numba code, which turns an exception that a handler
-    raises inside it into a SystemError (a traceback instead of an interrupt). Only in the main thread, where
-    Python runs signal handlers."""
+    raises inside it into a SystemError, and an EGL call through ctypes turns it into a ctypes.ArgumentError (a
+    traceback instead of an interrupt). Only in the main thread, where Python runs signal handlers."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -141,7 +141,8 @@ class SimEnv:
     def render(self, camera, segmentation: bool = True) -> dict[str, np.ndarray]:
         if self.renderer is None:
             raise RuntimeError("rendering is off (image_size=0)")
-        return self.renderer.render(self.data, camera, segmentation)
+        with _between_steps():
+            return self.renderer.render(self.data, camera, segmentation)
 
     def observe(self, images: bool = True, segmentation: bool = True) -> dict[str, np.ndarray]:
         """Proprioception, object poses and, per camera, `<cam>_rgb|_depth|_seg|_K|_pose`.
