@@ -389,20 +389,34 @@ def _train_until_stopped(folder: str) -> str:
 
 
 def test_an_interrupted_table_passes_the_signal_on_to_its_running_tasks(tmp_path, local_ray):
+    import signal
+    import threading
     import time
 
     import ray
 
-    from dckp.table.runner import _pass_on
+    from dckp.errors import Interrupted
+    from dckp.table.runner import _Job, _wait
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray's workers cannot import this module
-    ref = ray.remote(_train_until_stopped).remote(str(tmp_path))
-    deadline = time.time() + 120
-    while not (tmp_path / "started").exists() and not ray.wait([ref], timeout=0)[0] and time.time() < deadline:
-        time.sleep(0.1)
-    assert (tmp_path / "started").exists() and not (tmp_path / "saved").exists()
-    _pass_on([ref], grace_s=60)
-    assert (tmp_path / "saved").exists()  # the task saved before Ray went down
+    train = ray.remote(_train_until_stopped)
+    job = _Job(("lift", "policy gt-kp"), [], lambda: train.remote(str(tmp_path)), {"CPU": 1, "GPU": 0}, 2)
+
+    def ctrl_c_once_started():
+        deadline = time.time() + 120
+        while not (tmp_path / "started").exists() and time.time() < deadline:
+            time.sleep(0.1)
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C raises, as in the CLI
+    try:
+        threading.Thread(target=ctrl_c_once_started, daemon=True).start()
+        with pytest.raises(Interrupted, match=f"^stopped lift: policy gt-kp, each keeping what it resumes from; "
+                                              f"finished stages kept in {tmp_path}$"):
+            _wait([job], {}, {("lift", "gt-kp"): {"policy gt-kp"}}, tmp_path, lambda done: None)
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert (tmp_path / "started").exists() and (tmp_path / "saved").exists()  # the task saved before Ray went down
 
 
 def test_ray_keeps_the_signal_handlers_in_place(local_ray):

@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from dckp.config import save_json
 from dckp.encoders.config import encoder_names
-from dckp.errors import DckpError
+from dckp.errors import DckpError, Interrupted
 from dckp.pipeline import RunConfig, Stage, decide, plan, write_report
 from dckp.table import cost
 from dckp.table.config import TableConfig
@@ -428,7 +428,9 @@ def _wait(jobs: list[_Job], status: dict, cells: dict, out: Path, finished: Call
                 save_json({**timings, job.key[1]: results[job.key]["seconds"]}, path)
     except KeyboardInterrupt:  # Ctrl-C, SIGTERM or SIGHUP (the CLI's handlers)
         _pass_on(list(running))
-        raise
+        stopped = ", ".join(dict.fromkeys(f"{j.key[0]}: {j.key[1]}" for j in running.values()))
+        raise Interrupted(f"stopped {stopped or 'no running stage'}, each keeping what it resumes from; finished "
+                          f"stages kept in {out}") from None
     finally:
         bar.close()
 
