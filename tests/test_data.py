@@ -115,6 +115,16 @@ def test_nan_depth_in_float_file(tmp_path):
         f["data/demo_0/obs/cam_depth"] = depth
     with pytest.raises(DckpError, match="cam_depth: depth contains NaN"):
         Dataset(path).validate()
+    with Dataset(path) as ds:  # a run's check on each start: each stream up to its first frame with depth
+        ds.validate(every_frame=False)
+
+
+@pytest.mark.parametrize("every_frame", [True, False])
+def test_a_stream_without_depth_in_any_frame_is_refused(tmp_path, every_frame):
+    path = tmp_path / "d.h5"
+    write(path, cam_depth=np.zeros((3, 8, 10), np.float32))
+    with pytest.raises(DckpError, match=r"d\.h5:data/demo_0/obs/cam_depth: depth is 0 \(invalid\) in every frame"):
+        Dataset(path).validate(every_frame=every_frame)
 
 
 def test_wrong_schema_version(tmp_path):

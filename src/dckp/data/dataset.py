@@ -297,9 +297,10 @@ class Dataset:
             raise self._err("contains NaN or inf", field)
         return value
 
-    def validate(self) -> None:
-        """Check every episode and every frame (a stream whose depth is 0 in every frame is rejected too);
-        raises DckpError at the first problem."""
+    def validate(self, every_frame: bool = True) -> None:
+        """Check every episode and stream (a stream whose depth is 0 in every frame is rejected too); raises
+        DckpError at the first problem. `every_frame` reads every frame (a file from elsewhere); without it, each
+        stream is read up to its first frame with depth (a file that dckp wrote whole, checked on each start)."""
         if not self.episodes:
             raise self._err("no episodes", "data")
         for ep in self.episodes:
@@ -318,6 +319,8 @@ class Dataset:
                 depth_seen = False
                 for t in range(n):
                     depth_seen |= bool((self.frame(ep, stream, t)["depth"] > 0).any())
+                    if depth_seen and not every_frame:
+                        break
                 if not depth_seen:
                     raise self._err("depth is 0 (invalid) in every frame: re-record it with a working depth camera",
                                     f"data/{ep}/obs/{stream}_depth")
