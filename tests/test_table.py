@@ -474,10 +474,11 @@ def test_trainings_are_estimated_from_finished_ones_and_left_pending_over_budget
     save_policy(Policy(3, 7, PolicyConfig(head="rnn-gmm", head_options={"hidden": 4}, steps=10000)), done, best=1)
     (out / "nut_assembly" / "stage_seconds.json").write_text(json.dumps({run.stage("policy", "gt-kp"): 3000.0}))
     rates = cost.measured(out, ["nut_assembly", "stack"], ["gt-kp", "blind"], [run, RunConfig()])
-    assert rates == {("nut_assembly", "rnn-gmm", "frozen"): [0.3]}
+    assert rates == {("nut_assembly", "rnn-gmm", "frozen, without images"): [0.3]}
     assert cost.estimate_s(rates, run, "nut_assembly", "blind", "cpu") == 3000.0  # the preset's 10000 steps
     assert cost.estimate_s(rates, run, "stack", "blind", "cpu") == 3000.0  # another task's, of the same kind
     assert cost.estimate_s(rates, run, "stack", "cnn", "cpu") is None  # trained end to end: nothing like it yet
+    assert cost.estimate_s(rates, run, "nut_assembly", "dckp-3d", "cpu") is None  # its rollouts render and encode
     assert cost.estimate_s(rates, dataclasses.replace(run, head="diffusion"), "stack", "blind", "cpu") is None
 
     table = TableConfig(tasks=["nut_assembly", "stack"], methods=["blind", "cnn"], max_cell_hours=0.5,

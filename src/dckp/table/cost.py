@@ -3,8 +3,9 @@ still to run.
 
 An estimate is the cell's training steps times the seconds per step of the finished trainings most like it, from
 the run folder's own records (`stage_seconds.json` and each policy's `policy.json`): of the same task, head and
-kind of encoder (frozen, whose features are computed once; or trained end to end with the policy) first, else of
-the same head and kind on any task, the median of their seconds per step. A training's seconds include the
+kind of encoder first (frozen, whose features are computed once, from images or without them as gt-kp's and
+blind's, whose validation rollouts render nothing; or trained end to end with the policy), else of the same head
+and kind on any task, the median of their seconds per step. A training's seconds include the
 encoder's pass over the demonstrations and the validation rollouts run beside it, on the machine that ran it. None
 where no such training has finished yet.
 """
@@ -24,7 +25,10 @@ Key = tuple[str, str, str]  # (task, head, encoder kind)
 def kind(method: str) -> str:
     from dckp.encoders.base import encoder_class
 
-    return "end-to-end" if encoder_class(method).trainable else "frozen"
+    cls = encoder_class(method)
+    if cls.trainable:
+        return "end-to-end"
+    return "frozen, from images" if cls.needs_images() else "frozen, without images"
 
 
 def measured(out: Path, tasks: list[str], methods: list[str], runs: list[RunConfig]) -> dict[Key, list[float]]:
