@@ -156,7 +156,9 @@ def test_table_broken_cell_resume_and_skip(tmp_path, local_ray, capsys, monkeypa
     grow = ["table", "--tasks", "lift", *FLAGS[FLAGS.index("--methods"):], "--out", str(out), "--results",
             str(results)]
     grow[grow.index("--episodes") + 1] = "4"
+    capsys.readouterr()
     assert main(grow) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith(f"2 of 2 cells in {results / 'table1.md'} (")
     ev = json.loads((out / "lift" / "policy_cnn" / "eval" / "eval.json").read_text())
     assert [c["seeds"] for c in ev["chunks"]] == [SEEDS, [1_000_002, 1_000_003]] and ev["episodes"] == 4
     assert ev["per_episode"][:2] == evals["lift", "cnn"]["per_episode"]

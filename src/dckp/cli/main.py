@@ -355,6 +355,7 @@ def cmd_table(args) -> None:
     from dckp.pipeline import RUN_PRESETS
     from dckp.table import dry_run, run_table
     from dckp.table.config import TableConfig
+    from dckp.table.outputs import table_stem
 
     start = time.time()
     table = apply_args(TableConfig(), args)
@@ -364,7 +365,7 @@ def cmd_table(args) -> None:
         return
     status = run_table(table, run, args.out, preset=args.preset)  # writes table1.* as cells finish
     done = [cell for cell, s in status["cells"].items() if s == "done"]
-    print(f"{len(done)} of {len(status['cells'])} cells in {Path(table.results) / 'table1.md'} "
+    print(f"{len(done)} of {len(status['cells'])} cells in {Path(table.results) / table_stem(run)}.md "
           f"({time.time() - start:.0f} s)")
     failed = {f"{t}/{m}": s for (t, m), s in status["cells"].items() if s != "done"}
     if failed:
