@@ -218,3 +218,23 @@ def test_an_interrupt_saves_the_step_and_the_rerun_resumes(tmp_path, monkeypatch
     monkeypatch.undo()
     assert train_policy(feats, acts, cfg, tmp_path / "cut", progress=False)["resumed_from"] == 3
     assert losses(tmp_path / "cut") == losses(tmp_path / "full")
+
+
+def test_a_training_over_its_budget_saves_measures_and_resumes(tmp_path, monkeypatch):
+    """With a time budget, the first steps' rate projects the whole training: over the budget it saves its state
+    and what it measured, and raises; a larger budget resumes it to the losses of an unbudgeted run."""
+    from dckp.errors import OverBudget
+
+    monkeypatch.setattr("dckp.policy.train.BUDGET_PROBE_STEPS", 3)
+    feats, acts = demos()
+    cfg = PolicyConfig(head_options=lstm(), batch_size=2, steps=6, checkpoint_every=100)
+    train_policy(feats, acts, cfg, tmp_path / "full", progress=False)
+    with pytest.raises(OverBudget, match=r"6 steps at .* s each, measured over steps 0\.\.3, would take .* h, over "
+                                         r"the budget of 0\.00 h; saved .*policy_last\.safetensors at step 3"):
+        train_policy(feats, acts, cfg, tmp_path / "cut", progress=False, budget_s=1e-9)
+    measured = json.loads((tmp_path / "cut" / "estimate.json").read_text())
+    assert measured["head"] == "lstm" and (measured["steps"], measured["at_step"]) == (6, 3)
+    assert measured["s_per_step"] > 0 and not (tmp_path / "cut" / "policy.json").exists()
+    result = train_policy(feats, acts, cfg, tmp_path / "cut", progress=False, budget_s=3600)  # within it
+    assert result["resumed_from"] == 3 and losses(tmp_path / "cut") == losses(tmp_path / "full")
+    assert not (tmp_path / "cut" / "estimate.json").exists()  # finished: its own time counts now

@@ -421,6 +421,27 @@ def test_an_interrupted_table_passes_the_signal_on_to_its_running_tasks(tmp_path
     assert (tmp_path / "started").exists() and (tmp_path / "saved").exists()  # the task saved before Ray went down
 
 
+def _over_budget() -> None:
+    from dckp.table.runner import StageOverBudget
+
+    raise StageOverBudget("lift: stage 'policy cnn': 10000 steps at 2 s each would take 5.56 h, over the budget")
+
+
+def test_a_training_over_its_budget_leaves_its_cell_pending(tmp_path, local_ray, caplog):
+    import ray
+
+    from dckp.table.runner import PENDING, _Job, _wait
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    resources = {"CPU": 1, "GPU": 0}
+    train = _Job(("lift", "policy cnn"), [], lambda: ray.remote(_over_budget).remote(), resources, 2)
+    evaluate = _Job(("lift", "evaluate cnn"), [("lift", "policy cnn")], lambda: pytest.fail("evaluated"), resources, 0)
+    status = {}
+    _wait([train, evaluate], status, {("lift", "cnn"): {"policy cnn", "evaluate cnn"}}, tmp_path, lambda done: None)
+    assert status == {("lift", "policy cnn"): PENDING, ("lift", "evaluate cnn"): PENDING}
+    assert "over the budget; its cell is left pending" in caplog.text and "failed" not in caplog.text
+
+
 def test_ray_keeps_the_signal_handlers_in_place(local_ray):
     # ray.init installs its own SIGTERM handler (exit at once), which would skip the CLI's interrupt: the running
     # tasks would not be told to save. The handlers in place before it are kept.
@@ -504,3 +525,10 @@ def test_trainings_are_estimated_from_finished_ones_and_left_pending_over_budget
     data = write_outputs(out, table, run, "cpu", [("stack", "blind")])
     assert data["pending"] == {"nut_assembly": {"blind": {"estimate_h": 0.83}}}  # done later: no longer pending
     assert "pending" not in write_outputs(out, table, RunConfig(), "cpu", [])  # the paper's table keeps its keys
+    # a training that stopped over its budget counts with the seconds per step it measured, for its kind
+    stopped = out / "nut_assembly" / run.policy_folder("cnn")
+    stopped.mkdir(parents=True)
+    (stopped / "estimate.json").write_text(json.dumps({"head": "rnn-gmm", "steps": 10000, "at_step": 100,
+                                                       "s_per_step": 2.0, "budget_s": 1800.0}))
+    _, train = trainings(table, run, out, "cpu")
+    assert train[("stack", "cnn")] == train[("nut_assembly", "cnn")] == {"estimate_s": 20000.0, "pending": True}

@@ -10,5 +10,10 @@ class DckpError(Exception):
         super().__init__(f"{where}: {message}" if where else message)
 
 
+class OverBudget(DckpError):
+    """A training stopped early, its projected time over its budget: it saved its state, which a larger budget
+    resumes."""
+
+
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C, after the command saved its state: the message says what was saved (the CLI adds how to resume)."""

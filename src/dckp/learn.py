@@ -43,9 +43,10 @@ def cached_features(path: Path, key: str | None = None) -> list[np.ndarray] | No
 
 
 def train_on_demos(demos: str | os.PathLike, encoder_spec: dict, cfg: PolicyConfig, out_dir: str | os.PathLike,
-                   progress: bool = True) -> dict:
+                   progress: bool = True, budget_s: float = 0.0) -> dict:
     """Train the policy of encoder `encoder_spec` (`EncoderConfig.spec()`) on a demonstrations file; with
-    `cfg.val_every`, kept checkpoints are rolled out on validation seeds in background processes."""
+    `cfg.val_every`, kept checkpoints are rolled out on validation seeds in background processes; `budget_s` as
+    `train_policy`'s."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with Dataset(demos) as ds:
@@ -64,10 +65,10 @@ def train_on_demos(demos: str | os.PathLike, encoder_spec: dict, cfg: PolicyConf
     try:
         if encoder.trainable:
             with FrameWindows(demos, cameras, encoder.inputs, device=cfg.device) as frames:
-                return train_policy(proprio, actions, cfg, out, progress, encoder, frames, validator)
+                return train_policy(proprio, actions, cfg, out, progress, encoder, frames, validator, budget_s)
         features = _features(encoder, encoder_spec, demos, cameras, cfg, out, progress)
         obs = [np.concatenate([f, p], 1) for f, p in zip(features, proprio, strict=True)]
-        return train_policy(obs, actions, cfg, out, progress=progress, validator=validator)
+        return train_policy(obs, actions, cfg, out, progress=progress, validator=validator, budget_s=budget_s)
     finally:
         if validator is not None:
             validator.terminate()  # after close(), or an interrupt: the next run rolls out what is left

@@ -78,6 +78,9 @@ class RunConfig:
                          "encoding and evaluation's policy: cpu, cuda or cuda:N (the simulator stays on the CPU)")
     don_workers: int = option(0, "DataLoader processes drawing the DON's pairs beside its training (0: in the "
                               "training process; the same pairs either way; a GPU wants several)")
+    max_train_hours: float = option(0.0, "stop a policy training whose first steps project it over this many "
+                                    "hours, keeping its state to resume (0: no limit; `dckp table` gives it "
+                                    "--max-cell-hours)")
 
     def __post_init__(self):
         from dckp.sim.tasks import get_task
@@ -91,7 +94,7 @@ class RunConfig:
         for name in ("scenes", "heldout_scenes", "episodes", "workers"):
             if getattr(self, name) < 1:
                 raise DckpError(f"must be >= 1, got {getattr(self, name)}", field=name)
-        for name in ("max_steps", "don_workers"):
+        for name in ("max_steps", "don_workers", "max_train_hours"):
             if getattr(self, name) < 0:
                 raise DckpError(f"must be >= 0, got {getattr(self, name)}", field=name)
         check_device(self.device)
@@ -482,7 +485,7 @@ def plan(cfg: RunConfig, out: Path, sp: str) -> list[Stage]:
         enc, folder = encoder_cfg(name), out / cfg.policy_folder(name)
         save_json({"encoder": dataclasses.asdict(enc), "policy": dataclasses.asdict(policy_config(name))},
                   folder / "train_policy.config.json")
-        train_on_demos(demos, enc.spec(), policy_config(name), folder)
+        train_on_demos(demos, enc.spec(), policy_config(name), folder, budget_s=cfg.max_train_hours * 3600)
 
     def trained(name: str):
         from dckp.policy import load_policy, load_run

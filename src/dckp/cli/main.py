@@ -356,6 +356,7 @@ def cmd_table(args) -> None:
     from dckp.table import dry_run, run_table
     from dckp.table.config import TableConfig
     from dckp.table.outputs import table_stem
+    from dckp.table.runner import PENDING
 
     start = time.time()
     table = apply_args(TableConfig(), args)
@@ -364,10 +365,12 @@ def cmd_table(args) -> None:
         print("\n".join(dry_run(table, run, args.out, preset=args.preset)))
         return
     status = run_table(table, run, args.out, preset=args.preset)  # writes table1.* as cells finish
-    done = [cell for cell, s in status["cells"].items() if s == "done"]
+    done = [cell for cell, s in status["cells"].items() if s in ("done", "recorded")]  # recorded: made elsewhere
+    pending = [f"{t}/{m}" for (t, m), s in status["cells"].items() if s == PENDING]
     print(f"{len(done)} of {len(status['cells'])} cells in {Path(table.results) / table_stem(run)}.md "
-          f"({time.time() - start:.0f} s)")
-    failed = {f"{t}/{m}": s for (t, m), s in status["cells"].items() if s != "done"}
+          f"({time.time() - start:.0f} s)" + (f"; pending over --max-cell-hours: {', '.join(pending)}" if pending
+                                               else ""))
+    failed = {f"{t}/{m}": s for (t, m), s in status["cells"].items() if s not in ("done", "recorded", PENDING)}
     if failed:
         raise DckpError(f"{len(failed)} cell(s) failed: " + "; ".join(f"{c} ({s})" for c, s in failed.items())
                         + "; the same command retries them", field="table")

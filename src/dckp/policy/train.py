@@ -14,6 +14,8 @@ Files in `out_dir` (all written atomically; no pickle anywhere):
 - with `val_every > 0`: `checkpoints/step_<steps>/`, a policy folder every `val_every` steps and at the end,
   rolled out on validation seeds (`dckp.evaluation.validation`; results in `validation.jsonl`); the best is copied to
   `policy.safetensors`. Without, the last step's weights are kept.
+- `estimate.json`, while a training stopped over its time budget (`budget_s`) is not finished: `{"head", "steps",
+  "at_step", "s_per_step", "budget_s"}`, the seconds per step it measured (`dckp.table.cost` reads it).
 - `train_log.jsonl`: one `{"step": s, "loss": l}` line per step (the losses are read from the device every
   `dckp.training.READ_EVERY` steps and at every checkpoint); `policy_loss.png`: the loss curve and, with
   validation, the validation success against steps.
@@ -30,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +42,7 @@ from torch.profiler import record_function
 from tqdm import tqdm
 
 from dckp.config import atomic_write_bytes, from_dict, save_json
-from dckp.errors import DckpError, Interrupted
+from dckp.errors import DckpError, Interrupted, OverBudget
 from dckp.policy.config import PolicyConfig
 from dckp.policy.heads.base import head_class
 from dckp.policy.kept import best_step, kept_folder
@@ -56,13 +59,15 @@ from dckp.training import (
 )
 
 WEIGHTS, META, LAST = "policy.safetensors", "policy.json", "policy_last.safetensors"
-LOG, PLOT = "train_log.jsonl", "policy_loss.png"
+LOG, PLOT, ESTIMATE = "train_log.jsonl", "policy_loss.png", "estimate.json"
+# a time budget is checked once, after this many steps of a piece of training (or 1 % of the steps, if more)
+BUDGET_PROBE_STEPS = 20
 # config fields that may change when resuming
 _RESUMABLE = ("steps", "checkpoint_every", "device", "compile", "val_every", "val_episodes", "val_workers")
 
 
 def train_policy(features: list[np.ndarray], actions: list[np.ndarray], cfg: PolicyConfig, out_dir,
-                 progress: bool = True, encoder=None, frames=None, validator=None) -> dict:
+                 progress: bool = True, encoder=None, frames=None, validator=None, budget_s: float = 0.0) -> dict:
     """Fit a `Policy` with head `cfg.head` to demonstrations `features[i] (T_i, F)` -> `actions[i] (T_i, 7)` by
     minimising the head's loss with Adam (`cfg.lr`, L2 `cfg.weight_decay`) for `cfg.steps` steps on
     `cfg.device`, on windows the head asks for (`Head.window`).
@@ -71,6 +76,8 @@ def train_policy(features: list[np.ndarray], actions: list[np.ndarray], cfg: Pol
     encoder is trained with the policy: each step encodes the batch's frames, read by `frames.batch(index,
     first, n, length)` (a `dckp.policy.demos.FrameWindows`), and puts its features before the proprioception.
     With `cfg.val_every`, `validator` (a `dckp.evaluation.validation.Validator`) rolls out each kept checkpoint.
+    With `budget_s`, a training whose first `BUDGET_PROBE_STEPS` steps (or 1 %) project all `cfg.steps` over
+    `budget_s` seconds saves its state, writes `estimate.json` and raises OverBudget; it resumes as after Ctrl-C.
 
     Returns `{"steps", "resumed_from", "obs_dim", "loss_start", "loss_end", "best_step"}` (first and last
     logged loss; `best_step` the step of the weights kept).
@@ -107,10 +114,12 @@ def train_policy(features: list[np.ndarray], actions: list[np.ndarray], cfg: Pol
     history = [json.loads(line) for line in log_lines_before(out / LOG, start)]
     atomic_write_bytes(out / LOG, "".join(json.dumps(r) + "\n" for r in history).encode())
     span = cls.window(options)
+    probe = start + max(BUDGET_PROBE_STEPS, cfg.steps // 100)
     model.train()
     pending: list = []  # the steps whose losses are not read yet
     with open(out / LOG, "a") as logf, tqdm(total=cfg.steps, initial=start, disable=not progress,
                                             desc=f"policy {cfg.head}", unit="step") as bar, stop_after_step() as stop:
+        began = time.monotonic()
         for step in range(start, cfg.steps):
             with record_function("data"):
                 index, first, n = _windows(lengths, span, cfg, step)
@@ -135,7 +144,9 @@ def train_policy(features: list[np.ndarray], actions: list[np.ndarray], cfg: Pol
             pending.append(({"step": step}, {"loss": loss.detach()}))
             bar.update()
             done, stopping = step + 1, bool(stop)  # a first Ctrl-C (or SIGTERM, SIGHUP in the CLI): save and stop
-            saving = done % cfg.checkpoint_every == 0 or done == cfg.steps or stopping
+            rate = (time.monotonic() - began) / (done - start) if budget_s and done == probe < cfg.steps else 0.0
+            over = rate * cfg.steps > budget_s > 0
+            saving = done % cfg.checkpoint_every == 0 or done == cfg.steps or stopping or over
             if saving or len(pending) == READ_EVERY:
                 read = read_pending(pending)
                 history += read
@@ -150,6 +161,13 @@ def train_policy(features: list[np.ndarray], actions: list[np.ndarray], cfg: Pol
                 _save_last(out / LAST, model, opt, cfg, done, threads, encoder)
             if stopping:
                 raise Interrupted(f"saved {out / LAST} at step {done} of {cfg.steps}")
+            if over:
+                save_json({"head": cfg.head, "steps": cfg.steps, "at_step": done, "s_per_step": round(rate, 6),
+                           "budget_s": budget_s}, out / ESTIMATE)
+                raise OverBudget(f"{cfg.steps} steps at {rate:.3g} s each, measured over steps {start}..{done}, "
+                                 f"would take {rate * cfg.steps / 3600:.2f} h, over the budget of "
+                                 f"{budget_s / 3600:.2f} h; saved {out / LAST} at step {done}, which a larger budget "
+                                 "resumes", path=str(out))
             if validator is not None:
                 for r in validator.poll():
                     bar.write(f"validation: step {r['step']}: {r['successes']}/{r['episodes']}")
@@ -160,6 +178,7 @@ def train_policy(features: list[np.ndarray], actions: list[np.ndarray], cfg: Pol
         model.eval()
         _load_state(model, *_weights(kept_folder(out, best)), encoder)
     save_policy(model, out, encoder, threads, best=best)
+    (out / ESTIMATE).unlink(missing_ok=True)  # finished: its own time counts now
     _plot(history, records, out / PLOT)
     return {"steps": cfg.steps, "resumed_from": start, "obs_dim": model.obs_dim,
             "loss_start": history[0]["loss"] if history else None,

@@ -6,8 +6,10 @@ the run folder's own records (`stage_seconds.json` and each policy's `policy.jso
 kind of encoder first (frozen, whose features are computed once, from images or without them as gt-kp's and
 blind's, whose validation rollouts render nothing; or trained end to end with the policy), else of the same head
 and kind on any task, the median of their seconds per step. A training's seconds include the
-encoder's pass over the demonstrations and the validation rollouts run beside it, on the machine that ran it. None
-where no such training has finished yet.
+encoder's pass over the demonstrations and the validation rollouts run beside it, on the machine that ran it. A
+training stopped over its time budget (`RunConfig.max_train_hours`, the table's `--max-cell-hours`) counts with the
+seconds per step it measured before it stopped (its `estimate.json`: the steps alone). None where no such training
+has finished or measured itself yet.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import statistics
 from pathlib import Path
 
 from dckp.pipeline import RunConfig, policy_settings
+from dckp.policy.train import ESTIMATE
 
 Key = tuple[str, str, str]  # (task, head, encoder kind)
 
@@ -33,15 +36,19 @@ def kind(method: str) -> str:
 
 def measured(out: Path, tasks: list[str], methods: list[str], runs: list[RunConfig]) -> dict[Key, list[float]]:
     """Seconds per training step of every finished policy in the task folders `out/<task>` (of each method, under
-    each of `runs`' protocols), by (task, head, encoder kind); trainings with no recorded time are left out."""
+    each of `runs`' protocols), and of each training stopped over its budget, by (task, head, encoder kind);
+    finished trainings with no recorded time are left out."""
     rates: dict[Key, list[float]] = {}
     for task in tasks:
         path = out / task / "stage_seconds.json"
         seconds = json.loads(path.read_text()) if path.exists() else {}
         for run in runs:
             for method in methods:
-                meta_path = out / task / run.policy_folder(method) / "policy.json"
-                spent = seconds.get(run.stage("policy", method))
+                folder = out / task / run.policy_folder(method)
+                meta_path, spent = folder / "policy.json", seconds.get(run.stage("policy", method))
+                if not meta_path.exists() and (folder / ESTIMATE).exists():
+                    measuring = json.loads((folder / ESTIMATE).read_text())
+                    rates.setdefault((task, measuring["head"], kind(method)), []).append(measuring["s_per_step"])
                 if spent is None or not meta_path.exists():
                     continue
                 meta = json.loads(meta_path.read_text())

@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from dckp.config import save_json
 from dckp.encoders.config import encoder_names
-from dckp.errors import DckpError, Interrupted
+from dckp.errors import DckpError, Interrupted, OverBudget
 from dckp.pipeline import RunConfig, Stage, decide, plan, write_report
 from dckp.table import cost
 from dckp.table.config import TableConfig
@@ -51,6 +51,13 @@ EVAL_GPU_SHARE = 0.25  # of a GPU per evaluation chunk on cuda: the simulator, o
 
 class StageFailed(Exception):
     """A stage's work raised: the message names the task, the stage and the error, on one line."""
+
+
+class StageOverBudget(StageFailed):
+    """A policy training stopped over its time budget (`--max-cell-hours`): its cell is left pending."""
+
+
+PENDING = "pending"  # the status of a cell left to run, and of the stages it needs that stopped over the budget
 
 
 def start_ray(address: str = "", cpus: int = 0) -> bool:
@@ -126,6 +133,8 @@ def _run_stage(config: dict, folder: str, sp: str, name: str, threads: int) -> d
     seconds = stage.start_piece()
     try:
         stage.work()
+    except OverBudget as e:
+        raise StageOverBudget(f"{config['task']}: stage {name!r}: {e}".replace("\n", " ")) from None
     except Exception as e:
         raise StageFailed(f"{config['task']}: stage {name!r}: {type(e).__name__}: {e}".replace("\n", " ")) from None
     return {"seconds": seconds(), "node": _node()}
@@ -236,8 +245,7 @@ def trainings(table: TableConfig, run: RunConfig, out: str | Path, preset: str, 
     whose policy would train: its estimated training seconds (`dckp.table.cost`) and whether it stays pending (over
     `table.max_cell_hours`)."""
     out, sp = Path(out).resolve(), "paper" if preset == "paper" else "cpu"
-    rates = cost.measured(out, table.tasks, encoder_names(), [run, dataclasses.replace(run, protocol="paper",
-                                                                                       head="")])
+    rates = _rates(table, run, out)
     made = recorded(table, run, preset)
     plans, train = {}, {}
     for task in table.tasks:
@@ -259,6 +267,11 @@ def trainings(table: TableConfig, run: RunConfig, out: str | Path, preset: str, 
                 over = bool(table.max_cell_hours) and seconds is not None and seconds > table.max_cell_hours * 3600
                 train[task, method] = {"estimate_s": seconds, "pending": over}
     return plans, train
+
+
+def _rates(table: TableConfig, run: RunConfig, out: Path) -> dict:
+    """The seconds per training step measured in the run folder (`cost.measured`), under both protocols."""
+    return cost.measured(out, table.tasks, encoder_names(), [run, dataclasses.replace(run, protocol="paper", head="")])
 
 
 def dry_run(table: TableConfig, run: RunConfig, out: str | Path, preset: str = "cpu") -> list[str]:
@@ -296,7 +309,8 @@ def run_table(table: TableConfig, run: RunConfig, out: str | Path, preset: str =
 
     from dckp.table.outputs import write_outputs
 
-    run = dataclasses.replace(run, workers=table.train_cpus)  # the demonstrations' processes (evaluation: chunks)
+    # the demonstrations' processes (evaluation: chunks); a training stops once it measures itself over the budget
+    run = dataclasses.replace(run, workers=table.train_cpus, max_train_hours=table.max_cell_hours)
     out = Path(out).resolve()
     sp = "paper" if preset == "paper" else "cpu"
     started = start_ray(table.address, table.cpus)
@@ -353,11 +367,15 @@ def run_table(table: TableConfig, run: RunConfig, out: str | Path, preset: str =
             write_report(out / task)
         except DckpError as e:  # a failed stage can leave the report without its inputs
             log.warning("%s: no report.html (%s)", task, e)
-    cell_status = {cell: "pending" for cell in pending}
+    cell_status = {cell: PENDING for cell in pending}
     cell_status.update({(task, m): "recorded" for task, (*_, elsewhere) in plans.items() for m in elsewhere})
     for (task, method), needs in cells.items():
         errors = [status[task, n] for n in sorted(needs) if status.get((task, n)) not in ("skipped", "ran")]
         cell_status[task, method] = errors[0] if errors else "done"
+    if stopped := [cell for cell, s in cell_status.items() if s == PENDING and cell not in pending]:
+        rates = _rates(table, run, out)  # with what the trainings stopped over the budget measured
+        pending.update({(t, m): cost.estimate_s(rates, plans[t][0], t, m, sp) for t, m in stopped})
+        write_outputs(out, table, run, preset, [], pending)
     return {"cells": cell_status, "stages": status}
 
 
@@ -371,6 +389,8 @@ def _wait(jobs: list[_Job], status: dict, cells: dict, out: Path, finished: Call
 
     def settled(cell) -> str | None:
         states = [status.get((cell[0], n)) for n in cells[cell]]
+        if PENDING in states:
+            return PENDING
         if any(s not in (None, "skipped", "ran") for s in states):
             return "failed"
         return "done" if all(s is not None for s in states) else None
@@ -382,7 +402,7 @@ def _wait(jobs: list[_Job], status: dict, cells: dict, out: Path, finished: Call
     def fail(job: _Job, error: str) -> None:
         failed[job.key] = error
         status.setdefault(job.key[:2], error)  # a chunk's error is its evaluation's (the first one)
-        if error not in logged:  # the jobs after a failed one fail with its error
+        if error not in logged and error != PENDING:  # the jobs after a failed one fail with its error
             logged.add(error)
             log.error("failed: %s", error)
 
@@ -411,7 +431,8 @@ def _wait(jobs: list[_Job], status: dict, cells: dict, out: Path, finished: Call
             started = sum(s is None and shared_done(c) for c, s in states.items())
             bar.set_postfix(done=sum(s == "done" for s in states.values()), running=started,
                             waiting=sum(s is None for s in states.values()) - started,
-                            failed=sum(s == "failed" for s in states.values()))
+                            failed=sum(s == "failed" for s in states.values()),
+                            pending=sum(s == PENDING for s in states.values()))
             if not running:
                 break
             ref = ray.wait(list(running), num_returns=1)[0][0]
@@ -419,7 +440,11 @@ def _wait(jobs: list[_Job], status: dict, cells: dict, out: Path, finished: Call
             try:
                 results[job.key] = ray.get(ref)
             except RayError as e:
-                fail(job, _cause(e))
+                if isinstance(getattr(e, "cause", None), StageOverBudget):  # its cell, and the jobs after it: pending
+                    log.warning("%s; its cell is left pending", e.cause)
+                    fail(job, PENDING)
+                else:
+                    fail(job, _cause(e))
                 continue
             if len(job.key) == 2:  # a stage, or an evaluation's eval.json
                 status[job.key] = "ran"
