@@ -66,11 +66,11 @@ class TableConfig:
 
 def add_table_args(parser) -> None:
     """`dckp table`'s flags: this config's, then the stage settings of `dckp run` (but those the table sets per
-    task: task, encoder, baselines; and workers: the evaluation runs in chunks, the demonstrations in `train_cpus`
-    processes)."""
+    task: task, encoder, baselines; workers: the evaluation runs in chunks, the demonstrations in `train_cpus`
+    processes; and max_train_hours: `max_cell_hours`)."""
     from dckp.config import add_config_args
     from dckp.pipeline import RUN_PRESETS, RunConfig
 
     add_config_args(parser, TableConfig, title="TableConfig fields")
     add_config_args(parser, RunConfig, RUN_PRESETS, title="RunConfig fields: the stages' settings (override the "
-                    "preset)", skip=("task", "encoder", "baselines", "workers"))
+                    "preset)", skip=("task", "encoder", "baselines", "workers", "max_train_hours"))
