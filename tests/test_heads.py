@@ -3,6 +3,7 @@ action-chunk queue, validation rollouts and the choice of the kept checkpoint, a
 
 import json
 import math
+import time
 
 import numpy as np
 import pytest
@@ -108,7 +109,7 @@ def test_action_chunk_queue_empties_then_plans_again():
     assert head.queue == [] and head.history == []
 
 
-def _fake_rollouts(folder: str, episodes: int) -> dict:
+def _fake_rollouts(folder: str, episodes: int, workers: int = 1) -> dict:
     """Validation stand-in (run in a spawned worker): step 4 is the best checkpoint."""
     step = int(folder.rsplit("_", 1)[1])
     successes = {2: 1, 4: 3, 6: 2}[step]
@@ -135,6 +136,22 @@ def test_the_kept_policy_is_the_best_on_validation(tmp_path):
     (tmp_path / "validation.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records[:2]))
     again = Validator(tmp_path, cfg.val_episodes, 1, prepared.append, run=_fake_rollouts)
     assert list(again.pending) == [6] and best_step(again.close()) == 4
+
+
+def _rollouts_by_workers(folder: str, episodes: int, workers: int = 1) -> dict:
+    """Validation stand-in: in the pool's one process it is still rolling out when the training ends."""
+    if workers == 1:
+        time.sleep(600)
+    return {"successes": workers, "episodes": episodes, "rate": workers / episodes}
+
+
+def test_rollouts_left_when_the_training_ends_take_its_processes(tmp_path):
+    folder = kept_folder(tmp_path, 2)
+    folder.mkdir(parents=True)
+    validator = Validator(tmp_path, 4, 1, lambda f: None, run=_rollouts_by_workers)
+    validator.submit(2, folder)
+    assert validator.close(workers=2) == {2: {"step": 2, "successes": 2, "episodes": 4, "rate": 0.5}}
+    assert [json.loads(line)["successes"] for line in (tmp_path / "validation.jsonl").read_text().splitlines()] == [2]
 
 
 def test_validation_rollouts_use_the_validation_seeds_only(monkeypatch, tmp_path):

@@ -15,7 +15,7 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
-from dckp.policy.kept import KEPT, RECORDS, read_records
+from dckp.policy.kept import KEPT, RECORDS, kept_folder, read_records
 
 VAL_SEED_START = 2_000_000
 
@@ -40,12 +40,12 @@ def _ignore_interrupts() -> None:
 class Validator:
     """Submits kept checkpoints to `workers` spawned processes (`run` is `validate_folder` or a stand-in with its
     signature) and records their results as they finish. `prepare(folder)` completes a kept folder first (its
-    `run.json`). `close()` waits for the rollouts; `terminate()` (an interrupted training) stops them, and the
-    next `Validator` on the folder submits them again."""
+    `run.json`). `close()` waits for the rollouts, with more processes once the training has ended; `terminate()`
+    (an interrupted training) stops them, and the next `Validator` on the folder submits them again."""
 
     def __init__(self, out: Path, episodes: int, workers: int, prepare: Callable[[Path], None],
-                 run: Callable[[str, int], dict] = validate_folder):
-        self.out, self.episodes, self.prepare, self.run = Path(out), episodes, prepare, run
+                 run: Callable[..., dict] = validate_folder):
+        self.out, self.episodes, self.prepare, self.run, self.workers = Path(out), episodes, prepare, run, workers
         self.records = read_records(self.out)
         self.pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_ignore_interrupts)
         self.pending: dict[int, multiprocessing.pool.AsyncResult] = {}
@@ -65,15 +65,28 @@ class Validator:
             if wait or future.ready():
                 new.append({"step": step, **future.get()})
                 del self.pending[step]
+        self._record(new)
+        return new
+
+    def _record(self, new: list[dict]) -> None:
         with open(self.out / RECORDS, "a") as f:
             for record in new:
                 f.write(json.dumps(record) + "\n")
                 self.records[record["step"]] = record
-        return new
 
-    def close(self) -> dict[int, dict]:
-        """Wait for every submitted rollout; every record, by step."""
+    def close(self, workers: int = 0) -> dict[int, dict]:
+        """Wait for every submitted rollout; every record, by step. With more `workers` than the pool's (the CPUs
+        of a training that has ended), the checkpoints still rolling out are stopped and rolled out again, one after
+        the other, by that many processes from the episodes they finished (each episode is seeded and acts on one
+        torch thread, so the records are the same)."""
         try:
+            self.poll()
+            if workers > self.workers and self.pending:
+                self.terminate()
+                for step in sorted(self.pending):
+                    self._record([{"step": step, **self.run(str(kept_folder(self.out, step)), self.episodes,
+                                                              workers=workers)}])
+                self.pending.clear()
             self.poll(wait=True)
         finally:
             self.terminate()

@@ -173,7 +173,7 @@ def train_policy(features: list[np.ndarray], actions: list[np.ndarray], cfg: Pol
                     bar.write(f"validation: step {r['step']}: {r['successes']}/{r['episodes']}")
     best, records = cfg.steps, {}
     if cfg.val_every:
-        records = validator.close()
+        records = validator.close(workers=torch.get_num_threads())  # the training's CPUs are free now
         best = best_step(records)
         model.eval()
         _load_state(model, *_weights(kept_folder(out, best)), encoder)
