@@ -4,10 +4,11 @@ bytes as one run straight through. Writes results/interrupts_PRESET.{json,md}.
     python benchmarks/interrupts.py                       # tiny sizes (tests/test_determinism.py's): ~5 min
     python benchmarks/interrupts.py --preset demo         # `make demo`'s settings: hours on 2 cores
 
-One run folder goes straight through; another is started, sent the signal (SIGTERM by default) as each stage starts
-(its `STAGE: running` log line), started again, and so on through every stage, then run to the end. Compared: the
-artefacts of tests/test_determinism.py and each evaluation's record (timings aside). Each interrupted run must exit
-with 128 + the signal's number and print its resume line.
+One run folder goes straight through; another is started, sent the signal (SIGTERM by default) in each stage (its
+`STAGE: running` log line, then `--at` times the seconds the stage took in the straight run: 0 as it starts, 0.5
+half-way through its work, which the rerun then resumes), started again, and so on through every stage, then run to
+the end. Compared: the artefacts of tests/test_determinism.py and each evaluation's record (timings aside). Each
+interrupted run must exit with 128 + the signal's number and print its resume line, which names the stage it stopped.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -31,9 +33,10 @@ from test_determinism import ARTEFACTS, FLAGS, digest, outcome  # noqa: E402
 from dckp.config import atomic_write_bytes, save_json  # noqa: E402
 
 
-def _run(out: Path, flags: list[str], stop_at: str | None, sig: int) -> tuple[int, str, list[str], list[str]]:
-    """`dckp run` into `out`; with `stop_at`, `sig` is sent as that stage starts. (exit status, the stage it was
-    sent in or "", the last line of stderr, the stages that ran)."""
+def _run(out: Path, flags: list[str], stop_at: str | None, sig: int, after_s: float = 0.0
+         ) -> tuple[int, str, list[str], list[str]]:
+    """`dckp run` into `out`; with `stop_at`, `sig` is sent `after_s` seconds after that stage starts. (exit status,
+    the stage it was sent in or "", the last line of stderr, the stages that ran)."""
     p = subprocess.Popen([sys.executable, "-m", "dckp.cli.main", "run", "--out", str(out), *flags],
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                          env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
@@ -44,7 +47,7 @@ def _run(out: Path, flags: list[str], stop_at: str | None, sig: int) -> tuple[in
         if started:
             ran.append(started.group(1))
         if started and stop_at is not None and not sent and started.group(1) == stop_at:
-            p.send_signal(sig)
+            threading.Timer(after_s, lambda: p.poll() is None and p.send_signal(sig)).start()
             sent = stop_at
     return p.wait(), sent, [x for x in lines if x.strip()][-1:], ran
 
@@ -55,6 +58,9 @@ def main() -> None:
                         help="tiny: tests/test_determinism.py's flags; demo: `make demo`'s (default: %(default)s)")
     parser.add_argument("--signal", default="SIGTERM", choices=["SIGTERM", "SIGINT", "SIGHUP"],
                         help="the signal sent (default: %(default)s)")
+    parser.add_argument("--at", type=float, default=0.0,
+                        help="when in each stage the signal comes, as a fraction of the stage's seconds in the "
+                        "straight run (default: %(default)s, as it starts)")
     parser.add_argument("--folder", default=str(ROOT / "runs" / "interrupts"),
                         help="where the runs go: FOLDER/run, the straight one then moved to FOLDER/straight "
                         "(default: runs/interrupts)")
@@ -72,11 +78,15 @@ def main() -> None:
     if rc != 0:
         raise SystemExit(f"the straight run failed (exit status {rc})")
     shutil.move(stopped, straight)
+    seconds = json.loads((straight / "stage_seconds.json").read_text())
 
     log, start = [], time.perf_counter()
     for stage in stages:
-        rc, sent, last, _ = _run(stopped, flags, stage, sig)
-        log.append({"stage": stage, "signal_sent": bool(sent), "exit_status": rc,
+        after_s = args.at * (seconds.get(stage) or 0.0)
+        rc, sent, last, _ = _run(stopped, flags, stage, sig, after_s)
+        stopped_in = re.search(r"stage '(.+?)' stopped", last[0]) if last else None
+        log.append({"stage": stage, "after_s": round(after_s, 1), "signal_sent": bool(sent), "exit_status": rc,
+                    "stopped_in": stopped_in.group(1) if stopped_in else "",
                     "resume_line": bool(last) and last[0].startswith("interrupted: ") and "resume with: dckp run"
                     in last[0], "last_line": last[0] if last else ""})
         print(json.dumps(log[-1]), flush=True)
@@ -84,24 +94,26 @@ def main() -> None:
     interrupted_s = time.perf_counter() - start
     mismatches = [name for name in ARTEFACTS if (straight / name).exists() != (stopped / name).exists()
                   or (straight / name).exists() and digest(straight / name) != digest(stopped / name)]
-    mismatches += [f"policy_{e}/eval/eval.json" for e in ("dckp-3d", "gt-kp")
-                   if outcome(straight / f"policy_{e}" / "eval" / "eval.json")
-                   != outcome(stopped / f"policy_{e}" / "eval" / "eval.json")]
-    results = {"preset": args.preset, "signal": args.signal, "stages": len(stages),
+    mismatches += [str(p.relative_to(straight)) for p in sorted(straight.glob("policy_*/eval/eval.json"))
+                   if outcome(p) != outcome(stopped / p.relative_to(straight))]
+    results = {"preset": args.preset, "signal": args.signal, "at": args.at, "stages": len(stages),
                "interrupted_in_each": all(e["signal_sent"] and e["exit_status"] == 128 + sig and e["resume_line"]
-                                          for e in log),
+                                          and e["stopped_in"] == e["stage"] for e in log),
                "final_exit_status": rc, "same_bytes": rc == 0 and not mismatches, "mismatches": mismatches,
                "straight_s": round(straight_s, 1), "interrupted_s": round(interrupted_s, 1), "log": log}
     save_json(results, ROOT / "results" / f"interrupts_{args.preset}.json")
+    when = "as it starts" if not args.at else f"{args.at:g} of the way through its straight-run seconds"
     lines = ["# A run interrupted in each stage", "", f"`python benchmarks/interrupts.py --preset {args.preset} "
-             f"--signal {args.signal}` on this 2-core machine: `dckp run` sent {args.signal} as each of its "
-             f"{len(stages)} stages starts, in turn, each time started again, then run to the end.", "",
-             f"- every interrupted run exited {128 + sig} with its resume line: {results['interrupted_in_each']}",
+             f"--signal {args.signal} --at {args.at:g}` on this 2-core machine: `dckp run` sent {args.signal} in "
+             f"each of its {len(stages)} stages in turn ({when}), each time started again, then run to the end.", "",
+             f"- every interrupted run exited {128 + sig} with its resume line, stopped in that stage: "
+             f"{results['interrupted_in_each']}",
              f"- the final run's artefacts and evaluation records equal a run straight through: "
              f"{results['same_bytes']} {' '.join(mismatches)}",
              f"- wall time: straight {straight_s / 60:.1f} min; interrupted {len(stages)} times and finished "
-             f"{interrupted_s / 60:.1f} min", "", "| stage | exit status | resume line |", "|---|---|---|",
-             *(f"| {e['stage']} | {e['exit_status']} | {e['last_line']} |" for e in log)]
+             f"{interrupted_s / 60:.1f} min", "", "| stage | signal after s | exit status | resume line |",
+             "|---|---|---|---|", *(f"| {e['stage']} | {e['after_s']} | {e['exit_status']} | {e['last_line']} |"
+                                    for e in log)]
     atomic_write_bytes(ROOT / "results" / f"interrupts_{args.preset}.md", ("\n".join(lines) + "\n").encode())
     print(json.dumps({k: v for k, v in results.items() if k != "log"}, indent=1))
 

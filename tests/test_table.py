@@ -7,6 +7,7 @@ across Ray workers."""
 import dataclasses
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -419,6 +420,40 @@ def test_an_interrupted_table_passes_the_signal_on_to_its_running_tasks(tmp_path
     finally:
         signal.signal(signal.SIGINT, before)
     assert (tmp_path / "started").exists() and (tmp_path / "saved").exists()  # the task saved before Ray went down
+
+
+def _computing_with_sigint_ignored(folder: str) -> None:
+    """A Ray task standing in for a stage's work outside a training loop (no SIGINT handler of its own) in a worker
+    that inherited SIGINT ignored, as from a table started in the background by a script."""
+    import time
+
+    from dckp.table.runner import interruptible
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    interruptible()
+    Path(folder, "started").touch()
+    try:
+        while True:
+            time.sleep(0.05)
+    except KeyboardInterrupt:
+        Path(folder, "stopped").touch()
+        raise
+
+
+def test_a_worker_that_inherited_sigint_ignored_is_stopped_all_the_same(tmp_path, local_ray):
+    import time
+
+    import ray
+
+    from dckp.table.runner import _pass_on
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    ref = ray.remote(_computing_with_sigint_ignored).remote(str(tmp_path))
+    deadline = time.time() + 120
+    while not (tmp_path / "started").exists() and time.time() < deadline:
+        time.sleep(0.1)
+    _pass_on([ref], grace_s=60)
+    assert (tmp_path / "stopped").exists()
 
 
 def _over_budget() -> None:

@@ -122,12 +122,22 @@ def _node() -> str:
     return ray.get_runtime_context().get_node_id()
 
 
+def interruptible() -> None:
+    """Ray stops a running task (`ray.cancel`, which the table's driver sends on Ctrl-C or SIGTERM) through the task's
+    SIGINT handler. A worker started with SIGINT ignored has none, and runs on until Ray kills it: Ray's processes
+    inherit the driver's ignored SIGINT, as a table started in the background by a script (`dckp table ... &`, a
+    batch job) has it. Python's own handler is put in place."""
+    if threading.current_thread() is threading.main_thread() and not callable(signal.getsignal(signal.SIGINT)):
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def _run_stage(config: dict, folder: str, sp: str, name: str, threads: int) -> dict:
     """Ray task: stage `name` of the plan of `config` in `folder` (rebuilt here, on the worker). Its seconds include
     those of earlier, interrupted runs up to the state it resumed from (`Stage.start_piece`; None where not
     recorded)."""
     import torch
 
+    interruptible()
     torch.set_num_threads(threads)
     stage = {s.name: s for s in plan(RunConfig(**config), Path(folder), sp)}[name]
     seconds = stage.start_piece()
@@ -145,6 +155,7 @@ def _run_chunk(task: str, name: str, evaluation: dict, jobs: list) -> dict:
     saved as it finishes, so a table stopped before `_finish_evaluation` keeps them (`evaluation.missing_jobs`)."""
     from dckp.evaluation import run_episodes
 
+    interruptible()
     out = Path(evaluation["policy_dir"]) / "eval"
     start = time.time()
     try:
