@@ -252,6 +252,20 @@ def test_a_dry_run_touches_no_output(tmp_path, capsys):
     assert sorted(tmp_path.rglob("*")) == before
 
 
+def test_a_signal_ignored_by_the_parent_stays_ignored():
+    """`nohup dckp ...` ignores SIGHUP so that closing the terminal does not stop the command: the CLI keeps it so,
+    and still stops on SIGTERM."""
+    from dckp.cli.main import signals_as_interrupt
+
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with signals_as_interrupt([]):
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            assert callable(signal.getsignal(signal.SIGTERM))
+    finally:
+        signal.signal(signal.SIGHUP, before)
+
+
 def test_signals_blocked_by_the_parent_still_stop_a_command():
     """A command started with SIGTERM blocked (a signal mask is inherited from the parent process) still
     stops on it: the CLI unblocks the stop signals (before, `dckp collect` ran to the end through a SIGTERM)."""

@@ -667,7 +667,8 @@ def main(argv: list[str] | None = None) -> int:
 def signals_as_interrupt(received: list[int]):
     """SIGTERM and SIGHUP (what `timeout`, Slurm, Ray and a closed terminal send) are handled as Ctrl-C is: by
     whatever SIGINT handler is in place when they come (a training saves its step first), their numbers appended
-    to `received`. Outside the main thread, signals stay as they are."""
+    to `received`; but one ignored when the command starts stays ignored (`nohup` ignores SIGHUP, so that closing
+    the terminal does not stop the command). Outside the main thread, signals stay as they are."""
     import threading
 
     if threading.current_thread() is not threading.main_thread():
@@ -682,7 +683,8 @@ def signals_as_interrupt(received: list[int]):
         else:
             raise KeyboardInterrupt
 
-    previous = {s: signal.signal(s, as_interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
+    previous = {s: signal.signal(s, as_interrupt) for s in (signal.SIGTERM, signal.SIGHUP)
+                if signal.getsignal(s) is not signal.SIG_IGN}
     # a process started with them blocked (the mask is inherited) would otherwise never see them
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
     try:
