@@ -155,6 +155,25 @@ def test_ctrl_c_in_pretrain_saves_the_current_step(tmp_path, monkeypatch, capsys
     assert json.loads(capsys.readouterr().out)["resumed_from"] == 3
 
 
+def test_an_interrupt_that_surfaces_as_another_error_is_still_an_interrupt(tmp_path, monkeypatch, capsys):
+    """A signal that lands inside an import of a C extension comes out as an ImportError (seen with torch's triton
+    under SIGTERM): after a stop signal, the command reports the interrupt, with its exit status, not a traceback."""
+    import dckp.don.train as train
+
+    def interrupted_step(*args):
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise ImportError("initialization failed")
+
+    monkeypatch.setattr(train, "train_step", interrupted_step)
+    views_file(tmp_path / "views.h5")
+    argv = ["pretrain", "--views", str(tmp_path / "views.h5"), "--out", str(tmp_path / "run"), "--steps", "5",
+            *TINY_DON]
+    assert main(argv) == 128 + signal.SIGTERM
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "interrupted: nothing half-written was kept (outputs are renamed into place when complete); run again with: "
+        "dckp " + " ".join(argv))
+
+
 def test_eval_correspondence_writes_where_asked(paths, tmp_path, capsys, monkeypatch):
     import dckp.don.evaluate
 

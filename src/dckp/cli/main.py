@@ -652,8 +652,10 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(e, DckpError):
             print(f"error: {e}", file=sys.stderr)
             return 2
-        if isinstance(e, KeyboardInterrupt):
-            kept = str(e) or "nothing half-written was kept (outputs are renamed into place when complete)"
+        if isinstance(e, KeyboardInterrupt) or received:  # after a stop signal, any error is its doing (one inside
+            # an import or a C extension comes out as another error: ImportError, SystemError)
+            kept = (str(e) if isinstance(e, KeyboardInterrupt) else "") or \
+                "nothing half-written was kept (outputs are renamed into place when complete)"
             again = "resume with" if isinstance(e, Interrupted) else "run again with"
             if any(w.resumes for w in getattr(args, "writes", ())):  # --force would start over
                 argv = [a for a in argv if a != "--force"]
@@ -666,9 +668,10 @@ def main(argv: list[str] | None = None) -> int:
 @contextlib.contextmanager
 def signals_as_interrupt(received: list[int]):
     """SIGTERM and SIGHUP (what `timeout`, Slurm, Ray and a closed terminal send) are handled as Ctrl-C is: by
-    whatever SIGINT handler is in place when they come (a training saves its step first), their numbers appended
-    to `received`; but one ignored when the command starts stays ignored (`nohup` ignores SIGHUP, so that closing
-    the terminal does not stop the command). Outside the main thread, signals stay as they are."""
+    whatever SIGINT handler is in place when they come (a training's saves its step first), else by raising
+    KeyboardInterrupt; each signal's number, Ctrl-C's too, is appended to `received`. A signal ignored when the
+    command starts stays ignored (`nohup` ignores SIGHUP, so that closing the terminal does not stop the command).
+    Outside the main thread, signals stay as they are."""
     import threading
 
     if threading.current_thread() is not threading.main_thread():
@@ -678,12 +681,12 @@ def signals_as_interrupt(received: list[int]):
     def as_interrupt(signum, frame):
         received.append(signum)
         handler = signal.getsignal(signal.SIGINT)
-        if callable(handler):
+        if signum != signal.SIGINT and callable(handler) and handler is not as_interrupt:
             handler(signal.SIGINT, frame)
         else:
             raise KeyboardInterrupt
 
-    previous = {s: signal.signal(s, as_interrupt) for s in (signal.SIGTERM, signal.SIGHUP)
+    previous = {s: signal.signal(s, as_interrupt) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
                 if signal.getsignal(s) is not signal.SIG_IGN}
     # a process started with them blocked (the mask is inherited) would otherwise never see them
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP})

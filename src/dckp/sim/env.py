@@ -24,7 +24,8 @@ def _between_steps():
     """Ctrl-C, SIGTERM and SIGHUP that come during the block are recorded and raised again when it ends, for the
     handlers in place before it: robosuite's controllers are numba code, which turns an exception that a handler
     raises inside it into a SystemError, and an EGL call through ctypes turns it into a ctypes.ArgumentError (a
-    traceback instead of an interrupt). Only in the main thread, where Python runs signal handlers."""
+    traceback instead of an interrupt); one in the middle of making a renderer leaves an object whose clean-up
+    fails. Only in the main thread, where Python runs signal handlers."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -85,8 +86,9 @@ class SimEnv:
         hide_markers(self.model)
         self.cameras = tuple(task.cameras if cameras is None else cameras)
         self.image_size = image_size
-        self.renderer = (Cameras(self.model, image_size, image_size, self.geom_labels())
-                         if image_size else None)
+        with _between_steps():  # an interrupt in the middle of making the GL context leaves a half-made renderer
+            self.renderer = (Cameras(self.model, image_size, image_size, self.geom_labels())
+                             if image_size else None)
 
     # --- scene ---
     def reset(self, seed: int) -> None:
