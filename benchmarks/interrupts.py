@@ -35,21 +35,26 @@ from dckp.config import atomic_write_bytes, save_json  # noqa: E402
 
 def _run(out: Path, flags: list[str], stop_at: str | None, sig: int, after_s: float = 0.0
          ) -> tuple[int, str, list[str], list[str]]:
-    """`dckp run` into `out`; with `stop_at`, `sig` is sent `after_s` seconds after that stage starts. (exit status,
-    the stage it was sent in or "", the last line of stderr, the stages that ran)."""
+    """`dckp run` into `out`; with `stop_at`, `sig` is sent `after_s` seconds after that stage starts, unless the run
+    has ended by then. (exit status, the stage it was sent in or "", the last line of stderr, the stages that ran)."""
     p = subprocess.Popen([sys.executable, "-m", "dckp.cli.main", "run", "--out", str(out), *flags],
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                          env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
-    sent, lines, ran = "", [], []
+    sent, lines, ran = [], [], []
+
+    def send() -> None:
+        if p.poll() is None:
+            p.send_signal(sig)
+            sent.append(stop_at)
+
     for line in p.stderr:
         lines.append(line.rstrip("\n"))
         started = re.match(r"INFO (.+): running$", line.strip())
         if started:
             ran.append(started.group(1))
-        if started and stop_at is not None and not sent and started.group(1) == stop_at:
-            threading.Timer(after_s, lambda: p.poll() is None and p.send_signal(sig)).start()
-            sent = stop_at
-    return p.wait(), sent, [x for x in lines if x.strip()][-1:], ran
+        if started and stop_at is not None and started.group(1) == stop_at:
+            threading.Timer(after_s, send).start()
+    return p.wait(), "".join(sent), [x for x in lines if x.strip()][-1:], ran
 
 
 def main() -> None:
