@@ -7,8 +7,9 @@ bytes as one run straight through. Writes results/interrupts_PRESET.{json,md}.
 One run folder goes straight through; another is started, sent the signal (SIGTERM by default) in each stage (its
 `STAGE: running` log line, then `--at` times the seconds the stage took in the straight run: 0 as it starts, 0.5
 half-way through its work, which the rerun then resumes), started again, and so on through every stage, then run to
-the end. Compared: the artefacts of tests/test_determinism.py and each evaluation's record (timings aside). Each
-interrupted run must exit with 128 + the signal's number and print its resume line, which names the stage it stopped.
+the end. Compared: the artefacts of tests/test_determinism.py and each evaluation's record (timings and pieces
+aside). Each interrupted run must exit with 128 + the signal's number and print its resume line, which names the
+stage it stopped.
 """
 
 from __future__ import annotations
@@ -57,6 +58,11 @@ def _run(out: Path, flags: list[str], stop_at: str | None, sig: int, after_s: fl
     return p.wait(), "".join(sent), [x for x in lines if x.strip()][-1:], ran
 
 
+def _record(path: Path) -> dict:
+    """An evaluation's record without its timings, nor `chunks`: the pieces an evaluation resumed across."""
+    return {k: v for k, v in outcome(path).items() if k != "chunks"}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="tiny", choices=["tiny", "demo"],
@@ -100,7 +106,7 @@ def main() -> None:
     mismatches = [name for name in ARTEFACTS if (straight / name).exists() != (stopped / name).exists()
                   or (straight / name).exists() and digest(straight / name) != digest(stopped / name)]
     mismatches += [str(p.relative_to(straight)) for p in sorted(straight.glob("policy_*/eval/eval.json"))
-                   if outcome(p) != outcome(stopped / p.relative_to(straight))]
+                   if _record(p) != _record(stopped / p.relative_to(straight))]
     results = {"preset": args.preset, "signal": args.signal, "at": args.at, "stages": len(stages),
                "interrupted_in_each": all(e["signal_sent"] and e["exit_status"] == 128 + sig and e["resume_line"]
                                           and e["stopped_in"] == e["stage"] for e in log),

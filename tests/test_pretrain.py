@@ -83,3 +83,5 @@ def test_resume_gives_identical_losses(tmp_path, monkeypatch):
     assert summary["resumed_from"] == 2
     read = lambda d: [json.loads(x)["loss"] for x in (tmp_path / d / "train_log.jsonl").read_text().splitlines()]  # noqa: E731
     assert read("straight") == read("resumed") and len(read("straight")) == 4
+    for name in ("don.safetensors", "last.safetensors"):  # the same bytes, the saved RNG state included
+        assert (tmp_path / "straight" / name).read_bytes() == (tmp_path / "resumed" / name).read_bytes()

@@ -66,8 +66,11 @@ def checked(batch: dict) -> dict[str, torch.Tensor]:
 
 def batch_loader(views: list[str], cfg: DonConfig, start: int = 0, rank: int = 0) -> torch.utils.data.DataLoader:
     """The batches of steps start .. cfg.steps - 1, in order, from `cfg.workers` worker processes (0: drawn in
-    this process), pinned for a GPU."""
+    this process), pinned for a GPU. The loader has a generator of its own: making its iterator draws a seed, which
+    from torch's global one would leave a resumed run (one more iterator) with another global state in its
+    checkpoints than a run straight through."""
     return torch.utils.data.DataLoader(StepBatches(views, cfg, rank), batch_size=None,
                                        sampler=range(start, cfg.steps), num_workers=cfg.workers,
                                        pin_memory=cfg.device.startswith("cuda"),
-                                       prefetch_factor=4 if cfg.workers else None)
+                                       prefetch_factor=4 if cfg.workers else None,
+                                       generator=torch.Generator().manual_seed(cfg.seed))
