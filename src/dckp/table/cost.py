@@ -5,11 +5,11 @@ An estimate is the cell's training steps times the seconds per step of the finis
 the run folder's own records (`stage_seconds.json` and each policy's `policy.json`): of the same task, head and
 kind of encoder first (frozen, whose features are computed once, from images or without them as gt-kp's and
 blind's, whose validation rollouts render nothing; or trained end to end with the policy), else of the same head
-and kind on any task, the median of their seconds per step. A training's seconds include the
-encoder's pass over the demonstrations and the validation rollouts run beside it, on the machine that ran it. A
-training stopped over its time budget (`RunConfig.max_train_hours`, the table's `--max-cell-hours`) counts with the
-seconds per step it measured before it stopped (its `estimate.json`: the steps alone). None where no such training
-has finished or measured itself yet.
+and kind on any task, the median of their seconds per step. A training's seconds include the encoder's pass over
+the demonstrations and the validation rollouts run beside it, on the machine that ran it. A training stopped over
+its time budget (`RunConfig.max_train_hours`, the table's `--max-cell-hours`) counts with the seconds per step
+it measured before it stopped (its `estimate.json`: the steps alone). None where no such training has finished or
+measured itself yet.
 """
 
 from __future__ import annotations
