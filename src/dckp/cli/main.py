@@ -668,7 +668,7 @@ def main(argv: list[str] | None = None) -> int:
 @contextlib.contextmanager
 def signals_as_interrupt(received: list[int]):
     """SIGTERM and SIGHUP (what `timeout`, Slurm, Ray and a closed terminal send) are handled as Ctrl-C is: by
-    whatever SIGINT handler is in place when they come (a training's saves its step first), else by raising
+    whatever SIGINT handler is in place when they come (a training's handler saves its step first), else by raising
     KeyboardInterrupt; each signal's number, Ctrl-C's too, is appended to `received`. A signal ignored when the
     command starts stays ignored (`nohup` ignores SIGHUP, so that closing the terminal does not stop the command).
     Outside the main thread, signals stay as they are."""

@@ -46,10 +46,12 @@ def measured(out: Path, tasks: list[str], methods: list[str], runs: list[RunConf
             for method in methods:
                 folder = out / task / run.policy_folder(method)
                 meta_path, spent = folder / "policy.json", seconds.get(run.stage("policy", method))
-                if not meta_path.exists() and (folder / ESTIMATE).exists():
-                    measuring = json.loads((folder / ESTIMATE).read_text())
-                    rates.setdefault((task, measuring["head"], kind(method)), []).append(measuring["s_per_step"])
-                if spent is None or not meta_path.exists():
+                if not meta_path.exists():  # not finished: stopped over its budget, or not trained
+                    if (folder / ESTIMATE).exists():
+                        measuring = json.loads((folder / ESTIMATE).read_text())
+                        rates.setdefault((task, measuring["head"], kind(method)), []).append(measuring["s_per_step"])
+                    continue
+                if spent is None:
                     continue
                 meta = json.loads(meta_path.read_text())
                 steps = meta.get("config", {}).get("steps")
