@@ -88,6 +88,35 @@ def test_diffusion_head_learns_both_modes_of_a_bimodal_task(tmp_path):
     assert min(near.values()) > 0.3 and sum(near.values()) > 0.75, near  # both modes, few samples between
 
 
+def test_diffusion_planning_through_the_frozen_network_gives_the_eager_numbers():
+    """Planning runs the EMA network as frozen TorchScript; its plans equal, bit for bit, those of the module itself,
+    and a change of the weights (a training step, a load) is planned with the new weights."""
+    torch.manual_seed(0)
+    head = Policy(3, 7, PolicyConfig(head="diffusion", head_options={"down_dims": [8, 16], "horizon": 8,
+                                                                     "action_steps": 4})).head.eval()
+
+    def eager(cond):
+        x = torch.randn((len(cond), 7, 8), generator=head.generator)
+        for t in head.sample_schedule.timesteps:
+            x = head.sample_schedule.step(head.ema(x, torch.full((len(cond),), int(t)), cond), t, x).prev_sample
+        return (x.transpose(1, 2).clamp(-1, 1) + 1) / 2 * (head.action_high - head.action_low) + head.action_low
+
+    cond = torch.randn(3, 6)
+    for change in (None, "step", "load"):
+        if change == "step":
+            torch.nn.init.normal_(head.net.final[1].weight)
+            head.after_step()
+        if change == "load":
+            state = {k: v + 0.01 if k.startswith("ema.") else v for k, v in head.state_dict().items()}
+            head.load_state_dict(state)
+        head.generator.manual_seed(5)
+        with torch.no_grad():
+            planned = head.plan(cond)
+            head.generator.manual_seed(5)
+            assert torch.equal(planned, eager(cond)), change
+    assert list(head.frozen) == [(3, torch.device("cpu"))]
+
+
 def test_action_chunk_queue_empties_then_plans_again():
     torch.manual_seed(0)
     policy = Policy(3, 7, PolicyConfig(head="diffusion", head_options={"down_dims": [8, 16], "horizon": 8,

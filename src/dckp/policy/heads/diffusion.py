@@ -7,12 +7,15 @@ the older observation's step. Training adds noise with `diffusers`' DDPM schedul
 steps from the head's own generator, executes `action_steps` (8) actions of the chunk (from the current step on)
 one per `act`, then plans again. Actions are scaled to [-1, 1] per dimension by the demonstrations' range; the
 policy acts with an exponential moving average of the weights (`ema_power`, as Diffusion Policy's EMAModel).
+Planning runs that network as frozen TorchScript (`torch.jit.freeze`): the same operations, so the same numbers,
+with less overhead per call (a pass at batch 1 on 2 CPU threads: 1.9 against 3.0 ms; results/keypoint_latency.md).
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -130,6 +133,8 @@ class DiffusionHead(Head):
         self.register_buffer("action_high", torch.ones(action_dim))
         self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
         self.generator = torch.Generator()
+        self.frozen: dict = {}  # (batch, device) -> the EMA network frozen for planning; emptied when it changes
+        self.register_load_state_dict_post_hook(lambda module, keys: module.frozen.clear())
         self.reset()
 
     @classmethod
@@ -162,18 +167,35 @@ class DiffusionHead(Head):
         torch._foreach_lerp_(list(self.ema.parameters()), list(self.net.parameters()), 1 - decay)
         for e, b in zip(self.ema.buffers(), self.net.buffers(), strict=True):
             e.copy_(b)
+        self.frozen.clear()
 
     def reset(self) -> None:
         self.history: list[torch.Tensor] = []
         self.queue: list[torch.Tensor] = []
         self.generator.manual_seed(0)
 
+    def _apply(self, fn, *args, **kwargs):
+        self.frozen.clear()  # `.to(device)`, `.double()`: freeze again from the moved weights
+        return super()._apply(fn, *args, **kwargs)
+
+    def denoiser(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor):
+        """The EMA network frozen by TorchScript for inputs shaped as these, made at the first call after the
+        weights changed (a training step, a load, a move)."""
+        key = (len(x), x.device)
+        if key not in self.frozen:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # torch 2.14 marks TorchScript deprecated
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks: one trace per batch size
+                self.frozen[key] = torch.jit.freeze(torch.jit.trace(self.ema.eval(), (x, t, cond)))
+        return self.frozen[key]
+
     @torch.no_grad()
     def plan(self, cond: torch.Tensor) -> torch.Tensor:
         """`(B, horizon, A)` actions sampled by DDIM from the EMA network for conditions `cond (B, obs_horizon F)`."""
         x = torch.randn((len(cond), self.action_dim, self.opts.horizon), generator=self.generator).to(cond)
         for t in self.sample_schedule.timesteps:
-            eps = self.ema(x, torch.full((len(cond),), int(t), device=cond.device), cond)
+            level = torch.full((len(cond),), int(t), device=cond.device)
+            eps = self.denoiser(x, level, cond)(x, level, cond)
             x = self.sample_schedule.step(eps, t, x).prev_sample
         scaled = (x.transpose(1, 2).clamp(-1, 1) + 1) / 2
         return scaled * (self.action_high - self.action_low) + self.action_low
