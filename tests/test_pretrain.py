@@ -85,3 +85,21 @@ def test_resume_gives_identical_losses(tmp_path, monkeypatch):
     assert read("straight") == read("resumed") and len(read("straight")) == 4
     for name in ("don.safetensors", "last.safetensors"):  # the same bytes, the saved RNG state included
         assert (tmp_path / "straight" / name).read_bytes() == (tmp_path / "resumed" / name).read_bytes()
+
+
+def test_loaded_don_is_channels_last_and_gives_the_same_descriptors(tmp_path):
+    """`load_don` lays the weights out channels-last, as the permuted frames are: the same descriptors, bit for bit,
+    as the network loaded as saved."""
+    from dckp.don.checkpoint import load_checkpoint
+    from dckp.don.model import DenseObjectNet
+
+    obs = views_file(tmp_path / "views.h5", n=2)
+    pretrain([str(tmp_path / "views.h5")], dataclasses.replace(CFG, steps=2), tmp_path / "run", checkpoint_every=2,
+             progress=False)
+    loaded, plain = load_don(tmp_path / "run"), DenseObjectNet(CFG)
+    load_checkpoint(tmp_path / "run" / "don.safetensors", plain)
+    conv = next(m for m in loaded.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()
+    images = torch.from_numpy(obs["free_rgb"]).permute(0, 3, 1, 2).float() / 255
+    with torch.no_grad():
+        assert torch.equal(loaded(images), plain.eval()(images))
