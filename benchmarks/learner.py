@@ -60,12 +60,19 @@ def cell_config(head: str, args):
                                lr=args.lr or cfg.lr)
 
 
+def exploration(cfg) -> str:
+    """The folder suffix of a cell trained with another learning rate or step count than the preset's ("" for the
+    preset's own)."""
+    base = POLICY_PRESETS["converged"]
+    return (f"_lr{cfg.lr:g}" if cfg.lr != base.lr else "") + (f"_steps{cfg.steps}" if cfg.steps != base.steps else "")
+
+
 def run_cell(task_dir: Path, encoder: str, head: str, args) -> dict | None:
-    """Train (and, with the preset's learning rate, evaluate) one cell; None for an exploration, whose policy is
-    only rolled out on validation seeds."""
+    """Train (and, with the preset's learning rate and steps, evaluate) one cell; None for an exploration, whose
+    policy is only rolled out on validation seeds."""
     cfg = cell_config(head, args)
-    explore = cfg.lr != POLICY_PRESETS["converged"].lr
-    folder = task_dir / (f"{encoder}_{head}" + (f"_lr{cfg.lr:g}" if explore else ""))
+    explore = exploration(cfg)
+    folder = task_dir / f"{encoder}_{head}{explore}"
     spec = {"name": encoder, "options": {},
             "artefacts": {"references": str(task_dir / "references.safetensors")} if encoder == "gt-kp" else {}}
     folder.mkdir(parents=True, exist_ok=True)
@@ -158,9 +165,11 @@ def write(results: dict, out: Path, runs: Path) -> None:
                 lines.append(f"| {task} | {encoder} | {head} | {r['rate']:.2f} [{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}]"
                              f" | {r['episodes']} | {r['demos']} | {r['steps']} | {r['best_step']} | "
                              f"{r['train_s'] / 60:.0f} |")
-    explored = [(task, folder) for task in results for folder in sorted((runs / task).glob("*_lr*"))]
+    explored = [(task, folder) for task in results for folder in sorted((runs / task).glob("*_*"))
+                if "_lr" in folder.name or "_steps" in folder.name]
     if explored:
-        lines += ["", "Explorations (`--lr`), rolled out on validation seeds only: successes of 20 per kept step.", ""]
+        lines += ["", "Explorations (`--lr`, `--steps`), rolled out on validation seeds only: successes of 20 per kept "
+                  "step.", ""]
         lines += [f"- {task} {folder.name}: " + ", ".join(f"{s}: {r['successes']}" for s, r in
                                                           read_records(folder).items())
                   + ("" if (folder / "policy.safetensors").exists() else " (stopped before its last step)")
@@ -221,7 +230,9 @@ def main() -> None:
                    "default: the task's dart_noise, chosen on validation: gt-kp rnn-gmm succeeded in 100 seeds from "
                    f"{SWEEP_SEED_START:,} on pick_place_clutter in 0.39 with 0.3, 0.28 with none; on nut_assembly in "
                    "0.65 with 0.2, 0.54 with none)")
-    p.add_argument("--steps", type=int, default=POLICY_PRESETS["converged"].steps)
+    p.add_argument("--steps", type=int, default=POLICY_PRESETS["converged"].steps, help="another step count than "
+                   "the preset's (%(default)s): an exploration in <encoder>_<head>_steps<N>/, rolled out on validation "
+                   "seeds only (no evaluation, no results)")
     p.add_argument("--lr", type=float, default=0.0, help="another learning rate than the preset's: an exploration "
                    "in <encoder>_<head>_lr<lr>/, rolled out on validation seeds only (no evaluation, no results)")
     p.add_argument("--sample-steps", type=int, nargs="*", default=[], help="diffusion cells: also roll the kept "
@@ -265,7 +276,7 @@ def run(args, runs: Path, out: Path, results: dict) -> None:
             select_references(None, demos, task_dir / "references.safetensors")
         for encoder in args.encoders:
             for head in args.heads:
-                if head in results.get(task, {}).get(encoder, {}):
+                if not exploration(cell_config(head, args)) and head in results.get(task, {}).get(encoder, {}):
                     continue
                 cell = run_cell(task_dir, encoder, head, args)
                 if cell is None:
