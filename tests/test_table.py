@@ -16,6 +16,7 @@ import pytest
 from dckp.cli.main import main
 from dckp.data import Dataset
 from dckp.pipeline import RUN_PRESETS, RunConfig
+from dckp.policy.config import POLICY_PRESETS
 from dckp.table.config import TableConfig
 
 pytestmark = pytest.mark.xdist_group("ray")  # one pytest worker runs every Ray test: never two Ray instances at once
@@ -533,8 +534,9 @@ def test_trainings_are_estimated_from_finished_ones_and_left_pending_over_budget
     (out / "nut_assembly" / "stage_seconds.json").write_text(json.dumps({run.stage("policy", "gt-kp"): 3000.0}))
     rates = cost.measured(out, ["nut_assembly", "stack"], ["gt-kp", "blind"], [run, RunConfig()])
     assert rates == {("nut_assembly", "rnn-gmm", "frozen, without images"): [0.3]}
-    assert cost.estimate_s(rates, run, "nut_assembly", "blind", "cpu") == 3000.0  # the preset's 10000 steps
-    assert cost.estimate_s(rates, run, "stack", "blind", "cpu") == 3000.0  # another task's, of the same kind
+    est = 0.3 * POLICY_PRESETS["converged"].steps  # the preset's steps at the finished training's 0.3 s a step
+    assert cost.estimate_s(rates, run, "nut_assembly", "blind", "cpu") == est
+    assert cost.estimate_s(rates, run, "stack", "blind", "cpu") == est  # another task's, of the same kind
     assert cost.estimate_s(rates, run, "stack", "cnn", "cpu") is None  # trained end to end: nothing like it yet
     assert cost.estimate_s(rates, run, "nut_assembly", "dckp-3d", "cpu") is None  # its rollouts render and encode
     assert cost.estimate_s(rates, dataclasses.replace(run, head="diffusion"), "stack", "blind", "cpu") is None
@@ -542,23 +544,24 @@ def test_trainings_are_estimated_from_finished_ones_and_left_pending_over_budget
     table = TableConfig(tasks=["nut_assembly", "stack"], methods=["blind", "cnn"], max_cell_hours=0.5,
                         results=str(tmp_path / "results"))
     _, train = trainings(table, run, out, "cpu")
-    assert train[("stack", "blind")] == {"estimate_s": 3000.0, "pending": True}
+    assert train[("stack", "blind")] == {"estimate_s": est, "pending": True}
     assert train[("stack", "cnn")] == {"estimate_s": None, "pending": False}  # unknown: it runs, and is measured
     lines = dry_run(table, run, out)
-    assert "  training blind: 0.8 h (pending: over --max-cell-hours)" in lines
+    assert f"  training blind: {est / 3600:.1f} h (pending: over --max-cell-hours)" in lines
     assert lines[-1] == "trainings to run: 2, estimated 0.0 h for the 0 with an estimate; pending: 2"
 
     pending = {cell: t["estimate_s"] for cell, t in train.items() if t["pending"]}
     data = write_outputs(out, table, run, "cpu", [], pending)
-    assert data["pending"] == {task: {"blind": {"estimate_h": 0.83}} for task in ("nut_assembly", "stack")}
-    assert "| stack | blind | 0.83 |" in (tmp_path / "results" / "table1_converged.md").read_text()
+    assert data["pending"] == {task: {"blind": {"estimate_h": round(est / 3600, 2)}} for task in ("nut_assembly",
+                                                                                               "stack")}
+    assert f"| stack | blind | {est / 3600:.2f} |" in (tmp_path / "results" / "table1_converged.md").read_text()
     folder = out / "stack" / run.policy_folder("blind")
     (folder / "eval").mkdir(parents=True)
     (folder / "eval" / "eval.json").write_text(json.dumps({"success_rate": 0.5, "ci95": [0.1, 0.9], "episodes": 4,
                                                            "mean_steps": 10.0}))
     save_policy(Policy(3, 7, PolicyConfig(head="rnn-gmm", head_options={"hidden": 4}, steps=10000)), folder, best=1)
     data = write_outputs(out, table, run, "cpu", [("stack", "blind")])
-    assert data["pending"] == {"nut_assembly": {"blind": {"estimate_h": 0.83}}}  # done later: no longer pending
+    assert data["pending"] == {"nut_assembly": {"blind": {"estimate_h": round(est / 3600, 2)}}}  # stack's is done
     assert "pending" not in write_outputs(out, table, RunConfig(), "cpu", [])  # the paper's table keeps its keys
     # a training that stopped over its budget counts with the seconds per step it measured, for its kind
     stopped = out / "nut_assembly" / run.policy_folder("cnn")
@@ -566,4 +569,5 @@ def test_trainings_are_estimated_from_finished_ones_and_left_pending_over_budget
     (stopped / "estimate.json").write_text(json.dumps({"head": "rnn-gmm", "steps": 10000, "at_step": 100,
                                                        "s_per_step": 2.0, "budget_s": 1800.0}))
     _, train = trainings(table, run, out, "cpu")
-    assert train[("stack", "cnn")] == train[("nut_assembly", "cnn")] == {"estimate_s": 20000.0, "pending": True}
+    assert train[("stack", "cnn")] == train[("nut_assembly", "cnn")] == {"estimate_s": 2.0 * POLICY_PRESETS[
+        "converged"].steps, "pending": True}
