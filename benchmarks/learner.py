@@ -11,7 +11,8 @@ Per task, in `--out/<task>/`: `demos.h5` (`--demos` expert demonstrations from s
 `references.safetensors` (chosen on the object masks without a DON, as `dckp keypoints` without `--don`) and a
 policy folder per cell `<encoder>_<head>/` (its `eval/` holds the evaluation). Every stage resumes: a killed
 training continues from its checkpoint, an evaluation grows from the episodes it recorded, and a cell already in the
-results is not run again.
+results is not run again, unless it was trained with another step count than the preset's (an earlier preset): then
+it is trained again and replaces it.
 
 Writes `results/learner.json` (`<task>.<encoder>.<head>` = `{rate, ci95, episodes, train_s, steps, best_step,
 demos}`; `train_s` is this run's training wall time, validation rollouts included, summed over sittings),
@@ -148,7 +149,8 @@ def demo_noise(demos: Path) -> float:
         return ds.config["collect"].get("noise", COLLECT_ADDED["noise"])
 
 
-def write(results: dict, out: Path, runs: Path) -> None:
+def write(results: dict, out: Path, runs: Path, refit: str = "") -> None:
+    """`refit`: the cell just (re)measured, whose fit is measured again."""
     save_json(results, out / "learner.json")
     p = POLICY_PRESETS["converged"]
     lines = ["# Policy learner on the multi-object tasks", "",
@@ -183,6 +185,7 @@ def write(results: dict, out: Path, runs: Path) -> None:
                   for r in read_records(folder).values()]
     fit_path = out / "learner_fit.json"  # measured where the cell's policy is, kept for every other machine
     fit = json.loads(fit_path.read_text()) if fit_path.exists() else {}
+    fit.pop(refit, None)
     for task, encoders in results.items():
         for encoder, heads in encoders.items():
             for head in heads:
@@ -238,8 +241,8 @@ def main() -> None:
     p.add_argument("--sample-steps", type=int, nargs="*", default=[], help="diffusion cells: also roll the kept "
                    "weights out with these DDIM steps per plan, on validation seeds (a faster planning step; "
                    "<encoder>_diffusion_ddim<K>/, no evaluation)")
-    p.add_argument("--val-every", type=int, default=1000, help="steps between kept checkpoints (default: 1000, "
-                   "what results/learner.json was measured with; the converged preset now keeps every 2000)")
+    p.add_argument("--val-every", type=int, default=POLICY_PRESETS["converged"].val_every,
+                   help="steps between kept checkpoints (the 10000-step cells of results/learner.json kept every 1000)")
     p.add_argument("--val-episodes", type=int, default=POLICY_PRESETS["converged"].val_episodes)
     p.add_argument("--episodes", type=int, default=100, help="evaluation episodes per cell (seeds 1,000,000 on)")
     p.add_argument("--workers", type=int, default=2, help="evaluation processes")
@@ -276,13 +279,14 @@ def run(args, runs: Path, out: Path, results: dict) -> None:
             select_references(None, demos, task_dir / "references.safetensors")
         for encoder in args.encoders:
             for head in args.heads:
-                if not exploration(cell_config(head, args)) and head in results.get(task, {}).get(encoder, {}):
-                    continue
+                cfg, done = cell_config(head, args), results.get(task, {}).get(encoder, {}).get(head)
+                if not exploration(cfg) and done and done["steps"] == cfg.steps:
+                    continue  # a cell of another step count (an earlier preset) is trained again and replaced
                 cell = run_cell(task_dir, encoder, head, args)
                 if cell is None:
                     continue
                 results.setdefault(task, {}).setdefault(encoder, {})[head] = cell
-                write(results, out, runs)
+                write(results, out, runs, refit=f"{task}.{encoder}.{head}")
                 print(json.dumps({f"{task}.{encoder}.{head}": results[task][encoder][head]}))
             if "diffusion" in args.heads and args.sample_steps:
                 sampler_sweep(task_dir, encoder, args.sample_steps, args)
