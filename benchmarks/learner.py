@@ -17,8 +17,9 @@ it is trained again and replaces it.
 Writes `results/learner.json` (`<task>.<encoder>.<head>` = `{rate, ci95, episodes, train_s, steps, best_step,
 demos}`; `train_s` is this run's training wall time, validation rollouts included, summed over sittings),
 `results/learner_fit.json` (`<task>.<encoder>.<head>` = the kept policy's mean |action error| per action dimension,
-teacher-forced on its first 20 demonstrations: `fit_error`), `results/learner.md` and `results/learner_<task>.png`
-(validation success against steps, per head).
+teacher-forced on its first 20 demonstrations: `fit_error`), `results/learner_runs/<task>/<folder>.json` (what each
+policy folder recorded: `{noise, finished, validation}`, `record_runs`), `results/learner.md` and
+`results/learner_<task>.png` (validation success against steps, per head), both made from those files alone.
 """
 
 from __future__ import annotations
@@ -149,40 +150,60 @@ def demo_noise(demos: Path) -> float:
         return ds.config["collect"].get("noise", COLLECT_ADDED["noise"])
 
 
+def record_runs(runs: Path, out: Path, tasks) -> None:
+    """What each policy folder under `runs/<task>/` recorded (its demonstrations' DART noise, whether its training
+    finished, its validation rollouts) copied to `out/learner_runs/<task>/<folder>.json`, where the report and the
+    curves read it: they outlive the run folders, which stay on the machine that made them."""
+    for task in tasks:
+        if not (runs / task / "demos.h5").exists():
+            continue
+        noise = demo_noise(runs / task / "demos.h5")
+        for folder in sorted(f for f in (runs / task).glob("*_*") if f.is_dir()):
+            save_json({"noise": noise, "finished": (folder / "policy.safetensors").exists(),
+                       "validation": list(read_records(folder).values())},
+                      out / "learner_runs" / task / f"{folder.name}.json")
+
+
 def write(results: dict, out: Path, runs: Path, refit: str = "") -> None:
     """`refit`: the cell just (re)measured, whose fit is measured again."""
     save_json(results, out / "learner.json")
+    record_runs(runs, out, results)
+    recorded = {task: {f.stem: json.loads(f.read_text()) for f in sorted((out / "learner_runs" / task).glob("*.json"))}
+                for task in results}
     p = POLICY_PRESETS["converged"]
     lines = ["# Policy learner on the multi-object tasks", "",
              f"`python benchmarks/learner.py`: the `converged` recipe (windows, Adam {p.lr:g}, batch {p.batch_size}, "
              f"the best of the checkpoints kept every {p.val_every} steps on {p.val_episodes} validation rollouts from "
-             "seed 2,000,000), evaluated on seeds 1,000,000 on. 2-core CPU; `train_s` includes the validation "
-             "rollouts that ran beside the training. DART noise of the demonstrations (`--noise`): "
-             + ", ".join(f"{task} {demo_noise(runs / task / 'demos.h5'):g}" for task in results) + ".", "",
-             "| task | encoder | head | success [95 % CI] | episodes | demos | steps | best step | train min |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "seed 2,000,000; the 10000-step cells of an earlier preset kept one every 1000), evaluated on seeds "
+             "1,000,000 on. 2-core CPU; `train_s` includes the validation rollouts that ran beside the training. "
+             "`noise`: the DART noise of the cell's demonstrations (`--noise`). What each run recorded is in "
+             "`learner_runs/<task>/<folder>.json`.", "",
+             "| task | encoder | head | success [95 % CI] | episodes | demos | noise | steps | best step | train min |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for task, encoders in results.items():
         for encoder, heads in encoders.items():
             for head, r in heads.items():
+                noise = recorded[task].get(f"{encoder}_{head}", {}).get("noise")
+                noise = "?" if noise is None else f"{noise:g}"
                 lines.append(f"| {task} | {encoder} | {head} | {r['rate']:.2f} [{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}]"
-                             f" | {r['episodes']} | {r['demos']} | {r['steps']} | {r['best_step']} | "
+                             f" | {r['episodes']} | {r['demos']} | {noise} | {r['steps']} | {r['best_step']} | "
                              f"{r['train_s'] / 60:.0f} |")
-    explored = [(task, folder) for task in results for folder in sorted((runs / task).glob("*_*"))
-                if "_lr" in folder.name or "_steps" in folder.name]
+    explored = [(task, name, rec) for task in results for name, rec in recorded[task].items()
+                if "_lr" in name or "_steps" in name]
     if explored:
         lines += ["", "Explorations (`--lr`, `--steps`), rolled out on validation seeds only: successes of 20 per kept "
                   "step.", ""]
-        lines += [f"- {task} {folder.name}: " + ", ".join(f"{s}: {r['successes']}" for s, r in
-                                                          read_records(folder).items())
-                  + ("" if (folder / "policy.safetensors").exists() else " (stopped before its last step)")
-                  for task, folder in explored]
-    swept = [(task, folder) for task in results for folder in sorted(
-        (runs / task).glob("*_ddim*"), key=lambda f: (f.name.split("_ddim")[0], int(f.name.split("_ddim")[1])))]
+        lines += [f"- {task} {name} (noise {rec['noise']:g}): "
+                  + ", ".join(f"{r['step']}: {r['successes']}" for r in rec["validation"])
+                  + ("" if rec["finished"] else " (stopped before its last step)") for task, name, rec in explored]
+    swept = [(task, name, rec) for task in results for name, rec in sorted(
+        recorded[task].items(), key=lambda kv: (kv[0].split("_ddim")[0], int(kv[0].split("_ddim")[-1])
+                                                if "_ddim" in kv[0] else 0)) if "_ddim" in name]
     if swept:
         lines += ["", f"The diffusion cells' kept weights sampled with fewer DDIM steps per plan (`--sample-steps`), "
                   f"on validation seeds from {SWEEP_SEED_START:,} (not those the checkpoint was chosen on):", ""]
-        lines += [f"- {task} {folder.name}: {r['successes']}/{r['episodes']}" for task, folder in swept
-                  for r in read_records(folder).values()]
+        lines += [f"- {task} {name}: {r['successes']}/{r['episodes']}" for task, name, rec in swept
+                  for r in rec["validation"]]
     fit_path = out / "learner_fit.json"  # measured where the cell's policy is, kept for every other machine
     fit = json.loads(fit_path.read_text()) if fit_path.exists() else {}
     fit.pop(refit, None)
@@ -201,19 +222,25 @@ def write(results: dict, out: Path, runs: Path, refit: str = "") -> None:
               "| cell | translation | rotation | gripper |", "|---|---|---|---|"]
     lines += [f"| {cell} | {sum(e[:3]) / 3:.3f} | {sum(e[3:6]) / 3:.3f} | {e[6]:.3f} |"
               for cell, e in sorted(fit.items())]
+    unplotted = [f"{task} {name}" for task in results for name, rec in recorded[task].items()
+                 if not rec["validation"] and "_ddim" not in name]
     for task in results:
         lines += ["", f"![{task}](learner_{task}.png)"]
+    if unplotted:
+        lines += ["", "Not in the curves: " + ", ".join(unplotted) + " (trained on a machine whose run folders are "
+                  "gone, before their validation records were kept here; their curves are in the png files of "
+                  "commit dc12f9e)."]
     atomic_write_bytes(out / "learner.md", ("\n".join(lines) + "\n").encode())
     from matplotlib.figure import Figure
 
     for task in results:
         fig = Figure(figsize=(6, 4))
         ax = fig.add_subplot()
-        for folder in sorted(f for f in (runs / task).glob("*_*") if "_ddim" not in f.name):  # curves only
-            records = read_records(folder)
-            if records:
-                lr = "" if "_lr" in folder.name else f"_lr{POLICY_PRESETS['converged'].lr:g}"
-                ax.plot(list(records), [r["rate"] for r in records.values()], marker="o", label=folder.name + lr)
+        for name, rec in recorded[task].items():
+            if rec["validation"] and "_ddim" not in name:  # curves only
+                lr = "" if "_lr" in name else f"_lr{p.lr:g}"
+                ax.plot([r["step"] for r in rec["validation"]], [r["rate"] for r in rec["validation"]], marker="o",
+                        label=f"{name}{lr} (noise {rec['noise']:g})")
         ax.set(xlabel="training step", ylabel="validation success", ylim=(-0.02, 1.02), title=f"{task}: validation "
                "rollouts (seeds from 2,000,000)")
         ax.legend(fontsize=8)
