@@ -319,6 +319,20 @@ def test_outputs_merge_and_don_scores(tmp_path):
     assert sorted(data["cells"]) == ["stack"]  # another config: replaced
 
 
+def test_a_change_of_the_converged_preset_remakes_the_converged_cells(monkeypatch):
+    """The converged table's cells depend on the converged policy preset (not the cpu one the paper's use): cells made
+    with another preset (e.g. fewer steps) are not taken for done; the paper's table does not depend on it."""
+    from dckp.table.outputs import table_config
+
+    paper, converged = RunConfig(**{**vars(RUN_PRESETS["cpu"]), **RUN}), RunConfig(protocol="converged")
+    assert table_config(converged, "cpu")["stages"]["policy"]["steps"] == POLICY_PRESETS["converged"].steps
+    before = {r.protocol: table_config(r, "cpu") for r in (paper, converged)}
+    monkeypatch.setitem(POLICY_PRESETS, "converged",
+                        dataclasses.replace(POLICY_PRESETS["converged"], steps=POLICY_PRESETS["converged"].steps // 2))
+    assert table_config(converged, "cpu") != before["converged"]
+    assert table_config(paper, "cpu") == before["paper"]
+
+
 def test_markdown_does_not_depend_on_the_order_cells_finished():
     from dckp.table.outputs import markdown
 

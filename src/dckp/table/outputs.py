@@ -52,8 +52,9 @@ RUN_ONLY = ("task", "encoder", "baselines", "workers", "device", "don_workers", 
 
 def table_config(run: RunConfig, preset: str) -> dict:
     """`config` of table1.json: what the cells' numbers depend on (not which cells, nor how they were spread): the
-    run preset and its settings, and the stage presets they start from (`run` replaces some of their fields). Not
-    the episode count: cells may differ in it (each cell's `episodes`), all on seeds from `eval_seed_start`."""
+    run preset and its settings, and the stage presets they start from (`run` replaces some of their fields; the
+    policy's: the protocol's, `converged` for that protocol). Not the episode count: cells may differ in it (each
+    cell's `episodes`), all on seeds from `eval_seed_start`."""
     from dckp.don.config import DON_PRESETS
     from dckp.evaluation.rollout import EVAL_SEED_START
     from dckp.geometry.config import MASK_PRESETS
@@ -64,6 +65,8 @@ def table_config(run: RunConfig, preset: str) -> dict:
     stages = {"collect": COLLECT_PRESETS, "views": VIEWS_PRESETS, "masks": MASK_PRESETS, "don": DON_PRESETS,
               "policy": POLICY_PRESETS}
     settings = {k: dataclasses.asdict(v[sp]) for k, v in stages.items()}
+    if run.protocol != "paper":  # its cells were trained with the converged preset: a change of it remakes them
+        settings["policy"] = dataclasses.asdict(POLICY_PRESETS["converged"])
     del settings["collect"]["workers"]  # how many processes collect does not change the demonstrations
     for stage in ("don", "policy"):  # nor does compiling the networks change what they learn (beyond rounding)
         del settings[stage]["compile"]
