@@ -319,6 +319,30 @@ def test_outputs_merge_and_don_scores(tmp_path):
     assert sorted(data["cells"]) == ["stack"]  # another config: replaced
 
 
+def test_a_gt_kp_policy_is_adopted_from_references_without_descriptors(tmp_path):
+    """gt-kp reads the references' pixels, objects and points: its policy made with references chosen without a DON
+    is adopted beside a table's references chosen with one (the same but for the descriptors), not beside other
+    points; a DON encoder's policy needs the very file."""
+    import torch
+    from safetensors.torch import save_file
+
+    from dckp.table.adopt import _same
+
+    def refs(name, descriptors, local):
+        save_file({"agentview.descriptors": descriptors, "agentview.uv": torch.tensor([[3.0, 4.0], [5.0, 6.0]]),
+                   "agentview.object": torch.tensor([0, 1]), "agentview.local": local}, str(tmp_path / name),
+                  metadata={"dckp": json.dumps({"task": "lift"})})
+        return tmp_path / name
+
+    local = torch.arange(6.0).reshape(2, 3)
+    without, with_don = refs("without.safetensors", torch.zeros(2, 0), local), refs("don.safetensors",
+                                                                                      torch.randn(2, 8), local)
+    moved = refs("moved.safetensors", torch.randn(2, 8), local + 0.01)
+    reads = ("uv", "object", "local")
+    assert _same(without, with_don, reads) and not _same(without, moved, reads)
+    assert not _same(without, with_don)
+
+
 def test_a_change_of_the_converged_preset_remakes_the_converged_cells(monkeypatch):
     """The converged table's cells depend on the converged policy preset (not the cpu one the paper's use): cells made
     with another preset (e.g. fewer steps) are not taken for done; the paper's table does not depend on it."""

@@ -74,13 +74,22 @@ def _demos_config(src: Path, cfg: RunConfig, sp: str) -> dict:
     return {"preset": sp, "render": stored.get("render"), **stored["collect"], "demos": cfg.demo_count(sp)}
 
 
-def _same(theirs: Path, ours: Path) -> bool:
+def _same(theirs: Path, ours: Path, reads: tuple[str, ...] = ()) -> bool:
     """Whether an artefact a policy was made from is the one adopted here: the same size and modification time of
-    its file (for a folder, its model file), which the copy keeps."""
+    its file (for a folder, its model file), which the copy keeps. `reads`: for a references file, the tensors the
+    policy's encoder reads of each camera, compared instead (gt-kp reads no descriptors: references chosen without
+    a DON, from the same demonstrations and seed, are those chosen with one but for the descriptors)."""
     model = {"don": "don.safetensors"}.get(ours.name, "representation.safetensors")
     theirs, ours = (p / model if p.is_dir() else p for p in (theirs, ours))
     if not theirs.is_file() or not ours.is_file():
         return False
+    if reads:
+        import torch
+
+        from dckp.keypoints.select import load_references
+
+        (a, _), (b, _) = load_references(theirs), load_references(ours)
+        return a.keys() == b.keys() and all(torch.equal(a[cam][k], b[cam][k]) for cam in a for k in reads)
     a, b = theirs.stat(), ours.stat()
     return (a.st_size, a.st_mtime_ns) == (b.st_size, b.st_mtime_ns)
 
@@ -117,8 +126,9 @@ def _policy_files(src: Path, dst: Path, name: str, folder: Path) -> None:
     made_from = {"demos": (Path(src, run.get("demos", "")), folder / "demos.h5"),
                  **{a: (Path(src, artefacts[a] if "kwargs" in run["encoder"] else run["encoder"]["artefacts"][a]),
                         local[a]) for a in cls.artefacts}}
+    reads = ("uv", "object", "local") if "don" not in cls.artefacts else ()  # references without descriptors
     for what, (theirs, ours) in made_from.items():
-        if not _same(theirs, ours):
+        if not _same(theirs, ours, reads if what == "references" else ()):
             raise DckpError(f"trained from {theirs.resolve()}, which is not the table's {ours}", path=str(src / RUN),
                             field="demos" if what == "demos" else f"encoder.{what}")
     spec = {**enc, "artefacts": {a: str(p) for a, p in local.items()}}
