@@ -151,6 +151,22 @@ def test_demonstrations_noise_follows_the_protocol(tmp_path, capsys):
         plan(RunConfig(**stack), tmp_path, "cpu")
 
 
+def test_references_without_descriptors_are_made_again_for_a_don_encoder(tmp_path):
+    """References chosen without a DON (a run of gt-kp alone) serve gt-kp, not a DON encoder added later."""
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"agentview.descriptors": torch.zeros(2, 0), "agentview.uv": torch.zeros(2, 2),
+               "agentview.object": torch.zeros(2, dtype=torch.long), "agentview.local": torch.zeros(2, 3)},
+              str(tmp_path / "references.safetensors"), metadata={"dckp": json.dumps({"task": "lift"})})
+    alone = {s.name: s for s in plan(RunConfig(task="lift", encoder="gt-kp", baselines=[]), tmp_path, "cpu")}
+    alone["references"].check()
+    with_don = {s.name: s for s in plan(RunConfig(task="lift", encoder="gt-kp", baselines=["dckp-3d"]), tmp_path,
+                                        "cpu")}
+    with pytest.raises(DckpError, match="chosen without a DON"):
+        with_don["references"].check()
+
+
 def test_run_with_an_end_to_end_encoder_trains_no_don(tmp_path):
     out = tmp_path / "run"
     assert main(["run", "--out", str(out), *FLAGS, "--encoder", "cnn", "--baselines", "blind"]) == 0

@@ -468,9 +468,11 @@ def plan(cfg: RunConfig, out: Path, sp: str) -> list[Stage]:
     def references_done():
         from dckp.keypoints.select import load_references
 
-        _, meta = load_references(refs)
+        chosen, meta = load_references(refs)
         if meta.get("task") != cfg.task:
             raise DckpError(f"references of task {meta.get('task')!r}, expected {cfg.task!r}", path=str(refs))
+        if need_don and any(r["descriptors"].shape[-1] == 0 for r in chosen.values()):  # chosen for gt-kp alone
+            raise DckpError("chosen without a DON (no descriptors), which the DON encoders need", path=str(refs))
 
     def encoder_cfg(name: str) -> EncoderConfig:
         artefacts = classes[name].artefacts
