@@ -88,31 +88,6 @@ def test_dckp_encoders_shapes_and_errors(setup):
         build_encoder({"name": "gt-kp", "artefacts": {"references": str(refs_path)}}, ["agentview"], SIZE)
 
 
-def test_dckp_runs_every_camera_through_the_don_in_one_batch(setup, monkeypatch):
-    """Each camera's keypoints come from that camera's own descriptors, as from one DON call per camera."""
-    import dckp.encoders.keypoints as kp
-
-    tmp, demos, refs_path, _ = setup
-    cam = "robot0_eye_in_hand"
-    with Dataset(demos) as ds:
-        frames = frames_of(ds, ds.episodes[0], [cam], 0, 3)
-    enc = build_encoder({"name": "dckp-3d", "artefacts": {"don": str(tmp / "don"), "references": str(refs_path)}},
-                        [cam], SIZE)
-    # a second camera (the tiny demonstrations have one): the mirrored images, the references in reverse order
-    frames["mirror_rgb"] = frames[f"{cam}_rgb"].flip(2)
-    enc.cameras = [cam, "mirror"]
-    enc.refs["mirror"] = {**enc.refs[cam], "descriptors": enc.refs[cam]["descriptors"].flip(0)}
-    seen = []
-    monkeypatch.setattr(kp, "extract_keypoints", lambda desc, refs, *a: seen.append((desc, refs)) or {})
-    enc._extract(frames)
-    assert len(seen) == 2
-    for c, (desc, used) in zip(enc.cameras, seen, strict=True):
-        alone = enc.don[0](frames[f"{c}_rgb"].permute(0, 3, 1, 2).float() / 255)
-        assert desc.shape == alone.shape and torch.allclose(desc, alone, atol=1e-5)
-        assert torch.equal(used, enc.refs[c]["descriptors"])
-    assert not torch.allclose(seen[0][0], seen[1][0], atol=1e-3)  # the cameras' descriptors are told apart
-
-
 def test_train_policy_cli_caches_encodings(setup):
     tmp, demos, refs_path, _ = setup
     out = tmp / "policy"
