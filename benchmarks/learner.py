@@ -46,7 +46,7 @@ from dckp.learn import train_on_demos
 from dckp.policy.config import POLICY_PRESETS
 from dckp.policy.kept import read_records
 from dckp.sim.collect import collect_demos
-from dckp.sim.config import COLLECT_ADDED, CollectConfig
+from dckp.sim.config import COLLECT_ADDED, NOISE_PHASES, CollectConfig
 from dckp.sim.tasks import get_task
 
 TASKS = ["nut_assembly", "pick_place_clutter"]
@@ -145,9 +145,16 @@ def fit_error(folder: Path, demos: Path, n: int = 20) -> list[float]:
     return np.concatenate(errors).mean(0).astype(float).round(4).tolist()
 
 
-def demo_noise(demos: Path) -> float:
+def demo_noise(demos: Path) -> dict:
+    """The DART noise of `demos`: `{noise, noise_phases}` (CollectConfig)."""
     with Dataset(demos) as ds:
-        return ds.config["collect"].get("noise", COLLECT_ADDED["noise"])
+        return {k: ds.config["collect"].get(k, COLLECT_ADDED[k]) for k in ("noise", "noise_phases")}
+
+
+def noise_label(rec: dict) -> str:
+    """A run's noise as the report shows it: `0.3`, or `0.3 motion` where it left the precise phases out."""
+    phases = rec.get("noise_phases", COLLECT_ADDED["noise_phases"])
+    return f"{rec['noise']:g}" + (f" {phases}" if rec["noise"] and phases != "all" else "")
 
 
 def record_runs(runs: Path, out: Path, tasks) -> None:
@@ -159,7 +166,7 @@ def record_runs(runs: Path, out: Path, tasks) -> None:
             continue
         noise = demo_noise(runs / task / "demos.h5")
         for folder in sorted(f for f in (runs / task).glob("*_*") if f.is_dir()):
-            save_json({"noise": noise, "finished": (folder / "policy.safetensors").exists(),
+            save_json({**noise, "finished": (folder / "policy.safetensors").exists(),
                        "validation": list(read_records(folder).values())},
                       out / "learner_runs" / task / f"{folder.name}.json")
 
@@ -176,15 +183,16 @@ def write(results: dict, out: Path, runs: Path, refit: str = "") -> None:
              f"the best of the checkpoints kept every {p.val_every} steps on {p.val_episodes} validation rollouts from "
              "seed 2,000,000; the 10000-step cells of an earlier preset kept one every 1000), evaluated on seeds "
              "1,000,000 on. 2-core CPU; `train_s` includes the validation rollouts that ran beside the training. "
-             "`noise`: the DART noise of the cell's demonstrations (`--noise`). What each run recorded is in "
+             "`noise`: the DART noise of the cell's demonstrations (`--noise`; `motion`: not in the phases that close "
+             "on or let go of an object, `--noise-phases`). What each run recorded is in "
              "`learner_runs/<task>/<folder>.json`.", "",
              "| task | encoder | head | success [95 % CI] | episodes | demos | noise | steps | best step | train min |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for task, encoders in results.items():
         for encoder, heads in encoders.items():
             for head, r in heads.items():
-                noise = recorded[task].get(f"{encoder}_{head}", {}).get("noise")
-                noise = "?" if noise is None else f"{noise:g}"
+                rec = recorded[task].get(f"{encoder}_{head}", {})
+                noise = noise_label(rec) if "noise" in rec else "?"
                 lines.append(f"| {task} | {encoder} | {head} | {r['rate']:.2f} [{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}]"
                              f" | {r['episodes']} | {r['demos']} | {noise} | {r['steps']} | {r['best_step']} | "
                              f"{r['train_s'] / 60:.0f} |")
@@ -193,7 +201,7 @@ def write(results: dict, out: Path, runs: Path, refit: str = "") -> None:
     if explored:
         lines += ["", "Explorations (`--lr`, `--steps`), rolled out on validation seeds only: successes of 20 per kept "
                   "step.", ""]
-        lines += [f"- {task} {name} (noise {rec['noise']:g}): "
+        lines += [f"- {task} {name} (noise {noise_label(rec)}): "
                   + ", ".join(f"{r['step']}: {r['successes']}" for r in rec["validation"])
                   + ("" if rec["finished"] else " (stopped before its last step)") for task, name, rec in explored]
     swept = [(task, name, rec) for task in results for name, rec in sorted(
@@ -240,7 +248,7 @@ def write(results: dict, out: Path, runs: Path, refit: str = "") -> None:
             if rec["validation"] and "_ddim" not in name:  # curves only
                 lr = "" if "_lr" in name else f"_lr{p.lr:g}"
                 ax.plot([r["step"] for r in rec["validation"]], [r["rate"] for r in rec["validation"]], marker="o",
-                        label=f"{name}{lr} (noise {rec['noise']:g})")
+                        label=f"{name}{lr} (noise {noise_label(rec)})")
         ax.set(xlabel="training step", ylabel="validation success", ylim=(-0.02, 1.02), title=f"{task}: validation "
                "rollouts (seeds from 2,000,000)")
         ax.legend(fontsize=8)
@@ -260,6 +268,8 @@ def main() -> None:
                    "default: the task's dart_noise, chosen on validation: gt-kp rnn-gmm succeeded in 100 seeds from "
                    f"{SWEEP_SEED_START:,} on pick_place_clutter in 0.39 with 0.3, 0.28 with none; on nut_assembly in "
                    "0.65 with 0.2, 0.54 with none)")
+    p.add_argument("--noise-phases", default=None, choices=NOISE_PHASES, help="where that noise acts "
+                   "(CollectConfig.noise_phases; default: the task's dart_phases)")
     p.add_argument("--steps", type=int, default=POLICY_PRESETS["converged"].steps, help="another step count than "
                    "the preset's (%(default)s): an exploration in <encoder>_<head>_steps<N>/, rolled out on validation "
                    "seeds only (no evaluation, no results)")
@@ -294,21 +304,27 @@ def main() -> None:
 def run(args, runs: Path, out: Path, results: dict) -> None:
     for task in args.tasks:
         task_dir = runs / task
-        demos, want = task_dir / "demos.h5", get_task(task).dart_noise if args.noise is None else args.noise
+        t = get_task(task)
+        want = {"noise": t.dart_noise if args.noise is None else args.noise,
+                "noise_phases": t.dart_phases if args.noise_phases is None else args.noise_phases}
+        demos = task_dir / "demos.h5"
         if not demos.exists():
             collect_demos(CollectConfig(task=task, demos=args.demos, image_size=args.image_size, workers=args.workers,
-                                        noise=want), str(demos))
+                                        **want), str(demos))
         noise = demo_noise(demos)
-        if noise != want:
-            sys.exit(f"{demos}: collected with --noise {noise}, not {want}; give --noise {noise} or another "
-                     "--out")
+        if noise_label(noise) != noise_label(want):
+            sys.exit(f"{demos}: collected with --noise {noise['noise']} --noise-phases {noise['noise_phases']}, not "
+                     f"{want['noise']} {want['noise_phases']}; give those or another --out")
         if not (task_dir / "references.safetensors").exists():
             select_references(None, demos, task_dir / "references.safetensors")
         for encoder in args.encoders:
             for head in args.heads:
                 cfg, done = cell_config(head, args), results.get(task, {}).get(encoder, {}).get(head)
-                if not exploration(cfg) and done and done["steps"] == cfg.steps:
-                    continue  # a cell of another step count (an earlier preset) is trained again and replaced
+                made = out / "learner_runs" / task / f"{encoder}_{head}.json"
+                made = json.loads(made.read_text()) if made.exists() else noise
+                if not exploration(cfg) and done and done["steps"] == cfg.steps and \
+                        noise_label(made) == noise_label(noise):
+                    continue  # a cell of another step count or noise (earlier settings) is trained again, replaced
                 cell = run_cell(task_dir, encoder, head, args)
                 if cell is None:
                     continue

@@ -1,5 +1,6 @@
 """Simulated tasks: camera geometry of stored frames, expert success, collection."""
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -143,6 +144,38 @@ def test_dart_noise_moves_the_arm_off_the_experts_path():
     assert np.abs(hand[0] - hand[1]).max() > 0.005
     with pytest.raises(DckpError, match="noise"):
         CollectConfig(task="lift", noise=2.0)
+
+
+def test_dart_noise_in_motion_phases_leaves_the_precise_ones_alone():
+    """`noise_phases="motion"`: while the expert closes in on, grasps, lowers or lets go of an object (its `precise`
+    phases) the arm executes the expert's own action; in the other phases the noisy one; an unknown value is refused."""
+    task = get_task("lift")
+    experts = []
+
+    def expert(env):
+        experts.append(task.expert(env))
+        return experts[-1]
+
+    env = SimEnv(dataclasses.replace(task, expert=expert), image_size=0)
+    executed, precise, step = [], [], env.step
+
+    def record(a):
+        executed.append(a)
+        precise.append(bool(experts) and experts[-1].precise)  # reset's settling steps: before the expert
+        step(a)
+
+    try:
+        env.step = record
+        ep = expert_episode(env, 0, record=True, noise=0.2, noise_phases="motion")
+    finally:
+        env.close()
+    n = len(ep.actions)
+    recorded, executed, precise = np.stack(ep.actions), np.stack(executed[-n:]), np.array(precise[-n:])
+    assert ep.success and 10 < precise.sum() < n - 10
+    np.testing.assert_array_equal(recorded[precise], executed[precise])
+    assert (np.abs(recorded[~precise, :3] - executed[~precise, :3]).max(1) > 1e-6).all()
+    with pytest.raises(DckpError, match="noise_phases"):
+        CollectConfig(task="lift", noise=0.2, noise_phases="some")
 
 
 @pytest.mark.parametrize("name", sorted(TASKS))

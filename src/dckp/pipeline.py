@@ -122,6 +122,13 @@ class RunConfig:
             return self.noise
         return get_task(self.task).dart_noise if self.protocol == "converged" else 0.0
 
+    def demo_noise_phases(self) -> str:
+        """Where that noise acts (`CollectConfig.noise_phases`): the task's `dart_phases` under the converged
+        protocol."""
+        from dckp.sim.tasks import get_task
+
+        return get_task(self.task).dart_phases if self.protocol == "converged" else "all"
+
     def encoders(self) -> list[str]:
         """The run's encoder, then its baselines."""
         return [self.encoder] + [b for b in dict.fromkeys(self.baselines) if b != self.encoder]
@@ -334,11 +341,17 @@ def plan(cfg: RunConfig, out: Path, sp: str) -> list[Stage]:
     errors = out / "keypoint_error.json"
     collect_cfg = dataclasses.replace(preset(COLLECT_PRESETS, sp), task=cfg.task, demos=cfg.demo_count(sp),
                                       image_size=cfg.image_size, seed=cfg.seed, workers=cfg.workers,
-                                      noise=cfg.demo_noise())
+                                      noise=cfg.demo_noise(), noise_phases=cfg.demo_noise_phases())
     # demonstrations another protocol's policies were trained on (its noise or its number) are never replaced
     if demos.exists() and _config_path(demos).exists():
         made = _read_json(_config_path(demos))
         noise, count = made.get("noise", COLLECT_ADDED["noise"]), made.get("demos", 0) or task.demos[sp]
+        phases = made.get("noise_phases", COLLECT_ADDED["noise_phases"])
+        if noise and collect_cfg.noise and phases != collect_cfg.noise_phases:
+            raise DckpError(f"collected with DART noise in {phases} phases, this run's acts in "
+                            f"{collect_cfg.noise_phases} (the {cfg.protocol} protocol's for {cfg.task}); give another "
+                            "--out for the new demonstrations (dckp.table.adopt copies the views and DON there)",
+                            path=str(demos))
         if noise != collect_cfg.noise:
             why = f"--noise {cfg.noise:g}" if cfg.noise >= 0 else f"the {cfg.protocol} protocol's for {cfg.task}"
             raise DckpError(f"collected with DART noise {noise}, this run's is {collect_cfg.noise} ({why}); give "

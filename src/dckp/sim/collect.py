@@ -51,17 +51,18 @@ def _file_config(task, cfg) -> dict:
 # --- expert episodes, in this process or in worker processes ---------------------------------------------------
 
 _ENV: SimEnv | None = None
-_NOISE = 0.0
+_NOISE = (0.0, "all")
 
 
-def _init_worker(task: str, image_size: int, noise: float) -> None:
+def _init_worker(task: str, image_size: int, noise: tuple[float, str]) -> None:
     global _ENV, _NOISE
     _ENV, _NOISE = SimEnv(get_task(task), image_size), noise
 
 
-def _expert(env: SimEnv, seed: int, noise: float) -> tuple[dict[str, np.ndarray], np.ndarray, int] | None:
-    """A recorded expert episode from `seed` (its frames, actions and steps), or None where it failed."""
-    ep = expert_episode(env, seed, record=True, noise=noise)
+def _expert(env: SimEnv, seed: int, noise: tuple[float, str]) -> tuple[dict[str, np.ndarray], np.ndarray, int] | None:
+    """A recorded expert episode from `seed` (its frames, actions and steps) with DART `noise` (std, phases), or
+    None where it failed."""
+    ep = expert_episode(env, seed, record=True, noise=noise[0], noise_phases=noise[1])
     return (_stack(ep.frames), np.stack(ep.actions), ep.steps) if ep.success else None
 
 
@@ -70,7 +71,7 @@ def _worker_expert(seed: int):
 
 
 def expert_episodes(task: str, image_size: int, seeds: range, workers: int = 1,
-                    noise: float = 0.0) -> Iterator[tuple[int, tuple | None]]:
+                    noise: tuple[float, str] = (0.0, "all")) -> Iterator[tuple[int, tuple | None]]:
     """`(seed, _expert(...))` for each of `seeds`, in seed order: in this process (`workers=1`) or in `workers`
     spawned processes, each with its own environment, that run at most 2 episodes each ahead of the one consumed
     (an episode's frames are large). An episode depends on its seed alone, so any `workers` gives the same
@@ -166,7 +167,7 @@ def collect_demos(cfg: CollectConfig, out: str, preset: str = "cpu", progress: b
             seeds = range(next_seed, cfg.seed + attempts)
             with (tqdm(total=n, initial=len(lengths), desc=f"demos {task.name}", disable=not progress) as bar,
                   contextlib.closing(expert_episodes(task.name, cfg.image_size, seeds, cfg.workers,
-                                                     cfg.noise)) as episodes):
+                                                     (cfg.noise, cfg.noise_phases))) as episodes):
                 for seed, episode in episodes if len(lengths) < n else ():
                     next_seed = seed + 1
                     if episode is not None:

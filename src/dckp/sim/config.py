@@ -15,7 +15,8 @@ RENDER = "visual geoms"
 
 
 # fields added to CollectConfig since demonstrations were collected without them, with the value that made those
-COLLECT_ADDED = {"noise": 0.0}
+COLLECT_ADDED = {"noise": 0.0, "noise_phases": "all"}
+NOISE_PHASES = ("all", "motion")
 
 
 @dataclass
@@ -30,6 +31,8 @@ class CollectConfig:
     seed: int = option(0, "first episode seed; failed episodes are skipped")
     noise: float = option(0.0, "DART: std of Gaussian noise on the executed translation (fraction of the "
                           "controller's range); the expert's correcting action is recorded (0: none)")
+    noise_phases: str = option("all", "where the DART noise acts: all phases, or motion only (not while the hand "
+                               "closes on or lets go of an object)", choices=NOISE_PHASES)
     max_attempts_factor: float = option(2.0, "give up after this many times `demos` seeds")
     workers: int = option(1, "worker processes running expert episodes (1: in this process; any number gives the "
                           "same file)")
@@ -44,6 +47,9 @@ class CollectConfig:
             raise DckpError(f"must be >= 0, got {self.seed}", field="seed")
         if self.workers < 1:
             raise DckpError(f"must be >= 1, got {self.workers}", field="workers")
+        if self.noise_phases not in NOISE_PHASES:
+            raise DckpError(f"must be one of {', '.join(NOISE_PHASES)}, got {self.noise_phases!r}",
+                            field="noise_phases")
         if not 0 <= self.noise <= 1:
             raise DckpError(f"must be in [0, 1], got {self.noise}", field="noise")
         if self.max_attempts_factor < 1:

@@ -27,6 +27,7 @@ class Phase:
     max_steps: int
     tol: float | None = 0.01  # metres; None runs all max_steps (e.g. while the gripper closes)
     speed: float = 1.0  # fraction of the controller's per-step limits
+    precise: bool = False  # closing in on or letting go of an object: DART noise "motion" leaves it out
 
 
 class Expert:
@@ -39,6 +40,11 @@ class Expert:
         """`(name, steps)` of each ended phase with a target (`tol`) that ended on its step limit, not reaching it."""
         tol = {p.name: p.tol for p in self.phases}
         return [(name, steps) for name, steps, reached in self.ended if tol[name] is not None and not reached]
+
+    @property
+    def precise(self) -> bool:
+        """Whether the phase that gave the last action is `precise`."""
+        return not self.done and self.phases[self.index].precise
 
     @property
     def done(self) -> bool:
@@ -127,8 +133,8 @@ def pick_phases(obj_pos: Callable, close_along: Callable, symmetry: float, grasp
 
     return [
         Phase("above", above, OPEN, 80, tol=0.005),
-        Phase("descend", at, OPEN, 60, tol=0.004, speed=0.5),  # at full speed the hand drifts ~1-2 cm
-        Phase("close", hold, CLOSED, 12, tol=None),
+        Phase("descend", at, OPEN, 60, tol=0.004, speed=0.5, precise=True),  # at full speed it drifts ~1-2 cm
+        Phase("close", hold, CLOSED, 12, tol=None, precise=True),
         Phase("lift", up, CLOSED, 50),
     ]
 
@@ -148,7 +154,8 @@ def place_phases(obj_pos: Callable, goal_pos: Callable, release_height: float, c
     return [
         Phase("carry", lambda env: shift(env, carry_height), CLOSED, int(80 / speed), speed=speed),
         Phase("align", lambda env: shift(env, carry_height), CLOSED, 30, tol=0.004, speed=speed),
-        Phase("lower", lambda env: shift(env, release_height), CLOSED, int(40 / speed), tol=0.005, speed=speed),
-        Phase("release", lambda env: env.eef_pose(), OPEN, 8, tol=None),
+        Phase("lower", lambda env: shift(env, release_height), CLOSED, int(40 / speed), tol=0.005, speed=speed,
+              precise=True),
+        Phase("release", lambda env: env.eef_pose(), OPEN, 8, tol=None, precise=True),
         Phase("retreat", up, OPEN, 30),
     ]

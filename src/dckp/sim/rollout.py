@@ -17,13 +17,17 @@ class Episode:
     actions: list[np.ndarray] = field(default_factory=list)
 
 
-def expert_episode(env: SimEnv, seed: int, record: bool = False, noise: float = 0.0) -> Episode:
+def expert_episode(env: SimEnv, seed: int, record: bool = False, noise: float = 0.0,
+                   noise_phases: str = "all") -> Episode:
     """Reset to `seed` and run the expert until it has finished all its phases or the horizon.
 
     `noise` > 0 (DART, Laskey et al. 2017): the arm executes the expert's translation plus Gaussian noise of that
     std (a fraction of the controller's range, drawn from `seed`), while the expert's own action, which corrects
     the drift from the state reached, is what is recorded. A policy then sees states off the expert's path, with
-    the way back, as it will when its own errors take it there."""
+    the way back, as it will when its own errors take it there. `noise_phases` "motion": not in the expert's
+    `precise` phases (descending onto an object, closing, lowering it, letting go), which end when the hand is
+    within millimetres of its target: under noise that is a chance event, so the demonstrations would switch from
+    closed to open (or back) at random moments while the hand hovers, which no observation marks."""
     env.reset(seed)
     expert = env.task.expert(env)
     rng = np.random.default_rng(seed)
@@ -35,7 +39,7 @@ def expert_episode(env: SimEnv, seed: int, record: bool = False, noise: float = 
         if record:
             episode.frames.append(env.observe())
             episode.actions.append(action)
-        if noise > 0:
+        if noise > 0 and not (noise_phases == "motion" and expert.precise):
             action = np.r_[np.clip(action[:3] + rng.normal(0, noise, 3), -1, 1), action[3:]]
         env.step(action)
         episode.steps += 1

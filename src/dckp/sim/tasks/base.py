@@ -58,6 +58,7 @@ class Task:
     # DART noise (CollectConfig.noise) of the demonstrations the converged protocol learns from, chosen on validation
     # rollouts of gt-kp (benchmarks/learner.py); the paper's protocol collects without noise
     dart_noise: float = 0.0
+    dart_phases: str = "all"  # CollectConfig.noise_phases of those demonstrations
 
     @property
     def objects(self) -> list[str]:

@@ -82,4 +82,6 @@ TASK = Task(
     cameras=(WRIST, OVERVIEW), horizon=350, demos={"cpu": 140, "paper": 140},
     # gt-kp rnn-gmm succeeded in 0.39 of 100 validation seeds with noise 0.3, 0.28 without (benchmarks/learner.py)
     dart_noise=0.3,
+    # with noise in every phase the hand hovered above the bin holding the can in 30 % of validation rollouts
+    dart_phases="motion",
 )
