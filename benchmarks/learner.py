@@ -196,11 +196,12 @@ def write(results: dict, out: Path, runs: Path, refit: str = "") -> None:
                 lines.append(f"| {task} | {encoder} | {head} | {r['rate']:.2f} [{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}]"
                              f" | {r['episodes']} | {r['demos']} | {noise} | {r['steps']} | {r['best_step']} | "
                              f"{r['train_s'] / 60:.0f} |")
+    cells = {task: {f"{e}_{h}" for e, heads in encoders.items() for h in heads} for task, encoders in results.items()}
     explored = [(task, name, rec) for task in results for name, rec in recorded[task].items()
-                if "_lr" in name or "_steps" in name]
+                if name not in cells[task] and "_ddim" not in name]
     if explored:
-        lines += ["", "Explorations (`--lr`, `--steps`), rolled out on validation seeds only: successes of 20 per kept "
-                  "step.", ""]
+        lines += ["", "Explorations (`--lr`, `--steps`) and runs a cell replaced (`<folder>_<what changed>`), rolled "
+                  "out on validation seeds only: successes of 20 per kept step.", ""]
         lines += [f"- {task} {name} (noise {noise_label(rec)}): "
                   + ", ".join(f"{r['step']}: {r['successes']}" for r in rec["validation"])
                   + ("" if rec["finished"] else " (stopped before its last step)") for task, name, rec in explored]

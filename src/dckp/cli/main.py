@@ -72,7 +72,8 @@ def cmd_tasks(args) -> None:
     print("    initial-state randomisation")
     for t in TASKS.values():
         print(f"{t.name:20} {t.stands_in_for:20} {','.join(t.objects):28} {','.join(t.cameras):30} "
-              f"{t.horizon:7} {t.demos['cpu']:>6}/{t.demos['paper']:<9} {t.dart_noise:g}")
+              f"{t.horizon:7} {t.demos['cpu']:>6}/{t.demos['paper']:<9} {t.dart_noise:g}"
+              + (f" ({t.dart_phases} phases)" if t.dart_phases != "all" else ""))
         print(f"    {describe_randomisation(t.randomisation)}")
 
 
