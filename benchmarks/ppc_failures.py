@@ -25,18 +25,10 @@ from dckp.evaluation.validation import VAL_SEED_START
 from dckp.policy.folder import load_run, load_visuomotor_policy
 from dckp.sim.env import SimEnv
 from dckp.sim.tasks import get_task
-from dckp.sim.tasks.pick_place_clutter import _PP_OBJECTS, GRASP_ABOVE_CENTRE, HAND_HALF_LENGTH, _footprint
+from dckp.sim.tasks.pick_place_clutter import _PP_OBJECTS, GRASP_ABOVE_CENTRE, _footprint, closing_yaw
 
 SEED_START = VAL_SEED_START + 20_000
 LIFTED = 0.05  # metres above its start: the can was lifted
-
-
-def closing_yaw(obstacles: np.ndarray) -> float:
-    """The expert's closing direction (`_can_closing_yaw`) for obstacle footprint points relative to the can."""
-    yaws = np.linspace(0, np.pi, 36, endpoint=False)
-    axes = np.stack([np.cos(yaws), np.sin(yaws)], 1)
-    along = np.clip(obstacles @ axes.T, -HAND_HALF_LENGTH, HAND_HALF_LENGTH)
-    return float(yaws[np.argmax(np.linalg.norm(obstacles[:, None] - along[..., None] * axes[None], axis=-1).min(0))])
 
 
 def yaw_ambiguity(env, seed: int, draws: int = 20) -> float:

@@ -29,7 +29,12 @@ def _can_closing_yaw(env) -> float:
     """The closing direction whose hand (a segment through the can along the fingers) keeps farthest from
     the other objects' footprints, so the hand comes down between them."""
     can = env.data.body("Can_main").xpos[:2]
-    obstacles = np.concatenate([_footprint(env, f"{o}_main") for o in _PP_OBJECTS[:3]]) - can
+    return closing_yaw(np.concatenate([_footprint(env, f"{o}_main") for o in _PP_OBJECTS[:3]]) - can)
+
+
+def closing_yaw(obstacles: np.ndarray) -> float:
+    """Of 36 closing yaws in [0, pi), the one whose hand segment through the origin (the can) keeps farthest from
+    the `(P, 2)` obstacle points (relative to the can)."""
     yaws = np.linspace(0, np.pi, 36, endpoint=False)
     axes = np.stack([np.cos(yaws), np.sin(yaws)], 1)
     along = np.clip(obstacles @ axes.T, -HAND_HALF_LENGTH, HAND_HALF_LENGTH)  # (P, yaws)
