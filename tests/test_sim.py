@@ -15,7 +15,7 @@ from dckp.errors import DckpError
 from dckp.sim.collect import collect_demos, collect_views
 from dckp.sim.config import CollectConfig, ViewsConfig
 from dckp.sim.env import SimEnv
-from dckp.sim.rollout import expert_episode
+from dckp.sim.rollout import TAPER, expert_episode
 from dckp.sim.tasks import TASKS, get_task
 
 SIZE = 64
@@ -176,6 +176,39 @@ def test_dart_noise_in_motion_phases_leaves_the_precise_ones_alone():
     assert (np.abs(recorded[~precise, :3] - executed[~precise, :3]).max(1) > 1e-6).all()
     with pytest.raises(DckpError, match="noise_phases"):
         CollectConfig(task="lift", noise=0.2, noise_phases="some")
+
+
+def test_tapered_dart_noise_fades_near_each_target():
+    """`noise_phases="taper"`: the executed translation departs from the recorded one by noise whose std is the
+    hand's distance to the phase's target over `TAPER` (at most 1): none near a target, full where the hand is far
+    off; every phase with a target then reaches it, as without noise."""
+    task = get_task("lift")
+    experts = []
+
+    def expert(env):
+        experts.append(task.expert(env))
+        return experts[-1]
+
+    env = SimEnv(dataclasses.replace(task, expert=expert), image_size=0)
+    executed, far, step = [], [], env.step
+
+    def record(a):
+        executed.append(a)
+        far.append(experts[-1].to_goal(env) if experts else 0.0)  # measured before the step, as the noise is
+        step(a)
+
+    try:
+        env.step = record
+        ep = expert_episode(env, 0, record=True, noise=0.3, noise_phases="taper")
+    finally:
+        env.close()
+    n = len(ep.actions)
+    gap = np.abs(np.stack(ep.actions)[:, :3] - np.stack(executed[-n:])[:, :3]).max(1)
+    far = np.array(far[-n:])
+    assert ep.success and experts[-1].short_of_target() == []
+    std = 0.3 * np.minimum(1, far / TAPER)
+    assert (gap <= 5 * std).all() and (far < TAPER / 10).sum() >= 10  # within 5 std; the hand is often near a target
+    assert np.median(gap[far > TAPER]) > 0.15  # full noise far off (the median of the max of 3 |N(0, 0.3)|: ~0.3)
 
 
 @pytest.mark.parametrize("name", sorted(TASKS))

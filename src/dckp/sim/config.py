@@ -16,7 +16,7 @@ RENDER = "visual geoms"
 
 # fields added to CollectConfig since demonstrations were collected without them, with the value that made those
 COLLECT_ADDED = {"noise": 0.0, "noise_phases": "all"}
-NOISE_PHASES = ("all", "motion")
+NOISE_PHASES = ("all", "motion", "taper")
 
 
 @dataclass
@@ -31,8 +31,9 @@ class CollectConfig:
     seed: int = option(0, "first episode seed; failed episodes are skipped")
     noise: float = option(0.0, "DART: std of Gaussian noise on the executed translation (fraction of the "
                           "controller's range); the expert's correcting action is recorded (0: none)")
-    noise_phases: str = option("all", "where the DART noise acts: all phases, or motion only (not while the hand "
-                               "closes on or lets go of an object)", choices=NOISE_PHASES)
+    noise_phases: str = option("all", "where the DART noise acts: all phases, motion only (not while the hand "
+                               "closes on or lets go of an object), or all phases tapering to none within 5 cm of "
+                               "each phase's target", choices=NOISE_PHASES)
     max_attempts_factor: float = option(2.0, "give up after this many times `demos` seeds")
     workers: int = option(1, "worker processes running expert episodes (1: in this process; any number gives the "
                           "same file)")

@@ -46,6 +46,10 @@ class Expert:
         """Whether the phase that gave the last action is `precise`."""
         return not self.done and self.phases[self.index].precise
 
+    def to_goal(self, env) -> float:
+        """Metres from the hand to the target of the phase that gave the last action (0 once all have ended)."""
+        return 0.0 if self.done else float(np.linalg.norm(self.goal[0] - env.eef_pose()[0]))
+
     @property
     def done(self) -> bool:
         return self.index >= len(self.phases)

@@ -8,6 +8,8 @@ import numpy as np
 
 from dckp.sim.env import SimEnv
 
+TAPER = 0.05  # metres: under noise_phases "taper" the noise shrinks linearly to none within this of a phase's target
+
 
 @dataclass
 class Episode:
@@ -27,7 +29,9 @@ def expert_episode(env: SimEnv, seed: int, record: bool = False, noise: float = 
     the way back, as it will when its own errors take it there. `noise_phases` "motion": not in the expert's
     `precise` phases (descending onto an object, closing, lowering it, letting go), which end when the hand is
     within millimetres of its target: under noise that is a chance event, so the demonstrations would switch from
-    closed to open (or back) at random moments while the hand hovers, which no observation marks."""
+    closed to open (or back) at random moments while the hand hovers, which no observation marks. `taper`: in every
+    phase, with a std scaled by the hand's distance to the phase's target over `TAPER` (at most 1), so that every
+    phase ends on reaching its target, as without noise, and the way back is shown wherever the hand is far off."""
     env.reset(seed)
     expert = env.task.expert(env)
     rng = np.random.default_rng(seed)
@@ -40,7 +44,8 @@ def expert_episode(env: SimEnv, seed: int, record: bool = False, noise: float = 
             episode.frames.append(env.observe())
             episode.actions.append(action)
         if noise > 0 and not (noise_phases == "motion" and expert.precise):
-            action = np.r_[np.clip(action[:3] + rng.normal(0, noise, 3), -1, 1), action[3:]]
+            std = noise * min(1.0, expert.to_goal(env) / TAPER) if noise_phases == "taper" else noise
+            action = np.r_[np.clip(action[:3] + rng.normal(0, std, 3), -1, 1), action[3:]]
         env.step(action)
         episode.steps += 1
     episode.success = env.success()
