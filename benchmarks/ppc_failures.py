@@ -33,8 +33,9 @@ LIFTED = 0.05  # metres above its start: the can was lifted
 
 def yaw_ambiguity(env, seed: int, draws: int = 20) -> float:
     """The share of `draws` in which turning the carton, the loaf and the box each about its own centre by a random
-    yaw moves the expert's closing direction by more than 20 degrees (modulo 180): how much of that choice depends
-    on what one keypoint per object, at its centre, does not show."""
+    yaw moves the expert's closing direction by more than 20 degrees (modulo 180): how sensitive that choice (an
+    argmax over 36 directions) is to the clutter's orientation, which gt-kp observes (its references put 5 to 12
+    points on each of the three), near a switch from one direction to another in the demonstrations."""
     rng = np.random.default_rng(seed)
     can = env.data.body("Can_main").xpos[:2]
     feet = [_footprint(env, f"{o}_main") - can for o in _PP_OBJECTS[:3]]
@@ -106,9 +107,10 @@ def main() -> None:
              f"`python benchmarks/ppc_failures.py <policy folders>`: rollouts on validation seeds from {SEED_START:,}. "
              "*Never lifted*: the can never rose 5 cm; *first close*: where the hand was (cm from the expert's grasp "
              "point: can centre + 1 cm up) when the gripper first closed; *lifted, not placed*: carried but not let go "
-             "in the bin by the horizon; *ambiguous*: episodes where turning the clutter about its centres (which "
-             "gt-kp's one keypoint per object does not show) moves the expert's closing direction by > 20 degrees "
-             "in at least half of 20 draws.", "",
+             "in the bin by the horizon; *ambiguous*: episodes where turning the clutter about its centres moves the "
+             "expert's closing direction by > 20 degrees in at least half of 20 draws: near a switch of that "
+             "direction (gt-kp does observe the clutter's orientation, with 5 to 12 reference points on each "
+             "object).", "",
              "| policy | episodes | success | never lifted | lifted, not placed | median first close of those never "
              "lifted (x, y, z cm) | success where ambiguous | elsewhere |", "|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
