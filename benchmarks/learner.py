@@ -183,8 +183,9 @@ def write(results: dict, out: Path, runs: Path, refit: str = "") -> None:
              f"the best of the checkpoints kept every {p.val_every} steps on {p.val_episodes} validation rollouts from "
              "seed 2,000,000; the 10000-step cells of an earlier preset kept one every 1000), evaluated on seeds "
              "1,000,000 on. 2-core CPU; `train_s` includes the validation rollouts that ran beside the training. "
-             "`noise`: the DART noise of the cell's demonstrations (`--noise`; `motion`: not in the phases that close "
-             "on or let go of an object, `--noise-phases`). What each run recorded is in "
+             "`noise`: the DART noise of the cell's demonstrations (`--noise`; `--noise-phases`: `motion`: not in the "
+             "phases that close on or let go of an object; `taper`: in every phase, fading to none within 5 cm of each "
+             "phase's target). What each run recorded is in "
              "`learner_runs/<task>/<folder>.json`.", "",
              "| task | encoder | head | success [95 % CI] | episodes | demos | noise | steps | best step | train min |",
              "|---|---|---|---|---|---|---|---|---|---|"]

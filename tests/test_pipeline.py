@@ -135,15 +135,15 @@ def test_demonstrations_noise_follows_the_protocol(tmp_path, capsys):
                        r"converged protocol's for pick_place_clutter\); give --noise 0\.0, or another --out"):
         plan(RunConfig(**ppc, protocol="converged"), tmp_path, "cpu")
     plan(RunConfig(**ppc, protocol="converged", noise=0.0), tmp_path, "cpu")
-    # noisy demonstrations whose noise acted in every phase (before noise_phases) are not taken for motion-only ones
+    # noisy demonstrations whose noise acted in every phase (before noise_phases) are not taken for tapered ones
     assert RunConfig(**ppc, protocol="converged").demo_noise_phases() == get_task("pick_place_clutter").dart_phases
-    assert get_task("pick_place_clutter").dart_phases == "motion" and RunConfig(**ppc).demo_noise_phases() == "all"
+    assert get_task("pick_place_clutter").dart_phases == "taper" and RunConfig(**ppc).demo_noise_phases() == "all"
     (tmp_path / "demos.config.json").write_text(json.dumps({"task": "pick_place_clutter", "noise": 0.3}))
-    with pytest.raises(DckpError, match=r"demos\.h5: collected with DART noise in all phases, this run's acts in "
-                       r"motion \(the converged protocol's for pick_place_clutter\); give another --out"):
+    with pytest.raises(DckpError, match=r"demos\.h5: collected with DART noise_phases all, this run's is taper "
+                       r"\(the converged protocol's for pick_place_clutter\); give another --out"):
         plan(RunConfig(**ppc, protocol="converged"), tmp_path, "cpu")
     (tmp_path / "demos.config.json").write_text(json.dumps({"task": "pick_place_clutter", "noise": 0.3,
-                                                            "noise_phases": "motion"}))
+                                                            "noise_phases": "taper"}))
     plan(RunConfig(**ppc, protocol="converged"), tmp_path, "cpu")
     (tmp_path / "demos.config.json").write_text(json.dumps({"task": "pick_place_clutter"}))
     # the converged protocol's number of demonstrations is the paper's; where it differs from the preset's (stack

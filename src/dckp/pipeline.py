@@ -348,7 +348,7 @@ def plan(cfg: RunConfig, out: Path, sp: str) -> list[Stage]:
         noise, count = made.get("noise", COLLECT_ADDED["noise"]), made.get("demos", 0) or task.demos[sp]
         phases = made.get("noise_phases", COLLECT_ADDED["noise_phases"])
         if noise and collect_cfg.noise and phases != collect_cfg.noise_phases:
-            raise DckpError(f"collected with DART noise in {phases} phases, this run's acts in "
+            raise DckpError(f"collected with DART noise_phases {phases}, this run's is "
                             f"{collect_cfg.noise_phases} (the {cfg.protocol} protocol's for {cfg.task}); give another "
                             "--out for the new demonstrations (dckp.table.adopt copies the views and DON there)",
                             path=str(demos))
