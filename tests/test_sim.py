@@ -146,9 +146,9 @@ def test_dart_noise_moves_the_arm_off_the_experts_path():
         CollectConfig(task="lift", noise=2.0)
 
 
-def test_dart_noise_in_motion_phases_leaves_the_precise_ones_alone():
-    """`noise_phases="motion"`: while the expert closes in on, grasps, lowers or lets go of an object (its `precise`
-    phases) the arm executes the expert's own action; in the other phases the noisy one; an unknown value is refused."""
+def _noisy_lift_episode(noise: float, phases: str, probe):
+    """A lift expert episode with DART `noise` in `phases`, and per recorded step the executed action and
+    `probe(expert, env)` taken before it (the reset's settling steps, before the expert, are dropped)."""
     task = get_task("lift")
     experts = []
 
@@ -157,21 +157,28 @@ def test_dart_noise_in_motion_phases_leaves_the_precise_ones_alone():
         return experts[-1]
 
     env = SimEnv(dataclasses.replace(task, expert=expert), image_size=0)
-    executed, precise, step = [], [], env.step
+    executed, probed, step = [], [], env.step
 
     def record(a):
         executed.append(a)
-        precise.append(bool(experts) and experts[-1].precise)  # reset's settling steps: before the expert
+        probed.append(probe(experts[-1], env) if experts else None)
         step(a)
 
     try:
         env.step = record
-        ep = expert_episode(env, 0, record=True, noise=0.2, noise_phases="motion")
+        ep = expert_episode(env, 0, record=True, noise=noise, noise_phases=phases)
     finally:
         env.close()
     n = len(ep.actions)
-    recorded, executed, precise = np.stack(ep.actions), np.stack(executed[-n:]), np.array(precise[-n:])
-    assert ep.success and 10 < precise.sum() < n - 10
+    return ep, experts[-1], np.stack(executed[-n:]), np.array(probed[-n:])
+
+
+def test_dart_noise_in_motion_phases_leaves_the_precise_ones_alone():
+    """`noise_phases="motion"`: while the expert closes in on, grasps, lowers or lets go of an object (its `precise`
+    phases) the arm executes the expert's own action; in the other phases the noisy one; an unknown value is refused."""
+    ep, _, executed, precise = _noisy_lift_episode(0.2, "motion", lambda expert, env: expert.precise)
+    recorded, precise = np.stack(ep.actions), precise.astype(bool)
+    assert ep.success and 10 < precise.sum() < len(recorded) - 10
     np.testing.assert_array_equal(recorded[precise], executed[precise])
     assert (np.abs(recorded[~precise, :3] - executed[~precise, :3]).max(1) > 1e-6).all()
     with pytest.raises(DckpError, match="noise_phases"):
@@ -182,30 +189,10 @@ def test_tapered_dart_noise_fades_near_each_target():
     """`noise_phases="taper"`: the executed translation departs from the recorded one by noise whose std is the
     hand's distance to the phase's target over `TAPER` (at most 1): none near a target, full where the hand is far
     off; every phase with a target then reaches it, as without noise."""
-    task = get_task("lift")
-    experts = []
-
-    def expert(env):
-        experts.append(task.expert(env))
-        return experts[-1]
-
-    env = SimEnv(dataclasses.replace(task, expert=expert), image_size=0)
-    executed, far, step = [], [], env.step
-
-    def record(a):
-        executed.append(a)
-        far.append(experts[-1].to_goal(env) if experts else 0.0)  # measured before the step, as the noise is
-        step(a)
-
-    try:
-        env.step = record
-        ep = expert_episode(env, 0, record=True, noise=0.3, noise_phases="taper")
-    finally:
-        env.close()
-    n = len(ep.actions)
-    gap = np.abs(np.stack(ep.actions)[:, :3] - np.stack(executed[-n:])[:, :3]).max(1)
-    far = np.array(far[-n:])
-    assert ep.success and experts[-1].short_of_target() == []
+    ep, expert, executed, far = _noisy_lift_episode(0.3, "taper", lambda expert, env: expert.to_goal(env))
+    gap = np.abs(np.stack(ep.actions)[:, :3] - executed[:, :3]).max(1)
+    far = far.astype(float)
+    assert ep.success and expert.short_of_target() == []
     std = 0.3 * np.minimum(1, far / TAPER)
     assert (gap <= 5 * std).all() and (far < TAPER / 10).sum() >= 10  # within 5 std; the hand is often near a target
     assert np.median(gap[far > TAPER]) > 0.15  # full noise far off (the median of the max of 3 |N(0, 0.3)|: ~0.3)
