@@ -177,7 +177,7 @@ def test_dart_noise_in_motion_phases_leaves_the_precise_ones_alone():
     """`noise_phases="motion"`: while the expert closes in on, grasps, lowers or lets go of an object (its `precise`
     phases) the arm executes the expert's own action; in the other phases the noisy one; an unknown value is refused."""
     ep, _, executed, precise = _noisy_lift_episode(0.2, "motion", lambda expert, env: expert.precise)
-    recorded, precise = np.stack(ep.actions), precise.astype(bool)
+    recorded = np.stack(ep.actions)
     assert ep.success and 10 < precise.sum() < len(recorded) - 10
     np.testing.assert_array_equal(recorded[precise], executed[precise])
     assert (np.abs(recorded[~precise, :3] - executed[~precise, :3]).max(1) > 1e-6).all()
@@ -191,7 +191,6 @@ def test_tapered_dart_noise_fades_near_each_target():
     off; every phase with a target then reaches it, as without noise."""
     ep, expert, executed, far = _noisy_lift_episode(0.3, "taper", lambda expert, env: expert.to_goal(env))
     gap = np.abs(np.stack(ep.actions)[:, :3] - executed[:, :3]).max(1)
-    far = far.astype(float)
     assert ep.success and expert.short_of_target() == []
     std = 0.3 * np.minimum(1, far / TAPER)
     assert (gap <= 5 * std).all() and (far < TAPER / 10).sum() >= 10  # within 5 std; the hand is often near a target
