@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import io
 import json
 import shutil
@@ -166,9 +167,17 @@ def record_runs(runs: Path, out: Path, tasks) -> None:
             continue
         noise = demo_noise(runs / task / "demos.h5")
         for folder in sorted(f for f in (runs / task).glob("*_*") if f.is_dir()):
-            save_json({**noise, "finished": (folder / "policy.safetensors").exists(),
+            refs = json.loads((folder / "run.json").read_text())["encoder"]["artefacts"].get("references") \
+                if (folder / "run.json").exists() else None
+            save_json({**noise, "references": refs and digest(folder / refs),
+                       "finished": (folder / "policy.safetensors").exists(),
                        "validation": list(read_records(folder).values())},
                       out / "learner_runs" / task / f"{folder.name}.json")
+
+
+def digest(path: Path) -> str:
+    """The first 12 hex digits of a file's SHA-256: which references a cell was trained with."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
 
 
 def write(results: dict, out: Path, runs: Path, refit: str = "") -> None:
@@ -324,9 +333,10 @@ def run(args, runs: Path, out: Path, results: dict) -> None:
                 cfg, done = cell_config(head, args), results.get(task, {}).get(encoder, {}).get(head)
                 made = out / "learner_runs" / task / f"{encoder}_{head}.json"
                 made = json.loads(made.read_text()) if made.exists() else noise
+                refs = digest(task_dir / "references.safetensors") if encoder == "gt-kp" else None
                 if not exploration(cfg) and done and done["steps"] == cfg.steps and \
-                        noise_label(made) == noise_label(noise):
-                    continue  # a cell of another step count or noise (earlier settings) is trained again, replaced
+                        noise_label(made) == noise_label(noise) and made.get("references") == refs:
+                    continue  # a cell of other steps, noise or references (earlier settings) is trained again
                 cell = run_cell(task_dir, encoder, head, args)
                 if cell is None:
                     continue
