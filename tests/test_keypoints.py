@@ -3,9 +3,12 @@
 import json
 import math
 
+import numpy as np
 import pytest
+import synthetic_scenes as synth
 import torch
 
+from dckp.data.dataset import DatasetWriter
 from dckp.errors import DckpError
 from dckp.geometry import project, transform
 from dckp.keypoints import (
@@ -17,6 +20,7 @@ from dckp.keypoints import (
     references_at,
     sample_references,
 )
+from dckp.keypoints.select import load_references, select_references, single_view_masks
 
 H, W, D = 12, 16, 4
 
@@ -165,3 +169,39 @@ def test_gpu_matches_cpu():
             a = keypoints_3d(cpu["uv"], depth, K, pose, frame)
             b = keypoints_3d(gpu["uv"], depth.cuda(), K.cuda(), pose.cuda(), frame)
             assert torch.allclose(a, b.cpu(), atol=1e-4), frame
+
+
+BOX = ([-0.3, -0.3, -0.05], [0.3, 0.3, 0.35])  # holds the table top, the objects and the floating occluder
+
+
+def _view(scene, occluder=False):
+    K, pose = synth.intrinsics(96, 96), synth.look_at([0.0, -0.35, 0.55], [0.0, 0.0, 0.0])
+    return {**synth.render(scene, K, pose, 96, 96, occluder), "K": K, "pose": pose}
+
+
+def test_a_single_view_drops_the_cluster_at_the_hand():
+    scene = synth.make_scene(0, n_objects=3)  # the occluder, a box floating 20 cm up, stands in for the fingers
+    fr = _view(scene, occluder=True)
+    assert (fr["seg"] == synth.OCCLUDER_ID).sum() > 20
+    without = single_view_masks(fr["depth"], fr["K"], fr["pose"], BOX)
+    masks = single_view_masks(fr["depth"], fr["K"], fr["pose"], BOX, hand=scene["occluder"]["center"])
+    assert without.max() == 4 and masks.max() == 3
+    assert not masks[fr["seg"] == synth.OCCLUDER_ID].any()
+    for k in (1, 2, 3):  # each remaining cluster is one object
+        assert len(np.unique(fr["seg"][masks == k])) == 1
+
+
+def test_references_come_from_the_first_scene_with_the_typical_object_count(tmp_path):
+    """Of scenes showing 2, 3 (with the hand in view), 3 and 4 objects, the references are on the second: 3 is
+    the count most scenes agree on, and the hand's cluster is not an object."""
+    scenes = [synth.make_scene(i, n) for i, n in enumerate((2, 3, 3, 4))]
+    views = [_view(s, occluder=i == 1) for i, s in enumerate(scenes)]
+    with DatasetWriter(tmp_path / "views.h5", "views", "custom", ["a", "b", "c", "d"], {}, workspace=BOX) as w:
+        for i, (scene, fr) in enumerate(zip(scenes, views, strict=True)):
+            obs = {f"free_{k}": np.stack([fr[k]] * 2) for k in ("rgb", "depth", "K", "pose")}
+            w.add_episode(f"scene_{i}", {**obs, "eef_pos": np.stack([scene["occluder"]["center"]] * 2)})
+    summary = select_references(None, tmp_path / "views.h5", tmp_path / "refs.safetensors", per_camera=9)
+    assert summary["free"]["episode"] == "scene_1"
+    refs, _ = load_references(tmp_path / "refs.safetensors")
+    u, v = refs["free"]["uv"].long().T
+    assert sorted(np.unique(views[1]["seg"][v, u]).tolist()) == [1, 2, 3]  # three each, none on the hand

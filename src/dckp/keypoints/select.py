@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import load, save
+from scipy.spatial import cKDTree
 
 from dckp.config import atomic_write_bytes
 from dckp.data import Dataset
@@ -42,14 +43,15 @@ from dckp.sim.tasks import workspace_of
 
 CANDIDATES = 10  # scenes compared per camera for the reference frame
 VIEW_MIN_POINTS = 10  # a single 128 px view sees a drink can with 30-60 pixels, a fused cloud with hundreds
+MERGE_GAP = 0.025  # metres; a cluster this close to a larger one is a piece of it, cut off where a face is seen edge-on
 HAND_CLEARANCE = 0.05  # metres; the open fingers' nearest points are 4 cm from the hand's position
 
 
 def single_view_masks(depth: np.ndarray, K: np.ndarray, pose: np.ndarray, workspace,
                       hand: np.ndarray | None = None) -> np.ndarray:
     """Instance ids (H,W) uint8 of one RGB-D frame: its points in the workspace box, table removed, clustered;
-    clusters with a point within `HAND_CLEARANCE` of `hand` (3,) (world, metres) are dropped, the rest numbered
-    1..K."""
+    a cluster within `MERGE_GAP` of a larger one joins it, clusters with a point within `HAND_CLEARANCE` of
+    `hand` (3,) (world, metres) are dropped, the rest are numbered 1..K in their order."""
     lo, hi = workspace
     cfg = dataclasses.replace(MASK_PRESETS["cpu"], workspace_min=list(lo), workspace_max=list(hi),
                               min_cluster_points=VIEW_MIN_POINTS)
@@ -57,12 +59,20 @@ def single_view_masks(depth: np.ndarray, K: np.ndarray, pose: np.ndarray, worksp
     points = transform(torch.from_numpy(np.asarray(pose, np.float64)), backproject(d, torch.from_numpy(
         np.asarray(K, np.float64))))[d > 0].numpy()
     labels = segment_objects(points, cfg)
+    sizes = np.bincount(labels)
+    for k in np.argsort(sizes[1:], kind="stable") + 1:  # smallest first: a strip of a face seen edge-on
+        larger = (labels > 0) & (labels != k) & (sizes[labels] >= sizes[k])
+        if larger.any():
+            dist, nearest = cKDTree(points[larger]).query(points[labels == k])
+            if dist.min() < MERGE_GAP:
+                labels[labels == k] = labels[larger][nearest[dist.argmin()]]
+                sizes = np.bincount(labels, minlength=len(sizes))
     if hand is not None:
         labels[np.isin(labels, labels[np.linalg.norm(points - np.asarray(hand), axis=1) < HAND_CLEARANCE])] = 0
-        renumber = np.zeros(labels.max() + 1, np.int64)
-        kept = np.unique(labels[labels > 0])
-        renumber[kept] = np.arange(1, len(kept) + 1)
-        labels = renumber[labels]
+    renumber = np.zeros(labels.max() + 1, np.int64)
+    kept = np.unique(labels[labels > 0])
+    renumber[kept] = np.arange(1, len(kept) + 1)
+    labels = renumber[labels]
     mask = np.zeros(d.shape, np.uint8)
     mask[(d > 0).numpy()] = labels.clip(0, 254).astype(np.uint8)
     return mask
