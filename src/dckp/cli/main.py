@@ -502,14 +502,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_viz_descriptors)
     _writes(p, Write(kind="folder", inputs=lambda a: [a.don, a.file], default=lambda a: Path(a.don) / "pictures"))
 
-    p = sub.add_parser("keypoints", help="choose reference keypoints on the first frame of the demonstrations")
+    p = sub.add_parser("keypoints", help="choose reference keypoints on a first frame of the demonstrations")
     p.add_argument("--don", default=None, help="a DON run folder (`dckp pretrain --out`); without one, references "
                    "for ground-truth keypoints (gt-kp) alone (default: none)")
     p.add_argument("--demos", required=True, help="a demonstrations file from `dckp collect`, or a views file "
                    "(`dckp import`)")
     p.add_argument("--out", required=True, help="references file (.safetensors)")
-    p.add_argument("--episode", default=None, help="episode of the reference frame (default: the first)")
-    p.add_argument("--frame", type=int, default=0, help="the reference frame's index in it (default: 0)")
+    p.add_argument("--episode", default=None, help="the first episode considered: per camera, the first of the 10 "
+                   "from it with the object count most of them show, or it alone with --pixels (default: the first)")
+    p.add_argument("--frame", type=int, default=0, help="the reference frame's index in the episode (default: 0)")
     p.add_argument("--workspace-min", type=float, nargs=3, default=None, metavar=("X", "Y", "Z"),
                    help="world box for the reference masks, low corner (metres) (default: the file's box)")
     p.add_argument("--workspace-max", type=float, nargs=3, default=None, metavar=("X", "Y", "Z"),
