@@ -100,6 +100,26 @@ def test_arm_only_sequences_have_no_objects(views):
                    for t in range(ds.num_frames(arm[0], "agentview")))
 
 
+def test_the_approach_brings_the_wrist_camera_in_close_and_leaves_the_scene_still(tmp_path):
+    cfg = ViewsConfig(task="lift", scenes=1, arm_only=1, image_size=SIZE, free_views=1, sweep_waypoints=1,
+                      record_every=5)
+    nearest, wrist_frames = {}, {}
+    for approach in (False, True):
+        path = tmp_path / f"approach_{approach}.h5"
+        collect_views(dataclasses.replace(cfg, approach=approach), str(path), progress=False)
+        with Dataset(path) as ds:
+            cube = ds.array("scene_0", "object_pose")[:, 0, :3, 3]
+            camera = ds.array("scene_0", "robot0_eye_in_hand_pose")[:, :3, 3]
+            nearest[approach] = np.linalg.norm(camera - cube[0], axis=1).min()
+            assert np.abs(cube - cube[0]).max() < 1e-3  # nothing touched: the fused masks hold for every frame
+            wrist_frames[approach] = {ep: ds.num_frames(ep, "robot0_eye_in_hand") for ep in ds.episodes}
+    # the sweep stays >= 10 cm above the cube; the expert's approach ends with the fingers around it, the wrist
+    # camera about 10 cm from its centre, as in the demonstrations
+    assert nearest[False] > 0.2 and nearest[True] < 0.15, nearest
+    assert wrist_frames[True]["scene_0"] > wrist_frames[False]["scene_0"]
+    assert wrist_frames[True]["arm_0"] == wrist_frames[False]["arm_0"]  # no object to approach
+
+
 def test_demo_file_contents(demos):
     with Dataset(demos) as ds:
         ds.validate()

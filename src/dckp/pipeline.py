@@ -52,7 +52,7 @@ class RunConfig:
     task: str = option("lift", "simulated task (see `dckp tasks`)", choices=TASKS)
     demos: int = option(0, "successful demonstrations (0: the task's number, see `dckp tasks`: the stage preset's; "
                         "the paper's for the converged protocol)")
-    scenes: int = option(10, "pretraining view scenes")
+    scenes: int = option(20, "pretraining view scenes")
     arm_only: int = option(2, "pretraining sequences with every object removed (the arm as its own object)")
     heldout_scenes: int = option(2, "held-out view scenes for the DON's correspondence accuracy")
     image_size: int = option(128, "camera image height and width in pixels, in every stage")
@@ -332,7 +332,7 @@ def plan(cfg: RunConfig, out: Path, sp: str) -> list[Stage]:
     from dckp.evaluation.rollout import EVAL_SEED_START
     from dckp.geometry.masks import MASK_PRESETS
     from dckp.metrics import VERSION as METRICS_VERSION
-    from dckp.sim.config import COLLECT_ADDED, COLLECT_PRESETS, RENDER, VIEWS_PRESETS
+    from dckp.sim.config import COLLECT_ADDED, COLLECT_PRESETS, RENDER, VIEWS_ADDED, VIEWS_PRESETS
     from dckp.sim.tasks import get_task
 
     task = get_task(cfg.task)
@@ -363,7 +363,9 @@ def plan(cfg: RunConfig, out: Path, sp: str) -> list[Stage]:
                             "(dckp.table.adopt copies the views and DON there)", path=str(demos))
     views_cfg = dataclasses.replace(preset(VIEWS_PRESETS, sp), task=cfg.task, scenes=cfg.scenes,
                                     arm_only=cfg.arm_only, image_size=cfg.image_size)
-    heldout_cfg = dataclasses.replace(views_cfg, scenes=cfg.heldout_scenes, arm_only=0, seed=HELDOUT_SEED)
+    # the held-out scenes stay those every DON so far was scored on: no approach
+    heldout_cfg = dataclasses.replace(views_cfg, scenes=cfg.heldout_scenes, arm_only=0, seed=HELDOUT_SEED,
+                                      approach=False)
     lo, hi = task.workspace
     mask_cfg = dataclasses.replace(preset(MASK_PRESETS, sp), workspace_min=list(lo), workspace_max=list(hi))
     don_cfg = dataclasses.replace(preset(DON_PRESETS, sp), image_size=cfg.image_size, seed=cfg.seed, device=cfg.device,
@@ -392,7 +394,7 @@ def plan(cfg: RunConfig, out: Path, sp: str) -> list[Stage]:
     def collected(stage_cfg, path: Path, kind: str):
         check_dataset(path, kind, cfg.task)
         check_config(_config_path(path), collected_config(stage_cfg), ignore=("workers",),
-                     added=COLLECT_ADDED if kind == "demos" else None)
+                     added=COLLECT_ADDED if kind == "demos" else VIEWS_ADDED)
 
     def fuse():
         from dckp.geometry.fuse import fuse_file

@@ -226,8 +226,10 @@ def _remove_objects(env: SimEnv) -> np.ndarray:
     return saved
 
 
-def _film(env: SimEnv, cfg: ViewsConfig, tops: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Free-camera views of the scene as it is, then the task's cameras while the arm sweeps above it."""
+def _film(env: SimEnv, cfg: ViewsConfig, tops: np.ndarray, rng: np.random.Generator, approach: bool
+          ) -> dict[str, np.ndarray]:
+    """Free-camera views of the scene as it is, then the task's cameras while the arm sweeps above it and, with
+    `approach`, while the task's expert moves in to its first grasp (stopped as it would close the gripper)."""
     obs = {}
     if env.task.park is not None:
         for _ in range(40):
@@ -253,6 +255,13 @@ def _film(env: SimEnv, cfg: ViewsConfig, tops: np.ndarray, rng: np.random.Genera
             if step % cfg.record_every == 0:
                 sweep.append(env.observe())
             env.step(ex.servo(pos, cur, goal, rot, ex.OPEN, speed=0.5))
+    if approach:  # the demonstrations' first grasp, stopped before the fingers close: the scene stays still
+        expert, t = env.task.expert(env), 0
+        while (action := expert.act(env)) is not None and action[-1] == ex.OPEN:
+            if t % cfg.record_every == 0:
+                sweep.append(env.observe())
+            env.step(action)
+            t += 1
     obs.update(_stack(sweep))
     return obs
 
@@ -273,7 +282,7 @@ def collect_views(cfg: ViewsConfig, out: str, progress: bool = True) -> dict:
                     tops = _object_tops(env)
                     arm_only = i >= cfg.scenes
                     saved = _remove_objects(env) if arm_only else None
-                    obs = _film(env, cfg, tops, rng)
+                    obs = _film(env, cfg, tops, rng, cfg.approach and not arm_only)
                     if arm_only:
                         env.model.body_pos[:] = saved
                         name = f"arm_{i - cfg.scenes}"

@@ -16,6 +16,7 @@ RENDER = "visual geoms"
 
 # fields added to CollectConfig since demonstrations were collected without them, with the value that made those
 COLLECT_ADDED = {"noise": 0.0, "noise_phases": "all"}
+VIEWS_ADDED = {"approach": False}  # the same for ViewsConfig
 NOISE_PHASES = ("all", "motion", "taper")
 
 
@@ -63,16 +64,20 @@ class ViewsConfig:
 
     Per scene: `free_views` free-camera frames (orbits and approaches at `min_distance`..`max_distance` m),
     then the arm sweeps over the objects through `sweep_waypoints` waypoints without touching them while the
-    task's cameras record every `record_every` control steps. Arm-only sequences repeat the sweep and free
-    views with every object removed."""
+    task's cameras record every `record_every` control steps and, with `approach`, the task's expert moves in to
+    its first grasp and stops where it would close the gripper (the demonstrations' first frames: the wrist
+    camera within about 10 cm of the object, the fingers around it; nothing is touched). Arm-only sequences repeat
+    the sweep and free views with every object removed."""
 
     task: str = option("lift", "simulated task (see `dckp tasks`)", choices=TASKS)
-    scenes: int = option(10, "static scenes, each filmed by free cameras and the task's cameras")
+    scenes: int = option(20, "static scenes, each filmed by free cameras and the task's cameras")
     arm_only: int = option(2, "sequences with every object removed (the arm as its own object)")
     image_size: int = option(128, "camera image height and width in pixels")
     free_views: int = option(24, "free-camera frames per scene")
     sweep_waypoints: int = option(4, "waypoints of the arm's sweep above the objects")
     record_every: int = option(3, "the task's cameras record every this many control steps of the sweep")
+    approach: bool = option(True, "end each scene with the expert's approach to its first grasp, up to closing "
+                                  "the gripper: the wrist camera close in, as in the demonstrations")
     min_distance: float = option(0.3, "nearest free-camera distance from its target (metres)")
     max_distance: float = option(1.6, "farthest free-camera distance from its target (metres)")
     seed: int = option(100_000, "first scene seed (apart from demonstration seeds)")
@@ -93,6 +98,6 @@ class ViewsConfig:
 
 COLLECT_PRESETS = {"cpu": CollectConfig(image_size=128), "paper": CollectConfig(image_size=256)}
 VIEWS_PRESETS = {
-    "cpu": ViewsConfig(image_size=128, scenes=10, arm_only=2, free_views=24),
+    "cpu": ViewsConfig(image_size=128, scenes=20, arm_only=2, free_views=24),
     "paper": ViewsConfig(image_size=256, scenes=40, arm_only=8, free_views=60, record_every=2),
 }
