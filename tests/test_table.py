@@ -134,6 +134,15 @@ def test_table_broken_cell_resume_and_skip(tmp_path, local_ray, capsys, monkeypa
                      f"  training cnn: {unknown}", "trainings to run: 2, estimated 0.0 h for the 0 with an estimate; "
                      "pending: 0"]
     assert _stamps(out) == stamps
+    # an interrupted training whose inputs run again starts over (its checkpoint is removed), and says so
+    policy, config = out / "lift" / "policy_blind", out / "lift" / "demos.config.json"
+    saved = config.read_text()
+    (policy / "policy.safetensors").rename(policy / "policy_last.safetensors")
+    config.write_text(json.dumps({**json.loads(saved), "seed": 7}))
+    lines = dry_run(TableConfig(tasks=["lift"], methods=["blind"]), run, out)
+    assert "policy blind (starts over: it needs demonstrations, which run again)" in lines[1]
+    (policy / "policy_last.safetensors").rename(policy / "policy.safetensors")
+    config.write_text(saved)
 
     # on another machine (a new run folder) the cells recorded in the committed results are not made again, nor the
     # shared stages only they need; a cell missing from them is made, with what it needs

@@ -296,6 +296,7 @@ def dry_run(table: TableConfig, run: RunConfig, out: str | Path, preset: str = "
         done = [m for m in cfg.encoders()
                 if m not in elsewhere and not _closure(stages, cfg.stage("evaluate", m)) & set(todo)]
         runs = [s.name + (f" (replaces its artefact: {todo[s.name]})" if s.artefact.exists() else
+                          f" (starts over: {todo[s.name]})" if s.resumes() and todo[s.name] else
                           " (resumes)" if s.resumes() else "") for s in stages if s.name in todo]
         lines += [f"{task}: {len(done)} of {len(cfg.encoders())} cells done: {', '.join(done) or 'none'}"
                   + (f"; recorded in {table.results}, not made here: {', '.join(sorted(elsewhere))}"
