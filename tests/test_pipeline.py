@@ -214,16 +214,18 @@ def test_run_with_pretrained_representations(tmp_path):
 def test_views_from_before_the_approach_are_made_again_and_held_out_views_are_kept(tmp_path, monkeypatch):
     """Pretraining views collected before `approach` (their config has no such field) read as approach False and
     are made again; the held-out scenes stay without it, so the DONs so far keep their held-out scores."""
+    import dataclasses
+
     import dckp.pipeline as pipeline
-    from dckp.sim.config import RENDER
+    from dckp.sim.config import RENDER, VIEWS_PRESETS
 
     monkeypatch.setattr(pipeline, "check_dataset", lambda *a: None)  # configs only: no image is read
-    views = dict(task="lift", scenes=20, arm_only=2, image_size=128, free_views=24, sweep_waypoints=4,
-                 record_every=3, min_distance=0.3, max_distance=1.6)
+    views = {k: v for k, v in dataclasses.asdict(VIEWS_PRESETS["cpu"]).items() if k != "approach"}  # as saved before
     for name, seed, scenes, arm_only in (("views", 100_000, 20, 2), ("heldout", pipeline.HELDOUT_SEED, 2, 0)):
         (tmp_path / f"{name}.h5").write_bytes(b"")
         (tmp_path / f"{name}.config.json").write_text(json.dumps(
-            {"preset": "cpu", "render": RENDER, **views, "scenes": scenes, "arm_only": arm_only, "seed": seed}))
+            {"preset": "cpu", "render": RENDER, **views, "task": "lift", "scenes": scenes, "arm_only": arm_only,
+             "seed": seed}))
     stages = {s.name: s for s in plan(RunConfig(task="lift", encoder="dckp-3d", baselines=[]), tmp_path, "cpu")}
     stages["held-out views"].check()
     with pytest.raises(DckpError, match=r"views\.config\.json: made with other settings: approach False \(now "
