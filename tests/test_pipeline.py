@@ -231,3 +231,30 @@ def test_views_from_before_the_approach_are_made_again_and_held_out_views_are_ke
     with pytest.raises(DckpError, match=r"views\.config\.json: made with other settings: approach False \(now "
                                         r"True\)"):
         stages["views"].check()
+
+
+def test_keypoint_error_measured_for_more_trackers_is_kept(tmp_path):
+    """A run with fewer dckp encoders than the one that measured the keypoint error keeps that measurement; one with
+    a tracker the measurement lacks measures again."""
+    import dataclasses
+
+    from dckp.evaluation.keypoint_error_config import KeypointErrorConfig
+    from dckp.metrics import VERSION
+
+    def saved(methods):
+        config = KeypointErrorConfig(don="d", references="r", demos="x", methods=methods)
+        (tmp_path / "keypoint_error.config.json").write_text(json.dumps(dataclasses.asdict(config)))
+
+    (tmp_path / "keypoint_error.json").write_text(json.dumps({"metrics": VERSION}))
+
+    def stage(baselines):
+        return {s.name: s for s in plan(RunConfig(task="lift", encoder="dckp-3d", baselines=baselines), tmp_path,
+                                        "cpu")}["keypoint error"]
+
+    saved(["mode", "filter"])
+    stage([]).check()
+    saved(["mode"])
+    stage([]).check()
+    with pytest.raises(DckpError, match=r"keypoint_error\.config\.json:methods: no error measured for methods "
+                                        r"\['filter'\]"):
+        stage(["dckp-filter"]).check()

@@ -562,8 +562,14 @@ def plan(cfg: RunConfig, out: Path, sp: str) -> list[Stage]:
         save_json(dataclasses.asdict(keypoint_config()), _config_path(errors))
 
     def keypoint_error_done():
-        check_config(_config_path(errors), dataclasses.asdict(keypoint_config()),
-                     ignore=("don", "references", "demos"))  # the folder layout
+        """Done when measured with today's settings for at least the run's methods: a run with fewer dckp encoders
+        keeps the trackers' errors that an earlier run measured."""
+        wanted = keypoint_config()
+        check_config(_config_path(errors), dataclasses.asdict(wanted),
+                     ignore=("don", "references", "demos", "methods"))  # the folder layout; methods below
+        missing = [m for m in wanted.methods if m not in _read_json(_config_path(errors)).get("methods", [])]
+        if missing:
+            raise DckpError(f"no error measured for methods {missing}", path=str(_config_path(errors)), field="methods")
         check_metrics(errors)
 
     stages = [Stage("demonstrations", demos, lambda: collect(collect_cfg, demos, "demos"),
