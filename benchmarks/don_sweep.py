@@ -67,25 +67,27 @@ def demo_error(don: Path, refs: Path, demos: str, episodes: int) -> dict:
             for cam, scores in result["by_method"]["mode"].items()}
 
 
-def run_variant(job: dict) -> None:
-    torch.set_num_threads(job["threads"])
+def trained(job: dict):
+    """`(folder, steps, training seconds)` of each DON the variant scores: a run's DON as it is, or the variant's
+    own, trained up to each of its stages in turn."""
     if "don" in job["fields"]:  # trained by a run: evaluated only
         out = Path(job["fields"]["don"])
-        stages = [(load_checkpoint_config(out / "don.safetensors").steps,
-                   json.loads((out.parent / "stage_seconds.json").read_text())["pretrain"])]
-    else:
-        fields = {k: v for k, v in job["fields"].items() if k != "views"}
-        base = dataclasses.replace(DON_PRESETS[job["preset"]], device=job["device"], **fields)
-        out = Path(job["out"]) / job["name"]
-        stages = job["stages"]
+        yield out, load_checkpoint_config(out / "don.safetensors").steps, json.loads(
+            (out.parent / "stage_seconds.json").read_text())["pretrain"]
+        return
+    fields = {k: v for k, v in job["fields"].items() if k != "views"}
+    base = dataclasses.replace(DON_PRESETS[job["preset"]], device=job["device"], **fields)
+    out = Path(job["out"]) / job["name"]
     start = time.perf_counter()
-    for steps in stages:
-        if isinstance(steps, tuple):
-            steps, seconds = steps
-        else:
-            pretrain(job["fields"].get("views", job["views"]), dataclasses.replace(base, steps=steps), out,
-                     checkpoint_every=500, progress=False)
-            seconds = time.perf_counter() - start
+    for steps in job["stages"]:
+        pretrain(job["fields"].get("views", job["views"]), dataclasses.replace(base, steps=steps), out,
+                 checkpoint_every=500, progress=False)
+        yield out, steps, time.perf_counter() - start
+
+
+def run_variant(job: dict) -> None:
+    torch.set_num_threads(job["threads"])
+    for out, steps, seconds in trained(job):
         model = load_don(out).to(job["device"])
         row = {"variant": job["name"], "fields": job["fields"], "steps": steps, "train_s": round(seconds, 1),
                "device": job["device"], "pairs": job["n_pairs"],
