@@ -258,3 +258,17 @@ def test_keypoint_error_measured_for_more_trackers_is_kept(tmp_path):
     with pytest.raises(DckpError, match=r"keypoint_error\.config\.json:methods: no error measured for methods "
                                         r"\['filter'\]"):
         stage(["dckp-filter"]).check()
+
+
+def test_held_out_scores_on_fewer_pairs_are_made_again(tmp_path):
+    from dckp.metrics import VERSION
+    from dckp.pipeline import HELDOUT_PAIRS
+
+    path = tmp_path / "heldout_correspondence.json"
+    stage = {s.name: s for s in plan(RunConfig(task="lift", encoder="dckp-3d", baselines=[]), tmp_path, "cpu")}[
+        "held-out correspondence"]
+    path.write_text(json.dumps({"metrics": VERSION, "pairs_per_type": HELDOUT_PAIRS, "results": {}}))
+    stage.check()
+    path.write_text(json.dumps({"metrics": VERSION, "pairs_per_type": 20, "results": {}}))
+    with pytest.raises(DckpError, match=rf"pairs_per_type: scored on 20 pairs per type, now {HELDOUT_PAIRS}"):
+        stage.check()

@@ -307,7 +307,8 @@ def test_outputs_merge_and_don_scores(tmp_path):
 
     cell("lift", "dckp-3d", 4, 100.0)
     cell("lift", "gt-kp", 3, 50.0, first_timed=2)  # adopted with 2 episodes, grown to 4 by the table
-    scores = {k: {"pck@5%": 0.9, "wrong_object_rate": 0.01, "pck@1%": 0.5} for k in ("same_camera", "occlusion")}
+    scores = {k: {"pck@5%": 0.9, "wrong_object_rate": 0.01, "pck@1%": 0.5, "pairs": 100}
+              for k in ("same_camera", "occlusion")}
     (out / "lift" / "heldout_correspondence.json").write_text(json.dumps({"results": scores}))
     table = TableConfig(tasks=["lift"], methods=["dckp-3d", "gt-kp"], results=str(tmp_path / "results"))
     run = RunConfig(**{**vars(RUN_PRESETS["cpu"]), **RUN})
@@ -315,9 +316,9 @@ def test_outputs_merge_and_don_scores(tmp_path):
     assert data["cells"]["lift"]["dckp-3d"] == {"rate": 1.0, "ci95": [0.1, 1.0], "episodes": 4, "mean_steps": 30.0,
                                                 "train_s": 100.0, "eval_s": 60.0}
     assert data["cells"]["lift"]["gt-kp"]["eval_s"] is None  # half its episodes have no time: not 30 s for 4
-    assert data["don"] == {"lift": {k: {"pck@5%": 0.9, "wrong_object_rate": 0.01} for k in scores}}
+    assert data["don"] == {"lift": {k: {"pck@5%": 0.9, "wrong_object_rate": 0.01, "pairs": 100} for k in scores}}
     md = (tmp_path / "results" / "table1.md").read_text()
-    assert "- **lift**: dckp-3d 1.00 > gt-kp 0.75" in md and "| lift | 0.90 / 0.010 | 0.90 / 0.010 |" in md
+    assert "- **lift**: dckp-3d 1.00 > gt-kp 0.75" in md and "| lift | 100 | 0.90 / 0.010 | 0.90 / 0.010 |" in md
 
     cell("stack", "gt-kp", 1, 70.0)
     data = write_outputs(out, table, run, "cpu", [("stack", "gt-kp")])

@@ -26,7 +26,7 @@ import os
 from pathlib import Path
 
 from dckp.config import atomic_write_bytes, save_json
-from dckp.pipeline import HELDOUT_PAIRS, POLICY_OVERRIDES, RunConfig
+from dckp.pipeline import POLICY_OVERRIDES, RunConfig
 from dckp.table.config import TableConfig
 
 STAND_IN = {"close_door": "Microwave", "lift": "Lid", "stack": "Phone", "pick_place_clutter": "Rubbish",
@@ -138,12 +138,12 @@ def _eval_seconds(ev: dict) -> float | None:
 
 
 def read_don(folder: Path) -> dict | None:
-    """The task's DON on its held-out scenes, per pair type: PCK@5 % and the wrong-object rate."""
+    """The task's DON on its held-out scenes, per pair type: PCK@5 %, the wrong-object rate and the pairs scored."""
     path = folder / "heldout_correspondence.json"
     if not path.exists():
         return None
     results = json.loads(path.read_text())["results"]
-    return {kind: {"pck@5%": r["pck@5%"], "wrong_object_rate": r["wrong_object_rate"]} for kind, r in results.items()}
+    return {kind: {k: r[k] for k in ("pck@5%", "wrong_object_rate", "pairs")} for kind, r in results.items()}
 
 
 def write_outputs(out: str | Path, table: TableConfig, run: RunConfig, preset: str, done: list[tuple[str, str]],
@@ -289,11 +289,14 @@ def markdown(data: dict, stem: str = "table1") -> str:
                   for t, per in data["pending"].items() for m, p in per.items()]
     if data["don"]:
         kinds = sorted({k for per in data["don"].values() for k in per})
-        lines += ["", f"## Each task's DON on its held-out scenes ({HELDOUT_PAIRS} pairs per type)", "",
-                  "PCK@5 % / wrong-object rate per pair type (as `dckp eval-correspondence` gives them).", "",
-                  "| task | " + " | ".join(kinds) + " |", "|---|" + "---|" * len(kinds)]
+        lines += ["", "## Each task's DON on its held-out scenes", "",
+                  "PCK@5 % / wrong-object rate per pair type (as `dckp eval-correspondence` gives them), over the "
+                  "pairs per type the row says.", "",
+                  "| task | pairs | " + " | ".join(kinds) + " |", "|---|---|" + "---|" * len(kinds)]
         for t, per in data["don"].items():
-            lines.append(f"| {t} | " + " | ".join(
+            # scores saved before their count was kept here were made on (at most) 20 pairs per type
+            pairs = {r.get("pairs", 20) for r in per.values()}
+            lines.append(f"| {t} | {'/'.join(map(str, sorted(pairs)))} | " + " | ".join(
                 f"{per[k]['pck@5%']:.2f} / {per[k]['wrong_object_rate']:.3f}" if k in per else "-" for k in kinds)
                 + " |")
     return "\n".join(lines) + "\n"
