@@ -1,18 +1,27 @@
 """Reference selection, keypoint encoders and policy training through them, on a tiny simulated demo."""
 
 import dataclasses
+import functools
 import json
+import shutil
 
+import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from dckp.cli.main import main
 from dckp.data import Dataset
 from dckp.don.train import load_don
 from dckp.encoders import build_encoder
 from dckp.errors import DckpError
+from dckp.evaluation.validation import Validator
 from dckp.keypoints.select import load_references, select_references
+from dckp.learn import cached_features, train_on_demos
+from dckp.policy.config import PolicyConfig
 from dckp.policy.demos import frames_of
+from dckp.policy.kept import kept_folder
 
 SIZE = 64
 
@@ -90,8 +99,9 @@ def test_dckp_encoders_shapes_and_errors(setup):
 
 def test_train_policy_cli_caches_encodings(setup):
     tmp, demos, refs_path, _ = setup
-    out = tmp / "policy"
-    args = ["train-policy", "--demos", str(demos), "--encoder", "gt-kp", "--references", str(refs_path),
+    out, refs = tmp / "policy", tmp / "policy_refs.safetensors"
+    shutil.copy(refs_path, refs)
+    args = ["train-policy", "--demos", str(demos), "--encoder", "gt-kp", "--references", str(refs),
             "--out", str(out), "--steps", "5", "--hidden", "16", "--threads", "1"]
     assert main(args) == 0
     run = json.loads((out / "run.json").read_text())
@@ -99,6 +109,13 @@ def test_train_policy_cli_caches_encodings(setup):
     stamp = (out / "features.h5").stat().st_mtime_ns
     assert main(args) == 0
     assert (out / "features.h5").stat().st_mtime_ns == stamp  # reused, not re-encoded
+    # references chosen again at the same path (other points): encoded again
+    tensors, meta = load_file(refs), safe_open(refs, "pt").metadata()
+    save_file({k: v.flip(0) if k.endswith(".local") else v for k, v in tensors.items()}, refs, metadata=meta)
+    before = cached_features(out / "features.h5")
+    assert main(args) == 0
+    assert (out / "features.h5").stat().st_mtime_ns != stamp
+    assert not all(np.array_equal(a, b) for a, b in zip(before, cached_features(out / "features.h5"), strict=True))
     assert main(["train-policy", "--demos", str(demos), "--encoder", "dckp-3d", "--references", str(refs_path),
                  "--out", str(out)]) == 2  # no DON run given
 
@@ -373,3 +390,24 @@ def test_cnn_input_is_channels_last_with_the_numbers_of_channels_first():
             grads.append((out.detach(), [p.grad.clone() for p in enc.parameters()]))
         assert torch.allclose(grads[0][0], grads[1][0], rtol=1e-6, atol=1e-7)
         assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-7) for a, b in zip(grads[0][1], grads[1][1], strict=True))
+
+
+def _rollouts_by_step(folder: str, episodes: int, workers: int = 1) -> dict:
+    """Validation stand-in (run in a spawned worker): the earlier training's step 4 is the best of all."""
+    successes = {2: 1, 3: 1, 4: 3, 6: 2}[int(folder.rsplit("_", 1)[1])]
+    return {"successes": successes, "episodes": episodes, "rate": successes / episodes}
+
+
+def test_a_policy_trained_afresh_forgets_an_earlier_trainings_checkpoints(setup, monkeypatch):
+    """A pipeline starts a policy over (its resumable state removed) when its encoder's inputs change: the earlier
+    training's kept checkpoints and validation records must not be taken for the new one's."""
+    tmp, demos, refs, _ = setup
+    out = tmp / "afresh"
+    monkeypatch.setattr("dckp.learn.Validator", functools.partial(Validator, run=_rollouts_by_step))
+    spec = {"name": "gt-kp", "artefacts": {"references": str(refs)}}
+    cfg = PolicyConfig(head_options={"hidden": 8, "layers": 1}, steps=6, batch_size=2, val_every=2, val_episodes=4)
+    assert train_on_demos(demos, spec, cfg, out, progress=False)["best_step"] == 4
+    (out / "policy_last.safetensors").unlink()
+    result = train_on_demos(demos, spec, dataclasses.replace(cfg, val_every=3), out, progress=False)
+    assert result["best_step"] == 6 and not kept_folder(out, 4).exists()
+    assert [json.loads(line)["step"] for line in (out / "validation.jsonl").read_text().splitlines()] == [3, 6]

@@ -5,14 +5,16 @@ file. With `val_every`, kept checkpoints are rolled out on validation seeds in b
 
 The policy folder gets `run.json` (`dckp.policy.folder`: task, image size, cameras and the encoder spec,
 everything that rebuilds the observation), for a frozen encoder `features.h5` (its output for every
-demonstration step, reused while the encoder spec and the demonstrations are unchanged), and the policy files of
-`train_policy`.
+demonstration step, reused while the encoder spec, its artefacts' contents and the demonstrations are unchanged),
+and the policy files of `train_policy`. A training that starts afresh (no `policy_last.safetensors`) first removes
+an earlier training's kept checkpoints and validation records.
 
 This module sits above `dckp.policy` and `dckp.evaluation`: training with validation rollouts needs both.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -27,8 +29,9 @@ from dckp.evaluation.validation import Validator
 from dckp.policy.config import PolicyConfig
 from dckp.policy.demos import FrameWindows, encode_demos
 from dckp.policy.folder import write_run
+from dckp.policy.kept import forget_kept
 from dckp.policy.model import PROPRIO_KEYS, proprioception
-from dckp.policy.train import train_policy
+from dckp.policy.train import LAST, train_policy
 
 
 def cached_features(path: Path, key: str | None = None) -> list[np.ndarray] | None:
@@ -58,6 +61,8 @@ def train_on_demos(demos: str | os.PathLike, encoder_spec: dict, cfg: PolicyConf
         torch.manual_seed(cfg.seed)
         encoder = build_encoder(encoder_spec, cameras, image_size)
     write_run(out, task, image_size, cameras, encoder_spec, demos)
+    if not (out / LAST).exists():
+        forget_kept(out)
     validator = None
     if cfg.val_every:
         validator = Validator(out, cfg.val_episodes, cfg.val_workers,
@@ -76,9 +81,9 @@ def train_on_demos(demos: str | os.PathLike, encoder_spec: dict, cfg: PolicyConf
 
 def _features(encoder, encoder_spec: dict, demos, cameras: list[str], cfg: PolicyConfig, out: Path,
               progress: bool) -> list[np.ndarray]:
-    """A frozen encoder's features of every demonstration, from `features.h5` while the encoder spec and the
-    demonstrations are unchanged, else computed and saved there."""
-    absolute = {**encoder_spec, "artefacts": {k: str(Path(v).resolve())
+    """A frozen encoder's features of every demonstration, from `features.h5` while the encoder spec, its
+    artefacts' contents and the demonstrations are unchanged, else computed and saved there."""
+    absolute = {**encoder_spec, "artefacts": {k: [str(Path(v).resolve()), _contents(Path(v))]
                                               for k, v in encoder_spec.get("artefacts", {}).items()}}
     key = json.dumps({"demos": str(Path(demos).resolve()), "mtime": os.path.getmtime(demos), "encoder": absolute},
                      sort_keys=True)
@@ -93,3 +98,12 @@ def _features(encoder, encoder_spec: dict, demos, cameras: list[str], cfg: Polic
                 f[f"demo_{i}"] = x
         os.replace(tmp, cache)
     return features
+
+
+def _contents(path: Path) -> str:
+    """sha256 of an artefact file, or of a folder's weights (`*.safetensors`): a DON trained again at the same path
+    gives other features."""
+    digest = hashlib.sha256()
+    for file in sorted(path.glob("*.safetensors")) if path.is_dir() else [path]:
+        digest.update(file.name.encode() + file.read_bytes())
+    return digest.hexdigest()[:16]

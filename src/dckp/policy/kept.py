@@ -8,6 +8,7 @@ validation result (`dckp.evaluation.validation`: rollouts from seeds 2,000,000 o
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 KEPT, RECORDS = "checkpoints", "validation.jsonl"
@@ -15,6 +16,15 @@ KEPT, RECORDS = "checkpoints", "validation.jsonl"
 
 def kept_folder(out: Path, step: int) -> Path:
     return Path(out) / KEPT / f"step_{step:07d}"
+
+
+def forget_kept(out: Path) -> None:
+    """Remove the kept checkpoints and validation records in `out`: those of an earlier training, before one that
+    starts afresh there (a pipeline starts a policy over when its encoder's inputs changed), which would otherwise
+    be taken for its own (its checkpoints at the same steps were never rolled out, and the best picked among old
+    records)."""
+    shutil.rmtree(Path(out) / KEPT, ignore_errors=True)
+    (Path(out) / RECORDS).unlink(missing_ok=True)
 
 
 def read_records(out: Path) -> dict[int, dict]:
