@@ -145,6 +145,9 @@ def test_resume_repeats_the_uninterrupted_run(tmp_path, monkeypatch):
     assert threads == {"full": {"0": 1}, "cut": {"0": 1, "4": 2}}
     with pytest.raises(DckpError, match="another config"):
         train_policy(feats, acts, PolicyConfig(**{**cfg.__dict__, "lr": 1e-3}), tmp_path / "cut", progress=False)
+    # features of the same size from another encoder (a DON trained again, say): not the training it continues
+    with pytest.raises(DckpError, match=r"policy_last\.safetensors: checkpoint was trained on other data"):
+        train_policy([f + 1 for f in feats], acts, cfg, tmp_path / "cut", progress=False)
 
 
 def test_load_errors(tmp_path):

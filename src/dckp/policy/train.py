@@ -30,6 +30,7 @@ resumed run repeats exactly the losses of an uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import json
 import time
@@ -92,6 +93,7 @@ def train_policy(features: list[np.ndarray], actions: list[np.ndarray], cfg: Pol
         raise DckpError("validation rollouts need the task: train through `dckp train-policy` (train_on_demos), or "
                         "set val_every 0", field="val_every")
     obs, act, lengths = _pad_demos(features, actions)
+    data = _digest(obs, act, lengths)
     feature_dim = encoder.output_dim() if encoder is not None else 0
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
@@ -108,7 +110,7 @@ def train_policy(features: list[np.ndarray], actions: list[np.ndarray], cfg: Pol
             encoder.compile(backend=cfg.compile)  # in place: the weights keep their names
         params += list(encoder.parameters())
     opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    start, threads = _load_last(out / LAST, model, opt, cfg, encoder) if (out / LAST).exists() else (0, {})
+    start, threads = _load_last(out / LAST, model, opt, cfg, data, encoder) if (out / LAST).exists() else (0, {})
     if start < cfg.steps and list(threads.values())[-1:] != [torch.get_num_threads()]:
         threads[str(start)] = torch.get_num_threads()
     history = [json.loads(line) for line in log_lines_before(out / LOG, start)]
@@ -158,7 +160,7 @@ def train_policy(features: list[np.ndarray], actions: list[np.ndarray], cfg: Pol
                 validator.submit(done, folder)
             if saving:
                 logf.flush()
-                _save_last(out / LAST, model, opt, cfg, done, threads, encoder)
+                _save_last(out / LAST, model, opt, cfg, done, threads, data, encoder)
             if stopping:
                 raise Interrupted(f"saved {out / LAST} at step {done} of {cfg.steps}")
             if over:
@@ -311,21 +313,31 @@ def _gather(obs, act, lengths, index, first, n):
     return obs[i, t], act[i, t], torch.from_numpy(steps < n[:, None])
 
 
+def _digest(*arrays) -> str:
+    """sha256 of the training data (the observations, actions and lengths), so that a resumed training is the one
+    it continues."""
+    digest = hashlib.sha256()
+    for a in arrays:
+        digest.update(np.ascontiguousarray(a).tobytes())
+    return digest.hexdigest()[:16]
+
+
 def _save_last(path: Path, model: Policy, opt: torch.optim.Optimizer, cfg: PolicyConfig, step: int,
-               threads: dict, encoder=None) -> None:
+               threads: dict, data: str, encoder=None) -> None:
     tensors, opt_meta = optimizer_tensors(opt)
     tensors.update({f"model/{k}": v for k, v in _state(model, encoder).items()})
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     # one metadata key: safetensors writes several in a random order, and the file would differ run to run
     meta = {"step": step, "config": dataclasses.asdict(cfg), "obs_dim": model.obs_dim, "torch_threads": threads,
-            "optimizer": opt_meta}
+            "optimizer": opt_meta, "data": data}
     atomic_write_bytes(path, safetensors.torch.save(tensors, metadata={"dckp": json.dumps(meta)}))
 
 
-def _load_last(path: Path, model: Policy, opt: torch.optim.Optimizer, cfg: PolicyConfig,
+def _load_last(path: Path, model: Policy, opt: torch.optim.Optimizer, cfg: PolicyConfig, data: str,
                encoder=None) -> tuple[int, dict]:
     """Restore model and optimizer from `policy_last.safetensors`; the number of steps already done and the
-    checkpoint's `torch_threads`."""
+    checkpoint's `torch_threads`. DckpError when it was trained on other `data` (`_digest`; checkpoints saved
+    before the digest was recorded are taken as they are)."""
     remedy = "delete it to train from the start"
     meta, tensors = read_checkpoint(path, "policy checkpoint", remedy)
     try:
@@ -338,6 +350,9 @@ def _load_last(path: Path, model: Policy, opt: torch.optim.Optimizer, cfg: Polic
             k: v for k, v in current.items() if k not in _RESUMABLE}:
         raise DckpError("checkpoint was trained with another config or feature size; delete it or use another "
                         "out_dir", path=str(path))
+    if meta.get("data", data) != data:
+        raise DckpError("checkpoint was trained on other data (the demonstrations or the encoder's features "
+                        f"changed); {remedy}", path=str(path))
     if step > cfg.steps:
         raise DckpError(f"checkpoint is at step {step}, beyond steps={cfg.steps}", path=str(path))
     _load_state(model, prefixed(tensors, "model/"), path, encoder)
