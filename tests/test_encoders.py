@@ -97,7 +97,7 @@ def test_dckp_encoders_shapes_and_errors(setup):
         build_encoder({"name": "gt-kp", "artefacts": {"references": str(refs_path)}}, ["agentview"], SIZE)
 
 
-def test_train_policy_cli_caches_encodings(setup):
+def test_train_policy_cli_caches_encodings(setup, capsys):
     tmp, demos, refs_path, _ = setup
     out, refs = tmp / "policy", tmp / "policy_refs.safetensors"
     shutil.copy(refs_path, refs)
@@ -109,13 +109,20 @@ def test_train_policy_cli_caches_encodings(setup):
     stamp = (out / "features.h5").stat().st_mtime_ns
     assert main(args) == 0
     assert (out / "features.h5").stat().st_mtime_ns == stamp  # reused, not re-encoded
-    # references chosen again at the same path (other points): encoded again
+    # references chosen again at the same path (other points): encoded again, and the policy trained on the old
+    # features is not continued on the new ones
     tensors, meta = load_file(refs), safe_open(refs, "pt").metadata()
     save_file({k: v.flip(0) if k.endswith(".local") else v for k, v in tensors.items()}, refs, metadata=meta)
     before = cached_features(out / "features.h5")
-    assert main(args) == 0
+    capsys.readouterr()
+    assert main(args) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: {out / 'policy_last.safetensors'}: checkpoint was trained on other data (the demonstrations or the "
+        "encoder's features changed); delete it to train from the start")  # after the encoding's progress bar
     assert (out / "features.h5").stat().st_mtime_ns != stamp
     assert not all(np.array_equal(a, b) for a, b in zip(before, cached_features(out / "features.h5"), strict=True))
+    (out / "policy_last.safetensors").unlink()
+    assert main(args) == 0
     assert main(["train-policy", "--demos", str(demos), "--encoder", "dckp-3d", "--references", str(refs_path),
                  "--out", str(out)]) == 2  # no DON run given
 
